@@ -1,0 +1,138 @@
+"""Build of the compiled parts of subind_fast.
+
+* ``subind_fast._C`` (CPU, C++/OpenMP) always builds.
+* ``subind_fast._C_cuda`` (CUDA element-wise kernels) builds when a CUDA
+  toolkit whose version matches ``torch.version.cuda`` is found: ``CUDA_HOME``,
+  else pip's ``nvidia-cuda-nvcc`` under ``site-packages/nvidia/cu<major>``.
+  ``SUBIND_SKIP_CUDA_BUILD=1`` skips it; ``SUBIND_REQUIRE_CUDA_BUILD=1`` turns
+  a missing toolkit into a build error instead of a skip.
+
+Neither is needed for ``import subind_fast``: a missing extension raises only
+when a kernel from it is called.  Build with ``pip install --no-build-isolation``
+so the extension compiles against the installed torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sysconfig
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent.resolve()
+INCLUDE = str(ROOT / "csrc" / "include")
+
+
+def _cpu_arch_flags() -> list[str]:
+    """Vector ISA flags for the machine that builds (the build is local, like
+    -march=native, but limited to AVX2/FMA so the loops vectorise predictably)."""
+    override = os.environ.get("SUBIND_CPU_ARCH_FLAGS")
+    if override is not None:
+        return override.split()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(re.findall(r"\b(avx2|fma)\b", cpuinfo))
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+
+
+def _cuda_home_matching(torch_cuda: str) -> Path | None:
+    candidates = []
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(Path(os.environ["CUDA_HOME"]))
+    major = torch_cuda.split(".")[0]
+    candidates.append(Path(sysconfig.get_paths()["purelib"]) / "nvidia" / f"cu{major}")
+    for home in candidates:
+        nvcc = home / "bin" / "nvcc"
+        if not nvcc.exists():
+            continue
+        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"release (\d+\.\d+)", out)
+        if found and found.group(1) == ".".join(torch_cuda.split(".")[:2]):
+            return home
+        print(f"[subind-fast] {nvcc} is CUDA {found.group(1) if found else '?'}, "
+              f"torch needs {torch_cuda}: not used")
+    return None
+
+
+def _libcudart_link_dir(cuda_home: Path, build_dir: Path) -> str:
+    """pip's CUDA runtime ships only libcudart.so.<major>; give the linker the
+    unversioned name it asks for."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    link = build_dir / "libcudart.so"
+    if not link.exists():
+        versioned = sorted((cuda_home / "lib").glob("libcudart.so.*"))
+        if not versioned:
+            raise RuntimeError(f"no libcudart.so.* under {cuda_home / 'lib'}")
+        link.symlink_to(versioned[0])
+    return str(build_dir)
+
+
+def extensions():
+    import torch
+    from torch.utils.cpp_extension import CppExtension
+
+    cxx = ["-O3", "-fopenmp", "-std=c++20", "-fno-trapping-math", "-fno-math-errno",
+           *_cpu_arch_flags()]
+    exts = [
+        CppExtension(
+            "subind_fast._C",
+            ["csrc/cpu/mask_ops.cpp"],
+            include_dirs=[INCLUDE],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+    skip = os.environ.get("SUBIND_SKIP_CUDA_BUILD") == "1"
+    require = os.environ.get("SUBIND_REQUIRE_CUDA_BUILD") == "1"
+    torch_cuda = torch.version.cuda
+    cuda_home = None if (skip or not torch_cuda) else _cuda_home_matching(torch_cuda)
+    if cuda_home is None:
+        reason = ("SUBIND_SKIP_CUDA_BUILD=1" if skip else
+                  "torch has no CUDA" if not torch_cuda else
+                  f"no CUDA {torch_cuda} toolkit (set CUDA_HOME or pip install nvidia-cuda-nvcc)")
+        if require and not skip:
+            raise RuntimeError(f"SUBIND_REQUIRE_CUDA_BUILD=1 but {reason}")
+        print(f"[subind-fast] skipping the CUDA extension: {reason}")
+        return exts
+
+    os.environ["CUDA_HOME"] = str(cuda_home)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+    import torch.utils.cpp_extension as cpp_ext
+    cpp_ext.CUDA_HOME = str(cuda_home)
+    from torch.utils.cpp_extension import CUDAExtension
+
+    link_dir = _libcudart_link_dir(cuda_home, ROOT / "build" / "cudart-link")
+    exts.append(
+        CUDAExtension(
+            "subind_fast._C_cuda",
+            ["csrc/cuda/mask_ops_cuda.cu"],
+            include_dirs=[INCLUDE, str(cuda_home / "include")],
+            library_dirs=[link_dir, str(cuda_home / "lib")],
+            extra_compile_args={"cxx": ["-O3", "-std=c++20"],
+                                "nvcc": ["-O3", "-std=c++20"]},
+        )
+    )
+    print(f"[subind-fast] building the CUDA extension with {cuda_home} "
+          f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    return exts
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    # `make` installs the package first (editable) and compiles in place after,
+    # so the extensions are built once, with the CUDA toolkit already present.
+    in_place_later = os.environ.get("SUBIND_SKIP_BUILD_IN_INSTALL") == "1"
+    setup(
+        ext_modules=[] if in_place_later else extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Loading of the compiled extensions.
+
+``import subind_fast`` never fails because a compiled part is missing: each
+extension is loaded on first use, and a missing one raises
+:class:`MissingKernelError` naming what is missing and how to build it.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import ModuleType
+
+_BUILD_HINT = {
+    "_C": "the CPU extension is built by `pip install --no-build-isolation -e .` "
+          "(or `make build`); SUBIND_BACKEND=reference runs the pure-PyTorch reference instead",
+    "_C_cuda": "the CUDA extension builds when a CUDA toolkit matching torch.version.cuda is "
+               "found at install time (see setup.py); SUBIND_BACKEND=triton or reference avoids it",
+}
+
+
+class MissingKernelError(RuntimeError):
+    """A compiled kernel was requested but its extension is not built."""
+
+
+@lru_cache(maxsize=None)
+def _try_load(name: str) -> tuple[ModuleType | None, str]:
+    try:
+        return importlib.import_module(f"subind_fast.{name}"), ""
+    except ImportError as err:  # not built, or built against another torch
+        return None, str(err)
+
+
+def available(name: str) -> bool:
+    return _try_load(name)[0] is not None
+
+
+def load(name: str) -> ModuleType:
+    module, error = _try_load(name)
+    if module is None:
+        raise MissingKernelError(
+            f"subind_fast.{name} is not available ({error}); {_BUILD_HINT[name]}")
+    return module
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

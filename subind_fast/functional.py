@@ -1,0 +1,109 @@
+"""Stateless masked ops: the continuous-sparsification mask fused into linear
+and convolution.  m = σ(β·s) ("soft"), 1[s>0] ("hard") or 1 ("none");
+W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
+the bias, and θ when it requires grad.  See subind_fast/_ops.py for the
+formulas and design.md §1 for their derivation."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from ._validation import check_beta, check_input, check_masked_weight, check_mode
+
+IntOrTuple = Union[int, Sequence[int]]
+
+
+def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft") -> Tensor:
+    """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
+    check_masked_weight(weight, logits, mode)
+    return _ops.mask_weight(weight, logits, check_beta(beta), mode)
+
+
+def l0(logits: Tensor, beta: float) -> Tensor:
+    """Expected mask size Σσ(β·s) (the continuous L0 penalty), gradient β·m(1−m)."""
+    if not isinstance(logits, torch.Tensor) or logits.dtype not in (torch.float32, torch.float64):
+        raise TypeError("logits must be a float32 or float64 tensor")
+    return _ops.sigmoid_sum(logits, check_beta(beta))
+
+
+def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
+                  bias: Optional[Tensor] = None, mode: str = "soft") -> Tensor:
+    """y = x · (weight ⊙ m(logits))ᵀ + bias for x of shape (..., in_features)."""
+    check_masked_weight(weight, logits, mode)
+    if weight.dim() != 2:
+        raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
+    return _ops.masked_linear(x, weight, logits, bias, check_beta(beta), mode)
+
+
+def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n or not all(isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be an int or {n} ints, got {value!r}")
+    return values
+
+
+def _padding(padding, kernel: Sequence[int], dilation: Sequence[int]) -> list[int]:
+    if padding == "valid":
+        return [0] * len(kernel)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' needs an odd effective kernel size here; "
+                             "pad the input explicitly for even kernels")
+        return [t // 2 for t in total]
+    values = _tuple(padding, len(kernel), "padding")
+    if any(v < 0 for v in values):
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return values
+
+
+def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
+                bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
+                padding: Union[str, IntOrTuple] = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                mode: str = "soft") -> Tensor:
+    """N-d convolution (N = weight.dim() − 2) with W_eff = weight ⊙ m(logits)."""
+    check_masked_weight(weight, logits, mode)
+    nd = weight.dim() - 2
+    if nd < 1:
+        raise ValueError(f"masked_conv: weight must be (out, in/groups, *kernel), got {tuple(weight.shape)}")
+    if not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
+        raise ValueError(f"groups={groups!r} must be a positive int dividing out_channels={weight.shape[0]}")
+    op = f"masked_conv{nd}d"
+    if not isinstance(x, torch.Tensor) or x.dim() not in (nd + 1, nd + 2):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{op}: input must have {nd + 1} (unbatched) or {nd + 2} dims, got {shape}")
+    check_input(x, weight, bias, -nd - 1, weight.shape[1] * groups, op)
+    stride = _tuple(stride, nd, "stride")
+    dilation = _tuple(dilation, nd, "dilation")
+    if any(v < 1 for v in stride + dilation):
+        raise ValueError(f"stride {stride} and dilation {dilation} must be >= 1")
+    padding = _padding(padding, weight.shape[2:], dilation)
+    unbatched = x.dim() == nd + 1
+    out = _ops.masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
+                           check_beta(beta), mode, stride, padding, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def _conv_of_rank(nd: int):
+    def conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float, bias: Optional[Tensor] = None,
+             stride: IntOrTuple = 1, padding: Union[str, IntOrTuple] = 0,
+             dilation: IntOrTuple = 1, groups: int = 1, mode: str = "soft") -> Tensor:
+        if isinstance(weight, torch.Tensor) and weight.dim() != nd + 2:
+            raise ValueError(f"masked_conv{nd}d: weight must have {nd + 2} dims, got {tuple(weight.shape)}")
+        return masked_conv(x, weight, logits, beta, bias, stride, padding, dilation, groups, mode)
+
+    conv.__name__ = f"masked_conv{nd}d"
+    conv.__doc__ = f"{nd}-d convolution with W_eff = weight ⊙ m(logits); see masked_conv."
+    return conv
+
+
+masked_conv1d = _conv_of_rank(1)
+masked_conv2d = _conv_of_rank(2)
+masked_conv3d = _conv_of_rank(3)
+
+__all__ = ["mask_weight", "l0", "masked_linear", "masked_conv", "masked_conv1d",
+           "masked_conv2d", "masked_conv3d", "check_mode"]

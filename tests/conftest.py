@@ -1,0 +1,30 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Never touch CUDA at import time; decide here, once, at collection.
+    has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_env(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.delenv("SUBIND_BACKEND", raising=False)
+    yield
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """Run the test under SUBIND_BACKEND=<param>."""
+    monkeypatch.setenv("SUBIND_BACKEND", request.param)
+    return request.param

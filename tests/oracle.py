@@ -1,0 +1,71 @@
+"""The float64 oracle: the masked layers written as plain PyTorch autograd
+composites (sigmoid → mul → F.linear / convolution), independent of every
+line of our backward code."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# design.md §4: relative to the output scale.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+
+
+def mask_of(logits, beta, mode):
+    if mode == "soft":
+        return torch.sigmoid(beta * logits)
+    if mode == "hard":
+        return (logits > 0).to(logits.dtype)
+    return torch.ones_like(logits)
+
+
+def effective_weight(weight, logits, beta, mode):
+    return (weight.to(logits.dtype) * mask_of(logits, beta, mode)).to(weight.dtype)
+
+
+def composite_linear(x, weight, logits, beta, bias=None, mode="soft"):
+    return F.linear(x, effective_weight(weight, logits, beta, mode), bias)
+
+
+def composite_conv(x, weight, logits, beta, bias=None, stride=1, padding=0, dilation=1,
+                   groups=1, mode="soft"):
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
+    return conv(x, effective_weight(weight, logits, beta, mode), bias, stride, padding, dilation,
+                groups)
+
+
+def run_with_grads(fn, tensors, upstream_seed=0, **kwargs):
+    """fn(*tensors) and the gradients of <output, fixed random upstream> with
+    respect to every tensor that requires grad (None where it gets none)."""
+    out = fn(*tensors, **kwargs)
+    gen = torch.Generator().manual_seed(upstream_seed)
+    upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    wanted = [t for t in tensors if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(out, wanted, upstream, allow_unused=True)
+    it = iter(grads)
+    return out.detach(), [next(it) if (t is not None and t.requires_grad) else None for t in tensors]
+
+
+def leaf(t, dtype=None, requires_grad=True):
+    if t is None:
+        return None
+    t = t.detach().to(dtype or t.dtype).clone()
+    return t.requires_grad_(requires_grad)
+
+
+def assert_matches_oracle(ours, oracle, same_dtype=None, dtype=torch.float32, what=""):
+    """|ours − oracle| ≤ tol·scale, or ≤ 2× the error PyTorch makes computing
+    the same composite in the same dtype (flash-attention's rule)."""
+    assert ours is not None and oracle is not None, f"{what}: missing gradient"
+    assert ours.shape == oracle.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(oracle.shape)}"
+    assert torch.isfinite(ours).all(), f"{what}: non-finite values"
+    err = (ours.double() - oracle.double()).abs().max().item() if ours.numel() else 0.0
+    scale = max(oracle.double().abs().max().item() if oracle.numel() else 0.0, 1e-12)
+    if err <= TOLERANCE[dtype] * scale:
+        return
+    if same_dtype is not None:
+        torch_err = (same_dtype.double() - oracle.double()).abs().max().item()
+        if err <= 2 * torch_err:
+            return
+        raise AssertionError(f"{what}: error {err:.3g} > 2 x torch's same-dtype error "
+                             f"{torch_err:.3g} and > {TOLERANCE[dtype]:g} x scale {scale:.3g}")
+    raise AssertionError(f"{what}: error {err:.3g} > {TOLERANCE[dtype]:g} x scale {scale:.3g}")

@@ -1,0 +1,57 @@
+"""The single dispatch point, the SUBIND_BACKEND override and missing kernels."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import subind_fast as sf
+from subind_fast import dispatch
+
+
+def test_override_to_reference(monkeypatch):
+    x, w, s = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5)
+    compiled = sf.masked_linear(x, w, s, 2.0)
+    monkeypatch.setenv("SUBIND_BACKEND", "reference")
+    info = sf.backend_info()
+    assert info["override"] == "reference"
+    assert info["devices"]["cpu"] == {f: "reference" for f in dispatch.FAMILIES}
+    torch.testing.assert_close(sf.masked_linear(x, w, s, 2.0), compiled)
+
+
+def test_bad_override_names_the_variable(monkeypatch):
+    monkeypatch.setenv("SUBIND_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="SUBIND_BACKEND='fastest' is not one of"):
+        sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)
+
+
+def test_gpu_backend_cannot_be_forced_onto_cpu_tensors(monkeypatch):
+    monkeypatch.setenv("SUBIND_BACKEND", "triton")
+    with pytest.raises(ValueError, match="SUBIND_BACKEND=triton cannot serve cpu tensors"):
+        sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)
+
+
+def test_cuda_defaults_are_reported_without_touching_a_gpu():
+    cuda = sf.backend_info()["devices"]["cuda"]
+    assert cuda["linear"] == "triton" and cuda["l0"] == "triton"
+    assert cuda["conv"] in ("cuda", "triton")
+
+
+def test_missing_extension_import_works_and_use_raises_clearly():
+    code = (
+        "import sys; sys.modules['subind_fast._C'] = None\n"
+        "import torch, subind_fast as sf\n"
+        "assert sf.backend_info()['compiled']['_C (cpu)'] is False\n"
+        "try:\n"
+        "    sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)\n"
+        "except sf.MissingKernelError as e:\n"
+        "    print('RAISED', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("SUBIND_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RAISED subind_fast._C is not available" in out.stdout
+    assert "SUBIND_BACKEND=reference" in out.stdout

@@ -1,0 +1,128 @@
+"""masked_linear on the CPU backends vs the float64 oracle: forward and every
+gradient, all modes and dtypes, awkward shapes and layouts."""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import subind_fast as sf
+from oracle import assert_matches_oracle, composite_linear, leaf, run_with_grads
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+MODES = ["soft", "hard", "none"]
+
+
+def make_problem(x_shape, n_out, seed=0, logit_scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    k = x_shape[-1]
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(n_out, k, generator=gen, dtype=torch.float64) / math.sqrt(k)
+    s = torch.randn(n_out, k, generator=gen, dtype=torch.float64) * logit_scale
+    b = torch.randn(n_out, generator=gen, dtype=torch.float64)
+    return x, w, s, b
+
+
+def check_linear(x, w, s, b, beta, mode, dtype, weight_grad=True, layout=lambda t: t,
+                 x_layout=lambda t: t):
+    """Compare ours (in `dtype`, logits fp32 or fp64) with the fp64 oracle and
+    with PyTorch's composite in the same dtype."""
+    logit_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    has_bias = b is not None
+
+    def composite(x_, w_, s_, b_):
+        return composite_linear(x_, w_, s_, beta, b_, mode)
+
+    def ours_fn(x_, w_, s_, b_):
+        return sf.masked_linear(x_layout(x_), layout(w_), layout(s_), beta, b_, mode)
+
+    def inputs(dt, ldt):
+        return [leaf(x, dt), leaf(w, dt, weight_grad), leaf(s, ldt),
+                leaf(b, dt) if has_bias else None]
+
+    want_oracle, oracle_grads = run_with_grads(composite, inputs(torch.float64, torch.float64))
+    want_torch, torch_grads = run_with_grads(composite, inputs(dtype, logit_dtype))
+    got, got_grads = run_with_grads(ours_fn, inputs(dtype, logit_dtype))
+    assert got.dtype == dtype
+    assert_matches_oracle(got, want_oracle, want_torch, dtype, "output")
+    for name, g, o, t in zip(("d_input", "d_weight", "d_logits", "d_bias"), got_grads,
+                             oracle_grads, torch_grads):
+        if o is None:
+            assert g is None, f"{name}: expected no gradient"
+            continue
+        assert_matches_oracle(g, o, t, dtype, name)
+
+
+SHAPES = [((1, 1), 1), ((7, 7), 7), ((5, 127), 3), ((3, 4097), 5), ((2, 3, 33), 17),
+          ((2, 1, 4, 9), 127)]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("x_shape,n_out", SHAPES)
+def test_fp32_and_fp64_shapes(backend, mode, x_shape, n_out):
+    for dtype in (torch.float32, torch.float64):
+        x, w, s, b = make_problem(x_shape, n_out)
+        check_linear(x, w, s, b, 3.0, mode, dtype)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_dtypes(backend, dtype, mode):
+    x, w, s, b = make_problem((6, 40), 24, seed=1)
+    check_linear(x, w, s, b, 2.5, mode, dtype)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_without_bias_and_frozen_weight(backend):
+    x, w, s, _ = make_problem((9, 31), 13)
+    check_linear(x, w, s, None, 1.0, "soft", torch.float32, weight_grad=False)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_non_contiguous_operands(backend):
+    x, w, s, b = make_problem((8, 64), 30)
+    # A transposed weight/logits pair (GPT-2 Conv1D layout), a strided slice,
+    # and a non-contiguous input.
+    check_linear(x, w, s, b, 2.0, "soft", torch.float32, layout=lambda t: t.t().contiguous().t())
+    check_linear(x, w, s, b, 2.0, "soft", torch.float32,
+                 layout=lambda t: torch.stack([t, t], -1)[..., 0])
+    check_linear(x, w, s, b, 2.0, "soft", torch.float32,
+                 x_layout=lambda t: t.t().contiguous().t())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_weight_and_logits_with_different_layouts(backend):
+    x, w, s, b = make_problem((4, 16), 12)
+    xs, ws, ss, bs = [leaf(t, torch.float32) for t in (x, w, s, b)]
+    s_t = ss.detach().t().contiguous().t().requires_grad_()
+    got = sf.masked_linear(xs, ws, s_t, 1.5, bs)
+    want = composite_linear(x, w, s, 1.5, b)
+    assert_matches_oracle(got, want, None, torch.float32, "output")
+    got.sum().backward()
+    assert s_t.grad.shape == s_t.shape
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("beta,logit_scale", [(1e4, 1.0), (1.0, 1e4), (1e4, 1e4), (100.0, 1e-3)])
+def test_extreme_beta_and_logits_stay_finite(backend, beta, logit_scale):
+    x, w, s, b = make_problem((5, 50), 20, logit_scale=logit_scale)
+    s[0, :5] = 0.0  # exactly at the threshold
+    check_linear(x, w, s, b, beta, "soft", torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 40), k=st.integers(1, 70), n=st.integers(1, 40),
+       beta=st.floats(0.05, 200.0), mode=st.sampled_from(MODES), seed=st.integers(0, 10_000))
+def test_random_shapes(backend, m, k, n, beta, mode, seed):
+    x, w, s, b = make_problem((m, k), n, seed=seed)
+    check_linear(x, w, s, b, beta, mode, torch.float32)
+
+
+def test_compiled_cpu_backend_serves_cpu_by_default():
+    info = sf.backend_info()
+    assert info["devices"]["cpu"] == {"linear": "cpu", "conv": "cpu", "mask": "cpu", "l0": "cpu"}
+    assert info["compiled"]["_C (cpu)"]
