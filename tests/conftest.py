@@ -1,6 +1,12 @@
 import os
 import sys
 
+# Triton kernels run on the CPU through the interpreter unless the suite is
+# pointed at a real GPU (SUBIND_TEST_GPU=1).  It must be set before any kernel
+# module is imported: @triton.jit reads it at decoration time.
+if os.environ.get("SUBIND_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 

@@ -1,0 +1,218 @@
+"""Masked linear / conv layers, side by side in one process (design.md §3):
+
+  plain         the unmasked layer doing the same GEMMs (∂x, ∂W, fwd): the floor
+  eager         the composite sigmoid → mul → F.linear / conv (what users write)
+  neurosurgeon  NeuroSurgeon's ContSparseLinear / ContSparseConv2d
+  compile       torch.compile of the eager composite
+  ours          subind_fast.nn.MaskedLinear / MaskedConv2d
+
+Every masked provider trains the logits with the weight frozen (discovery);
+the floor trains its weight so it runs the same three GEMMs.  Prints fwd, bwd
+and fwd+bwd medians, the ratio to the floor, and the bytes saved for backward
+per masked weight; appends every number to benchmarks/results/results.csv.
+
+    python benchmarks/bench_masked_layers.py            # CPU, 1 thread
+    python benchmarks/bench_masked_layers.py --device cuda --dtype bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+import subind_fast as sf  # noqa: E402
+
+BETA = 5.0
+MASK_INIT = 0.05  # slightly positive so hard masks are not empty; timing does not depend on it
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # "linear" | "conv"
+    dims: tuple  # linear: (M, K, N); conv: (batch, C_in, C_out, H, kernel, stride)
+
+    def make_plain(self, device, dtype) -> nn.Module:
+        if self.kind == "linear":
+            _, k, n = self.dims
+            return nn.Linear(k, n, device=device, dtype=dtype)
+        _, cin, cout, _, kernel, stride = self.dims
+        return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, device=device, dtype=dtype)
+
+    def make_input(self, device, dtype) -> torch.Tensor:
+        if self.kind == "linear":
+            m, k, _ = self.dims
+            return torch.randn(m, k, device=device, dtype=dtype)
+        batch, cin, _, h, _, _ = self.dims
+        return torch.randn(batch, cin, h, h, device=device, dtype=dtype)
+
+
+CPU_CASES = [
+    Case("tiny-GPT-2 M=2048 128→512", "linear", (2048, 128, 512)),
+    Case("tiny-GPT-2 M=2048 512→128", "linear", (2048, 512, 128)),
+    Case("GPT-2 M=1024 768→3072", "linear", (1024, 768, 3072)),
+    Case("M=64 768→3072", "linear", (64, 768, 3072)),
+    Case("ViT-B MLP M=6304 768→3072", "linear", (6304, 768, 3072)),
+    Case("ResNet18 conv1 7×7/2 3→64 @112 b8", "conv", (8, 3, 64, 112, 7, 2)),
+    Case("ResNet18 layer1 3×3 64→64 @56 b8", "conv", (8, 64, 64, 56, 3, 1)),
+    Case("ResNet18 layer4 3×3 512→512 @7 b8", "conv", (8, 512, 512, 7, 3, 1)),
+]
+GPU_CASES = [
+    Case("ViT-B MLP M=6304 768→3072", "linear", (6304, 768, 3072)),
+    Case("ViT-L MLP M=6304 1024→4096", "linear", (6304, 1024, 4096)),
+    Case("ViT-H MLP M=8224 1280→5120", "linear", (8224, 1280, 5120)),
+    Case("ResNet18 layer1 3×3 64→64 @56 b64", "conv", (64, 64, 64, 56, 3, 1)),
+]
+
+
+class EagerComposite(nn.Module):
+    """The masked layer as users write it in eager PyTorch."""
+
+    def __init__(self, plain: nn.Module):
+        super().__init__()
+        self.plain = plain
+        self.logits = nn.Parameter(torch.full_like(plain.weight, MASK_INIT, dtype=torch.float32))
+
+    def forward(self, x):
+        weight = self.plain.weight * torch.sigmoid(BETA * self.logits).to(x.dtype)
+        if isinstance(self.plain, nn.Linear):
+            return F.linear(x, weight, self.plain.bias)
+        return self.plain._conv_forward(x, weight, self.plain.bias)
+
+
+def _freeze_base(module: nn.Module, base: nn.Module) -> nn.Module:
+    base.weight.requires_grad_(False)
+    base.bias.requires_grad_(False)
+    return module
+
+
+def build(provider: str, case: Case, device, dtype):
+    """The module one provider trains: masked providers train only the logits."""
+    plain = case.make_plain(device, dtype)
+    if provider == "plain":
+        plain.bias.requires_grad_(False)
+        return plain
+    if provider in ("eager", "compile"):
+        module = _freeze_base(EagerComposite(plain), plain)
+        return torch.compile(module) if provider == "compile" else module
+    if provider == "neurosurgeon":
+        from NeuroSurgeon.Masking.contsparse_layer import ContSparseConv2d, ContSparseLinear
+
+        cls = ContSparseLinear if case.kind == "linear" else ContSparseConv2d
+        module = cls.from_layer(plain, mask_init_value=MASK_INIT).to(device)
+        module.temperature = BETA
+        module.train(True)
+        return _freeze_base(module, module)
+    if provider == "ours":
+        cls = sf.nn.MaskedLinear if case.kind == "linear" else sf.nn.MaskedConv2d
+        module = cls.from_module(plain, init=MASK_INIT, beta=BETA)
+        module.bias.requires_grad_(False)
+        return module
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def neurosurgeon_available() -> bool:
+    try:
+        import NeuroSurgeon.Masking.contsparse_layer  # noqa: F401
+    except Exception:  # its import pulls in transformers/matplotlib; any failure = absent
+        return False
+    return True
+
+
+def run_case(case: Case, providers, device, dtype, rec: harness.Recorder, budget_s: float):
+    x = case.make_input(device, dtype).requires_grad_()
+    results = {}
+    for provider in providers:
+        module = build(provider, case, device, dtype)
+        params = [p for p in module.parameters() if p.requires_grad]
+        with torch.no_grad():
+            grad_out = torch.randn_like(module(x))
+
+        def clear():
+            x.grad = None
+            for p in params:
+                p.grad = None
+
+        pending = {}
+
+        def forward_then_clear():
+            clear()
+            pending["out"] = module(x)
+
+        fwd = harness.time_fn(device, lambda: module(x), clear, budget_s=budget_s)
+        bwd = harness.time_fn(device, lambda: pending["out"].backward(grad_out),
+                              forward_then_clear, budget_s=budget_s)
+        full = harness.time_fn(device, lambda: module(x).backward(grad_out), clear,
+                               budget_s=budget_s)
+        owned = [x, *module.parameters(), *module.buffers()]
+        saved, _ = harness.saved_bytes_beyond(lambda: module(x), owned)
+        weight_numel = next(p for n, p in module.named_parameters() if n.endswith("weight")).numel()
+        saved_per_weight = 0.0 if provider == "plain" else saved / weight_numel
+        for mode, stats in (("fwd", fwd), ("bwd", bwd), ("full", full)):
+            rec.add(case.name, provider, mode, "ms", stats)
+        rec.add(case.name, provider, "full", "saved_bytes_per_weight",
+                harness.Stats(saved_per_weight, saved_per_weight, saved_per_weight))
+        results[provider] = (fwd.p50, bwd.p50, full.p50, saved_per_weight)
+        del module
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: float32 on cpu, bfloat16 on cuda")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--cases", default=None, help="comma-separated substrings of case names")
+    parser.add_argument("--providers", default="plain,eager,neurosurgeon,compile,ours")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--csv", type=Path, default=harness.DEFAULT_CSV)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    cases = GPU_CASES if device.type == "cuda" else CPU_CASES
+    if args.cases:
+        wanted = [w.strip() for w in args.cases.split(",")]
+        cases = [c for c in cases if any(w in c.name for w in wanted)]
+    providers = [p.strip() for p in args.providers.split(",")]
+    if "neurosurgeon" in providers and not neurosurgeon_available():
+        print("note: NeuroSurgeon is not installed (pip install neurosurgeon); its column is skipped")
+        providers.remove("neurosurgeon")
+    if "plain" not in providers:
+        providers.insert(0, "plain")
+
+    print(f"device: {harness.device_name(device)}, dtype {dtype}, torch {torch.__version__}, "
+          f"beta {BETA}; medians of fwd / bwd / fwd+bwd in ms\n")
+    rec = harness.Recorder("masked_layers", device)
+    header = ["shape", "provider", "fwd ms", "bwd ms", "full ms", "full / floor",
+              "saved B/weight"]
+    rows = []
+    for case in cases:
+        results = run_case(case, providers, device, dtype, rec, args.budget)
+        floor = results["plain"][2]
+        for provider, (fwd, bwd, full, saved) in results.items():
+            rows.append([case.name, provider, f"{fwd:.3f}", f"{bwd:.3f}", f"{full:.3f}",
+                         f"{full / floor:.3f}", f"{saved:.0f}" if provider != "plain" else "-"])
+        print(harness.markdown_table(header, rows[-len(results):]), flush=True)
+        print()
+    path = harness.append_csv(rec, args.csv)
+    print("## all cases\n")
+    print(harness.markdown_table(header, rows))
+    print(f"\nrows appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The one benchmark harness (design.md §5).
+
+* timing: warm-up, then N timed repeats, reported as p20/p50/p80 in ms; on the
+  CPU with a fixed thread count, on a GPU with ``triton.testing.do_bench``;
+* memory: bytes saved for backward beyond the inputs and parameters
+  (``saved_tensors_hooks``), and peak allocated memory on a GPU;
+* output: a table printed per bench and rows appended to a CSV with a fixed
+  schema (timestamp, git sha, device, versions, bench, shape, provider, mode,
+  metric, p20, p50, p80).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+CSV_COLUMNS = ["timestamp", "git_sha", "device", "torch", "triton", "bench", "shape", "provider",
+               "mode", "metric", "p20", "p50", "p80"]
+DEFAULT_CSV = Path(__file__).parent / "results" / "results.csv"
+
+
+@dataclass
+class Stats:
+    p20: float
+    p50: float
+    p80: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Stats":
+        ordered = sorted(samples)
+
+        def q(frac):
+            return ordered[min(len(ordered) - 1, int(round(frac * (len(ordered) - 1))))]
+
+        return cls(q(0.2), q(0.5), q(0.8))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def time_cpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = None,
+             min_repeats: int = 5, max_repeats: int = 50, budget_s: float = 1.0,
+             warmup: int = 2) -> Stats:
+    """Time ``fn`` alone (``setup`` runs before each call, untimed)."""
+    for _ in range(warmup):
+        if setup:
+            setup()
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_repeats and (len(samples) < min_repeats
+                                          or time.perf_counter() - start < budget_s):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Stats.of(samples)
+
+
+def time_gpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = None) -> Stats:
+    from triton.testing import do_bench
+
+    def run():
+        if setup:
+            setup()
+        fn()
+
+    p20, p50, p80 = do_bench(run, quantiles=[0.2, 0.5, 0.8], warmup=25, rep=100)
+    return Stats(p20, p50, p80)
+
+
+def time_fn(device: torch.device, fn, setup=None, **kwargs) -> Stats:
+    return time_gpu(fn, setup) if device.type == "cuda" else time_cpu(fn, setup, **kwargs)
+
+
+def saved_bytes_beyond(fn: Callable[[], torch.Tensor], owned: Iterable[torch.Tensor]) -> tuple[int, torch.Tensor]:
+    """Bytes that autograd saves for backward while running ``fn`` and that are
+    not the storage of the ``owned`` tensors (inputs, parameters)."""
+    owned_ptrs = {t.untyped_storage().data_ptr() for t in owned}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in owned_ptrs:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+@dataclass
+class Row:
+    bench: str
+    shape: str
+    provider: str
+    mode: str
+    metric: str
+    stats: Stats
+
+
+@dataclass
+class Recorder:
+    bench: str
+    device: torch.device
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, shape: str, provider: str, mode: str, metric: str, stats: Stats) -> None:
+        self.rows.append(Row(self.bench, shape, provider, mode, metric, stats))
+
+    def csv_rows(self) -> list[list[str]]:
+        try:
+            import triton
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = ""
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        sha, dev = git_sha(), device_name(self.device)
+        return [[stamp, sha, dev, torch.__version__, triton_version, r.bench, r.shape, r.provider,
+                 r.mode, r.metric, f"{r.stats.p20:.6g}", f"{r.stats.p50:.6g}", f"{r.stats.p80:.6g}"]
+                for r in self.rows]
+
+
+def append_csv(recorder: Recorder, path: Path = DEFAULT_CSV) -> Path:
+    """Append the recorder's rows to ``path`` atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            if old:
+                handle.write(old if old.endswith("\n") else old + "\n")
+            writer = csv.writer(handle)
+            if not old:
+                writer.writerow(CSV_COLUMNS)
+            writer.writerows(recorder.csv_rows())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *[line(r) for r in rows]])

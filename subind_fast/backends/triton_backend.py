@@ -1,0 +1,150 @@
+"""Launchers for the Triton kernels (triton_kernels.py): allocate, compute
+strides, launch.  Masked linear uses the fused GEMMs; convolutions use the
+element-wise kernels around cuDNN (base.ComposedBackend)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from . import triton_kernels as K
+from .base import ComposedBackend, empty_like_marker
+
+_MODE = {"soft": K.MODE_SOFT, "hard": K.MODE_HARD, "none": K.MODE_NONE}
+
+
+def _ieee(dtype: torch.dtype) -> bool:
+    """fp32 dots in IEEE unless PyTorch itself would use TF32 for this matmul."""
+    return dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+
+
+def _check_gemm_dtype(t: torch.Tensor) -> None:
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"the triton backend computes in fp32/bf16/fp16, got {t.dtype}; "
+                        "use SUBIND_BACKEND=reference for float64")
+
+
+def _elementwise_grid(n: int):
+    return (triton.cdiv(n, K.ELEMENTWISE_BLOCK),)
+
+
+def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, bias=None, theta=None,
+            logits=None, beta=1.0, mode="soft", prologue=False, grads=None):
+    """acc = A·B over explicit strides, with the epilogue/prologue chosen by the
+    arguments (see masked_matmul_kernel)."""
+    gs, gtheta, weff = grads if grads is not None else (None, None, None)
+    dummy = a  # never dereferenced when the matching constexpr switch is off
+    t_strides = (theta.stride(0), theta.stride(1)) if (grads is not None) else (0, 0)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    K.masked_matmul_kernel[grid](
+        a, b, c if c is not None else dummy, bias if bias is not None else dummy,
+        theta if theta is not None else dummy, logits if logits is not None else dummy,
+        gs if gs is not None else dummy, gtheta if gtheta is not None else dummy,
+        weff if weff is not None else dummy,
+        M, N, Kdim, float(beta), *a_strides, *b_strides, *c_strides, *t_strides,
+        MODE=_MODE[mode], HAS_BIAS=bias is not None, MASK_B_PROLOGUE=prologue,
+        MASK_GRAD_EPILOGUE=grads is not None, WANT_S=gs is not None,
+        WANT_THETA=gtheta is not None, WANT_WEFF=weff is not None, IEEE=_ieee(a.dtype))
+
+
+class TritonBackend(ComposedBackend):
+    name = "triton"
+
+    def __init__(self, forward_variant: str | None = None):
+        variant = forward_variant or os.environ.get("SUBIND_TRITON_FWD", "prepass")
+        if variant not in ("prepass", "prologue"):
+            raise ValueError(f"SUBIND_TRITON_FWD must be 'prepass' or 'prologue', got {variant!r}")
+        self.forward_variant = variant
+
+    # -- element-wise ---------------------------------------------------------
+    def mask_weight(self, weight, logits, beta, mode):
+        out = torch.empty_like(weight)
+        n = weight.numel()
+        if n:
+            K.mask_weight_kernel[_elementwise_grid(n)](weight, logits, out, n, float(beta),
+                                                       MODE=_MODE[mode], BLOCK=K.ELEMENTWISE_BLOCK)
+        return out
+
+    def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
+                             need_weight_grad, need_logits_grad):
+        need_logits_grad = need_logits_grad and mode == "soft"
+        g = grad_weff
+        if g.stride() != weight.stride() or g.dtype != weight.dtype:
+            g = torch.empty_like(weight).copy_(grad_weff)  # the kernel walks θ's memory order
+        gs = torch.empty_like(logits) if need_logits_grad else empty_like_marker(logits)
+        gw = torch.empty_like(weight) if need_weight_grad else empty_like_marker(weight)
+        weff = torch.empty_like(weight) if need_weff else empty_like_marker(weight)
+        n = weight.numel()
+        if n:
+            K.mask_backward_kernel[_elementwise_grid(n)](
+                g, weight, logits, gs, gw, weff, n, float(beta), MODE=_MODE[mode],
+                WANT_S=need_logits_grad, WANT_THETA=need_weight_grad, WANT_WEFF=need_weff,
+                BLOCK=K.ELEMENTWISE_BLOCK)
+        return weff, gw, gs
+
+    def sigmoid_sum(self, logits, beta):
+        s = logits.contiguous()
+        out = torch.zeros((), dtype=torch.float32, device=s.device)
+        if s.numel():
+            K.sigmoid_sum_kernel[_elementwise_grid(s.numel())](s, out, s.numel(), float(beta),
+                                                               BLOCK=K.ELEMENTWISE_BLOCK)
+        return out.to(logits.dtype)
+
+    def sigmoid_sum_backward(self, grad, logits, beta):
+        s = logits.contiguous()
+        out = torch.empty_like(s)
+        if s.numel():
+            K.sigmoid_slope_kernel[_elementwise_grid(s.numel())](
+                s, grad.to(torch.float32).reshape(1), out, s.numel(), float(beta),
+                BLOCK=K.ELEMENTWISE_BLOCK)
+        return out
+
+    # -- fused masked linear ----------------------------------------------------
+    def linear_forward(self, x, weight, logits, bias, beta, mode):
+        _check_gemm_dtype(x)
+        n_out, n_in = weight.shape
+        x2 = x.reshape(-1, n_in)
+        M = x2.shape[0]
+        y = torch.empty((M, n_out), dtype=x.dtype, device=x.device)
+        if self.forward_variant == "prologue" and mode != "none":
+            b, prologue = weight, True
+        else:
+            b, prologue = self.mask_weight(weight, logits, beta, mode), False
+        # B = W_effᵀ (K×N): element (k, n) lives at n·stride(0) + k·stride(1).
+        _matmul(x2, b, y, M, n_out, n_in, x2.stride(), (b.stride(1), b.stride(0)), y.stride(),
+                bias=bias, logits=logits if prologue else None, beta=beta, mode=mode,
+                prologue=prologue)
+        return y.reshape(*x.shape[:-1], n_out)
+
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
+        _check_gemm_dtype(x)
+        need_x, need_w, need_s, need_b = needs
+        need_s = need_s and mode == "soft"
+        n_out, n_in = weight.shape
+        g2 = grad.reshape(-1, n_out)
+        x2 = x.reshape(-1, n_in)
+        M = g2.shape[0]
+        if need_w or need_s:
+            gs = torch.empty_like(logits) if need_s else None
+            gw = torch.empty_like(weight) if need_w else None
+            weff = torch.empty_like(weight) if need_x else None
+            # ∂W_eff[n, k] = Σ_m G[m, n]·x[m, k]: A = Gᵀ (N×M), B = x (M×K); the
+            # epilogue writes ∂s, ∂θ and W_eff straight from the accumulator.
+            _matmul(g2, x2, None, n_out, n_in, M, (g2.stride(1), g2.stride(0)), x2.stride(),
+                    (0, 0), theta=weight, logits=logits, beta=beta, mode=mode,
+                    grads=(gs, gw, weff))
+        else:
+            gs = gw = None
+            weff = self.mask_weight(weight, logits, beta, mode) if need_x else None
+        gx = empty_like_marker(x)
+        if need_x:
+            gx = torch.empty((M, n_in), dtype=x.dtype, device=x.device)
+            _matmul(g2, weff, gx, M, n_in, n_out, g2.stride(), weff.stride(), gx.stride())
+            gx = gx.reshape(x.shape)
+        gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else empty_like_marker(grad)
+        return (gx, gw if gw is not None else empty_like_marker(weight),
+                gs if gs is not None else empty_like_marker(logits), gb)

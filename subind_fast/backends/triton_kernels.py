@@ -1,0 +1,197 @@
+"""Triton kernels for masked linear layers on CUDA (also run by the tests on
+the CPU under TRITON_INTERPRET=1).
+
+Why these kernels.  A masked linear needs three GEMMs per training step, like
+a plain one; the mask adds element-wise work on the N×K weight.  Eager PyTorch
+materialises σ(βs) and W_eff and keeps both for backward (8 bytes/weight).
+Here:
+
+* forward:  W_eff = θ ⊙ m(s) is formed once by ``mask_weight_kernel`` (a
+  bandwidth-bound pre-pass), then ``masked_matmul_kernel`` computes
+  y = x·W_effᵀ + b with the bias in its epilogue.  The same GEMM kernel can
+  instead apply the mask while loading its B tiles (``MASK_B_PROLOGUE``),
+  recomputing σ once per M-tile; design.md §2 predicts the special-function
+  units make that slower at large M, so the pre-pass is the default and the
+  prologue stays selectable (SUBIND_TRITON_FWD=prologue) for measurement.
+* backward: ``masked_matmul_kernel`` computes the N×K tile of ∂W_eff = Gᵀ·x
+  in registers and its epilogue (``MASK_GRAD_EPILOGUE``) turns it directly
+  into ∂s = ∂W_eff ⊙ θ ⊙ β·m(1−m), ∂θ = ∂W_eff ⊙ m and the recomputed
+  W_eff, so ∂W_eff never reaches memory; then ∂x = G·W_eff.
+
+Pointer arithmetic: every operand is addressed through explicit strides, so
+transposed views (Gᵀ, W_effᵀ, GPT-2's transposed weights) cost nothing.
+Precision: inputs in fp32/bf16/fp16, fp32 accumulation, logits fp32; fp32
+dots use IEEE fp32 unless PyTorch's own fp32 matmul precision allows TF32
+(torch.get_float32_matmul_precision() != "highest"), so we match what
+torch.matmul would do on the same device.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+MODE_SOFT, MODE_HARD, MODE_NONE = 0, 1, 2
+ELEMENTWISE_BLOCK = 1024
+
+
+@triton.jit
+def _mask_and_slope(s, beta, MODE: tl.constexpr):
+    """m and dm/dz for z = β·s (same formulas as csrc/include/subind/mask_math.h)."""
+    if MODE == 0:
+        z = beta * s
+        e = tl.exp(-tl.abs(z))  # in (0, 1]: never overflows
+        big = 1.0 / (1.0 + e)   # σ(|z|)
+        small = e * big         # σ(−|z|)
+        m = tl.where(z >= 0, big, small)
+        slope = big * small     # σ(z)σ(−z), underflows to 0, never NaN
+    elif MODE == 1:
+        m = tl.where(s > 0, 1.0, 0.0)
+        slope = tl.zeros_like(s)
+    else:
+        m = tl.full(s.shape, 1.0, tl.float32)
+        slope = tl.zeros_like(s)
+    return m, slope
+
+
+@triton.jit
+def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, n, beta, MODE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """out = θ ⊙ m(s) over n contiguous elements."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    theta = tl.load(theta_ptr + offs, mask=keep, other=0.0)
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    m, _ = _mask_and_slope(s, beta, MODE)
+    tl.store(out_ptr + offs, (theta.to(tl.float32) * m).to(theta.dtype), mask=keep)
+
+
+@triton.jit
+def mask_backward_kernel(g_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, n, beta,
+                         MODE: tl.constexpr, WANT_S: tl.constexpr, WANT_THETA: tl.constexpr,
+                         WANT_WEFF: tl.constexpr, BLOCK: tl.constexpr):
+    """From g = ∂L/∂W_eff: ∂s = g⊙θ⊙β·m(1−m), ∂θ = g⊙m, W_eff = θ⊙m."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
+    theta = theta_raw.to(tl.float32)
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    m, slope = _mask_and_slope(s, beta, MODE)
+    if WANT_S:
+        tl.store(gs_ptr + offs, g * theta * beta * slope, mask=keep)
+    if WANT_THETA:
+        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
+    if WANT_WEFF:
+        tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
+
+
+@triton.jit
+def sigmoid_sum_kernel(s_ptr, out_ptr, n, beta, BLOCK: tl.constexpr):
+    """out += Σ σ(β·s) over this block (fp32 atomics)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    m, _ = _mask_and_slope(s, beta, 0)
+    tl.atomic_add(out_ptr, tl.sum(tl.where(keep, m, 0.0), axis=0))
+
+
+@triton.jit
+def sigmoid_slope_kernel(s_ptr, grad_ptr, out_ptr, n, beta, BLOCK: tl.constexpr):
+    """out = grad · β·m(1−m): the gradient of Σσ(β·s)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr).to(tl.float32)
+    _, slope = _mask_and_slope(s, beta, 0)
+    tl.store(out_ptr + offs, grad * beta * slope, mask=keep)
+
+
+def _gemm_configs():
+    if INTERPRETING:  # the interpreter runs every config: keep one, small
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4},
+                              num_warps=4, num_stages=1)]
+    shapes = [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (64, 128, 64, 4, 4),
+              (128, 64, 64, 4, 4), (64, 64, 64, 4, 4), (128, 128, 32, 4, 4)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                          num_stages=stages, num_warps=warps)
+            for bm, bn, bk, stages, warps in shapes]
+
+
+@triton.autotune(configs=_gemm_configs(),
+                 key=["M", "N", "K", "MASK_B_PROLOGUE", "MASK_GRAD_EPILOGUE", "IEEE"])
+@triton.jit
+def masked_matmul_kernel(
+    a_ptr, b_ptr, c_ptr, bias_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr,
+    M, N, K, beta,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    stride_tm, stride_tn,
+    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, MASK_B_PROLOGUE: tl.constexpr,
+    MASK_GRAD_EPILOGUE: tl.constexpr, WANT_S: tl.constexpr, WANT_THETA: tl.constexpr,
+    WANT_WEFF: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """acc = A[M,K]·B[K,N] in fp32, then one of three epilogues:
+
+    * plain:               C = acc (+ bias[n])
+    * MASK_B_PROLOGUE:     B is θ (addressed as K×N) and each B tile is
+                           multiplied by m(s) on load (s shares θ's strides)
+    * MASK_GRAD_EPILOGUE:  acc is ∂W_eff; θ and s (strides stride_tm/tn over the
+                           M×N output) give ∂s, ∂θ and W_eff; C is not written
+    """
+    pid = tl.program_id(0)
+    # Grouped ordering: GROUP_M row-tiles share their B tiles in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_pid_n)
+    first_m = group * GROUP_M
+    group_size = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % group_size)
+    pid_n = (pid % (GROUP_M * num_pid_n)) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak
+    b_ptrs = b_ptr + rk[:, None] * stride_bk + rn[None, :] * stride_bn
+    if MASK_B_PROLOGUE:
+        s_ptrs = s_ptr + rk[:, None] * stride_bk + rn[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a_keep = (rm[:, None] < M) & (rk[None, :] + k0 < K)
+        b_keep = (rk[:, None] + k0 < K) & (rn[None, :] < N)
+        a = tl.load(a_ptrs, mask=a_keep, other=0.0)
+        b = tl.load(b_ptrs, mask=b_keep, other=0.0)
+        if MASK_B_PROLOGUE:
+            s_tile = tl.load(s_ptrs, mask=b_keep, other=0.0).to(tl.float32)
+            m_tile, _ = _mask_and_slope(s_tile, beta, MODE)
+            b = (b.to(tl.float32) * m_tile).to(a.dtype)
+            s_ptrs += BLOCK_K * stride_bk
+        if IEEE:
+            acc += tl.dot(a, b, input_precision="ieee")
+        else:
+            acc += tl.dot(a, b)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    out_keep = (rm[:, None] < M) & (rn[None, :] < N)
+    if MASK_GRAD_EPILOGUE:
+        t_offs = rm[:, None] * stride_tm + rn[None, :] * stride_tn
+        theta_raw = tl.load(theta_ptr + t_offs, mask=out_keep, other=0.0)
+        theta = theta_raw.to(tl.float32)
+        s = tl.load(s_ptr + t_offs, mask=out_keep, other=0.0).to(tl.float32)
+        m, slope = _mask_and_slope(s, beta, MODE)
+        if WANT_S:
+            tl.store(gs_ptr + t_offs, acc * theta * beta * slope, mask=out_keep)
+        if WANT_THETA:
+            tl.store(gtheta_ptr + t_offs, (acc * m).to(theta_raw.dtype), mask=out_keep)
+        if WANT_WEFF:
+            tl.store(weff_ptr + t_offs, (theta * m).to(theta_raw.dtype), mask=out_keep)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=out_keep)
