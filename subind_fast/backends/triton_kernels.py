@@ -58,6 +58,23 @@ def _mask_and_slope(s, beta, MODE: tl.constexpr):
 
 
 @triton.jit
+def _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta,
+                      MODE: tl.constexpr, WANT_S: tl.constexpr, WANT_THETA: tl.constexpr,
+                      WANT_WEFF: tl.constexpr):
+    """From g = ∂L/∂W_eff (fp32) at ``offs``: ∂s = g⊙θ⊙β·m(1−m), ∂θ = g⊙m, W_eff = θ⊙m."""
+    theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
+    theta = theta_raw.to(tl.float32)
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    m, slope = _mask_and_slope(s, beta, MODE)
+    if WANT_S:
+        tl.store(gs_ptr + offs, g * theta * beta * slope, mask=keep)
+    if WANT_THETA:
+        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
+    if WANT_WEFF:
+        tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
+
+
+@triton.jit
 def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, n, beta, MODE: tl.constexpr,
                        BLOCK: tl.constexpr):
     """out = θ ⊙ m(s) over n contiguous elements."""
@@ -76,17 +93,9 @@ def mask_backward_kernel(g_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, 
     """From g = ∂L/∂W_eff: ∂s = g⊙θ⊙β·m(1−m), ∂θ = g⊙m, W_eff = θ⊙m."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     keep = offs < n
-    theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
-    theta = theta_raw.to(tl.float32)
-    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    m, slope = _mask_and_slope(s, beta, MODE)
-    if WANT_S:
-        tl.store(gs_ptr + offs, g * theta * beta * slope, mask=keep)
-    if WANT_THETA:
-        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
-    if WANT_WEFF:
-        tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
+    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta,
+                      MODE, WANT_S, WANT_THETA, WANT_WEFF)
 
 
 @triton.jit
@@ -180,16 +189,8 @@ def masked_matmul_kernel(
     out_keep = (rm[:, None] < M) & (rn[None, :] < N)
     if MASK_GRAD_EPILOGUE:
         t_offs = rm[:, None] * stride_tm + rn[None, :] * stride_tn
-        theta_raw = tl.load(theta_ptr + t_offs, mask=out_keep, other=0.0)
-        theta = theta_raw.to(tl.float32)
-        s = tl.load(s_ptr + t_offs, mask=out_keep, other=0.0).to(tl.float32)
-        m, slope = _mask_and_slope(s, beta, MODE)
-        if WANT_S:
-            tl.store(gs_ptr + t_offs, acc * theta * beta * slope, mask=out_keep)
-        if WANT_THETA:
-            tl.store(gtheta_ptr + t_offs, (acc * m).to(theta_raw.dtype), mask=out_keep)
-        if WANT_WEFF:
-            tl.store(weff_ptr + t_offs, (theta * m).to(theta_raw.dtype), mask=out_keep)
+        _store_mask_grads(acc, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, t_offs, out_keep,
+                          beta, MODE, WANT_S, WANT_THETA, WANT_WEFF)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
