@@ -106,8 +106,17 @@ def build(provider: str, case: Case, device, dtype):
     if provider == "neurosurgeon":
         from NeuroSurgeon.Masking.contsparse_layer import ContSparseConv2d, ContSparseLinear
 
-        cls = ContSparseLinear if case.kind == "linear" else ContSparseConv2d
-        module = cls.from_layer(plain, mask_init_value=MASK_INIT).to(device)
+        if case.kind == "linear":
+            module = ContSparseLinear.from_layer(plain, mask_init_value=MASK_INIT)
+        else:
+            # ContSparseConv2d.from_layer raises AttributeError in neurosurgeon 0.1.0;
+            # build it directly and attach the layer's parameters as from_layer means to.
+            module = ContSparseConv2d(plain.in_channels, plain.out_channels, plain.kernel_size,
+                                      padding=plain.padding, stride=plain.stride,
+                                      dilation=plain.dilation, groups=plain.groups,
+                                      mask_init_value=MASK_INIT)
+            module.weight, module.bias = plain.weight, plain.bias
+        module = module.to(device)
         module.temperature = BETA
         module.train(True)
         return _freeze_base(module, module)
@@ -129,39 +138,51 @@ def neurosurgeon_available() -> bool:
 
 def run_case(case: Case, providers, device, dtype, rec: harness.Recorder, budget_s: float):
     x = case.make_input(device, dtype).requires_grad_()
-    results = {}
-    for provider in providers:
-        module = build(provider, case, device, dtype)
+    modules = {p: build(p, case, device, dtype) for p in providers}
+    with torch.no_grad():
+        grad_out = torch.randn_like(modules["plain"](x))
+    pending = {}
+
+    def timed(provider, mode):
+        module = modules[provider]
         params = [p for p in module.parameters() if p.requires_grad]
-        with torch.no_grad():
-            grad_out = torch.randn_like(module(x))
 
         def clear():
             x.grad = None
             for p in params:
                 p.grad = None
 
-        pending = {}
-
         def forward_then_clear():
             clear()
-            pending["out"] = module(x)
+            pending[provider] = module(x)
 
-        fwd = harness.time_fn(device, lambda: module(x), clear, budget_s=budget_s)
-        bwd = harness.time_fn(device, lambda: pending["out"].backward(grad_out),
-                              forward_then_clear, budget_s=budget_s)
-        full = harness.time_fn(device, lambda: module(x).backward(grad_out), clear,
-                               budget_s=budget_s)
+        if mode == "fwd":
+            return (lambda: module(x)), clear
+        if mode == "bwd":
+            return (lambda: pending[provider].backward(grad_out)), forward_then_clear
+        return (lambda: module(x).backward(grad_out)), clear
+
+    stats = {}
+    for mode in ("fwd", "bwd", "full"):
+        cases = {p: timed(p, mode) for p in providers}
+        if device.type == "cuda":
+            stats[mode] = {p: harness.time_gpu(*cases[p]) for p in providers}
+        else:
+            stats[mode] = harness.time_round_robin(cases, budget_s=budget_s)
+        pending.clear()
+
+    results = {}
+    for provider, module in modules.items():
         owned = [x, *module.parameters(), *module.buffers()]
         saved, _ = harness.saved_bytes_beyond(lambda: module(x), owned)
-        weight_numel = next(p for n, p in module.named_parameters() if n.endswith("weight")).numel()
+        weight_numel = case.make_plain("meta", dtype).weight.numel()
         saved_per_weight = 0.0 if provider == "plain" else saved / weight_numel
-        for mode, stats in (("fwd", fwd), ("bwd", bwd), ("full", full)):
-            rec.add(case.name, provider, mode, "ms", stats)
+        for mode in ("fwd", "bwd", "full"):
+            rec.add(case.name, provider, mode, "ms", stats[mode][provider])
         rec.add(case.name, provider, "full", "saved_bytes_per_weight",
                 harness.Stats(saved_per_weight, saved_per_weight, saved_per_weight))
-        results[provider] = (fwd.p50, bwd.p50, full.p50, saved_per_weight)
-        del module
+        results[provider] = (stats["fwd"][provider].p50, stats["bwd"][provider].p50,
+                             stats["full"][provider].p50, saved_per_weight)
     return results
 
 
@@ -173,7 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--cases", default=None, help="comma-separated substrings of case names")
     parser.add_argument("--providers", default="plain,eager,neurosurgeon,compile,ours")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--budget", type=float, default=2.0,
+                        help="seconds of round-robin timing per case and mode")
     parser.add_argument("--csv", type=Path, default=harness.DEFAULT_CSV)
     args = parser.parse_args(argv)
 

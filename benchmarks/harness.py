@@ -86,6 +86,31 @@ def time_cpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = N
     return Stats.of(samples)
 
 
+def time_round_robin(cases: dict[str, tuple[Callable[[], object], Optional[Callable[[], object]]]],
+                     min_repeats: int = 7, max_repeats: int = 60, budget_s: float = 2.0,
+                     warmup: int = 2) -> dict[str, Stats]:
+    """Time several providers on the CPU in alternation (one call of each per
+    round), so drift in machine speed hits them all alike.  ``cases`` maps a
+    name to (fn, setup); setup runs untimed before each call."""
+    for fn, setup in cases.values():
+        for _ in range(warmup):
+            if setup:
+                setup()
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
+        for name, (fn, setup) in cases.items():
+            if setup:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return {name: Stats.of(values) for name, values in samples.items()}
+
+
 def time_gpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = None) -> Stats:
     from triton.testing import do_bench
 

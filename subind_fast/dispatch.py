@@ -34,8 +34,8 @@ def get_backend(name: str) -> ComposedBackend:
         from .backends.reference import ReferenceBackend
         return ReferenceBackend()
     if name == "cpu":
-        from .backends.compiled import CompiledBackend
-        return CompiledBackend("cpu", "_C")
+        from .backends.cpu import CpuBackend
+        return CpuBackend()
     if name == "cuda":
         from .backends.compiled import CompiledBackend
         return CompiledBackend("cuda", "_C_cuda")

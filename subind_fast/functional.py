@@ -19,14 +19,14 @@ IntOrTuple = Union[int, Sequence[int]]
 def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft") -> Tensor:
     """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
     check_masked_weight(weight, logits, mode)
-    return _ops.mask_weight(weight, logits, check_beta(beta), mode)
+    return _ops.MASK_WEIGHT(weight, logits, check_beta(beta), mode)
 
 
 def l0(logits: Tensor, beta: float) -> Tensor:
     """Expected mask size Σσ(β·s) (the continuous L0 penalty), gradient β·m(1−m)."""
     if not isinstance(logits, torch.Tensor) or logits.dtype not in (torch.float32, torch.float64):
         raise TypeError("logits must be a float32 or float64 tensor")
-    return _ops.sigmoid_sum(logits, check_beta(beta))
+    return _ops.SIGMOID_SUM(logits, check_beta(beta))
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
@@ -36,7 +36,7 @@ def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
-    return _ops.masked_linear(x, weight, logits, bias, check_beta(beta), mode)
+    return _ops.MASKED_LINEAR(x, weight, logits, bias, check_beta(beta), mode)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
@@ -83,7 +83,7 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
         raise ValueError(f"stride {stride} and dilation {dilation} must be >= 1")
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
-    out = _ops.masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
+    out = _ops.MASKED_CONV(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
                            check_beta(beta), mode, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 

@@ -126,3 +126,33 @@ def test_compiled_cpu_backend_serves_cpu_by_default():
     info = sf.backend_info()
     assert info["devices"]["cpu"] == {"linear": "cpu", "conv": "cpu", "mask": "cpu", "l0": "cpu"}
     assert info["compiled"]["_C (cpu)"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("weight_grad", [False, True])
+@pytest.mark.parametrize("x_shape,n_out", [((3, 33), 50), ((16, 7), 17), ((2, 4, 9), 64)])
+def test_cpu_blocked_schedule(monkeypatch, dtype, mode, weight_grad, x_shape, n_out):
+    """Force 16-row blocks so the blocked forward/backward (dW_eff transformed
+    in place per block, ∂x accumulated across blocks, partial last block) runs
+    on small shapes."""
+    from subind_fast.backends import cpu
+
+    monkeypatch.setattr(cpu, "BLOCK_BYTES", 1)
+    m = math.prod(x_shape[:-1])
+    assert cpu.block_rows_for(m, n_out, x_shape[-1], 4) == 16
+    x, w, s, b = make_problem(x_shape, n_out, seed=5)
+    check_linear(x, w, s, b, 2.0, mode, dtype, weight_grad=weight_grad)
+
+
+def test_cpu_unblocked_schedule_reuses_scratch():
+    from subind_fast.backends import cpu
+
+    assert cpu.block_rows_for(4096, 3072, 768, 4) == 3072  # large M: one block
+    assert cpu.block_rows_for(64, 3072, 768, 4) == 80      # small M: L2-sized blocks
+    backend = sf.dispatch.get_backend("cpu")
+    x, w, s, b = make_problem((40, 24), 30)
+    check_linear(x, w, s, b, 2.0, "soft", torch.float32)
+    buffer = backend._scratch.buffers[("weff", torch.float32)]
+    check_linear(x, w, s, b, 2.0, "soft", torch.float32)
+    assert backend._scratch.buffers[("weff", torch.float32)] is buffer
