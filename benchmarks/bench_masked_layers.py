@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--cases", default=None, help="comma-separated substrings of case names")
     parser.add_argument("--providers", default="plain,eager,neurosurgeon,compile,ours")
-    parser.add_argument("--budget", type=float, default=2.0,
+    parser.add_argument("--budget", type=float, default=4.0,
                         help="seconds of round-robin timing per case and mode")
     parser.add_argument("--csv", type=Path, default=harness.DEFAULT_CSV)
     args = parser.parse_args(argv)
