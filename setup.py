@@ -80,7 +80,7 @@ def extensions():
     exts = [
         CppExtension(
             "subind_fast._C",
-            ["csrc/cpu/mask_ops.cpp", "csrc/cpu/masked_linear.cpp"],
+            ["csrc/cpu/mask_ops.cpp", "csrc/cpu/masked_linear.cpp", "csrc/cpu/optim.cpp"],
             include_dirs=[INCLUDE],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],

@@ -2,7 +2,9 @@
 
 Masked linear/convolution with the continuous-sparsification mask
 W_eff = θ ⊙ σ(β·s) (or the hard mask 1[s>0]) fused into forward and backward,
-as torch custom ops (namespace ``subind``) and drop-in ``nn`` layers.
+as torch custom ops (namespace ``subind``) and drop-in ``nn`` layers; 1-bit
+subnetworks, transfer into a fresh model, and fused optimizers that leave the
+frozen subnetwork untouched.
 Importing never touches CUDA and never fails for a missing compiled part.
 """
 from . import _ops  # registers the torch.library ops
@@ -12,9 +14,14 @@ from .functional import (l0, mask_weight, masked_conv, masked_conv1d, masked_con
                          masked_conv3d, masked_linear)
 from .nn import (l0_penalty, mask_model, masked_layers, set_beta, set_mode, unmask_model)
 from . import nn
+from .bits import pack_bits, unpack_bits
+from .optim import MaskedAdamW, MaskedSGD
+from .subnetwork import Subnetwork
+from .transfer import FrozenMasks, transfer
 
 __version__ = "0.1.0"
 
-__all__ = ["MissingKernelError", "backend_info", "l0", "l0_penalty", "mask_model", "mask_weight",
+__all__ = ["FrozenMasks", "MaskedAdamW", "MaskedSGD", "Subnetwork", "pack_bits", "transfer",
+           "unpack_bits", "MissingKernelError", "backend_info", "l0", "l0_penalty", "mask_model", "mask_weight",
            "masked_conv", "masked_conv1d", "masked_conv2d", "masked_conv3d", "masked_layers",
            "masked_linear", "nn", "set_beta", "set_mode", "unmask_model"]

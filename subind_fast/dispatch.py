@@ -1,12 +1,13 @@
 """The one place that decides which backend serves an op on a device.
 
 Op families: ``linear`` (masked_linear), ``conv`` (masked_conv*), ``mask``
-(mask_weight on its own) and ``l0`` (Σσ(βs)).  Defaults:
+(mask_weight on its own), ``l0`` (Σσ(βs)) and ``optim`` (the fused
+frozen-mask optimizer steps).  Defaults:
 
     cpu    → cpu      (compiled C++; raises MissingKernelError if not built)
     cuda   → linear: triton (fused masked GEMMs);  conv, mask: cuda (compiled
              element-wise kernels + cuDNN) when built, else triton's
-             element-wise kernels;  l0: triton
+             element-wise kernels;  l0, optim: triton
     other  → reference
 
 ``SUBIND_BACKEND=<name>`` (reference | cpu | triton | cuda) forces one backend
@@ -23,7 +24,7 @@ import torch
 from . import _extension
 from .backends.base import ComposedBackend
 
-FAMILIES = ("linear", "conv", "mask", "l0")
+FAMILIES = ("linear", "conv", "mask", "l0", "optim")
 BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
 _DEVICES_SERVED = {"reference": None, "cpu": {"cpu"}, "triton": {"cuda"}, "cuda": {"cuda"}}
 

@@ -124,7 +124,7 @@ def test_random_shapes(backend, m, k, n, beta, mode, seed):
 
 def test_compiled_cpu_backend_serves_cpu_by_default():
     info = sf.backend_info()
-    assert info["devices"]["cpu"] == {"linear": "cpu", "conv": "cpu", "mask": "cpu", "l0": "cpu"}
+    assert set(info["devices"]["cpu"].values()) == {"cpu"}
     assert info["compiled"]["_C (cpu)"]
 
 

@@ -85,6 +85,7 @@ at::Tensor sigmoid_sum_backward(const at::Tensor& grad, const at::Tensor& logits
 }  // namespace
 
 void register_masked_linear(pybind11::module& m);  // masked_linear.cpp
+void register_optim(pybind11::module& m);          // optim.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "subind_fast CPU kernels: element-wise continuous-sparsification passes";
@@ -100,4 +101,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sigmoid_sum_backward", &sigmoid_sum_backward,
         "grad * beta * sigmoid'(beta * s)");
   register_masked_linear(m);
+  register_optim(m);
 }

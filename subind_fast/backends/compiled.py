@@ -32,3 +32,9 @@ class CompiledBackend(ComposedBackend):
 
     def sigmoid_sum_backward(self, grad, logits, beta):
         return self._lib.sigmoid_sum_backward(grad, logits, beta)
+
+    def adamw_step(self, *args):
+        self._lib.adamw_step(*args)
+
+    def sgd_step(self, *args):
+        self._lib.sgd_step(*args)

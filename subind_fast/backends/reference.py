@@ -57,3 +57,46 @@ class ReferenceBackend(ComposedBackend):
     def sigmoid_sum_backward(self, grad, logits, beta):
         _, slope = mask_and_slope(logits, beta, "soft")
         return (grad.to(slope.dtype) * beta * slope).to(logits.dtype)
+
+
+def _keep_frozen(new: torch.Tensor, old: torch.Tensor, frozen) -> torch.Tensor:
+    return new if frozen is None else torch.where(frozen, old, new)
+
+
+def _frozen_mask(frozen_bits: torch.Tensor, like: torch.Tensor):
+    from ..bits import unpack_bits
+
+    return unpack_bits(frozen_bits, like.shape) if frozen_bits.numel() else None
+
+
+def reference_adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1,
+                         beta2, eps, weight_decay, step_size, inv_sqrt_bias2):
+    """torch.optim.AdamW's update (csrc/include/subind/optim_math.h), frozen
+    elements of parameter and state left untouched."""
+    frozen = _frozen_mask(frozen_bits, param)
+    m_new = beta1 * exp_avg + (1 - beta1) * grad
+    v_new = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+    v_used = v_new
+    if max_exp_avg_sq.numel():
+        v_used = torch.maximum(max_exp_avg_sq, v_new)
+        max_exp_avg_sq.copy_(_keep_frozen(v_used, max_exp_avg_sq, frozen))
+    p_new = param * (1 - lr * weight_decay) - step_size * m_new / (v_used.sqrt() * inv_sqrt_bias2 + eps)
+    param.copy_(_keep_frozen(p_new, param, frozen))
+    exp_avg.copy_(_keep_frozen(m_new, exp_avg, frozen))
+    exp_avg_sq.copy_(_keep_frozen(v_new, exp_avg_sq, frozen))
+
+
+def reference_sgd_step(param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+                       weight_decay, nesterov, first_step):
+    """torch.optim.SGD's update, frozen elements of parameter and momentum left untouched."""
+    frozen = _frozen_mask(frozen_bits, param)
+    g = grad + weight_decay * param
+    if momentum_buffer.numel():
+        b_new = g if first_step else momentum * momentum_buffer + (1 - dampening) * g
+        momentum_buffer.copy_(_keep_frozen(b_new, momentum_buffer, frozen))
+        g = g + momentum * b_new if nesterov else b_new
+    param.copy_(_keep_frozen(param - lr * g, param, frozen))
+
+
+ReferenceBackend.adamw_step = staticmethod(reference_adamw_step)
+ReferenceBackend.sgd_step = staticmethod(reference_sgd_step)

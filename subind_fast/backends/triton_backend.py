@@ -148,3 +148,28 @@ class TritonBackend(ComposedBackend):
         gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else empty_like_marker(grad)
         return (gx, gw if gw is not None else empty_like_marker(weight),
                 gs if gs is not None else empty_like_marker(logits), gb)
+
+    # -- fused frozen-mask optimizer steps ---------------------------------------
+    @staticmethod
+    def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1,
+                   beta2, eps, weight_decay, step_size, inv_sqrt_bias2):
+        n = param.numel()
+        if n:
+            K.adamw_kernel[_elementwise_grid(n)](
+                param, grad, exp_avg, exp_avg_sq,
+                max_exp_avg_sq if max_exp_avg_sq.numel() else param,
+                frozen_bits if frozen_bits.numel() else param, n, lr, beta1, beta2, eps,
+                weight_decay, step_size, inv_sqrt_bias2, AMSGRAD=bool(max_exp_avg_sq.numel()),
+                HAS_BITS=bool(frozen_bits.numel()), BLOCK=K.ELEMENTWISE_BLOCK)
+
+    @staticmethod
+    def sgd_step(param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+                 weight_decay, nesterov, first_step):
+        n = param.numel()
+        if n:
+            K.sgd_kernel[_elementwise_grid(n)](
+                param, grad, momentum_buffer if momentum_buffer.numel() else param,
+                frozen_bits if frozen_bits.numel() else param, n, lr, momentum, dampening,
+                weight_decay, HAS_BUF=bool(momentum_buffer.numel()), NESTEROV=bool(nesterov),
+                FIRST_STEP=bool(first_step), HAS_BITS=bool(frozen_bits.numel()),
+                BLOCK=K.ELEMENTWISE_BLOCK)

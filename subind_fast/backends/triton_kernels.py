@@ -196,3 +196,62 @@ def masked_matmul_kernel(
             acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=out_keep)
+
+
+@triton.jit
+def _frozen_bits(bits_ptr, offs, keep, HAS_BITS: tl.constexpr):
+    """1 where element offs is frozen (bit offs%8 of byte offs//8, LSB first)."""
+    if HAS_BITS:
+        byte = tl.load(bits_ptr + offs // 8, mask=keep, other=0).to(tl.int32)
+        return ((byte >> (offs % 8)) & 1) != 0
+    return offs < 0
+
+
+@triton.jit
+def adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, bits_ptr, n, lr, beta1, beta2, eps,
+                 weight_decay, step_size, inv_sqrt_bias2, AMSGRAD: tl.constexpr,
+                 HAS_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One fused AdamW step (csrc/include/subind/optim_math.h); frozen
+    elements of parameter and state are stored back unchanged."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    frozen = _frozen_bits(bits_ptr, offs, keep, HAS_BITS)
+    p = tl.load(p_ptr + offs, mask=keep)
+    g = tl.load(g_ptr + offs, mask=keep)
+    m = tl.load(m_ptr + offs, mask=keep)
+    v = tl.load(v_ptr + offs, mask=keep)
+    m_new = beta1 * m + (1 - beta1) * g
+    v_new = beta2 * v + (1 - beta2) * g * g
+    v_used = v_new
+    if AMSGRAD:
+        vmax = tl.load(vmax_ptr + offs, mask=keep)
+        v_used = tl.maximum(vmax, v_new)
+        tl.store(vmax_ptr + offs, tl.where(frozen, vmax, v_used), mask=keep)
+    p_new = p * (1 - lr * weight_decay) - step_size * m_new / (tl.sqrt(v_used) * inv_sqrt_bias2 + eps)
+    tl.store(p_ptr + offs, tl.where(frozen, p, p_new), mask=keep)
+    tl.store(m_ptr + offs, tl.where(frozen, m, m_new), mask=keep)
+    tl.store(v_ptr + offs, tl.where(frozen, v, v_new), mask=keep)
+
+
+@triton.jit
+def sgd_kernel(p_ptr, g_ptr, buf_ptr, bits_ptr, n, lr, momentum, dampening, weight_decay,
+               HAS_BUF: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
+               HAS_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One fused SGD step (momentum, dampening, nesterov, weight decay)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    frozen = _frozen_bits(bits_ptr, offs, keep, HAS_BITS)
+    p = tl.load(p_ptr + offs, mask=keep)
+    g = tl.load(g_ptr + offs, mask=keep) + weight_decay * p
+    if HAS_BUF:
+        b = tl.load(buf_ptr + offs, mask=keep)
+        if FIRST_STEP:
+            b_new = g
+        else:
+            b_new = momentum * b + (1 - dampening) * g
+        tl.store(buf_ptr + offs, tl.where(frozen, b, b_new), mask=keep)
+        if NESTEROV:
+            g = g + momentum * b_new
+        else:
+            g = b_new
+    tl.store(p_ptr + offs, tl.where(frozen, p, p - lr * g), mask=keep)

@@ -1,0 +1,75 @@
+// Per-element optimizer updates with a packed frozen mask, shared by the CPU
+// (csrc/cpu/optim.cpp) kernels and any device code.
+//
+// Frozen mask: bit i of byte i/8 (least significant bit first) is 1 when
+// element i is frozen.  A frozen element keeps its parameter and every state
+// value bit-for-bit: the update is computed and then discarded by a select,
+// so no weight decay, momentum or moment decay ever reaches it.
+//
+// AdamW (torch.optim.AdamW, amsgrad optional), step t (1-based):
+//   p  ← p·(1 − lr·wd)
+//   m  ← β1·m + (1 − β1)·g
+//   v  ← β2·v + (1 − β2)·g²
+//   v̂  ← max(v̂, v)                      (amsgrad; else v̂ = v)
+//   p  ← p − (lr / (1 − β1ᵗ)) · m / (√v̂ / √(1 − β2ᵗ) + eps)
+// SGD (torch.optim.SGD):
+//   g  ← g + wd·p
+//   b  ← g on the first step, else μ·b + (1 − dampening)·g   (μ ≠ 0)
+//   g  ← g + μ·b (nesterov) or b
+//   p  ← p − lr·g
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "subind/mask_math.h"
+
+namespace subind {
+
+SUBIND_HD bool is_frozen(const uint8_t* bits, int64_t i) {
+  return bits != nullptr && ((bits[i >> 3] >> (i & 7)) & 1);
+}
+
+struct AdamWScalars {
+  float lr, beta1, beta2, eps, weight_decay;
+  float step_size;          // lr / (1 − β1ᵗ)
+  float inv_sqrt_bias2;     // 1 / √(1 − β2ᵗ)
+};
+
+template <typename T>
+SUBIND_HD void adamw_element(T& p, T g, T& m, T& v, T* vmax, const AdamWScalars& c,
+                             bool frozen) {
+  const T p_decayed = p * (T(1) - T(c.lr) * T(c.weight_decay));
+  const T m_new = T(c.beta1) * m + (T(1) - T(c.beta1)) * g;
+  const T v_new = T(c.beta2) * v + (T(1) - T(c.beta2)) * g * g;
+  T v_used = v_new;
+  if (vmax != nullptr) {
+    const T vmax_new = *vmax > v_new ? *vmax : v_new;
+    v_used = vmax_new;
+    *vmax = frozen ? *vmax : vmax_new;
+  }
+  const T denom = ::sqrt(v_used) * T(c.inv_sqrt_bias2) + T(c.eps);
+  const T p_new = p_decayed - T(c.step_size) * m_new / denom;
+  p = frozen ? p : p_new;
+  m = frozen ? m : m_new;
+  v = frozen ? v : v_new;
+}
+
+struct SGDScalars {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov, first_step;
+};
+
+template <typename T>
+SUBIND_HD void sgd_element(T& p, T g, T* buf, const SGDScalars& c, bool frozen) {
+  g = g + T(c.weight_decay) * p;
+  if (buf != nullptr) {
+    const T b_new = c.first_step ? g : T(c.momentum) * *buf + (T(1) - T(c.dampening)) * g;
+    *buf = frozen ? *buf : b_new;
+    g = c.nesterov ? g + T(c.momentum) * b_new : b_new;
+  }
+  const T p_new = p - T(c.lr) * g;
+  p = frozen ? p : p_new;
+}
+
+}  // namespace subind

@@ -1,0 +1,304 @@
+"""A discovered subnetwork: a binary mask γ over named parameters, stored at
+1 bit per weight, with set algebra, the paper's controls (§4.3, App. B.2),
+NeuroSurgeon's ablations, and a versioned safetensors file format."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .bits import count_ones, pack_bits, packed_size, unpack_bits
+
+FORMAT = "subind-subnetwork"
+FORMAT_VERSION = 1
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return seed
+
+
+class Subnetwork:
+    """Parameter name → packed mask bits (1 = in the subnetwork) and shape."""
+
+    def __init__(self, bits: Mapping[str, Tensor], shapes: Mapping[str, Iterable[int]],
+                 metadata: Optional[dict] = None):
+        if set(bits) != set(shapes):
+            raise ValueError(f"bits and shapes name different parameters: "
+                             f"{sorted(set(bits) ^ set(shapes))}")
+        self._bits: dict[str, Tensor] = {}
+        self._shapes: dict[str, torch.Size] = {}
+        for name in sorted(bits):
+            shape = torch.Size(shapes[name])
+            packed = bits[name].detach().to("cpu")
+            if packed.dtype != torch.uint8 or packed.numel() != packed_size(shape.numel()):
+                raise ValueError(f"{name}: {packed.numel()} packed bytes do not fit shape "
+                                 f"{tuple(shape)} ({packed_size(shape.numel())} expected)")
+            self._bits[name], self._shapes[name] = packed.contiguous(), shape
+        self.metadata = dict(metadata or {})
+
+    # ---------------------------------------------------------- construction
+    @classmethod
+    def from_masks(cls, masks: Mapping[str, Tensor], metadata: Optional[dict] = None) -> "Subnetwork":
+        """From {parameter name: bool tensor}."""
+        for name, mask in masks.items():
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"mask for {name!r} must be a bool tensor, got "
+                                f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}")
+        return cls({n: pack_bits(m.cpu()) for n, m in masks.items()},
+                   {n: m.shape for n, m in masks.items()}, metadata)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, metadata: Optional[dict] = None) -> "Subnetwork":
+        """The hard masks 1[s > 0] of every masked layer, keyed by the name of
+        the weight parameter they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``)."""
+        from .nn import masked_layers
+
+        layers = masked_layers(model)
+        if not layers:
+            raise ValueError("the model has no masked layers (call mask_model first)")
+        return cls.from_masks({f"{name}.weight": layer.hard_mask() for name, layer in layers.items()},
+                              metadata)
+
+    @classmethod
+    def _constant(cls, model: nn.Module, value: bool, names) -> "Subnetwork":
+        params = dict(model.named_parameters())
+        chosen = params if names is None else {n: params[n] for n in names}
+        return cls.from_masks({n: torch.full(p.shape, value, dtype=torch.bool)
+                               for n, p in chosen.items()})
+
+    @classmethod
+    def all_of(cls, model: nn.Module, names: Optional[Iterable[str]] = None) -> "Subnetwork":
+        """Every entry of every (or the named) parameter: the full-model-transfer control."""
+        return cls._constant(model, True, names)
+
+    @classmethod
+    def none_of(cls, model: nn.Module, names: Optional[Iterable[str]] = None) -> "Subnetwork":
+        """No entry at all: the from-scratch control."""
+        return cls._constant(model, False, names)
+
+    # --------------------------------------------------------------- queries
+    def names(self) -> list[str]:
+        return list(self._bits)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._bits
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def shape(self, name: str) -> torch.Size:
+        return self._shapes[name]
+
+    def packed(self, name: str) -> Tensor:
+        return self._bits[name]
+
+    def mask(self, name: str, device=None) -> Tensor:
+        return unpack_bits(self._bits[name].to(device or "cpu"), self._shapes[name])
+
+    def masks(self, device=None) -> dict[str, Tensor]:
+        return {name: self.mask(name, device) for name in self._bits}
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """{name: (entries in the subnetwork, entries in the parameter)}."""
+        return {n: (count_ones(b), self._shapes[n].numel()) for n, b in self._bits.items()}
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: (kept / total if total else 0.0) for n, (kept, total) in self.counts().items()}
+
+    def density(self) -> float:
+        kept = total = 0
+        for k, t in self.counts().values():
+            kept, total = kept + k, total + t
+        return kept / total if total else 0.0
+
+    def nbytes(self) -> int:
+        return sum(b.numel() for b in self._bits.values())
+
+    def summary(self) -> str:
+        rows = [(n, "×".join(map(str, self._shapes[n])), k, t, f"{(k / t if t else 0):.4f}")
+                for n, (k, t) in self.counts().items()]
+        kept = sum(r[2] for r in rows)
+        total = sum(r[3] for r in rows)
+        rows.append(("total", "", kept, total, f"{(kept / total if total else 0):.4f}"))
+        header = ("parameter", "shape", "kept", "total", "density")
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        fmt = lambda r: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
+                                  for i, (c, w) in enumerate(zip(r, widths)))
+        return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+    def __repr__(self) -> str:
+        return f"Subnetwork({len(self)} parameters, density {self.density():.4f})"
+
+    # ----------------------------------------------------------- set algebra
+    def _check_compatible(self, other: "Subnetwork") -> None:
+        if not isinstance(other, Subnetwork):
+            raise TypeError(f"expected a Subnetwork, got {type(other).__name__}")
+        if self._shapes != other._shapes:
+            diff = sorted(set(self._shapes.items()) ^ set(other._shapes.items()))
+            raise ValueError(f"subnetworks cover different parameters or shapes: {diff[:6]}")
+
+    def _combine(self, other: "Subnetwork", op) -> "Subnetwork":
+        self._check_compatible(other)
+        # Padding bits stay 0 for &, | and a & ~b, so bytes combine directly.
+        return Subnetwork({n: op(b, other._bits[n]) for n, b in self._bits.items()}, self._shapes)
+
+    def __and__(self, other):
+        return self._combine(other, torch.bitwise_and)
+
+    def __or__(self, other):
+        return self._combine(other, torch.bitwise_or)
+
+    def __sub__(self, other):
+        return self._combine(other, lambda a, b: torch.bitwise_and(a, torch.bitwise_not(b)))
+
+    def __invert__(self):
+        return Subnetwork.from_masks({n: ~m for n, m in self.masks().items()})
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Subnetwork) and self._shapes == other._shapes
+                and all(torch.equal(b, other._bits[n]) for n, b in self._bits.items()))
+
+    __hash__ = None
+
+    def iou(self, other: "Subnetwork") -> float:
+        """|A ∩ B| / |A ∪ B| over all parameters (1.0 when both are empty)."""
+        inter = sum(k for k, _ in (self & other).counts().values())
+        union = sum(k for k, _ in (self | other).counts().values())
+        return inter / union if union else 1.0
+
+    # -------------------------------------------------------------- controls
+    def random_like(self, seed: int) -> "Subnetwork":
+        """Same number of entries per parameter, drawn uniformly (paper §4.3)."""
+        gen = torch.Generator().manual_seed(_check_seed(seed))
+        masks = {}
+        for name, (kept, total) in self.counts().items():
+            mask = torch.zeros(total, dtype=torch.bool)
+            mask[torch.randperm(total, generator=gen)[:kept]] = True
+            masks[name] = mask.view(self._shapes[name])
+        return Subnetwork.from_masks(masks, {"control": "random_like", "seed": seed})
+
+    def complement_sample(self, seed: int) -> "Subnetwork":
+        """Same number of entries per parameter, drawn only from outside the
+        subnetwork (App. B.2)."""
+        gen = torch.Generator().manual_seed(_check_seed(seed))
+        masks = {}
+        for name in self._bits:
+            inside = self.mask(name).reshape(-1)
+            outside = (~inside).nonzero().squeeze(1)
+            kept = int(inside.sum())
+            if kept > outside.numel():
+                raise ValueError(f"{name}: the subnetwork holds {kept} entries but only "
+                                 f"{outside.numel()} lie outside it; cannot complement-sample")
+            mask = torch.zeros_like(inside)
+            mask[outside[torch.randperm(outside.numel(), generator=gen)[:kept]]] = True
+            masks[name] = mask.view(self._shapes[name])
+        return Subnetwork.from_masks(masks, {"control": "complement_sample", "seed": seed})
+
+    # ------------------------------------------------------------- ablations
+    def ablate(self, model: nn.Module, how: str = "keep", seed: int = 0) -> nn.Module:
+        """Apply to ``model``'s weights in place (NeuroSurgeon's evaluation modes):
+        ``keep`` θ⊙γ; ``zero`` θ⊙(1−γ); ``random`` the subnetwork's entries
+        re-drawn from their layer's initialisation."""
+        if how not in ("keep", "zero", "random"):
+            raise ValueError(f"how must be 'keep', 'zero' or 'random', got {how!r}")
+        params = self._matching_parameters(model)
+        gen_seed = _check_seed(seed)
+        with torch.no_grad():
+            for i, (name, param) in enumerate(params.items()):
+                gamma = self.mask(name, param.device)
+                if how == "keep":
+                    param.mul_(gamma.to(param.dtype))
+                elif how == "zero":
+                    param.mul_((~gamma).to(param.dtype))
+                else:
+                    fresh = _fresh_initialisation(model, name, gen_seed + i)
+                    param.copy_(torch.where(gamma, fresh.to(param.device, param.dtype), param))
+        return model
+
+    def _matching_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        params = dict(model.named_parameters())
+        missing = [n for n in self._bits if n not in params]
+        wrong = [f"{n}: subnetwork {tuple(self._shapes[n])} vs model {tuple(params[n].shape)}"
+                 for n in self._bits if n in params and params[n].shape != self._shapes[n]]
+        if missing or wrong:
+            raise ValueError("subnetwork does not match the model: "
+                             + "; ".join([f"missing parameters {missing[:8]}"] * bool(missing)
+                                         + wrong[:8]))
+        return {n: params[n] for n in self._bits}
+
+    # ---------------------------------------------------------------- files
+    def save(self, path) -> Path:
+        """Write a safetensors file (packed bits + metadata) atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "shapes": json.dumps({n: list(s) for n, s in self._shapes.items()}),
+                "density": json.dumps(self.layer_density()),
+                "metadata": json.dumps(self.metadata, default=str)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({n: b for n, b in self._bits.items()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Subnetwork":
+        """Read a file written by :meth:`save`; a truncated, corrupt or
+        wrong-version file raises ValueError naming the file."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no subnetwork file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                bits = {name: handle.get_tensor(name) for name in handle.keys()}
+        except Exception as err:  # safetensors raises several types for damaged files
+            raise ValueError(f"{path}: not a readable subnetwork file ({err})") from err
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a subnetwork file (format {meta.get('format')!r})")
+        if meta.get("format_version") != str(FORMAT_VERSION):
+            raise ValueError(f"{path}: subnetwork format version {meta.get('format_version')!r} is "
+                             f"not supported (this library reads version {FORMAT_VERSION})")
+        try:
+            shapes = json.loads(meta["shapes"])
+            metadata = json.loads(meta.get("metadata", "{}"))
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: damaged subnetwork metadata ({err})") from err
+        try:
+            return cls(bits, shapes, metadata)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def _fresh_initialisation(model: nn.Module, param_name: str, seed: int) -> Tensor:
+    """A new draw of ``param_name`` from its module's own initialiser."""
+    module_name, _, attr = param_name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    clone = copy.deepcopy(module).cpu()  # draw on the seeded CPU generator
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(clone, "reset_parameters"):
+            clone.reset_parameters()
+        elif type(clone).__name__ == "Conv1D":  # transformers' GPT-2 Conv1D: N(0, 0.02)
+            nn.init.normal_(clone.weight, std=0.02)
+            nn.init.zeros_(clone.bias)
+        else:
+            raise ValueError(f"cannot re-draw {param_name}: {type(module).__name__} has no "
+                             "reset_parameters()")
+    return getattr(clone, attr).detach()
