@@ -21,6 +21,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "subind/mask_math.h"
 
@@ -28,6 +30,26 @@ namespace subind {
 
 SUBIND_HD bool is_frozen(const uint8_t* bits, int64_t i) {
   return bits != nullptr && ((bits[i >> 3] >> (i & 7)) & 1);
+}
+
+// frozen ? old : updated, as a select on the bit patterns.  Bit-exact for the
+// frozen value, and written so the CPU loop stores every lane unconditionally:
+// with a plain ?: GCC emits masked stores, which made the step ~3x slower.
+template <typename T>
+SUBIND_HD T keep_if_frozen(bool frozen, T old, T updated) {
+#if defined(__CUDA_ARCH__)
+  return frozen ? old : updated;
+#else
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  Bits a, b;
+  std::memcpy(&a, &old, sizeof(T));
+  std::memcpy(&b, &updated, sizeof(T));
+  const Bits keep = Bits(0) - Bits(frozen);  // all ones when frozen
+  const Bits out = (a & keep) | (b & ~keep);
+  T result;
+  std::memcpy(&result, &out, sizeof(T));
+  return result;
+#endif
 }
 
 struct AdamWScalars {
@@ -46,13 +68,13 @@ SUBIND_HD void adamw_element(T& p, T g, T& m, T& v, T* vmax, const AdamWScalars&
   if (vmax != nullptr) {
     const T vmax_new = *vmax > v_new ? *vmax : v_new;
     v_used = vmax_new;
-    *vmax = frozen ? *vmax : vmax_new;
+    *vmax = keep_if_frozen(frozen, *vmax, vmax_new);
   }
   const T denom = ::sqrt(v_used) * T(c.inv_sqrt_bias2) + T(c.eps);
   const T p_new = p_decayed - T(c.step_size) * m_new / denom;
-  p = frozen ? p : p_new;
-  m = frozen ? m : m_new;
-  v = frozen ? v : v_new;
+  p = keep_if_frozen(frozen, p, p_new);
+  m = keep_if_frozen(frozen, m, m_new);
+  v = keep_if_frozen(frozen, v, v_new);
 }
 
 struct SGDScalars {
@@ -65,11 +87,11 @@ SUBIND_HD void sgd_element(T& p, T g, T* buf, const SGDScalars& c, bool frozen) 
   g = g + T(c.weight_decay) * p;
   if (buf != nullptr) {
     const T b_new = c.first_step ? g : T(c.momentum) * *buf + (T(1) - T(c.dampening)) * g;
-    *buf = frozen ? *buf : b_new;
+    *buf = keep_if_frozen(frozen, *buf, b_new);
     g = c.nesterov ? g + T(c.momentum) * b_new : b_new;
   }
   const T p_new = p - T(c.lr) * g;
-  p = frozen ? p : p_new;
+  p = keep_if_frozen(frozen, p, p_new);
 }
 
 }  // namespace subind
