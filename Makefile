@@ -11,7 +11,7 @@ STAMP := $(VENV)/.subind-installed
 SUBIND_SKIP_CUDA_BUILD ?= 0
 export SUBIND_SKIP_CUDA_BUILD
 
-.PHONY: all venv install build cuda-toolkit test test-fast demo bench bench-layers clean
+.PHONY: all venv install build cuda-toolkit test test-fast demo bench bench-layers bench-optim clean
 
 all: test
 
@@ -54,9 +54,12 @@ test-fast: $(STAMP)
 bench-layers: build
 	$(PY) benchmarks/bench_masked_layers.py
 
+bench-optim: build
+	$(PY) benchmarks/bench_optim.py
+
 demo: bench-layers
 
-bench: bench-layers
+bench: bench-layers bench-optim
 
 clean:
 	rm -rf build subind_fast/*.so *.egg-info

@@ -188,21 +188,13 @@ def run_case(case: Case, providers, device, dtype, rec: harness.Recorder, budget
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    harness.add_common_args(parser, budget_s=4.0)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: float32 on cpu, bfloat16 on cuda")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--cases", default=None, help="comma-separated substrings of case names")
     parser.add_argument("--providers", default="plain,eager,neurosurgeon,compile,ours")
-    parser.add_argument("--budget", type=float, default=4.0,
-                        help="seconds of round-robin timing per case and mode")
-    parser.add_argument("--csv", type=Path, default=harness.DEFAULT_CSV)
     args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
-    torch.set_num_threads(args.threads)
+    device = harness.device_from_args(parser, args)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
     if args.cases:

@@ -93,15 +93,9 @@ PROVIDERS = {
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--budget", type=float, default=6.0)
-    parser.add_argument("--csv", type=Path, default=harness.DEFAULT_CSV)
+    harness.add_common_args(parser, budget_s=6.0)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible")
-    torch.set_num_threads(args.threads)
+    device = harness.device_from_args(parser, args)
     rec = harness.Recorder("optim", device)
     print(f"device: {harness.device_name(device)}, torch {torch.__version__}; AdamW fp32, "
           f"{FROZEN_FRACTION:.0%} of each matrix frozen; median step time\n")

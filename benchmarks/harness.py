@@ -196,6 +196,24 @@ def append_csv(recorder: Recorder, path: Path = DEFAULT_CSV) -> Path:
     return path
 
 
+def add_common_args(parser, budget_s: float) -> None:
+    """--device/--threads/--budget/--csv, shared by every bench."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--budget", type=float, default=budget_s,
+                        help="seconds of round-robin CPU timing per measurement")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+
+
+def device_from_args(parser, args) -> torch.device:
+    """The bench device, with the CPU thread count fixed."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    torch.set_num_threads(args.threads)
+    return device
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
