@@ -1,4 +1,5 @@
-# subind-fast: `make demo` runs the main job, `make test` the test suite.
+# subind-fast: `make demo` runs the main job (the arithmetic experiment, quick preset),
+# `make test` the test suite, `make bench` the kernel benchmarks.
 # Both create .venv on a fresh machine and install everything they need.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -57,7 +58,11 @@ bench-layers: build
 bench-optim: build
 	$(PY) benchmarks/bench_optim.py
 
-demo: bench-layers
+# The main job: the arithmetic Subtask Induction experiment (quick preset), then its report.
+DEMO_OUT ?= build/demo-arithmetic
+demo: build
+	$(VENV)/bin/subind arithmetic --preset quick --out $(DEMO_OUT)
+	$(VENV)/bin/subind report $(DEMO_OUT)
 
 bench: bench-layers bench-optim
 

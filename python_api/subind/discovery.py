@@ -59,11 +59,13 @@ def discover(model: nn.Module, train_rows: Tensor, eval_rows: Tensor, *,
         layers = sf.mask_model(probe, include=include, exclude=exclude, init=mask_init)
         optimizer = torch.optim.Adam([l.logits for l in layers.values()], lr=mask_lr)
         log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
-                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy"])
+                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"])
         train(probe, optimizer, task, train_rows, epochs, batch_size, seed, eval_rows,
               extra_loss=lambda: lam * sf.l0_penalty(probe),
               before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
-              log=log, progress=f"discover λ={lam:g}" if progress else None)
+              log=log, progress=f"discover λ={lam:g}" if progress else None,
+              log_extra=lambda: {"beta": next(iter(layers.values())).beta,
+                                 "density": sf.Subnetwork.from_model(probe).density()})
         log.close()
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_rows).accuracy

@@ -76,6 +76,7 @@ class ArithmeticConfig:
     transfer_epochs: int = 100
     transfer_lr: float = 2e-4
     batch_size: int = 512
+    transfer_batch_size: int = 32  # the transfer sets are small: keep enough steps per epoch
     reinit: str = "all"
     device: str = "cpu"
 
@@ -104,11 +105,13 @@ PRESETS = {
                   base_fraction=0.5, base_test_samples=500, base_max_epochs=15,
                   subtask_samples=1000, discovery_epochs=3, lambdas=[1e-7], transfer_epochs=5,
                   batch_size=128, base_lr=3e-3),
-    # the demo: 2 layers, a reduced grid, ≤ 15 min on 2 CPU cores
-    "quick": dict(layers=[2], n_disambiguation=[10, 100, 300, 1000, 3000], seeds=[0],
-                  conditions=["subtask_induction", "scratch", "random"], base_max_epochs=40,
-                  base_lr=1e-3, subtask_samples=20_000, discovery_epochs=10, lambdas=[1e-7],
-                  transfer_epochs=30, transfer_lr=1e-3, batch_size=1024),
+    # the demo: the paper's setup on numbers 0..199 (40,000 pairs instead of 10⁶), a 2-layer
+    # model and a reduced grid; ≤ 15 min on 2 CPU cores
+    "quick": dict(n_numbers=200, layers=[2], n_disambiguation=[10, 30, 100, 300, 1000, 3000],
+                  seeds=[0, 1], conditions=["subtask_induction", "scratch", "random"],
+                  base_lr=1e-3, base_max_epochs=80, base_test_samples=5000, subtask_samples=10_000,
+                  discovery_epochs=15, lambdas=[1e-7], transfer_epochs=40, transfer_lr=1e-3,
+                  batch_size=256, reinit="masked"),
     # the paper's full grid (a GPU job)
     "paper": dict(),
 }
@@ -289,8 +292,9 @@ class ArithmeticExperiment:
 
         path = self.run_path(condition, n_layer, n, seed)
         log = EpochLog(path.with_suffix(".csv"), ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
-        train(model, optimizer, self.task, sets["train"], cfg.transfer_epochs, cfg.batch_size,
-              seed=seed, eval_rows=sets["eval"], after_epoch=keep_best, log=log)
+        train(model, optimizer, self.task, sets["train"], cfg.transfer_epochs,
+              cfg.transfer_batch_size, seed=seed, eval_rows=sets["eval"], after_epoch=keep_best,
+              log=log)
         log.close()
         return {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed,
                 "frozen_fraction": (chosen.density() if chosen is not None and freeze else 0.0),

@@ -91,8 +91,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: LastTokenTas
           extra_loss: Optional[Callable[[], Tensor]] = None,
           before_epoch: Optional[Callable[[int], None]] = None,
           after_epoch: Optional[Callable[[int, Metrics], bool]] = None,
-          log: Optional[EpochLog] = None, progress: Optional[str] = None) -> Optional[Metrics]:
-    """Generic epoch loop.  ``after_epoch(epoch, eval_metrics)`` may return True to stop."""
+          log: Optional[EpochLog] = None, progress: Optional[str] = None,
+          log_extra: Optional[Callable[[], dict]] = None) -> Optional[Metrics]:
+    """Generic epoch loop.  ``after_epoch(epoch, eval_metrics)`` may return True to
+    stop; ``log_extra()`` adds columns to the epoch's log line."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +118,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: LastTokenTas
         if log is not None:
             log.write(epoch=epoch, train_loss=running / max(1, count),
                       eval_loss=metrics.loss if metrics else "",
-                      eval_accuracy=metrics.accuracy if metrics else "")
+                      eval_accuracy=metrics.accuracy if metrics else "",
+                      **(log_extra() if log_extra else {}))
         if metrics is not None:
             bar.set_postfix(acc=f"{metrics.accuracy:.3f}")
         if after_epoch is not None and after_epoch(epoch, metrics):
