@@ -153,3 +153,28 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
     assert "unknown symbol '%'" in capsys.readouterr().err
     assert cli(["arithmetic", "--preset", "smoke", "--out", str(tmp_path), "--shard", "3/2"]) == 2
     assert cli(["report", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_redoing_or_half_writing(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    exp = ArithmeticExperiment(config_for("smoke"), out, progress=False)
+    real = ArithmeticExperiment.transfer_run
+    calls = {"n": 0}
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed in the middle of the third run
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArithmeticExperiment, "transfer_run", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        exp.run()
+    done = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    assert len(done) == 2
+    assert not list(out.rglob("*.tmp"))  # nothing half-written
+    monkeypatch.setattr(ArithmeticExperiment, "transfer_run", real)
+    written = ArithmeticExperiment(config_for("smoke"), out, progress=False).run()
+    assert len(written) == 4 and not set(written) & set(done)
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
