@@ -36,8 +36,9 @@ def unpack_bits(packed: Tensor, shape) -> Tensor:
     return bits.reshape(-1)[:numel].bool().view(shape)
 
 
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+
+
 def count_ones(packed: Tensor) -> int:
     """Number of set bits (padding bits are always 0)."""
-    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64,
-                         device=packed.device)
-    return int(table[packed.long()].sum())
+    return int(_POPCOUNT.to(packed.device)[packed.long()].sum())

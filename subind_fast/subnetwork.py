@@ -209,7 +209,7 @@ class Subnetwork:
         re-drawn from their layer's initialisation."""
         if how not in ("keep", "zero", "random"):
             raise ValueError(f"how must be 'keep', 'zero' or 'random', got {how!r}")
-        params = self._matching_parameters(model)
+        params = self.matching_parameters(model)
         gen_seed = _check_seed(seed)
         with torch.no_grad():
             for i, (name, param) in enumerate(params.items()):
@@ -223,7 +223,9 @@ class Subnetwork:
                     param.copy_(torch.where(gamma, fresh.to(param.device, param.dtype), param))
         return model
 
-    def _matching_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+    def matching_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """{name: parameter of ``model``} for every parameter the subnetwork covers;
+        a missing name or a shape mismatch is a ValueError listing them."""
         params = dict(model.named_parameters())
         missing = [n for n in self._bits if n not in params]
         wrong = [f"{n}: subnetwork {tuple(self._shapes[n])} vs model {tuple(params[n].shape)}"

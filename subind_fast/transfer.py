@@ -54,7 +54,7 @@ class FrozenMasks(Mapping[Tensor, Tensor]):
 
     @classmethod
     def from_subnetwork(cls, subnetwork: Subnetwork, model: nn.Module) -> "FrozenMasks":
-        params = subnetwork._matching_parameters(model)
+        params = subnetwork.matching_parameters(model)
         return cls({n: (p, subnetwork.packed(n).to(p.device)) for n, p in params.items()})
 
 
@@ -85,7 +85,7 @@ def transfer(subnetwork: Subnetwork, source: nn.Module, target: nn.Module, reini
     if diffs:
         raise ValueError(f"source and target architectures differ ({len(diffs)} differences): "
                          + "; ".join(diffs[:10]))
-    target_params = subnetwork._matching_parameters(target)
+    target_params = subnetwork.matching_parameters(target)
     source_params = dict(source.named_parameters())
     with torch.no_grad():
         for name, param in target.named_parameters():

@@ -31,6 +31,11 @@ class DiscoveryResult:
     candidates: list = field(default_factory=list)  # (λ, accuracy, density) for every λ tried
 
 
+def _hard_density(layers) -> float:
+    kept = sum(int((l.logits > 0).sum()) for l in layers)
+    return kept / max(1, sum(l.logits.numel() for l in layers))
+
+
 def beta_schedule(epoch: int, epochs: int, beta_final: float) -> float:
     """Algorithm 1: β starts at 1 and grows by β_final^(1/n) after each epoch."""
     return beta_final ** (epoch / epochs)
@@ -65,7 +70,7 @@ def discover(model: nn.Module, train_rows: Tensor, eval_rows: Tensor, *,
               before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
               log=log, progress=f"discover λ={lam:g}" if progress else None,
               log_extra=lambda: {"beta": next(iter(layers.values())).beta,
-                                 "density": sf.Subnetwork.from_model(probe).density()})
+                                 "density": _hard_density(layers.values())})
         log.close()
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_rows).accuracy

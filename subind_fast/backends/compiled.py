@@ -33,8 +33,16 @@ class CompiledBackend(ComposedBackend):
     def sigmoid_sum_backward(self, grad, logits, beta):
         return self._lib.sigmoid_sum_backward(grad, logits, beta)
 
+    def _optimizer_kernel(self, name: str):
+        kernel = getattr(self._lib, name, None)
+        if kernel is None:
+            raise _extension.MissingKernelError(
+                f"the {self.name} backend has no {name} kernel; on CUDA the optimizer steps run "
+                "on the triton backend (unset SUBIND_BACKEND)")
+        return kernel
+
     def adamw_step(self, *args):
-        self._lib.adamw_step(*args)
+        self._optimizer_kernel("adamw_step")(*args)
 
     def sgd_step(self, *args):
-        self._lib.sgd_step(*args)
+        self._optimizer_kernel("sgd_step")(*args)
