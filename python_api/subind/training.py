@@ -98,6 +98,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: LastTokenTas
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global generator: make each stage repeatable
     metrics = None
     bar = tqdm(range(epochs), desc=progress, leave=False, disable=progress is None)
     for epoch in bar:
