@@ -277,7 +277,9 @@ class ArithmeticExperiment:
             chosen = sf.Subnetwork.all_of(base)
         else:
             chosen = None
-        frozen = sf.transfer(chosen, base, model, reinit=cfg.reinit, freeze=freeze) if chosen else {}
+        frozen = {}
+        if chosen is not None:  # a Subnetwork has __len__: test for None, not truthiness
+            frozen = sf.transfer(chosen, base, model, reinit=cfg.reinit, freeze=freeze)
         optimizer = sf.MaskedAdamW(model.parameters(), frozen=frozen, lr=cfg.transfer_lr,
                                    weight_decay=0.0)
         best = {"eval_accuracy": -1.0}
