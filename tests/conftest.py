@@ -13,6 +13,30 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def pytest_report_header(config):
+    """The versions this run tested (what a fresh machine resolved)."""
+    import importlib.metadata as md
+    import platform
+
+    import subind_fast as sf
+
+    def version(dist):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    built = sf.backend_info()["compiled"]
+    return [
+        f"subind-fast: python {platform.python_version()}, torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}), triton {version('triton')}, transformers "
+        f"{version('transformers')}, timm {version('timm')}, torchvision {version('torchvision')}",
+        "subind-fast: compiled parts " + ", ".join(f"{k}={'yes' if v else 'no'}"
+                                                  for k, v in built.items())
+        + f"; torch threads {torch.get_num_threads()}",
+    ]
+
+
 def pytest_collection_modifyitems(config, items):
     # Never touch CUDA at import time; decide here, once, at collection.
     has_cuda = torch.cuda.is_available()
