@@ -12,16 +12,60 @@ Math (design.md §1), m = σ(β·s) | 1[s>0] | 1 and G = ∂L/∂y:
     masked_conv:    the same with the convolution as the GEMM
     mask_weight:    W_eff = θ⊙m
     sigmoid_sum:    Σσ(β·s) with ∂s = β·m(1−m)
+    adamw_step, sgd_step:  in-place optimizer updates of the free elements
 Only inputs are saved for backward: W_eff and σ(β·s) are recomputed.
+
+β is a one-element tensor (a layer's buffer), so annealing it changes no
+Python value that torch.compile would guard on, and GPU kernels read it on
+the device.  Mixed precision: masked_linear and masked_conv follow autocast
+as F.linear / F.conv* do — x, θ and the bias are cast to the autocast dtype,
+the logits and β never (the mask math stays fp32) — through one rule
+(:func:`autocast_inputs`) used by the eager path and by the ops' Autocast
+dispatcher kernels, so eager and compiled code agree on dtypes.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .dispatch import backend_for
+
+# Autocast kernels for the ops are registered in this fragment of the namespace.
+_LIBRARY = torch.library.Library("subind", "FRAGMENT")
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast_eligible(t) -> bool:
+    """What autocast casts: floating tensors other than float64 (as ATen's autocast)."""
+    return isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
+
+
+def autocast_inputs(inputs: tuple, cast_positions: Sequence[int], device_type: str) -> tuple:
+    """``inputs`` with the tensors at ``cast_positions`` in the autocast dtype
+    when autocast is enabled for ``device_type`` (unchanged otherwise)."""
+    if not torch.is_autocast_enabled(device_type):
+        return inputs
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if i in cast_positions and _autocast_eligible(t) else t
+                 for i, t in enumerate(inputs))
+
+
+def _register_autocast(op, cast_positions: Sequence[int]) -> None:
+    """The op under autocast: cast per the rule, then run with autocast off."""
+    name = op._name  # the name within the subind namespace
+    for device_type in _AUTOCAST_DEVICES:
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_keyset, *args, _device_type=device_type, _excluded=excluded):
+            # Cast first: autocast reads as disabled once its key is excluded.
+            args = autocast_inputs(args, cast_positions, _device_type)
+            with torch._C._ExcludeDispatchKeyGuard(_excluded):
+                return op(*args)
+
+        _LIBRARY.impl(name, kernel, key, with_keyset=True)
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -61,23 +105,38 @@ def _none_if_marker(grad: Tensor, like: Tensor):
     return None if grad.shape != like.shape else grad
 
 
-class DifferentiableOp:
-    """One differentiable op with two entry points sharing its implementation
-    and gradient formula:
+class EagerFastPath:
+    """One op with two entry points sharing its implementation: the
+    torch.library custom op (``subind::<name>``, with its schema, fake impl and
+    mutation annotations) — what torch.compile traces and opcheck tests — and,
+    for eager calls, the implementation itself, which skips the dispatcher's
+    Python layers (about 100 µs per call on the CPU, as much as a small
+    layer's GEMMs)."""
 
-    * the torch.library custom op (``subind::<name>``, with a fake impl and
-      registered autograd) — what torch.compile traces and opcheck tests;
-    * a plain autograd.Function for eager calls, which skips the dispatcher's
-      Python layers (about 100 µs per layer and step on the CPU, as much as a
-      small layer's GEMMs), and the bare implementation when no gradient is
-      needed.
-
-    The gradient formula calls ``ctx.backward_fn``: the backward custom op on
-    the traced path, the backward implementation on the eager path.
-    """
-
-    def __init__(self, op, impl, backward_op, backward_impl, setup, grad):
+    def __init__(self, op, impl):
         self.op, self.impl = op, impl
+
+    def __call__(self, *inputs):
+        if torch.compiler.is_compiling():
+            return self.op(*inputs)
+        return self.impl(*inputs)
+
+
+class DifferentiableOp(EagerFastPath):
+    """A differentiable op: the custom op with registered autograd, and for
+    eager calls a plain autograd.Function (or the bare implementation when no
+    gradient is needed).  The gradient formula calls ``ctx.backward_fn``: the
+    backward custom op on the traced path, the backward implementation on the
+    eager path.  ``autocast_cast`` lists the input positions autocast casts
+    (see :func:`autocast_inputs`); callers cast before validating, and the
+    eager path then runs with autocast off so nothing inside re-casts."""
+
+    def __init__(self, op, impl, backward_op, backward_impl, setup, grad,
+                 autocast_cast: Sequence[int] = ()):
+        super().__init__(op, impl)
+        self.autocast_cast = tuple(autocast_cast)
+        if self.autocast_cast:
+            _register_autocast(op, self.autocast_cast)
 
         def setup_traced(ctx, inputs, output):
             setup(ctx, inputs, output)
@@ -99,6 +158,14 @@ class DifferentiableOp:
     def __call__(self, *inputs):
         if torch.compiler.is_compiling():
             return self.op(*inputs)
+        device_type = next(t.device.type for t in inputs if isinstance(t, Tensor))
+        if self.autocast_cast and torch.is_autocast_enabled(device_type):
+            inputs = autocast_inputs(inputs, self.autocast_cast, device_type)
+            with torch.autocast(device_type, enabled=False):
+                return self._call_eager(inputs)
+        return self._call_eager(inputs)
+
+    def _call_eager(self, inputs):
         if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
                                            for t in inputs):
             return self._eager.apply(*inputs)
@@ -106,7 +173,7 @@ class DifferentiableOp:
 
 
 # ---------------------------------------------------------------- mask_weight
-def _mask_weight_impl(weight: Tensor, logits: Tensor, beta: float, mode: str) -> Tensor:
+def _mask_weight_impl(weight: Tensor, logits: Tensor, beta: Tensor, mode: str) -> Tensor:
     weight, logits = _aligned(weight, logits)
     return backend_for(weight.device, "mask").mask_weight(weight, logits, beta, mode)
 
@@ -119,7 +186,7 @@ def _(weight, logits, beta, mode):
     return _like_weight(weight, logits, weight.dtype)
 
 
-def _mask_weight_backward_impl(grad_weff: Tensor, weight: Tensor, logits: Tensor, beta: float,
+def _mask_weight_backward_impl(grad_weff: Tensor, weight: Tensor, logits: Tensor, beta: Tensor,
                          mode: str, need_weff: bool, need_weight_grad: bool,
                          need_logits_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
@@ -141,13 +208,13 @@ def _(grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad, need_l
 
 def _mask_weight_setup(ctx, inputs, output):
     weight, logits, beta, mode = inputs
-    ctx.save_for_backward(weight, logits)
-    ctx.beta, ctx.mode = beta, mode
+    ctx.save_for_backward(weight, logits, beta)
+    ctx.mode = mode
 
 
 def _mask_weight_grad(ctx, grad):
-    weight, logits = ctx.saved_tensors
-    _, gw, gs = ctx.backward_fn(grad, weight, logits, ctx.beta, ctx.mode, False,
+    weight, logits, beta = ctx.saved_tensors
+    _, gw, gs = ctx.backward_fn(grad, weight, logits, beta, ctx.mode, False,
                                      ctx.needs_input_grad[0], ctx.needs_input_grad[1])
     return _none_if_marker(gw, weight), _none_if_marker(gs, logits), None, None
 
@@ -158,9 +225,13 @@ MASK_WEIGHT = DifferentiableOp(mask_weight, _mask_weight_impl, mask_weight_backw
 
 # -------------------------------------------------------------- masked_linear
 def _masked_linear_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
-                  beta: float, mode: str) -> Tensor:
+                  beta: Tensor, mode: str) -> Tensor:
     weight, logits = _aligned(weight, logits)
-    return backend_for(x.device, "linear").linear_forward(x, weight, logits, bias, beta, mode)
+    y = backend_for(x.device, "linear").linear_forward(x, weight, logits, bias, beta, mode)
+    # Backends reshape a 2-D GEMM result to x's batch shape: a view of an
+    # internal tensor, which autograd forbids modifying in place (timm's
+    # `qkv += bias`).  detach() gives the same memory, not marked as a view.
+    return y.detach() if y._is_view() else y
 
 
 masked_linear = torch.library.custom_op("subind::masked_linear", _masked_linear_impl, mutates_args=())
@@ -172,7 +243,7 @@ def _(x, weight, logits, bias, beta, mode):
 
 
 def _masked_linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
-                           beta: float, mode: str, needs: Sequence[bool]
+                           beta: Tensor, mode: str, needs: Sequence[bool]
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
     gx, gw, gs, gb = backend_for(x.device, "linear").linear_backward(
@@ -199,25 +270,26 @@ def _(grad, x, weight, logits, beta, mode, needs):
 
 def _linear_setup(ctx, inputs, output):
     x, weight, logits, bias, beta, mode = inputs
-    ctx.save_for_backward(x, weight, logits)
-    ctx.beta, ctx.mode = beta, mode
+    ctx.save_for_backward(x, weight, logits, beta)
+    ctx.mode = mode
 
 
 def _linear_grad(ctx, grad):
-    x, weight, logits = ctx.saved_tensors
+    x, weight, logits, beta = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4])
-    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, ctx.beta, ctx.mode, needs)
+    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, beta, ctx.mode, needs)
     return (gx if needs[0] else None, gw if needs[1] else None,
             _none_if_marker(gs, logits) if needs[2] else None, gb if needs[3] else None,
             None, None)
 
 
 MASKED_LINEAR = DifferentiableOp(masked_linear, _masked_linear_impl, masked_linear_backward,
-                                 _masked_linear_backward_impl, _linear_setup, _linear_grad)
+                                 _masked_linear_backward_impl, _linear_setup, _linear_grad,
+                                 autocast_cast=(0, 1, 3))  # x, weight, bias
 
 
 # ---------------------------------------------------------------- masked_conv
-def _masked_conv_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor], beta: float,
+def _masked_conv_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor], beta: Tensor,
                 mode: str, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int) -> Tensor:
     weight, logits = _aligned(weight, logits)
@@ -235,7 +307,7 @@ def _(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups):
                              False, zeros, groups)
 
 
-def _masked_conv_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor, beta: float,
+def _masked_conv_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor, beta: Tensor,
                          mode: str, stride: Sequence[int], padding: Sequence[int],
                          dilation: Sequence[int], groups: int, needs: Sequence[bool]
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -256,15 +328,15 @@ def _(grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, ne
 
 def _conv_setup(ctx, inputs, output):
     x, weight, logits, bias, beta, mode, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, weight, logits)
-    ctx.beta, ctx.mode = beta, mode
+    ctx.save_for_backward(x, weight, logits, beta)
+    ctx.mode = mode
     ctx.geometry = (list(stride), list(padding), list(dilation), groups)
 
 
 def _conv_grad(ctx, grad):
-    x, weight, logits = ctx.saved_tensors
+    x, weight, logits, beta = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4])
-    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, ctx.beta, ctx.mode,
+    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, beta, ctx.mode,
                                      *ctx.geometry, needs)
     return (gx if needs[0] else None, gw if needs[1] else None,
             _none_if_marker(gs, logits) if needs[2] else None, gb if needs[3] else None,
@@ -272,11 +344,12 @@ def _conv_grad(ctx, grad):
 
 
 MASKED_CONV = DifferentiableOp(masked_conv, _masked_conv_impl, masked_conv_backward,
-                               _masked_conv_backward_impl, _conv_setup, _conv_grad)
+                               _masked_conv_backward_impl, _conv_setup, _conv_grad,
+                               autocast_cast=(0, 1, 3))  # x, weight, bias
 
 
 # ------------------------------------------------------- sigmoid_sum (the L0)
-def _sigmoid_sum_impl(logits: Tensor, beta: float) -> Tensor:
+def _sigmoid_sum_impl(logits: Tensor, beta: Tensor) -> Tensor:
     return backend_for(logits.device, "l0").sigmoid_sum(logits, beta)
 
 
@@ -288,7 +361,7 @@ def _(logits, beta):
     return logits.new_empty(())
 
 
-def _sigmoid_sum_backward_impl(grad: Tensor, logits: Tensor, beta: float) -> Tensor:
+def _sigmoid_sum_backward_impl(grad: Tensor, logits: Tensor, beta: Tensor) -> Tensor:
     return backend_for(logits.device, "l0").sigmoid_sum_backward(grad, logits, beta)
 
 
@@ -302,18 +375,65 @@ def _(grad, logits, beta):
 
 def _sigmoid_sum_setup(ctx, inputs, output):
     logits, beta = inputs
-    ctx.save_for_backward(logits)
-    ctx.beta = beta
+    ctx.save_for_backward(logits, beta)
 
 
 def _sigmoid_sum_grad(ctx, grad):
-    (logits,) = ctx.saved_tensors
-    return ctx.backward_fn(grad, logits, ctx.beta), None
+    logits, beta = ctx.saved_tensors
+    return ctx.backward_fn(grad, logits, beta), None
 
 
 SIGMOID_SUM = DifferentiableOp(sigmoid_sum, _sigmoid_sum_impl, sigmoid_sum_backward,
                                _sigmoid_sum_backward_impl, _sigmoid_sum_setup, _sigmoid_sum_grad)
 
+
+
+# ----------------------------------------- fused frozen-mask optimizer steps
+# In place on the parameter and its state; frozen elements (packed bits, 1 =
+# frozen) and their state stay bit-identical.  The math is in
+# csrc/include/subind/optim_math.h and backends/reference.py.
+def _adamw_step_impl(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+                     max_exp_avg_sq: Tensor, frozen_bits: Tensor, lr: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, step_size: float,
+                     inv_sqrt_bias2: float) -> None:
+    backend_for(param.device, "optim").adamw_step(
+        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1, beta2, eps,
+        weight_decay, step_size, inv_sqrt_bias2)
+
+
+adamw_step = torch.library.custom_op(
+    "subind::adamw_step", _adamw_step_impl,
+    mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+
+
+@adamw_step.register_fake
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1, beta2, eps,
+      weight_decay, step_size, inv_sqrt_bias2):
+    return None
+
+
+def _sgd_step_impl(param: Tensor, grad: Tensor, momentum_buffer: Tensor, frozen_bits: Tensor,
+                   lr: float, momentum: float, dampening: float, weight_decay: float,
+                   nesterov: bool, first_step: bool) -> None:
+    backend_for(param.device, "optim").sgd_step(
+        param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening, weight_decay,
+        nesterov, first_step)
+
+
+sgd_step = torch.library.custom_op("subind::sgd_step", _sgd_step_impl,
+                                   mutates_args=("param", "momentum_buffer"))
+
+
+@sgd_step.register_fake
+def _(param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening, weight_decay, nesterov,
+      first_step):
+    return None
+
+
+ADAMW_STEP = EagerFastPath(adamw_step, _adamw_step_impl)
+SGD_STEP = EagerFastPath(sgd_step, _sgd_step_impl)
+
 ALL_OPS = (mask_weight, mask_weight_backward, masked_linear, masked_linear_backward,
-           masked_conv, masked_conv_backward, sigmoid_sum, sigmoid_sum_backward)
+           masked_conv, masked_conv_backward, sigmoid_sum, sigmoid_sum_backward, adamw_step,
+           sgd_step)
 DIFFERENTIABLE_OPS = (MASK_WEIGHT, MASKED_LINEAR, MASKED_CONV, SIGMOID_SUM)

@@ -19,6 +19,7 @@ def check_mode(mode) -> str:
 
 
 def check_beta(beta) -> float:
+    """A Python number (or a one-element tensor) as a validated positive float."""
     if isinstance(beta, torch.Tensor):
         if beta.numel() != 1:
             raise ValueError(f"beta must be a scalar, got a tensor of shape {tuple(beta.shape)}")
@@ -28,6 +29,26 @@ def check_beta(beta) -> float:
     beta = float(beta)
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite number, got {beta}")
+    return beta
+
+
+def beta_tensor(beta, logits: torch.Tensor) -> torch.Tensor:
+    """β as the one-element tensor the ops take.  A number becomes a 0-d tensor
+    of the logits' dtype on their device; a tensor (a layer's buffer) passes
+    through after its shape, dtype and device are checked.  Its value is
+    checked where that costs nothing: on the CPU and outside torch.compile
+    (reading a GPU value would synchronise; layers check values when set)."""
+    if not isinstance(beta, torch.Tensor):
+        return torch.tensor(check_beta(beta), dtype=logits.dtype, device=logits.device)
+    if beta.numel() != 1 or not beta.is_floating_point():
+        raise ValueError(f"beta must be a one-element floating tensor, got shape "
+                         f"{tuple(beta.shape)} of {beta.dtype}")
+    if beta.device != logits.device and beta.device.type != "cpu":
+        raise ValueError(f"beta is on {beta.device} but logits are on {logits.device}")
+    if beta.device.type == "cpu" and not torch.compiler.is_compiling():
+        value = beta.item()
+        if not 0 < value < math.inf:
+            raise ValueError(f"beta must be a positive finite number, got {value}")
     return beta
 
 

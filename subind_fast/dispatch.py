@@ -1,8 +1,9 @@
 """The one place that decides which backend serves an op on a device.
 
-Op families: ``linear`` (masked_linear), ``conv`` (masked_conv*), ``mask``
-(mask_weight on its own), ``l0`` (Σσ(βs)) and ``optim`` (the fused
-frozen-mask optimizer steps).  Defaults:
+Op families (backends/base.py): ``mask`` (mask_weight on its own), ``linear``
+(masked_linear), ``conv`` (masked_conv*), ``l0`` (Σσ(βs)) and ``optim`` (the
+fused frozen-mask optimizer steps).  Each backend class declares the devices
+and families it serves; the defaults are
 
     cpu    → cpu      (compiled C++; raises MissingKernelError if not built)
     cuda   → linear: triton (fused masked GEMMs);  conv, mask: cuda (compiled
@@ -11,8 +12,9 @@ frozen-mask optimizer steps).  Defaults:
     other  → reference
 
 ``SUBIND_BACKEND=<name>`` (reference | cpu | triton | cuda) forces one backend
-for every family on every device it can serve; :func:`backend_info` reports
-the resulting table.
+for every family on every device; a forced backend that does not serve the
+device or the family is a ValueError naming both, raised before any kernel is
+touched.  :func:`backend_info` reports the resulting table.
 """
 from __future__ import annotations
 
@@ -22,30 +24,34 @@ from functools import lru_cache
 import torch
 
 from . import _extension
-from .backends.base import ComposedBackend
+from .backends.base import FAMILIES, Backend
 
-FAMILIES = ("linear", "conv", "mask", "l0", "optim")
 BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
-_DEVICES_SERVED = {"reference": None, "cpu": {"cpu"}, "triton": {"cuda"}, "cuda": {"cuda"}}
 
 
 @lru_cache(maxsize=None)
-def get_backend(name: str) -> ComposedBackend:
+def backend_class(name: str) -> type[Backend]:
+    """The class of a backend (its capability declaration), imported on demand."""
     if name == "reference":
         from .backends.reference import ReferenceBackend
-        return ReferenceBackend()
+        return ReferenceBackend
     if name == "cpu":
         from .backends.cpu import CpuBackend
-        return CpuBackend()
+        return CpuBackend
     if name == "cuda":
-        from .backends.compiled import CompiledBackend
-        return CompiledBackend("cuda", "_C_cuda")
+        from .backends.compiled import CudaBackend
+        return CudaBackend
     if name == "triton":
         if not _extension.triton_available():
             raise _extension.MissingKernelError("the triton backend needs `pip install triton`")
         from .backends.triton_backend import TritonBackend
-        return TritonBackend()
+        return TritonBackend
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+
+
+@lru_cache(maxsize=None)
+def get_backend(name: str) -> Backend:
+    return backend_class(name)()
 
 
 def _forced() -> str | None:
@@ -59,13 +65,17 @@ def _forced() -> str | None:
 
 def backend_name(device_type: str, family: str) -> str:
     if family not in FAMILIES:
-        raise ValueError(f"unknown op family {family!r}")
+        raise ValueError(f"unknown op family {family!r}; families are {FAMILIES}")
     forced = _forced()
     if forced is not None:
-        served = _DEVICES_SERVED[forced]
-        if served is not None and device_type not in served:
+        cls = backend_class(forced)
+        if cls.devices is not None and device_type not in cls.devices:
             raise ValueError(f"SUBIND_BACKEND={forced} cannot serve {device_type} tensors "
-                             f"(it serves {sorted(served)})")
+                             f"(it serves {sorted(cls.devices)})")
+        if family not in cls.families:
+            raise ValueError(f"SUBIND_BACKEND={forced} does not implement the {family} op family "
+                             f"(it implements {sorted(cls.families)}); unset SUBIND_BACKEND to "
+                             "use the default backend for each family")
         return forced
     if device_type == "cpu":
         return "cpu"
@@ -76,22 +86,41 @@ def backend_name(device_type: str, family: str) -> str:
     return "reference"
 
 
-def backend_for(device: torch.device, family: str) -> ComposedBackend:
+def backend_for(device: torch.device, family: str) -> Backend:
     return get_backend(backend_name(device.type, family))
 
 
+def capabilities() -> dict:
+    """{backend: {"devices": [...] or "any", "families": [...]}} as declared."""
+    table = {}
+    for name in BACKEND_NAMES:
+        try:
+            cls = backend_class(name)
+        except _extension.MissingKernelError as err:
+            table[name] = {"unavailable": str(err)}
+            continue
+        table[name] = {"devices": "any" if cls.devices is None else sorted(cls.devices),
+                       "families": sorted(cls.families)}
+    return table
+
+
 def backend_info() -> dict:
-    """Which backend serves which op family on which device, and what is built."""
+    """Which backend serves which op family on which device, what each backend
+    declares, and what is built."""
     table = {}
     for device_type in ("cpu", "cuda"):
-        try:
-            table[device_type] = {f: backend_name(device_type, f) for f in FAMILIES}
-        except ValueError as err:
-            table[device_type] = {"error": str(err)}
+        row = {}
+        for family in FAMILIES:
+            try:
+                row[family] = backend_name(device_type, family)
+            except ValueError as err:
+                row[family] = f"error: {err}"
+        table[device_type] = row
     return {
         "devices": table,
         "other devices": "reference",
         "override": os.environ.get("SUBIND_BACKEND") or None,
+        "capabilities": capabilities(),
         "compiled": {"_C (cpu)": _extension.available("_C"),
                      "_C_cuda (cuda)": _extension.available("_C_cuda"),
                      "triton": _extension.triton_available()},

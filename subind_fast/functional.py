@@ -2,7 +2,12 @@
 and convolution.  m = σ(β·s) ("soft"), 1[s>0] ("hard") or 1 ("none");
 W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
 the bias, and θ when it requires grad.  See subind_fast/_ops.py for the
-formulas and design.md §1 for their derivation."""
+formulas and design.md §1 for their derivation.
+
+β is a positive number or a one-element tensor (a layer passes its buffer).
+Under ``torch.autocast`` masked_linear / masked_conv* compute in the autocast
+dtype exactly where F.linear / F.conv* would (x, θ and the bias are cast);
+the logits and the mask math stay fp32."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -11,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._validation import check_beta, check_input, check_masked_weight, check_mode
+from ._validation import beta_tensor, check_input, check_masked_weight, check_mode
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -19,14 +24,14 @@ IntOrTuple = Union[int, Sequence[int]]
 def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft") -> Tensor:
     """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
     check_masked_weight(weight, logits, mode)
-    return _ops.MASK_WEIGHT(weight, logits, check_beta(beta), mode)
+    return _ops.MASK_WEIGHT(weight, logits, beta_tensor(beta, logits), mode)
 
 
 def l0(logits: Tensor, beta: float) -> Tensor:
     """Expected mask size Σσ(β·s) (the continuous L0 penalty), gradient β·m(1−m)."""
     if not isinstance(logits, torch.Tensor) or logits.dtype not in (torch.float32, torch.float64):
         raise TypeError("logits must be a float32 or float64 tensor")
-    return _ops.SIGMOID_SUM(logits, check_beta(beta))
+    return _ops.SIGMOID_SUM(logits, beta_tensor(beta, logits))
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
@@ -35,8 +40,16 @@ def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     check_masked_weight(weight, logits, mode)
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    x, weight, bias = _autocast(x, weight, bias)
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
-    return _ops.MASKED_LINEAR(x, weight, logits, bias, check_beta(beta), mode)
+    return _ops.MASKED_LINEAR(x, weight, logits, bias, beta_tensor(beta, logits), mode)
+
+
+def _autocast(x, weight, bias):
+    """(x, θ, bias) in the autocast dtype when autocast is on for x's device."""
+    if not isinstance(x, torch.Tensor):
+        return x, weight, bias
+    return _ops.autocast_inputs((x, weight, bias), (0, 1, 2), x.device.type)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
@@ -76,6 +89,7 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     if not isinstance(x, torch.Tensor) or x.dim() not in (nd + 1, nd + 2):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{op}: input must have {nd + 1} (unbatched) or {nd + 2} dims, got {shape}")
+    x, weight, bias = _autocast(x, weight, bias)
     check_input(x, weight, bias, -nd - 1, weight.shape[1] * groups, op)
     stride = _tuple(stride, nd, "stride")
     dilation = _tuple(dilation, nd, "dilation")
@@ -84,7 +98,7 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
     out = _ops.MASKED_CONV(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
-                           check_beta(beta), mode, stride, padding, dilation, groups)
+                           beta_tensor(beta, logits), mode, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

@@ -7,9 +7,11 @@ bit-for-bit unchanged — no step, no weight decay, no momentum or moment decay.
 (Zeroing the gradient of frozen entries is *not* enough: weight decay and
 momentum would still move them.)
 
-Each parameter is updated by one fused pass that reads the packed bits:
-compiled C++ on the CPU, Triton on CUDA, PyTorch elsewhere (the backend
-serving the ``optim`` family in subind_fast.dispatch).  The step count lives
+Each parameter is updated by one fused pass that reads the packed bits: the
+custom ops ``subind::adamw_step`` / ``subind::sgd_step`` (schemas with
+mutation annotations and fakes, subind_fast/_ops.py), served by compiled C++
+on the CPU, Triton on CUDA, PyTorch elsewhere (the ``optim`` family in
+subind_fast.dispatch).  The step count lives
 in a CPU tensor, so ``step()`` never synchronises the device.
 """
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _ops
 from .bits import packed_size
-from .dispatch import backend_for
 
 _PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -133,7 +135,7 @@ class MaskedAdamW(_FrozenMaskOptimizer):
         step_size = group["lr"] / (1 - beta1 ** t)
         inv_sqrt_bias2 = 1 / math.sqrt(1 - beta2 ** t)
         vmax = state["max_exp_avg_sq"] if group["amsgrad"] else p.new_empty(0)
-        kernel = backend_for(p.device, "optim").adamw_step
+        kernel = _ops.ADAMW_STEP
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, state["exp_avg"], state["exp_avg_sq"], vmax, bits, group["lr"], beta1, beta2,
             group["eps"], group["weight_decay"], step_size, inv_sqrt_bias2))
@@ -161,7 +163,7 @@ class MaskedSGD(_FrozenMaskOptimizer):
             # Frozen entries keep this zero; free ones take g on the first step.
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         buf = state["momentum_buffer"] if group["momentum"] != 0 else p.new_empty(0)
-        kernel = backend_for(p.device, "optim").sgd_step
+        kernel = _ops.SGD_STEP
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, buf, bits, group["lr"], group["momentum"], group["dampening"],
             group["weight_decay"], group["nesterov"], first_step))

@@ -1,6 +1,11 @@
 """A discovered subnetwork: a binary mask γ over named parameters, stored at
 1 bit per weight, with set algebra, the paper's controls (§4.3, App. B.2),
-NeuroSurgeon's ablations, and a versioned safetensors file format."""
+NeuroSurgeon's ablations, and a versioned safetensors file format.
+
+Parameters are named canonically (subind_fast/naming.py): wrapper prefixes
+(``_orig_mod.``, DDP's ``module.``) are stripped and a tied parameter is one
+entry under its first name, so a subnetwork found on a compiled, distributed
+or weight-tied model matches the plain model it is transferred into."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
+from .naming import parameter_names
 
 FORMAT = "subind-subnetwork"
 FORMAT_VERSION = 1
@@ -57,20 +63,33 @@ class Subnetwork:
 
     @classmethod
     def from_model(cls, model: nn.Module, metadata: Optional[dict] = None) -> "Subnetwork":
-        """The hard masks 1[s > 0] of every masked layer, keyed by the name of
-        the weight parameter they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``)."""
+        """The hard masks 1[s > 0] of every masked layer, keyed by the canonical
+        name of the weight parameter they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``).
+        A weight masked by two layers (tied) gets the union of their masks."""
         from .nn import masked_layers
 
         layers = masked_layers(model)
         if not layers:
             raise ValueError("the model has no masked layers (call mask_model first)")
-        return cls.from_masks({f"{name}.weight": layer.hard_mask() for name, layer in layers.items()},
-                              metadata)
+        table = parameter_names(model)
+        masks: dict[str, Tensor] = {}
+        for layer in layers.values():
+            for weight, logits in layer.masked_parameters().values():
+                name = table.name_of(weight)
+                mask = (logits.detach() > 0).cpu()
+                masks[name] = masks[name] | mask if name in masks else mask
+        return cls.from_masks(masks, metadata)
 
     @classmethod
     def _constant(cls, model: nn.Module, value: bool, names) -> "Subnetwork":
-        params = dict(model.named_parameters())
-        chosen = params if names is None else {n: params[n] for n in names}
+        table = parameter_names(model)
+        if names is None:
+            chosen = table.params
+        else:
+            unknown = [n for n in names if table.resolve(n) is None]
+            if unknown:
+                raise ValueError(f"the model has no parameters named {unknown[:8]}")
+            chosen = {table.resolve(n): table.params[table.resolve(n)] for n in names}
         return cls.from_masks({n: torch.full(p.shape, value, dtype=torch.bool)
                                for n, p in chosen.items()})
 
@@ -210,6 +229,7 @@ class Subnetwork:
         if how not in ("keep", "zero", "random"):
             raise ValueError(f"how must be 'keep', 'zero' or 'random', got {how!r}")
         params = self.matching_parameters(model)
+        table = parameter_names(model)
         gen_seed = _check_seed(seed)
         with torch.no_grad():
             for i, (name, param) in enumerate(params.items()):
@@ -219,22 +239,26 @@ class Subnetwork:
                 elif how == "zero":
                     param.mul_((~gamma).to(param.dtype))
                 else:
-                    fresh = _fresh_initialisation(model, name, gen_seed + i)
+                    path = table.path_of[table.resolve(name)]
+                    fresh = _fresh_initialisation(model, path, gen_seed + i)
                     param.copy_(torch.where(gamma, fresh.to(param.device, param.dtype), param))
         return model
 
     def matching_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """{name: parameter of ``model``} for every parameter the subnetwork covers;
-        a missing name or a shape mismatch is a ValueError listing them."""
-        params = dict(model.named_parameters())
-        missing = [n for n in self._bits if n not in params]
-        wrong = [f"{n}: subnetwork {tuple(self._shapes[n])} vs model {tuple(params[n].shape)}"
-                 for n in self._bits if n in params and params[n].shape != self._shapes[n]]
+        """{name: parameter of ``model``} for every parameter the subnetwork
+        covers, matched by canonical name (aliases of tied parameters and
+        wrapper prefixes resolve); a missing name or a shape mismatch is a
+        ValueError listing them."""
+        table = parameter_names(model)
+        found = {n: table.params[table.resolve(n)] for n in self._bits if table.resolve(n)}
+        missing = [n for n in self._bits if n not in found]
+        wrong = [f"{n}: subnetwork {tuple(self._shapes[n])} vs model {tuple(p.shape)}"
+                 for n, p in found.items() if p.shape != self._shapes[n]]
         if missing or wrong:
             raise ValueError("subnetwork does not match the model: "
                              + "; ".join([f"missing parameters {missing[:8]}"] * bool(missing)
                                          + wrong[:8]))
-        return {n: params[n] for n in self._bits}
+        return found
 
     # ---------------------------------------------------------------- files
     def save(self, path) -> Path:

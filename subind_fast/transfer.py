@@ -24,6 +24,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from .naming import buffer_names, parameter_names
 from .subnetwork import Subnetwork
 
 REINIT_POLICIES = ("all", "masked")
@@ -59,10 +60,11 @@ class FrozenMasks(Mapping[Tensor, Tensor]):
 
 
 def architecture_differences(source: nn.Module, target: nn.Module) -> list[str]:
-    """Names and shapes of parameters and buffers that differ between the two."""
+    """Names and shapes of parameters and buffers that differ between the two
+    (canonical names: wrappers and ties do not count as differences)."""
     def table(m):
-        return {**{f"param {n}": tuple(p.shape) for n, p in m.named_parameters()},
-                **{f"buffer {n}": tuple(b.shape) for n, b in m.named_buffers()}}
+        return {**{f"param {n}": tuple(p.shape) for n, p in parameter_names(m).params.items()},
+                **{f"buffer {n}": tuple(b.shape) for n, b in buffer_names(m).items()}}
 
     src, tgt = table(source), table(target)
     diffs = [f"{k} only in source" for k in src if k not in tgt]
@@ -85,19 +87,20 @@ def transfer(subnetwork: Subnetwork, source: nn.Module, target: nn.Module, reini
     if diffs:
         raise ValueError(f"source and target architectures differ ({len(diffs)} differences): "
                          + "; ".join(diffs[:10]))
-    target_params = subnetwork.matching_parameters(target)
-    source_params = dict(source.named_parameters())
+    covered = {parameter_names(target).resolve(n): n
+               for n in subnetwork.matching_parameters(target)}
+    source_params = parameter_names(source).params
     with torch.no_grad():
-        for name, param in target.named_parameters():
+        for name, param in parameter_names(target).params.items():
             src = source_params[name].to(param.device, param.dtype)
-            if name in target_params:
-                gamma = subnetwork.mask(name, param.device)
+            if name in covered:
+                gamma = subnetwork.mask(covered[name], param.device)
                 param.copy_(torch.where(gamma, src, param))
             elif reinit == "masked":
                 param.copy_(src)
         if reinit == "masked":
-            source_buffers = dict(source.named_buffers())
-            for name, buf in target.named_buffers():
+            source_buffers = buffer_names(source)
+            for name, buf in buffer_names(target).items():
                 buf.copy_(source_buffers[name].to(buf.device, buf.dtype))
     if not freeze:
         return FrozenMasks()

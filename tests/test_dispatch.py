@@ -70,4 +70,39 @@ def test_cuda_extension_links_and_rejects_cpu_tensors_when_built():
 
     assert {"mask_weight", "mask_weight_backward"} <= set(dir(_C_cuda))
     with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
-        _C_cuda.mask_weight(torch.randn(3), torch.randn(3), 1.0, 0)
+        _C_cuda.mask_weight(torch.randn(3), torch.randn(3), torch.tensor(1.0), 0)
+
+
+def test_forcing_a_backend_without_an_op_family_is_a_clear_error(monkeypatch):
+    """The cuda backend has no L0 or optimizer kernels: say so, before any call."""
+    monkeypatch.setenv("SUBIND_BACKEND", "cuda")
+    for family in ("l0", "optim"):
+        with pytest.raises(ValueError, match=f"SUBIND_BACKEND=cuda does not implement the {family}"):
+            dispatch.backend_name("cuda", family)
+    assert dispatch.backend_name("cuda", "conv") == "cuda"
+    info = sf.backend_info()
+    assert info["devices"]["cuda"]["l0"].startswith("error: SUBIND_BACKEND=cuda does not")
+
+
+def test_capability_table_is_declared_by_each_backend():
+    table = sf.backend_info()["capabilities"]
+    assert table["reference"] == {"devices": "any", "families": sorted(dispatch.FAMILIES)}
+    assert table["cpu"]["families"] == sorted(dispatch.FAMILIES)
+    assert table["cuda"] == {"devices": ["cuda"], "families": ["conv", "linear", "mask"]}
+
+
+def test_an_undeclared_family_raises_unsupported_op_error():
+    from subind_fast.backends.base import UnsupportedOpError
+
+    cuda = dispatch.get_backend("cuda")  # constructing it touches no GPU and no extension
+    with pytest.raises(UnsupportedOpError, match="cuda backend does not implement the l0"):
+        cuda.sigmoid_sum(torch.randn(3), torch.tensor(1.0))
+
+
+def test_a_backend_must_implement_every_family_it_declares():
+    from subind_fast.backends.base import Backend, ComposedBackend
+
+    with pytest.raises(TypeError, match=r"does not define \['sigmoid_sum', 'sigmoid_sum_backward'\]"):
+        type("Half", (ComposedBackend,), {"families": frozenset({"l0"})})
+    with pytest.raises(TypeError, match="unknown op families"):
+        type("Odd", (Backend,), {"families": frozenset({"attention"})})

@@ -55,7 +55,7 @@ def test_cuda_extension_elementwise_matches_reference():
     w = torch.randn(1000, 37, device="cuda")
     s = torch.randn(1000, 37, device="cuda") * 2
     want = w.double() * torch.sigmoid(4.0 * s.double())
-    assert (ext.mask_weight(w, s, 4.0, 0).double() - want).abs().max() < 1e-6
+    assert (ext.mask_weight(w, s, torch.tensor(4.0, device="cuda"), 0).double() - want).abs().max() < 1e-6
 
 
 def test_opcheck_and_compile_on_cuda():

@@ -34,7 +34,9 @@ def _linear_inputs(n=256, k=192, m=8):
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_masked_linear_saves_no_weight_sized_tensor(mode):
     x, w, s, b = _linear_inputs()
-    extra, out = extra_saved_bytes(lambda: sf.masked_linear(x, w, s, 3.0, b, mode), [x, w, s, b])
+    beta = torch.tensor(3.0)  # as a layer passes its β buffer
+    extra, out = extra_saved_bytes(lambda: sf.masked_linear(x, w, s, beta, b, mode),
+                                   [x, w, s, b, beta])
     assert extra == 0
     out.sum().backward()
 
@@ -50,9 +52,11 @@ def test_masked_conv_and_gpt2_layout_save_nothing_extra():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     w = torch.randn(5, 3, 3, 3)
     s = torch.randn(5, 3, 3, 3, requires_grad=True)
-    extra, _ = extra_saved_bytes(lambda: sf.masked_conv2d(x, w, s, 2.0, padding=1), [x, w, s])
+    beta = torch.tensor(2.0)
+    extra, _ = extra_saved_bytes(lambda: sf.masked_conv2d(x, w, s, beta, padding=1),
+                                 [x, w, s, beta])
     assert extra == 0
     layer = sf.nn.MaskedGPT2Conv1D(24, 16)
     xin = torch.randn(3, 16, requires_grad=True)
-    extra, _ = extra_saved_bytes(lambda: layer(xin), [xin, layer.weight, layer.logits, layer.bias])
+    extra, _ = extra_saved_bytes(lambda: layer(xin), [xin, *layer.parameters(), *layer.buffers()])
     assert extra == 0

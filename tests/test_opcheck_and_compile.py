@@ -25,30 +25,41 @@ def _conv():
 
 
 def _samples():
+    """One call per op and variant; β is a one-element tensor, as layers pass it."""
     x, w, s, b = _lin()
     g = torch.randn(4, 3, 5)
-    yield torch_ops.masked_linear, (x, w, s, b, 2.0, "soft")
-    yield torch_ops.masked_linear, (x, w, s, None, 2.0, "hard")
-    yield torch_ops.masked_linear, (x, w.t().contiguous().t()[:, :], s, b, 2.0, "none")
-    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), 2.0, "soft",
+    yield torch_ops.masked_linear, (x, w, s, b, torch.tensor(2.0), "soft")
+    yield torch_ops.masked_linear, (x, w, s, None, torch.tensor(2.0), "hard")
+    yield torch_ops.masked_linear, (x, w.t().contiguous().t()[:, :], s, b, torch.tensor(2.0), "none")
+    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), torch.tensor(2.0), "soft",
                                              [True, True, True, True])
-    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), 2.0, "hard",
+    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), torch.tensor(2.0), "hard",
                                              [True, False, True, False])
-    yield torch_ops.mask_weight, (w, s, 3.0, "soft")
-    yield torch_ops.mask_weight, (w.detach().t(), s.detach().t(), 3.0, "hard")
-    yield torch_ops.mask_weight_backward, (torch.randn(5, 6), w.detach(), s.detach(), 3.0, "soft",
+    yield torch_ops.mask_weight, (w, s, torch.tensor(3.0), "soft")
+    yield torch_ops.mask_weight, (w.detach().t(), s.detach().t(), torch.tensor(3.0), "hard")
+    yield torch_ops.mask_weight_backward, (torch.randn(5, 6), w.detach(), s.detach(), torch.tensor(3.0), "soft",
                                            True, True, True)
-    yield torch_ops.sigmoid_sum, (s, 3.0)
-    yield torch_ops.sigmoid_sum_backward, (torch.tensor(2.0), s.detach(), 3.0)
+    yield torch_ops.sigmoid_sum, (s, torch.tensor(3.0))
+    yield torch_ops.sigmoid_sum_backward, (torch.tensor(2.0), s.detach(), torch.tensor(3.0))
     cx, cw, cs, cb = _conv()
-    yield torch_ops.masked_conv, (cx, cw, cs, cb, 1.5, "soft", [1, 1], [1, 1], [1, 1], 2)
-    yield torch_ops.masked_conv, (cx, cw, cs, None, 1.5, "hard", [2, 1], [0, 1], [1, 2], 2)
+    yield torch_ops.masked_conv, (cx, cw, cs, cb, torch.tensor(1.5), "soft", [1, 1], [1, 1], [1, 1], 2)
+    yield torch_ops.masked_conv, (cx, cw, cs, None, torch.tensor(1.5), "hard", [2, 1], [0, 1], [1, 2], 2)
     cg = torch.randn(2, 6, 7, 7)
-    yield torch_ops.masked_conv_backward, (cg, cx.detach(), cw.detach(), cs.detach(), 1.5, "soft",
+    yield torch_ops.masked_conv_backward, (cg, cx.detach(), cw.detach(), cs.detach(), torch.tensor(1.5), "soft",
                                            [1, 1], [1, 1], [1, 1], 2, [True, True, True, True])
+    # The optimizer steps mutate the parameter and its state in place.
+    p, grad = torch.randn(37), torch.randn(37)
+    bits = sf.pack_bits(torch.rand(37) < 0.3)
+    yield torch_ops.adamw_step, (p, grad, torch.rand(37), torch.rand(37), torch.rand(37), bits,
+                                 1e-3, 0.9, 0.999, 1e-8, 1e-2, 1e-2, 1.3)
+    yield torch_ops.adamw_step, (p, grad, torch.rand(37), torch.rand(37), torch.empty(0),
+                                 torch.empty(0, dtype=torch.uint8), 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                                 1e-2, 1.3)
+    yield torch_ops.sgd_step, (p, grad, torch.rand(37), bits, 0.1, 0.9, 0.0, 1e-4, True, False)
+    yield torch_ops.sgd_step, (p, grad, torch.empty(0), bits, 0.1, 0.0, 0.0, 0.0, False, True)
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(len(list(_samples()))))
 def test_opcheck(index):
     op, args = list(_samples())[index]
     torch.library.opcheck(op, args)

@@ -21,7 +21,7 @@ def kernel_backend(request, monkeypatch):
     if request.param == "triton":
         pytest.importorskip("triton")
     backend = sf.dispatch.get_backend(request.param)
-    monkeypatch.setattr(sf.optim, "backend_for", lambda device, family: backend)
+    monkeypatch.setattr(sf._ops, "backend_for", lambda device, family: backend)
     return request.param
 
 

@@ -37,6 +37,11 @@ def _on_device(t, dtype=torch.float32, transposed=False):
     return t.t().contiguous().t() if transposed else t
 
 
+def _beta(value: float) -> torch.Tensor:
+    """β as the backends take it: a one-element tensor on the device."""
+    return torch.tensor(value, device=DEVICE)
+
+
 @pytest.mark.parametrize("variant", ["prepass", "prologue"])
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 5, 3), (17, 33, 20), (33, 18, 47)])
@@ -44,7 +49,7 @@ def test_forward_matches_oracle(backends, variant, mode, m, k, n):
     x, w, s, b = _problem(m, k, n)
     want = composite_linear(x, w, s, 3.0, b, mode)
     got = backends[variant].linear_forward(_on_device(x), _on_device(w), _on_device(s),
-                                           _on_device(b), 3.0, mode)
+                                           _on_device(b), _beta(3.0), mode)
     assert_matches_oracle(got.cpu(), want, None, torch.float32, f"{variant} forward")
 
 
@@ -59,7 +64,7 @@ def test_backward_epilogue_matches_oracle(backends, mode, transposed, m, k, n):
     upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
     got = backends["prepass"].linear_backward(
         _on_device(upstream), _on_device(x), _on_device(w, transposed=transposed),
-        _on_device(s, transposed=transposed), 2.0, mode, [True, True, True, True])
+        _on_device(s, transposed=transposed), _beta(2.0), mode, [True, True, True, True])
     for name, g, o in zip(("d_input", "d_weight", "d_logits", "d_bias"), got, want_grads):
         if o is None:
             assert g.numel() == 0, name
@@ -71,12 +76,13 @@ def test_batched_input_and_partial_needs(backends):
     x, w, s, b = _problem(6, 9, 5)
     x3 = x.view(2, 3, 9)
     got = backends["prepass"].linear_forward(_on_device(x3), _on_device(w), _on_device(s), None,
-                                             1.5, "soft")
+                                             _beta(1.5), "soft")
     assert got.shape == (2, 3, 5)
     assert_matches_oracle(got.cpu(), composite_linear(x3, w, s, 1.5), None, torch.float32, "3-D")
     upstream = torch.ones(2, 3, 5, dtype=torch.float32, device=DEVICE)
     gx, gw, gs, gb = backends["prepass"].linear_backward(
-        upstream, _on_device(x3), _on_device(w), _on_device(s), 1.5, "soft", [True, False, False, False])
+        upstream, _on_device(x3), _on_device(w), _on_device(s), _beta(1.5), "soft",
+        [True, False, False, False])
     assert gw.numel() == 0 and gs.numel() == 0 and gb.numel() == 0 and gx.shape == x3.shape
 
 
@@ -86,13 +92,13 @@ def test_elementwise_kernels(backends, mode):
     w = torch.randn(37, 29, generator=gen, dtype=torch.float64)
     s = torch.randn(37, 29, generator=gen, dtype=torch.float64) * 3
     backend = backends["prepass"]
-    assert_matches_oracle(backend.mask_weight(_on_device(w), _on_device(s), 4.0, mode).cpu(),
+    assert_matches_oracle(backend.mask_weight(_on_device(w), _on_device(s), _beta(4.0), mode).cpu(),
                           effective_weight(w, s, 4.0, mode), None, torch.float32, "w_eff")
     want, (gw_want, gs_want) = run_with_grads(lambda a, c: effective_weight(a, c, 4.0, mode),
                                               [leaf(w), leaf(s)])
     upstream = torch.randn(want.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     weff, gw, gs = backend.mask_weight_backward(_on_device(upstream), _on_device(w), _on_device(s),
-                                                4.0, mode, True, True, True)
+                                                _beta(4.0), mode, True, True, True)
     assert_matches_oracle(weff.cpu(), want, None, torch.float32, "w_eff (bwd)")
     assert_matches_oracle(gw.cpu(), gw_want, None, torch.float32, "d_weight")
     if mode == "soft":
@@ -106,9 +112,9 @@ def test_l0_kernels_and_saturation(backends):
                    torch.tensor([-1e4, 1e4, 0.0], dtype=torch.float64)])
     backend = backends["prepass"]
     want, (g_want,) = run_with_grads(lambda t: torch.sigmoid(50.0 * t).sum(), [leaf(s)])
-    got = backend.sigmoid_sum(_on_device(s), 50.0)
+    got = backend.sigmoid_sum(_on_device(s), _beta(50.0))
     assert abs(got.item() - want.item()) <= 1e-5 * want.item()
-    grad = backend.sigmoid_sum_backward(torch.ones((), device=DEVICE), _on_device(s), 50.0)
+    grad = backend.sigmoid_sum_backward(torch.ones((), device=DEVICE), _on_device(s), _beta(50.0))
     upstream = torch.randn((), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert_matches_oracle(grad.cpu() * upstream.float(), g_want, None, torch.float32, "d_logits")
     assert torch.isfinite(grad).all() and grad[-3].item() == 0.0 and grad[-2].item() == 0.0
@@ -117,4 +123,5 @@ def test_l0_kernels_and_saturation(backends):
 def test_float64_is_rejected_with_a_clear_error(backends):
     x, w, s, b = _problem(2, 3, 4)
     with pytest.raises(TypeError, match="fp32/bf16/fp16, got torch.float64"):
-        backends["prepass"].linear_forward(x.to(DEVICE), w.to(DEVICE), s.to(DEVICE), None, 1.0, "soft")
+        backends["prepass"].linear_forward(x.to(DEVICE), w.to(DEVICE), s.to(DEVICE), None,
+                                           _beta(1.0), "soft")

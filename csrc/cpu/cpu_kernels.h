@@ -53,13 +53,26 @@ void binary_backward_range(const weight_t* g, const weight_t* __restrict__ theta
   }
 }
 
+// beta's value for the CPU loops (reading a CPU scalar costs nothing).
+inline double host_beta(const char* op, const at::Tensor& beta) {
+  TORCH_CHECK(beta.numel() == 1 && beta.is_floating_point() && beta.device().is_cpu(), op,
+              ": beta must be a one-element floating CPU tensor, got shape ", beta.sizes(),
+              " of ", beta.scalar_type(), " on ", beta.device());
+  return beta.item<double>();
+}
+
 struct CpuKernels {
+  template <typename logit_t>
+  static logit_t beta_arg(const at::Tensor& beta) {
+    return beta.item<logit_t>();
+  }
+
   template <typename weight_t, typename logit_t>
   static void forward(const weight_t* theta, const logit_t* s, weight_t* out,
                       logit_t beta, int mode, int64_t n) {
     at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
       if (mode == subind::kSoft) {
-                const weight_t* __restrict__ th = theta;
+        const weight_t* __restrict__ th = theta;
         const logit_t* __restrict__ sp = s;
         weight_t* __restrict__ o = out;
 #pragma omp simd

@@ -58,7 +58,8 @@ void sigmoid_slope_loop(const T* s, T beta, T scale, T* out, int64_t n) {
 
 // sum(sigmoid(beta * s)), accumulated per chunk then in double: one pass, no
 // weight-sized temporary.
-at::Tensor sigmoid_sum(const at::Tensor& logits, double beta) {
+at::Tensor sigmoid_sum(const at::Tensor& logits, const at::Tensor& beta_tensor) {
+  const double beta = subind_cpu::host_beta("sigmoid_sum", beta_tensor);
   auto s = logits.contiguous();
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "sigmoid_sum", [&] {
@@ -70,7 +71,8 @@ at::Tensor sigmoid_sum(const at::Tensor& logits, double beta) {
 
 // d/ds [grad * sum(sigmoid(beta * s))] = grad * beta * m * (1 - m).
 at::Tensor sigmoid_sum_backward(const at::Tensor& grad, const at::Tensor& logits,
-                                double beta) {
+                                const at::Tensor& beta_tensor) {
+  const double beta = subind_cpu::host_beta("sigmoid_sum_backward", beta_tensor);
   auto s = logits.contiguous();
   auto out = at::empty_like(s);
   const double scale = grad.item<double>() * beta;

@@ -45,9 +45,10 @@ at::Tensor block_view(const at::Tensor& scratch, int64_t rows, int64_t cols) {
 
 at::Tensor masked_linear_forward(const at::Tensor& x2, const at::Tensor& weight,
                                  const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
-                                 double beta, int64_t mode, int64_t block_rows,
+                                 const at::Tensor& beta_tensor, int64_t mode, int64_t block_rows,
                                  const at::Tensor& scratch) {
   check_operands("masked_linear_forward", x2, weight, logits, block_rows);
+  const double beta = subind_cpu::host_beta("masked_linear_forward", beta_tensor);
   const int64_t n = weight.size(0), k = weight.size(1);
   const bool has_bias = bias.has_value() && bias->defined();
   if (block_rows >= n) {
@@ -84,10 +85,11 @@ at::Tensor masked_linear_forward(const at::Tensor& x2, const at::Tensor& weight,
 // Returns (dx, dtheta, ds); what was not asked for is an empty [0] tensor.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& g2, const at::Tensor& x2, const at::Tensor& weight,
-    const at::Tensor& logits, double beta, int64_t mode, bool need_x, bool need_weight,
-    bool need_logits, int64_t block_rows, const at::Tensor& scratch_weff,
+    const at::Tensor& logits, const at::Tensor& beta_tensor, int64_t mode, bool need_x,
+    bool need_weight, bool need_logits, int64_t block_rows, const at::Tensor& scratch_weff,
     const at::Tensor& scratch_grad) {
   check_operands("masked_linear_backward", x2, weight, logits, block_rows);
+  const double beta = subind_cpu::host_beta("masked_linear_backward", beta_tensor);
   TORCH_CHECK(g2.dim() == 2 && g2.size(0) == x2.size(0) && g2.size(1) == weight.size(0),
               "masked_linear_backward: grad ", g2.sizes(), " does not match input ", x2.sizes(),
               " and weight ", weight.sizes());

@@ -22,8 +22,10 @@ inline int blocks_for(int64_t n) {
 template <typename weight_t, typename logit_t>
 __global__ void mask_weight_kernel(const weight_t* __restrict__ theta,
                                    const logit_t* __restrict__ s,
-                                   weight_t* __restrict__ out, logit_t beta,
+                                   weight_t* __restrict__ out,
+                                   const logit_t* __restrict__ beta_ptr,
                                    int mode, int64_t n) {
+  const logit_t beta = *beta_ptr;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     const logit_t m = subind::mask_value<logit_t>(s[i], beta, mode);
@@ -35,10 +37,11 @@ template <typename weight_t, typename logit_t>
 __global__ void mask_backward_kernel(const weight_t* __restrict__ g,
                                      const weight_t* __restrict__ theta,
                                      const logit_t* __restrict__ s,
-                                     logit_t beta, int mode,
+                                     const logit_t* __restrict__ beta_ptr, int mode,
                                      logit_t* __restrict__ grad_s,
                                      weight_t* __restrict__ grad_theta,
                                      weight_t* __restrict__ w_eff, int64_t n) {
+  const logit_t beta = *beta_ptr;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     logit_t gs, gt, we;
@@ -52,9 +55,15 @@ __global__ void mask_backward_kernel(const weight_t* __restrict__ g,
 }
 
 struct CudaKernels {
+  // The kernels read beta from device memory: no host round trip.
+  template <typename logit_t>
+  static const logit_t* beta_arg(const at::Tensor& beta) {
+    return beta.data_ptr<logit_t>();
+  }
+
   template <typename weight_t, typename logit_t>
   static void forward(const weight_t* theta, const logit_t* s, weight_t* out,
-                      logit_t beta, int mode, int64_t n) {
+                      const logit_t* beta, int mode, int64_t n) {
     auto stream = at::cuda::getCurrentCUDAStream();
     mask_weight_kernel<weight_t, logit_t>
         <<<blocks_for(n), kThreads, 0, stream>>>(theta, s, out, beta, mode, n);
@@ -63,7 +72,7 @@ struct CudaKernels {
 
   template <typename weight_t, typename logit_t>
   static void backward(const weight_t* g, const weight_t* theta,
-                       const logit_t* s, logit_t beta, int mode,
+                       const logit_t* s, const logit_t* beta, int mode,
                        logit_t* grad_s, weight_t* grad_theta, weight_t* w_eff,
                        int64_t n) {
     auto stream = at::cuda::getCurrentCUDAStream();
@@ -74,7 +83,7 @@ struct CudaKernels {
 };
 
 at::Tensor mask_weight_cuda(const at::Tensor& weight, const at::Tensor& logits,
-                            double beta, int64_t mode) {
+                            const at::Tensor& beta, int64_t mode) {
   TORCH_CHECK(weight.is_cuda(), "mask_weight (CUDA): weight must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(weight.device());
   return subind::mask_weight<CudaKernels>(weight, logits, beta, mode);
@@ -82,7 +91,7 @@ at::Tensor mask_weight_cuda(const at::Tensor& weight, const at::Tensor& logits,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_weight_backward_cuda(
     const at::Tensor& grad_weff, const at::Tensor& weight,
-    const at::Tensor& logits, double beta, int64_t mode, bool need_weff,
+    const at::Tensor& logits, const at::Tensor& beta, int64_t mode, bool need_weff,
     bool need_weight_grad, bool need_logits_grad) {
   TORCH_CHECK(weight.is_cuda(),
               "mask_weight_backward (CUDA): weight must be a CUDA tensor");

@@ -69,7 +69,7 @@ def discover(model: nn.Module, train_rows: Tensor, eval_rows: Tensor, *,
               extra_loss=lambda: lam * sf.l0_penalty(probe),
               before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
               log=log, progress=f"discover λ={lam:g}" if progress else None,
-              log_extra=lambda: {"beta": next(iter(layers.values())).beta,
+              log_extra=lambda: {"beta": float(next(iter(layers.values())).beta),
                                  "density": _hard_density(layers.values())})
         log.close()
         probe.eval()  # hard masks

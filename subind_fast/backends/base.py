@@ -1,31 +1,58 @@
-"""The backend interface and the composition every backend shares.
+"""The backend interface, its capability table, and the composition every
+backend with element-wise mask kernels shares.
 
-A backend supplies the element-wise mask passes (design.md §1):
+A backend declares the device types it serves (``devices``; ``None`` = any)
+and the op families it implements (``families``).  Each family is a fixed set
+of methods (``FAMILY_METHODS``); a class that declares a family must define
+all of them, which is checked when the class is created, so a backend never
+discovers a missing method at call time and nothing is patched on afterwards.
+:mod:`subind_fast.dispatch` reads the declarations to refuse a forced backend
+that lacks a family.
 
-    mask_weight:           W_eff = θ ⊙ m(s)
-    mask_weight_backward:  from G_W = ∂L/∂W_eff →  W_eff (recomputed),
-                           ∂θ = G_W ⊙ m,  ∂s = G_W ⊙ θ ⊙ β·m(1−m)  (soft only)
-    sigmoid_sum(_backward): L0 = Σσ(βs), ∂L0/∂s = β·m(1−m)
+Families and their math (design.md §1; m = σ(β·s) | 1[s>0] | 1):
 
-and :class:`ComposedBackend` turns them into masked linear / convolution
-forward and backward around ATen's GEMMs:
+    mask:    mask_weight            W_eff = θ ⊙ m
+             mask_weight_backward   from G_W = ∂L/∂W_eff: W_eff (recomputed),
+                                    ∂θ = G_W ⊙ m, ∂s = G_W ⊙ θ ⊙ β·m(1−m) (soft only)
+    linear:  linear_forward/backward   y = x·W_effᵀ + b and its gradients
+    conv:    conv_forward/backward     the same with the convolution as the GEMM
+    l0:      sigmoid_sum(_backward)    L0 = Σσ(βs), ∂L0/∂s = β·m(1−m)
+    optim:   adamw_step, sgd_step      fused frozen-mask optimizer updates (in place)
+
+β arrives as a one-element tensor (on the logits' device or the CPU), never a
+Python float, so annealing it neither recompiles a graph nor syncs a GPU.
+
+:class:`ComposedBackend` turns the mask family into linear and convolution
+around ATen's GEMMs:
 
     forward:   W_eff = mask_weight(θ, s);  y = x·W_effᵀ + b   (W_eff freed)
     backward:  G_W = Gᵀ·x;  (W_eff, ∂θ, ∂s) = mask_weight_backward(G_W)   (one pass)
                ∂x = G·W_eff;  ∂b = Σ_rows G
 
-Nothing weight-sized is kept between forward and backward; W_eff is recomputed
-inside the same pass that produces ∂s.  A backend with fused GEMMs (Triton)
-overrides the linear methods.
+Nothing weight-sized is kept between forward and backward.  A backend with
+fused GEMMs (Triton) overrides the linear methods.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 EMPTY = (0,)
+
+FAMILY_METHODS: dict[str, tuple[str, ...]] = {
+    "mask": ("mask_weight", "mask_weight_backward"),
+    "linear": ("linear_forward", "linear_backward"),
+    "conv": ("conv_forward", "conv_backward"),
+    "l0": ("sigmoid_sum", "sigmoid_sum_backward"),
+    "optim": ("adamw_step", "sgd_step"),
+}
+FAMILIES = tuple(FAMILY_METHODS)
+
+
+class UnsupportedOpError(NotImplementedError):
+    """A backend was asked for an op family it does not declare."""
 
 
 def empty_like_marker(t: Tensor) -> Tensor:
@@ -33,26 +60,101 @@ def empty_like_marker(t: Tensor) -> Tensor:
     return t.new_empty(EMPTY)
 
 
-class ComposedBackend:
-    name = "abstract"
+def _abstract(family: str):
+    """Marks an interface method: calling it on a backend that does not
+    declare ``family`` raises UnsupportedOpError naming both."""
+    def wrap(method):
+        def unsupported(self, *args, **kwargs):
+            raise UnsupportedOpError(
+                f"the {self.name} backend does not implement the {family} op family "
+                f"({method.__name__}); it serves {sorted(self.families)}")
 
-    # -- element-wise passes (subclasses implement) -------------------------
-    def mask_weight(self, weight: Tensor, logits: Tensor, beta: float, mode: str) -> Tensor:
-        raise NotImplementedError
+        unsupported.__name__ = method.__name__
+        unsupported.__doc__ = method.__doc__
+        unsupported._subind_abstract = True
+        return unsupported
 
+    return wrap
+
+
+class Backend:
+    """The interface.  Subclasses set ``name``, ``devices`` and ``families``
+    and define every method of each declared family."""
+
+    name: ClassVar[str] = "abstract"
+    devices: ClassVar[Optional[frozenset]] = frozenset()
+    families: ClassVar[frozenset] = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.families) - set(FAMILIES)
+        if unknown:
+            raise TypeError(f"{cls.__name__} declares unknown op families {sorted(unknown)}")
+        missing = [m for f in cls.families for m in FAMILY_METHODS[f]
+                   if getattr(getattr(cls, m), "_subind_abstract", False)]
+        if missing:
+            raise TypeError(f"{cls.__name__} declares families {sorted(cls.families)} but does "
+                            f"not define {missing}")
+
+    def serves(self, device_type: str, family: str) -> bool:
+        return family in self.families and (self.devices is None or device_type in self.devices)
+
+    # -- mask ------------------------------------------------------------------
+    @_abstract("mask")
+    def mask_weight(self, weight: Tensor, logits: Tensor, beta: Tensor, mode: str) -> Tensor:
+        """W_eff = θ ⊙ m(s), in θ's dtype and layout."""
+
+    @_abstract("mask")
     def mask_weight_backward(self, grad_weff: Tensor, weight: Tensor, logits: Tensor,
-                             beta: float, mode: str, need_weff: bool, need_weight_grad: bool,
+                             beta: Tensor, mode: str, need_weff: bool, need_weight_grad: bool,
                              need_logits_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
+        """(W_eff, ∂θ, ∂s) from ∂L/∂W_eff, empty markers for what was not asked."""
 
-    def sigmoid_sum(self, logits: Tensor, beta: float) -> Tensor:
-        raise NotImplementedError
+    # -- linear / conv ---------------------------------------------------------
+    @_abstract("linear")
+    def linear_forward(self, x, weight, logits, bias, beta, mode) -> Tensor:
+        """y = x·W_effᵀ + b over the last dim of x."""
 
-    def sigmoid_sum_backward(self, grad: Tensor, logits: Tensor, beta: float) -> Tensor:
-        raise NotImplementedError
+    @_abstract("linear")
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
+        """(∂x, ∂θ, ∂s, ∂b) for the gradients ``needs`` asks for."""
+
+    @_abstract("conv")
+    def conv_forward(self, x, weight, logits, bias, beta, mode, stride, padding, dilation,
+                     groups) -> Tensor:
+        """N-d convolution with W_eff."""
+
+    @_abstract("conv")
+    def conv_backward(self, grad, x, weight, logits, beta, mode, stride, padding, dilation,
+                      groups, needs):
+        """(∂x, ∂θ, ∂s, ∂b) of the convolution."""
+
+    # -- l0 --------------------------------------------------------------------
+    @_abstract("l0")
+    def sigmoid_sum(self, logits: Tensor, beta: Tensor) -> Tensor:
+        """Σσ(β·s) as a 0-d tensor of the logits' dtype."""
+
+    @_abstract("l0")
+    def sigmoid_sum_backward(self, grad: Tensor, logits: Tensor, beta: Tensor) -> Tensor:
+        """grad·β·m(1−m), shaped like the logits."""
+
+    # -- optim (in place; see subind_fast/optim.py) -----------------------------
+    @_abstract("optim")
+    def adamw_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr,
+                   beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bias2) -> None:
+        """One torch.optim.AdamW step on the free elements; frozen ones untouched."""
+
+    @_abstract("optim")
+    def sgd_step(self, param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+                 weight_decay, nesterov, first_step) -> None:
+        """One torch.optim.SGD step on the free elements; frozen ones untouched."""
+
+
+class ComposedBackend(Backend):
+    """Linear and convolution composed from the mask family and ATen's GEMMs."""
 
     # -- shared: the part of backward that turns G_W into (W_eff, ∂θ, ∂s) ----
-    def _weight_side(self, grad_w: Tensor | None, weight: Tensor, logits: Tensor, beta: float,
+    def _weight_side(self, grad_w: Tensor | None, weight: Tensor, logits: Tensor, beta: Tensor,
                      mode: str, need_x: bool, need_weight: bool, need_logits: bool):
         """(W_eff or None, ∂θ, ∂s) with empty markers for what was not asked."""
         need_logits = need_logits and mode == "soft"
@@ -65,12 +167,12 @@ class ComposedBackend:
 
     # -- linear ---------------------------------------------------------------
     def linear_forward(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Tensor | None,
-                       beta: float, mode: str) -> Tensor:
+                       beta: Tensor, mode: str) -> Tensor:
         weff = self.mask_weight(weight, logits, beta, mode)
         return torch.nn.functional.linear(x, weff, bias)
 
     def linear_backward(self, grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
-                        beta: float, mode: str, needs: Sequence[bool]):
+                        beta: Tensor, mode: str, needs: Sequence[bool]):
         need_x, need_w, need_s, need_b = needs
         n_out, n_in = weight.shape
         g2 = grad.reshape(-1, n_out)
@@ -90,13 +192,13 @@ class ComposedBackend:
 
     # -- convolution (any spatial rank torch.convolution supports) -----------
     def conv_forward(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Tensor | None,
-                     beta: float, mode: str, stride, padding, dilation, groups: int) -> Tensor:
+                     beta: Tensor, mode: str, stride, padding, dilation, groups: int) -> Tensor:
         weff = self.mask_weight(weight, logits, beta, mode)
         zeros = [0] * (weight.dim() - 2)
         return torch.convolution(x, weff, bias, stride, padding, dilation, False, zeros, groups)
 
     def conv_backward(self, grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
-                      beta: float, mode: str, stride, padding, dilation, groups: int,
+                      beta: Tensor, mode: str, stride, padding, dilation, groups: int,
                       needs: Sequence[bool]):
         need_x, need_w, need_s, need_b = needs
         zeros = [0] * (weight.dim() - 2)

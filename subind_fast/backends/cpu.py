@@ -14,6 +14,7 @@ import threading
 import torch
 
 from .._validation import MODE_CODES
+from .base import FAMILIES
 from .compiled import CompiledBackend
 
 # A block of W_eff plus the matching rows of θ, s and ∂W_eff should sit in a
@@ -42,8 +43,12 @@ class _Scratch(threading.local):
 
 
 class CpuBackend(CompiledBackend):
+    name = "cpu"
+    extension = "_C"
+    devices = frozenset({"cpu"})
+    families = frozenset(FAMILIES)
+
     def __init__(self):
-        super().__init__("cpu", "_C")
         self._scratch = _Scratch()
 
     def release_scratch(self) -> None:
@@ -84,3 +89,20 @@ class CpuBackend(CompiledBackend):
         gx = gx.reshape(x.shape) if need_x else gx
         gb = g2.sum(0) if need_b else grad.new_empty(0)
         return gx, gw, gs, gb
+
+    # -- l0 and the fused frozen-mask optimizer steps (csrc/cpu/optim.cpp) ------
+    def sigmoid_sum(self, logits, beta):
+        return self._lib.sigmoid_sum(logits, beta)
+
+    def sigmoid_sum_backward(self, grad, logits, beta):
+        return self._lib.sigmoid_sum_backward(grad, logits, beta)
+
+    def adamw_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr,
+                   beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bias2):
+        self._lib.adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr,
+                             beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bias2)
+
+    def sgd_step(self, param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+                 weight_decay, nesterov, first_step):
+        self._lib.sgd_step(param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+                           weight_decay, nesterov, first_step)

@@ -9,7 +9,7 @@ import torch
 import triton
 
 from . import triton_kernels as K
-from .base import ComposedBackend, empty_like_marker
+from .base import FAMILIES, ComposedBackend, empty_like_marker
 
 _MODE = {"soft": K.MODE_SOFT, "hard": K.MODE_HARD, "none": K.MODE_NONE}
 
@@ -25,12 +25,17 @@ def _check_gemm_dtype(t: torch.Tensor) -> None:
                         "use SUBIND_BACKEND=reference for float64")
 
 
+def _device_beta(beta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """β as a one-element fp32 tensor on ``like``'s device (no copy when it is one)."""
+    return beta.reshape(1).to(device=like.device, dtype=torch.float32, non_blocking=True)
+
+
 def _elementwise_grid(n: int):
     return (triton.cdiv(n, K.ELEMENTWISE_BLOCK),)
 
 
-def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, bias=None, theta=None,
-            logits=None, beta=1.0, mode="soft", prologue=False, grads=None):
+def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, beta, bias=None,
+            theta=None, logits=None, mode="soft", prologue=False, grads=None):
     """acc = A·B over explicit strides, with the epilogue/prologue chosen by the
     arguments (see masked_matmul_kernel)."""
     gs, gtheta, weff = grads if grads is not None else (None, None, None)
@@ -45,7 +50,7 @@ def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, bias=None, 
         theta if theta is not None else dummy, logits if logits is not None else dummy,
         gs if gs is not None else dummy, gtheta if gtheta is not None else dummy,
         weff if weff is not None else dummy,
-        M, N, Kdim, float(beta), *a_strides, *b_strides, *c_strides, *t_strides,
+        M, N, Kdim, beta, *a_strides, *b_strides, *c_strides, *t_strides,
         MODE=_MODE[mode], HAS_BIAS=bias is not None, MASK_B_PROLOGUE=prologue,
         MASK_GRAD_EPILOGUE=grads is not None, WANT_S=gs is not None,
         WANT_THETA=gtheta is not None, WANT_WEFF=weff is not None, IEEE=_ieee(a.dtype))
@@ -53,6 +58,8 @@ def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, bias=None, 
 
 class TritonBackend(ComposedBackend):
     name = "triton"
+    devices = frozenset({"cuda"})
+    families = frozenset(FAMILIES)
 
     def __init__(self, forward_variant: str | None = None):
         variant = forward_variant or os.environ.get("SUBIND_TRITON_FWD", "prepass")
@@ -65,7 +72,8 @@ class TritonBackend(ComposedBackend):
         out = torch.empty_like(weight)
         n = weight.numel()
         if n:
-            K.mask_weight_kernel[_elementwise_grid(n)](weight, logits, out, n, float(beta),
+            K.mask_weight_kernel[_elementwise_grid(n)](weight, logits, out, n,
+                                                       _device_beta(beta, logits),
                                                        MODE=_MODE[mode], BLOCK=K.ELEMENTWISE_BLOCK)
         return out
 
@@ -81,7 +89,7 @@ class TritonBackend(ComposedBackend):
         n = weight.numel()
         if n:
             K.mask_backward_kernel[_elementwise_grid(n)](
-                g, weight, logits, gs, gw, weff, n, float(beta), MODE=_MODE[mode],
+                g, weight, logits, gs, gw, weff, n, _device_beta(beta, logits), MODE=_MODE[mode],
                 WANT_S=need_logits_grad, WANT_THETA=need_weight_grad, WANT_WEFF=need_weff,
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return weff, gw, gs
@@ -90,8 +98,8 @@ class TritonBackend(ComposedBackend):
         s = logits.contiguous()
         out = torch.zeros((), dtype=torch.float32, device=s.device)
         if s.numel():
-            K.sigmoid_sum_kernel[_elementwise_grid(s.numel())](s, out, s.numel(), float(beta),
-                                                               BLOCK=K.ELEMENTWISE_BLOCK)
+            K.sigmoid_sum_kernel[_elementwise_grid(s.numel())](
+                s, out, s.numel(), _device_beta(beta, s), BLOCK=K.ELEMENTWISE_BLOCK)
         return out.to(logits.dtype)
 
     def sigmoid_sum_backward(self, grad, logits, beta):
@@ -99,7 +107,7 @@ class TritonBackend(ComposedBackend):
         out = torch.empty_like(s)
         if s.numel():
             K.sigmoid_slope_kernel[_elementwise_grid(s.numel())](
-                s, grad.to(torch.float32).reshape(1), out, s.numel(), float(beta),
+                s, grad.to(torch.float32).reshape(1), out, s.numel(), _device_beta(beta, s),
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return out
 
@@ -116,8 +124,8 @@ class TritonBackend(ComposedBackend):
             b, prologue = self.mask_weight(weight, logits, beta, mode), False
         # B = W_effᵀ (K×N): element (k, n) lives at n·stride(0) + k·stride(1).
         _matmul(x2, b, y, M, n_out, n_in, x2.stride(), (b.stride(1), b.stride(0)), y.stride(),
-                bias=bias, logits=logits if prologue else None, beta=beta, mode=mode,
-                prologue=prologue)
+                beta=_device_beta(beta, logits), bias=bias,
+                logits=logits if prologue else None, mode=mode, prologue=prologue)
         return y.reshape(*x.shape[:-1], n_out)
 
     def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
@@ -135,23 +143,23 @@ class TritonBackend(ComposedBackend):
             # ∂W_eff[n, k] = Σ_m G[m, n]·x[m, k]: A = Gᵀ (N×M), B = x (M×K); the
             # epilogue writes ∂s, ∂θ and W_eff straight from the accumulator.
             _matmul(g2, x2, None, n_out, n_in, M, (g2.stride(1), g2.stride(0)), x2.stride(),
-                    (0, 0), theta=weight, logits=logits, beta=beta, mode=mode,
-                    grads=(gs, gw, weff))
+                    (0, 0), beta=_device_beta(beta, logits), theta=weight, logits=logits,
+                    mode=mode, grads=(gs, gw, weff))
         else:
             gs = gw = None
             weff = self.mask_weight(weight, logits, beta, mode) if need_x else None
         gx = empty_like_marker(x)
         if need_x:
             gx = torch.empty((M, n_in), dtype=x.dtype, device=x.device)
-            _matmul(g2, weff, gx, M, n_in, n_out, g2.stride(), weff.stride(), gx.stride())
+            _matmul(g2, weff, gx, M, n_in, n_out, g2.stride(), weff.stride(), gx.stride(),
+                    beta=_device_beta(beta, logits))
             gx = gx.reshape(x.shape)
         gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else empty_like_marker(grad)
         return (gx, gw if gw is not None else empty_like_marker(weight),
                 gs if gs is not None else empty_like_marker(logits), gb)
 
     # -- fused frozen-mask optimizer steps ---------------------------------------
-    @staticmethod
-    def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1,
+    def adamw_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1,
                    beta2, eps, weight_decay, step_size, inv_sqrt_bias2):
         n = param.numel()
         if n:
@@ -162,8 +170,7 @@ class TritonBackend(ComposedBackend):
                 weight_decay, step_size, inv_sqrt_bias2, AMSGRAD=bool(max_exp_avg_sq.numel()),
                 HAS_BITS=bool(frozen_bits.numel()), BLOCK=K.ELEMENTWISE_BLOCK)
 
-    @staticmethod
-    def sgd_step(param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
+    def sgd_step(self, param, grad, momentum_buffer, frozen_bits, lr, momentum, dampening,
                  weight_decay, nesterov, first_step):
         n = param.numel()
         if n:

@@ -3,27 +3,54 @@ the L0 penalty, and take the masks off again."""
 from __future__ import annotations
 
 import fnmatch
-import sys
+import logging
+import warnings
+from collections import Counter
 from typing import Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from .layers import (DEFAULT_MASK_INIT, MASKED_LAYER_TYPES, MaskedConv1d, MaskedConv2d,
-                     MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear, MaskInit)
+from . import coverage
+from .compat import apply_compatibility_fixes
+from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .registry import masked_class_for
 
 Patterns = Optional[Union[str, Iterable[str]]]
+log = logging.getLogger("subind_fast")
+
+# Module families that hold weights the method leaves alone by design (the
+# paper masks linear and convolution weights only); they are reported, not warned about.
+_UNMASKED_BY_DESIGN = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+                       nn.modules.batchnorm._NormBase)
 
 
-def _supported_types() -> dict[type, type]:
-    """Plain module type → masked replacement.  Exact types only: a subclass
-    (e.g. nn.MultiheadAttention's out_proj) may bypass its own forward."""
-    table = {nn.Linear: MaskedLinear, nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d,
-             nn.Conv3d: MaskedConv3d}
-    if "transformers" in sys.modules:  # only a transformers model can hold a GPT-2 Conv1D
-        from transformers.pytorch_utils import Conv1D
-        table[Conv1D] = MaskedGPT2Conv1D
-    return table
+class MaskReport(dict):
+    """What ``mask_model`` did: a dict {module name: masked layer} (one entry
+    per masked layer), plus counts of what was masked and what was left, by
+    module type, and the compatibility fixes applied (nn/compat.py)."""
+
+    def __init__(self, layers: dict, masked: Counter, masked_weights: int, left: Counter,
+                 left_parameters: Counter, fixes: list[str]):
+        super().__init__(layers)
+        self.masked, self.masked_weights = masked, masked_weights
+        self.left, self.left_parameters = left, left_parameters
+        self.fixes = fixes
+
+    def summary(self) -> str:
+        lines = [f"masked {sum(self.masked.values())} layers, {self.masked_weights:,} weights: "
+                 + ", ".join(f"{t} ×{n}" for t, n in sorted(self.masked.items()))]
+        if self.left:
+            lines.append("left unmasked: " + ", ".join(
+                f"{t} ×{n} ({why}, {self.left_parameters[(t, why)]:,} parameters)"
+                for (t, why), n in sorted(self.left.items())))
+        lines += [f"fix: {f}" for f in self.fixes]
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def __repr__(self) -> str:
+        return f"MaskReport({self.summary()!r})"
 
 
 def _patterns(value: Patterns, name: str) -> Optional[list[str]]:
@@ -41,49 +68,128 @@ def _set_child(model: nn.Module, name: str, child: nn.Module) -> None:
     setattr(parent, attr, child)
 
 
+def _module_names(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, list[str]]]:
+    """Every module once (by identity) with all the names it is registered under."""
+    modules, names = {}, {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            modules.setdefault(id(module), module)
+            names.setdefault(id(module), []).append(name)
+    return modules, names
+
+
+def _weight_like(module: nn.Module) -> int:
+    """Elements of matrix-shaped parameters named like weights held directly."""
+    return sum(p.numel() for n, p in module.named_parameters(recurse=False)
+               if p.dim() >= 2 and "weight" in n)
+
+
 def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
                init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
-               mode: Optional[str] = None) -> dict[str, nn.Module]:
-    """Replace every supported layer whose name matches ``include`` (glob
-    patterns on module names; all when None) and no ``exclude`` pattern by its
-    masked version, in place.  Weights are shared, not copied.  With
+               mode: Optional[str] = None, check_coverage: str = "first") -> MaskReport:
+    """Replace every supported module (nn/registry.py: Linear, Conv1d/2d/3d,
+    MultiheadAttention, GPT-2 Conv1D and their subclasses) whose name matches
+    ``include`` (glob patterns on module names; all when None) and no
+    ``exclude`` pattern by its masked version, in place.  Weights are shared,
+    not copied; a module registered under several names is masked once and
+    stays one module.  nn.MultiheadAttention is masked as a unit (input and
+    output projections), selected by its own name or its out_proj's.  With
     ``freeze_base`` every parameter except the mask logits stops requiring
-    grad.  Returns {name: masked layer}.  A pattern that matches no supported
-    layer is an error (it is almost always a typo)."""
+    grad.  A pattern matching no maskable module is an error (almost always a
+    typo).  Modules that would bypass a masked layer are fixed where known
+    (nn/compat.py), and ``check_coverage`` (nn/coverage.py) raises if a masked
+    layer does not run in the model's forward.  Returns a :class:`MaskReport`."""
+    if check_coverage not in coverage.POLICIES:
+        raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
+                         f"got {check_coverage!r}")
     include_p, exclude_p = _patterns(include, "include"), _patterns(exclude, "exclude")
-    table = _supported_types()
-    candidates = [(name, m) for name, m in model.named_modules()
-                  if name and type(m) in table and not isinstance(m, MASKED_LAYER_TYPES)]
-    names = [name for name, _ in candidates]
+    modules, names = _module_names(model)
+    inside_mha = {id(m.out_proj) for m in modules.values()
+                  if isinstance(m, nn.MultiheadAttention) and m.out_proj is not None}
+    candidates = [key for key, m in modules.items()
+                  if key not in inside_mha and masked_class_for(type(m)) is not None]
+
+    def selection_names(key):
+        own = names[key]
+        module = modules[key]
+        if isinstance(module, nn.MultiheadAttention):
+            return own + [f"{n}.out_proj" for n in own]
+        return own
+
+    all_names = [n for key in candidates for n in selection_names(key)]
     for label, pats in (("include", include_p), ("exclude", exclude_p)):
         for pat in pats or []:
-            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
                 raise ValueError(f"{label} pattern {pat!r} matches no maskable layer; "
-                                 f"maskable layers are e.g. {names[:6]}")
+                                 f"maskable layers are e.g. {all_names[:6]}")
 
-    def chosen(name: str) -> bool:
-        if include_p is not None and not any(fnmatch.fnmatchcase(name, p) for p in include_p):
+    def matches(name_list, pats):
+        return any(fnmatch.fnmatchcase(n, p) for n in name_list for p in pats)
+
+    def chosen(key) -> bool:
+        candidate_names = selection_names(key)
+        if include_p is not None and not matches(candidate_names, include_p):
             return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in exclude_p or [])
+        return not matches(candidate_names, exclude_p or [])
 
+    selected = [key for key in candidates if chosen(key)]
+    if not selected:
+        raise ValueError("mask_model: no layer was selected (check include/exclude)")
     if freeze_base:
         for p in model.parameters():
             p.requires_grad_(False)
     replaced = {}
-    for name, module in candidates:
-        if chosen(name):
-            layer = table[type(module)].from_module(module, init=init, beta=beta, mode=mode,
-                                                    freeze_weight=freeze_base)
+    for key in selected:
+        module = modules[key]
+        layer = masked_class_for(type(module)).from_module(module, init=init, beta=beta,
+                                                           mode=mode, freeze_weight=freeze_base)
+        for name in names[key]:
             _set_child(model, name, layer)
-            replaced[name] = layer
-    if not replaced:
-        raise ValueError("mask_model: no layer was selected (check include/exclude)")
-    return replaced
+        replaced[names[key][0]] = layer
+
+    maskable = set(candidates) | inside_mha
+    report = _report(model, replaced, modules, maskable, set(selected),
+                     apply_compatibility_fixes(model))
+    if include_p is None:
+        _warn_unmaskable(modules, maskable)
+    log.info("mask_model:\n%s", report.summary())
+    coverage.install_check(model, check_coverage)
+    return report
+
+
+def _report(model, replaced, modules, maskable, selected, fixes) -> MaskReport:
+    masked, left, left_params = Counter(), Counter(), Counter()
+    masked_weights = 0
+    for layer in masked_layers(model).values():
+        masked[type(layer).__name__] += 1
+        masked_weights += sum(w.numel() for w, _ in layer.masked_parameters().values())
+    masked_modules = {id(m) for m in masked_layers(model).values()}
+    for key, module in modules.items():
+        if key in selected or id(module) in masked_modules:
+            continue
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        if not own:
+            continue
+        why = "not selected" if key in maskable else "not a maskable type"
+        left[(type(module).__name__, why)] += 1
+        left_params[(type(module).__name__, why)] += own
+    return MaskReport(replaced, masked, masked_weights, left, left_params, fixes)
+
+
+def _warn_unmaskable(modules: dict, maskable: set) -> None:
+    """Warn when masking everything left matrix-shaped weights in module types
+    we cannot mask (norms and embeddings excepted: the method leaves them alone)."""
+    unknown = sorted({type(m).__name__ for key, m in modules.items()
+                      if key not in maskable and not isinstance(m, _UNMASKED_BY_DESIGN)
+                      and _weight_like(m)})
+    if unknown:
+        warnings.warn(f"mask_model left modules of types it cannot mask: {unknown} (see the "
+                      "returned report); their weights stay unmasked", stacklevel=3)
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     """{name: layer} for every masked layer in ``model``."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, MASKED_LAYER_TYPES)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, MaskedWeightMixin)}
 
 
 def _require_masked(model: nn.Module) -> dict[str, nn.Module]:
@@ -93,10 +199,11 @@ def _require_masked(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def set_beta(model: nn.Module, beta: float) -> None:
-    """Set the scale β of every masked layer."""
+def set_beta(model: nn.Module, beta: Union[float, Tensor]) -> None:
+    """Set the scale β of every masked layer (in place in each layer's buffer,
+    so a compiled model does not recompile)."""
     for layer in _require_masked(model).values():
-        layer.beta = beta
+        layer.set_beta(beta)
 
 
 def set_mode(model: nn.Module, mode: Optional[str]) -> None:
@@ -112,6 +219,13 @@ def l0_penalty(model: nn.Module) -> Tensor:
 
 def unmask_model(model: nn.Module) -> nn.Module:
     """Replace every masked layer by its plain module with θ ⊙ 1[s > 0] baked in."""
-    for name, layer in _require_masked(model).items():
-        _set_child(model, name, layer.to_module())
+    layers = _require_masked(model)
+    outermost = {n: l for n, l in layers.items()
+                 if not any(n.startswith(f"{other}.") for other in layers if other != n)}
+    _, names = _module_names(model)
+    for layer in outermost.values():
+        plain = layer.to_module()
+        for name in names[id(layer)]:
+            _set_child(model, name, plain)
+    coverage.remove_check(model)
     return model

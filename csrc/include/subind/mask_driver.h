@@ -1,7 +1,12 @@
 // Host-side driver shared by the CPU and CUDA extensions: argument checks,
 // memory layout, allocation and dtype dispatch.  A device provides only its
-// loops through a `Kernels` type with two static templates:
+// loops through a `Kernels` type with three static templates:
 //
+//   Kernels::beta_arg<logit_t>(beta)   what the loops take for beta, from a
+//                                      one-element tensor already on the
+//                                      logits' device in their dtype: the
+//                                      value on the CPU, a device pointer on
+//                                      CUDA (so reading it never syncs)
 //   Kernels::forward<weight_t, logit_t>(theta, s, w_eff, beta, mode, n)
 //   Kernels::backward<weight_t, logit_t>(g, theta, s, beta, mode,
 //                                        grad_s|null, grad_theta|null,
@@ -53,6 +58,18 @@ inline void check_pair(const char* op, const at::Tensor& weight,
               weight.device(), " but logits on ", logits.device());
 }
 
+// beta as a one-element tensor on the logits' device in their dtype (a no-op
+// when it already is; a CPU scalar is copied to the device without a sync).
+inline at::Tensor beta_like_logits(const char* op, const at::Tensor& beta,
+                                   const at::Tensor& logits) {
+  TORCH_CHECK(beta.numel() == 1 && beta.is_floating_point(), op,
+              ": beta must be a one-element floating tensor, got shape ",
+              beta.sizes(), " of ", beta.scalar_type());
+  TORCH_CHECK(beta.device() == logits.device() || beta.device().is_cpu(), op,
+              ": beta is on ", beta.device(), " but logits are on ", logits.device());
+  return beta.reshape({}).to(logits.options(), /*non_blocking=*/true);
+}
+
 #define SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, NAME, ...)       \
   AT_DISPATCH_FLOATING_TYPES_AND2(                                        \
       at::kHalf, at::kBFloat16, (weight).scalar_type(), NAME, [&] {       \
@@ -65,17 +82,18 @@ inline void check_pair(const char* op, const at::Tensor& weight,
 
 template <class Kernels>
 at::Tensor mask_weight(const at::Tensor& weight, const at::Tensor& logits,
-                       double beta, int64_t mode) {
+                       const at::Tensor& beta, int64_t mode) {
   check_pair("mask_weight", weight, logits);
   TORCH_CHECK(mode_is_valid(mode), "mask_weight: unknown mode ", mode);
   at::Tensor theta, s;
   std::tie(theta, s) = flat_operands(weight, logits);
   auto out = at::empty_like(theta);
   if (out.numel() == 0) return out;
+  const auto beta_t = beta_like_logits("mask_weight", beta, s);
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "mask_weight", [&] {
     Kernels::template forward<weight_t, logit_t>(
         theta.data_ptr<weight_t>(), s.data_ptr<logit_t>(),
-        out.data_ptr<weight_t>(), static_cast<logit_t>(beta),
+        out.data_ptr<weight_t>(), Kernels::template beta_arg<logit_t>(beta_t),
         static_cast<int>(mode), out.numel());
   });
   return out;
@@ -86,7 +104,7 @@ at::Tensor mask_weight(const at::Tensor& weight, const at::Tensor& logits,
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_weight_backward(
     const at::Tensor& grad_weff, const at::Tensor& weight,
-    const at::Tensor& logits, double beta, int64_t mode, bool need_weff,
+    const at::Tensor& logits, const at::Tensor& beta, int64_t mode, bool need_weff,
     bool need_weight_grad, bool need_logits_grad) {
   check_pair("mask_weight_backward", weight, logits);
   TORCH_CHECK(mode_is_valid(mode), "mask_weight_backward: unknown mode ", mode);
@@ -101,10 +119,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_weight_backward(
   auto grad_w = need_weight_grad ? at::empty_like(theta) : empty_marker(theta);
   auto grad_s = need_logits_grad ? at::empty_like(s) : empty_marker(s);
   if (g.numel() > 0 && (need_weff || need_weight_grad || need_logits_grad)) {
+    const auto beta_t = beta_like_logits("mask_weight_backward", beta, s);
     SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "mask_weight_backward", [&] {
       Kernels::template backward<weight_t, logit_t>(
           g.data_ptr<weight_t>(), theta.data_ptr<weight_t>(),
-          s.data_ptr<logit_t>(), static_cast<logit_t>(beta),
+          s.data_ptr<logit_t>(), Kernels::template beta_arg<logit_t>(beta_t),
           static_cast<int>(mode),
           need_logits_grad ? grad_s.data_ptr<logit_t>() : nullptr,
           need_weight_grad ? grad_w.data_ptr<weight_t>() : nullptr,

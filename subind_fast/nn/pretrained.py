@@ -1,0 +1,101 @@
+"""Masked transformers models through ``save_pretrained`` / ``from_pretrained``.
+
+``model.save_pretrained(folder)`` already writes everything: the mask state is
+ordinary parameters and buffers (``logits``, ``beta``, ``mask_mode``).  A
+plain ``from_pretrained`` builds the unmasked architecture and drops those
+keys, so :func:`masked_from_pretrained` loads the base model, masks the layers
+the checkpoint says were masked (each has a ``<layer>.mask_mode`` entry) and
+loads their mask state.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import re
+from pathlib import Path
+
+from safetensors import safe_open
+from torch import nn
+
+from .model import mask_model, masked_layers
+
+_MASK_MODE = ".mask_mode"
+# Mask-state names a masked layer registers (logits of each masked weight, β, mode).
+_LOCAL_MASK_KEYS = ("logits", "in_proj_logits", "q_proj_logits", "k_proj_logits",
+                    "v_proj_logits", "beta", "mask_mode")
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return sorted({folder / name for name in weight_map.values()})
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json "
+                            "(save with model.save_pretrained(folder))")
+
+
+def _keys(files: list[Path]) -> dict[str, Path]:
+    keys = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            keys.update({key: path for key in handle.keys()})
+    return keys
+
+
+def _mask_state_keys(model: nn.Module) -> set[str]:
+    keys = set()
+    for name, layer in masked_layers(model).items():
+        local = [s for _, s in layer.masked_weights] + ["beta", "mask_mode"]
+        keys.update(f"{name}.{k}" for k in local)
+    return keys
+
+
+@contextlib.contextmanager
+def _ignoring_unexpected(model_class: type, patterns: list[str]):
+    """transformers reads this class attribute when it builds the model; the
+    mask keys are expected, so its load report should not call them unexpected."""
+    had = "_keys_to_ignore_on_load_unexpected" in model_class.__dict__
+    before = model_class.__dict__.get("_keys_to_ignore_on_load_unexpected")
+    model_class._keys_to_ignore_on_load_unexpected = list(before or []) + patterns
+    try:
+        yield
+    finally:
+        if had:
+            model_class._keys_to_ignore_on_load_unexpected = before
+        else:
+            del model_class._keys_to_ignore_on_load_unexpected
+
+
+def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = True,
+                           check_coverage: str = "first", **from_pretrained_kwargs) -> nn.Module:
+    """Load a masked model saved with ``save_pretrained``: the same layers
+    masked, with their logits, β and mode.  ``from_pretrained_kwargs`` go to
+    ``model_class.from_pretrained`` (dtype, device_map, ...)."""
+    folder = Path(folder)
+    files = _checkpoint_files(folder)
+    keys = _keys(files)
+    prefixes = sorted(k[:-len(_MASK_MODE)] for k in keys if k.endswith(_MASK_MODE))
+    if not prefixes:
+        raise ValueError(f"{folder}: the checkpoint holds no masked layers (no '*{_MASK_MODE}' "
+                         "entries); load it with from_pretrained")
+    ignore = [rf"{re.escape(p)}\.({'|'.join(_LOCAL_MASK_KEYS)})$" for p in prefixes]
+    with _ignoring_unexpected(model_class, ignore):
+        model = model_class.from_pretrained(str(folder), **from_pretrained_kwargs)
+    mask_model(model, include=[glob.escape(p) for p in prefixes], freeze_base=freeze_base,
+               check_coverage=check_coverage)
+    wanted = _mask_state_keys(model)
+    missing = sorted(wanted - set(keys))
+    if missing:
+        raise ValueError(f"{folder}: mask state missing from the checkpoint: {missing[:8]}")
+    state = {}
+    for path in sorted({keys[k] for k in wanted}):
+        with safe_open(str(path), framework="pt") as handle:
+            state.update({k: handle.get_tensor(k) for k in wanted if keys[k] == path})
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{folder}: unexpected mask state {result.unexpected_keys[:8]}")
+    return model

@@ -1,0 +1,82 @@
+"""Which masked layer replaces which module type.
+
+Supported types: nn.Linear, nn.Conv1d/2d/3d, nn.MultiheadAttention and
+transformers' GPT-2 Conv1D — and their subclasses (timm's ``Linear``,
+nn.MultiheadAttention's ``NonDynamicallyQuantizableLinear``, a user's own).
+A subclass gets a masked class made for it on first use,
+``Masked<Subclass>``, which is still an instance of the subclass.  Its
+forward:
+
+* the masked layer's, when the subclass does not override forward or
+  overrides it with the same computation (``SAME_FORWARD``);
+* otherwise the subclass's own, which reaches the mask when it calls
+  ``super().forward``.  If it computes from ``self.weight`` directly the mask
+  never runs, and the coverage check (nn/coverage.py) raises naming the layer.
+
+Made classes pickle and deep-copy by reference to the subclass they wrap.
+"""
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from typing import Optional
+
+from torch import nn
+
+from .attention import MaskedMultiheadAttention
+from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
+from .mask_state import MaskedWeightMixin
+
+# Subclasses whose forward computes exactly their base's y = x·Wᵀ + b
+# ("module.qualname"), so the masked forward may replace it.
+SAME_FORWARD = {
+    "timm.layers.linear.Linear",  # only adds a dtype cast under TorchScript
+}
+
+
+def base_table() -> dict[type, type]:
+    """Plain module type → its masked layer class."""
+    table = {nn.Linear: MaskedLinear, nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d,
+             nn.Conv3d: MaskedConv3d, nn.MultiheadAttention: MaskedMultiheadAttention}
+    if "transformers" in sys.modules:  # only a transformers model can hold a GPT-2 Conv1D
+        from transformers.pytorch_utils import Conv1D
+        table[Conv1D] = MaskedGPT2Conv1D
+    return table
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def masked_class_for(plain: type) -> Optional[type]:
+    """The masked layer class for modules of type ``plain`` (None if unsupported)."""
+    if issubclass(plain, MaskedWeightMixin):
+        return None
+    table = base_table()
+    if plain in table:
+        return table[plain]
+    base = next((b for b in plain.__mro__[1:] if b in table), None)
+    return None if base is None else _masked_subclass(plain, table[base], base)
+
+
+def _rebuild(plain: type):
+    cls = masked_class_for(plain)
+    return cls.__new__(cls)
+
+
+def _reduce(self, protocol):
+    return _rebuild, (type(self)._plain,), self.__dict__.copy()
+
+
+@lru_cache(maxsize=None)
+def _masked_subclass(plain: type, masked_base: type, plain_base: type) -> type:
+    own_forward = plain.forward is not plain_base.forward
+    ours_first = not own_forward or _qualified(plain) in SAME_FORWARD
+    bases = (masked_base, plain) if ours_first else (plain, masked_base)
+    return type(f"Masked{plain.__name__}", bases, {
+        "__module__": __name__,
+        "__doc__": f"{_qualified(plain)} with a continuous-sparsification weight mask "
+                   f"({'masked' if ours_first else 'its own'} forward).",
+        "_plain": plain,
+        "__reduce_ex__": _reduce,
+    })

@@ -1,0 +1,140 @@
+"""Masked models save and load like ordinary ones (β and the mode are a 0-d
+buffer each): torch.save, safetensors, transformers save_pretrained — with
+identical outputs; and annealing β under torch.compile(fullgraph=True)
+compiles once."""
+import pytest
+import torch
+from torch import nn
+
+import subind_fast as sf
+
+
+def _gpt2(seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=8,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+def _masked_gpt2(seed=0, include=("transformer.h.*",)):
+    model = _gpt2(seed)
+    layers = sf.mask_model(model, include=list(include))
+    for layer in layers.values():
+        nn.init.normal_(layer.logits)
+    sf.set_beta(model, 7.5)
+    next(iter(layers.values())).mode = "soft"  # one pinned mode, the rest follow eval()
+    return model.eval()
+
+
+IDS = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+def _assert_same_masks(a, b):
+    la, lb = sf.masked_layers(a), sf.masked_layers(b)
+    assert la.keys() == lb.keys()
+    for name in la:
+        assert torch.equal(la[name].logits, lb[name].logits)
+        assert float(la[name].beta) == float(lb[name].beta)
+        assert la[name]._mode == lb[name]._mode
+
+
+def test_beta_and_mode_are_buffers_in_the_state_dict():
+    layer = sf.nn.MaskedLinear(4, 3, beta=2.5, mode="hard")
+    state = layer.state_dict()
+    assert set(state) == {"weight", "bias", "logits", "beta", "mask_mode"}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state["beta"].shape == () and float(state["beta"]) == 2.5
+    fresh = sf.nn.MaskedLinear(4, 3)
+    fresh.load_state_dict(state)
+    assert float(fresh.beta) == 2.5 and fresh.mode == "hard"
+
+
+def test_beta_assignment_writes_the_buffer_in_place():
+    layer = sf.nn.MaskedLinear(4, 3)
+    buffer = layer.beta
+    layer.beta = 12.0
+    assert layer.beta is buffer and float(buffer) == 12.0
+    with pytest.raises(ValueError, match="beta must be a positive finite number"):
+        layer.beta = -1.0
+
+
+def test_torch_save_state_dict_round_trip(tmp_path):
+    model = _masked_gpt2()
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    fresh = _gpt2(seed=1)
+    sf.mask_model(fresh, include=["transformer.h.*"])
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt"))
+    fresh.eval()
+    _assert_same_masks(model, fresh)
+    torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_torch_save_whole_model_with_a_linear_subclass(tmp_path):
+    from timm.layers import Linear as TimmLinear
+
+    model = nn.Sequential(TimmLinear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    sf.mask_model(model)
+    nn.init.normal_(model[0].logits)
+    assert isinstance(model[0], TimmLinear) and isinstance(model[0], sf.nn.MaskedLinear)
+    x = torch.randn(3, 5)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert isinstance(loaded[0], TimmLinear) and isinstance(loaded[0], sf.nn.MaskedLinear)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_safetensors_save_model_round_trip_with_tied_weights(tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    model = _masked_gpt2(include=("transformer.h.*", "lm_head"))  # lm_head is tied to wte
+    save_model(model, str(tmp_path / "m.safetensors"))
+    fresh = _gpt2(seed=3)
+    sf.mask_model(fresh, include=["transformer.h.*", "lm_head"])
+    load_model(fresh, str(tmp_path / "m.safetensors"))
+    fresh.eval()
+    _assert_same_masks(model, fresh)
+    torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_transformers_save_pretrained_and_masked_from_pretrained(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    model = _masked_gpt2()
+    model.save_pretrained(tmp_path)
+    loaded = sf.nn.masked_from_pretrained(GPT2LMHeadModel, tmp_path).eval()
+    _assert_same_masks(model, loaded)
+    torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+    assert all(not p.requires_grad for n, p in loaded.named_parameters() if "logits" not in n)
+
+
+def test_masked_from_pretrained_refuses_an_unmasked_checkpoint(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    _gpt2().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds no masked layers"):
+        sf.nn.masked_from_pretrained(GPT2LMHeadModel, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        sf.nn.masked_from_pretrained(GPT2LMHeadModel, tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_annealing_beta_under_fullgraph_compile_compiles_once():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    sf.mask_model(model)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    x = torch.randn(2, 3, 6)
+    outputs = []
+    for step in range(10):
+        sf.set_beta(model, 100 ** (step / 9))  # the paper's schedule, 1 → 100
+        out = compiled(x)
+        out.sum().backward()
+        outputs.append(out.detach())
+    assert counter.frame_count == 1
+    assert not torch.allclose(outputs[0], outputs[-1])  # β really changed the computation
