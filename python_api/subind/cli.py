@@ -15,8 +15,42 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
 def _str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# (flag, config field, type, help) of the arithmetic command's overrides.
+ARITHMETIC_OPTIONS = [
+    ("--layers", "layers", _int_list, "layer counts, e.g. 2,4,6"),
+    ("--n-disamb", "n_disambiguation", _int_list, "disambiguation sample sizes, e.g. 10,100,1000"),
+    ("--conditions", "conditions", _str_list,
+     "subtask_induction,scratch,random,complement,full_model,subtask_induction_unfrozen,"
+     "random_unfrozen"),
+    ("--seeds", "seeds", _int_list, "e.g. 0,1,2"),
+    ("--base", "base", str, "base computation, e.g. 'a+a*b'"),
+    ("--subtask", "subtask", str, "subtask computation, e.g. 'a*b'"),
+    ("--target", "target", str, "target computation, e.g. 'a^2+a*b'"),
+    ("--p", "p", int, "modulus (default 7)"),
+    ("--numbers", "n_numbers", int, "number tokens 0..N-1 (the paper: 1000)"),
+    ("--reinit", "reinit", str, "all (paper text) or masked (authors' code)"),
+    ("--base-epochs", "base_max_epochs", int, "base training: at most this many epochs"),
+    ("--base-lr", "base_lr", float, "base training learning rate"),
+    ("--discovery-epochs", "discovery_epochs", int, "discovery epochs (beta 1 -> 100)"),
+    ("--mask-lr", "mask_lr", float, "discovery learning rate of the mask logits"),
+    ("--lambdas", "lambdas", _float_list, "L0 penalties to try, e.g. 1e-7,5e-7,1e-8"),
+    ("--transfer-epochs", "transfer_epochs", int, "transfer training epochs"),
+    ("--transfer-lr", "transfer_lr", float, "transfer training learning rate"),
+    ("--batch-size", "batch_size", int, "batch size of base training and discovery"),
+    ("--transfer-batch-size", "transfer_batch_size", int, "batch size of transfer training"),
+    ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,20 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ar = sub.add_parser("arithmetic", help="the arithmetic experiment (paper §4)")
     ar.add_argument("--preset", choices=["smoke", "quick", "paper"], default="quick")
-    ar.add_argument("--out", type=Path, required=True, help="results directory (resumable)")
-    ar.add_argument("--layers", type=_int_list, help="e.g. 2,4,6")
-    ar.add_argument("--n-disamb", type=_int_list, dest="n_disambiguation", help="e.g. 10,100,1000")
-    ar.add_argument("--conditions", type=_str_list,
-                    help="subtask_induction,scratch,random,complement,full_model,"
-                         "subtask_induction_unfrozen,random_unfrozen")
-    ar.add_argument("--seeds", type=_int_list)
-    ar.add_argument("--base", help="base computation, e.g. 'a+a*b'")
-    ar.add_argument("--subtask", help="subtask computation, e.g. 'a*b'")
-    ar.add_argument("--target", help="target computation, e.g. 'a^2+a*b'")
-    ar.add_argument("--p", type=int, help="modulus (default 7)")
-    ar.add_argument("--reinit", choices=["all", "masked"])
+    ar.add_argument("--out", type=Path, required=True,
+                    help="results directory (resumable; refuses a different configuration)")
+    for flag, dest, kind, help_text in ARITHMETIC_OPTIONS:
+        ar.add_argument(flag, dest=dest, type=kind, help=help_text)
     ar.add_argument("--shard", help="i/k: run every k-th run of the grid starting at i")
-    ar.add_argument("--device", help="cpu, cuda, cuda:1, …")
     ar.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="tables and figure for a results directory")
     rep.add_argument("out", type=Path)
@@ -51,16 +76,12 @@ def main(argv=None) -> int:
             from .experiment import ArithmeticExperiment, config_for, parse_shard
 
             shard = parse_shard(args.shard)
-            cfg = config_for(args.preset, layers=args.layers, n_disambiguation=args.n_disambiguation,
-                             conditions=args.conditions, seeds=args.seeds, base=args.base,
-                             subtask=args.subtask, target=args.target, p=args.p,
-                             reinit=args.reinit, device=args.device)
+            cfg = config_for(args.preset, **{dest: getattr(args, dest)
+                                             for _, dest, _, _ in ARITHMETIC_OPTIONS})
             start = time.time()
             exp = ArithmeticExperiment(cfg, args.out, progress=not args.no_progress)
-            written = exp.run(shard)
-            total = len(exp.grid()[shard[0]::shard[1]])
-            print(f"{len(written)} runs done now, {total - len(written)} already present "
-                  f"({time.time() - start:.0f} s) → {args.out}")
+            result = exp.run(shard)
+            print(f"{result.summary()} ({time.time() - start:.0f} s) → {args.out}")
         else:
             from .report import report
 

@@ -15,12 +15,10 @@ array) share one grid over a shared directory.
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +29,17 @@ import subind_fast as sf
 from subind_fast.transfer import REINIT_POLICIES
 
 from . import arithmetic as A
+from .engine import manifest, records
+from .engine import validation as check
+from .engine.files import atomic_write, atomic_write_json, locked, move_aside
 from .discovery import PAPER_LAMBDAS, discover
 from .expressions import parse
 from .training import EpochLog, LastTokenTask, train
+
+# Which runs make up the sweep; every record is keyed by one point of this grid.
+GRID_FIELDS = ("conditions", "layers", "n_disambiguation", "seeds")
+RECORD_FIELDS = ("condition", "layers", "n_disambiguation", "seed", "test_accuracy",
+                 "eval_accuracy", "epoch", "config")
 
 CONDITIONS = {
     # name: (how the subnetwork is chosen, frozen?)
@@ -81,21 +87,44 @@ class ArithmeticConfig:
     device: str = "cpu"
 
     def validate(self) -> "ArithmeticConfig":
+        """Every field checked before any training (errors name the field)."""
         for name in ("base", "subtask", "target"):
             parse(getattr(self, name))  # raises ExpressionError naming the symbol
         vocab = A.Vocabulary(self.n_numbers, self.p)
         unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown:
-            raise ValueError(f"unknown conditions {unknown}; choose from {sorted(CONDITIONS)}")
-        too_many = [n for n in self.n_disambiguation if not 0 <= n <= vocab.n_pairs]
+        if unknown or not self.conditions:
+            raise ValueError(f"unknown conditions {unknown or self.conditions}; choose from "
+                             f"{sorted(CONDITIONS)}")
+        check.int_list("layers", self.layers, 1)
+        check.int_list("seeds", self.seeds, 0)
+        check.int_list("n_disambiguation", self.n_disambiguation, 0)
+        too_many = [n for n in self.n_disambiguation if n > vocab.n_pairs]
         if too_many:
             raise ValueError(f"n_disambiguation {too_many} outside 0..{vocab.n_pairs} "
                              f"(the number of (a, b) pairs)")
-        if any(l < 1 for l in self.layers) or not self.layers:
-            raise ValueError(f"layers must be positive, got {self.layers}")
+        for name in ("n_embd", "n_head", "n_inner", "base_test_samples", "base_max_epochs",
+                     "subtask_samples", "discovery_epochs", "transfer_epochs", "batch_size",
+                     "transfer_batch_size"):
+            check.positive_int(name, getattr(self, name))
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name in ("base_lr", "mask_lr", "transfer_lr", "beta_final"):
+            check.positive(name, getattr(self, name))
+        check.in_range("base_fraction", self.base_fraction, 0, 1, low_open=True)
+        check.in_range("base_target_accuracy", self.base_target_accuracy, 0, 1)
+        if not self.lambdas:
+            raise ValueError("lambdas must name at least one L0 penalty")
+        for lam in self.lambdas:
+            check.positive("lambdas", lam)
         if self.reinit not in REINIT_POLICIES:
             raise ValueError(f"reinit must be 'all' or 'masked', got {self.reinit!r}")
+        check.device(self.device)
         return self
+
+    def identity(self) -> dict:
+        """The fields that define the experiment (the results-directory
+        manifest): all but the grid axes and the device."""
+        return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
 
 
 PRESETS = {
@@ -125,10 +154,6 @@ def config_for(preset: str, **overrides) -> ArithmeticConfig:
 
 
 # ------------------------------------------------------------------ helpers
-def atomic_write_json(path: Path, record: dict) -> None:
-    atomic_write_text(path, json.dumps(record, indent=2, default=str))
-
-
 def parse_shard(spec: Optional[str]) -> tuple[int, int]:
     """'i/k' → (i, k) with 0 ≤ i < k."""
     if spec is None:
@@ -163,30 +188,16 @@ def make_model(cfg: ArithmeticConfig, n_layer: int, seed: int) -> nn.Module:
 
 
 def _save_model(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # GPT-2 ties lm_head to wte; safetensors stores shared storage once.
-        state.pop("lm_head.weight", None)
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_model(model, str(tmp)))  # ties stored once
 
 
 def _load_model(cfg: ArithmeticConfig, n_layer: int, path: Path) -> nn.Module:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     model = make_model(cfg, n_layer, seed=0)
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if unexpected or any(k != "lm_head.weight" for k in missing):
-        raise ValueError(f"{path}: checkpoint does not match the model ({missing}, {unexpected})")
-    model.tie_weights()
+    load_model(model, str(path), device=cfg.device)
     return model
 
 
@@ -197,6 +208,7 @@ class ArithmeticExperiment:
         self.vocab = A.Vocabulary(cfg.n_numbers, cfg.p)
         self.task = LastTokenTask()
         self._check_writable()
+        manifest.claim(self.out, "arithmetic", cfg.identity())
 
     def _check_writable(self) -> None:
         try:
@@ -211,47 +223,61 @@ class ArithmeticExperiment:
 
     def base_model(self, n_layer: int) -> nn.Module:
         """Train (or load) the model on the base computation until test
-        accuracy reaches the target or the epoch cap."""
+        accuracy reaches the target or the epoch cap.  One process trains it
+        (the others wait for it); a damaged checkpoint is moved aside and redone."""
         cfg, path = self.cfg, self.out / "base" / f"L{n_layer}" / "model.safetensors"
         meta_path = path.with_suffix(".json")
-        if path.exists() and meta_path.exists():
-            return _load_model(cfg, n_layer, path)
-        train_rows = self._rows(A.base_training_set(cfg.base, self.vocab, cfg.base_fraction, seed=0))
-        test_rows = self._rows(A.random_set(cfg.base, self.vocab, cfg.base_test_samples, seed=1))
-        model = make_model(cfg, n_layer, seed=0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(0.9, 0.999))
-        start = time.time()
-        log = EpochLog(path.parent / "train.csv", ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
-        final = train(model, optimizer, self.task, train_rows, cfg.base_max_epochs, cfg.batch_size,
-                      seed=0, eval_rows=test_rows, log=log,
-                      after_epoch=lambda e, m: m.accuracy >= cfg.base_target_accuracy,
-                      progress=f"base L{n_layer} ({cfg.base})" if self.progress else None)
-        log.close()
-        _save_model(model, path)
-        atomic_write_json(meta_path, {"computation": cfg.base, "layers": n_layer,
-                                      "test_accuracy": final.accuracy, "seconds": time.time() - start,
-                                      "config": asdict(cfg), "versions": versions()})
-        return model
+        with locked(path):
+            if path.exists() and meta_path.exists():
+                try:
+                    return _load_model(cfg, n_layer, path)
+                except Exception as err:  # safetensors raises several types for damaged files
+                    move_aside(path, f"unreadable base model ({err})")
+            train_rows = self._rows(A.base_training_set(cfg.base, self.vocab, cfg.base_fraction,
+                                                        seed=0))
+            test_rows = self._rows(A.random_set(cfg.base, self.vocab, cfg.base_test_samples, seed=1))
+            model = make_model(cfg, n_layer, seed=0)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(0.9, 0.999))
+            start = time.time()
+            log = EpochLog(path.parent / "train.csv",
+                           ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
+            final = train(model, optimizer, self.task, train_rows, cfg.base_max_epochs,
+                          cfg.batch_size, seed=0, eval_rows=test_rows, log=log,
+                          after_epoch=lambda e, m: m.accuracy >= cfg.base_target_accuracy,
+                          progress=f"base L{n_layer} ({cfg.base})" if self.progress else None)
+            log.close()
+            _save_model(model, path)
+            atomic_write_json(meta_path, {"computation": cfg.base, "layers": n_layer,
+                                          "test_accuracy": final.accuracy,
+                                          "seconds": time.time() - start, "config": asdict(cfg),
+                                          "versions": versions()})
+            return model
 
     def subnetwork(self, n_layer: int, base: nn.Module) -> sf.Subnetwork:
         cfg = self.cfg
         path = self.out / "subnetworks" / f"L{n_layer}.safetensors"
-        if path.exists() and path.with_suffix(".json").exists():
-            return sf.Subnetwork.load(path)
-        sub_rows = self._rows(A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples, seed=2))
-        eval_rows = self._rows(A.random_set(cfg.subtask, self.vocab, 2000, seed=3))
-        start = time.time()
-        result = discover(base, sub_rows, eval_rows, lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
-                          beta_final=cfg.beta_final, mask_lr=cfg.mask_lr, batch_size=cfg.batch_size,
-                          log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress)
-        result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
-        result.subnetwork.save(path)
-        atomic_write_json(path.with_suffix(".json"), {
-            "layers": n_layer, "subtask": cfg.subtask, "base": cfg.base,
-            "subtask_accuracy": result.accuracy, "density": result.density,
-            "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
-            "candidates": result.candidates, "seconds": time.time() - start})
-        return result.subnetwork
+        with locked(path):
+            if path.exists() and path.with_suffix(".json").exists():
+                try:
+                    return sf.Subnetwork.load(path)
+                except ValueError as err:
+                    move_aside(path, str(err))
+            sub_rows = self._rows(A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples,
+                                               seed=2))
+            eval_rows = self._rows(A.random_set(cfg.subtask, self.vocab, 2000, seed=3))
+            start = time.time()
+            result = discover(base, sub_rows, eval_rows, lambdas=cfg.lambdas,
+                              epochs=cfg.discovery_epochs, beta_final=cfg.beta_final,
+                              mask_lr=cfg.mask_lr, batch_size=cfg.batch_size,
+                              log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress)
+            result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
+            result.subnetwork.save(path)
+            atomic_write_json(path.with_suffix(".json"), {
+                "layers": n_layer, "subtask": cfg.subtask, "base": cfg.base,
+                "subtask_accuracy": result.accuracy, "density": result.density,
+                "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
+                "candidates": result.candidates, "seconds": time.time() - start})
+            return result.subnetwork
 
     def grid(self) -> list[tuple[str, int, int, int]]:
         cfg = self.cfg
@@ -260,6 +286,12 @@ class ArithmeticExperiment:
 
     def run_path(self, condition: str, n_layer: int, n: int, seed: int) -> Path:
         return self.out / "runs" / condition / f"L{n_layer}-N{n}-s{seed}.json"
+
+    def finished(self, condition: str, n_layer: int, n: int, seed: int) -> bool:
+        """Whether a valid record exists (a damaged one is moved aside)."""
+        expected = {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed}
+        return records.read(self.run_path(condition, n_layer, n, seed), RECORD_FIELDS,
+                            expected) is not None
 
     def transfer_run(self, condition: str, n_layer: int, n: int, seed: int, base: nn.Module,
                      sub: Optional[sf.Subnetwork]) -> dict:
@@ -303,37 +335,52 @@ class ArithmeticExperiment:
                 **{k: v for k, v in best.items()}, "seconds": time.time() - start,
                 "config": asdict(cfg), "versions": versions()}
 
-    def run(self, shard: tuple[int, int] = (0, 1)) -> list[Path]:
-        """Run this shard's part of the grid; returns the records written now."""
+    def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
+        """Run this shard's part of the grid.  A run another process is
+        running now (its lock is held) is left to it."""
         from tqdm.auto import tqdm
 
         i, k = shard
         mine = self.grid()[i::k]
-        todo = [r for r in mine if not self.run_path(*r).exists()]
-        written = []
+        todo = [r for r in mine if not self.finished(*r)]
+        result = SweepResult(present=len(mine) - len(todo))
         prepared: dict[int, tuple] = {}
         for condition, n_layer, n, seed in tqdm(todo, desc="transfer runs",
                                                 disable=not self.progress):
-            if n_layer not in prepared:
-                base = self.base_model(n_layer)
-                needs_sub = any(CONDITIONS[c][0] in ("discovered", "random", "complement")
-                                for c in self.cfg.conditions)
-                prepared[n_layer] = (base, self.subnetwork(n_layer, base) if needs_sub else None)
-            base, sub = prepared[n_layer]
-            record = self.transfer_run(condition, n_layer, n, seed, base, sub)
             path = self.run_path(condition, n_layer, n, seed)
-            atomic_write_json(path, record)
-            written.append(path)
-        return written
+            with locked(path, wait=False) as claimed:
+                if not claimed:
+                    result.elsewhere.append(path)
+                    continue
+                if self.finished(condition, n_layer, n, seed):  # finished meanwhile
+                    result.present += 1
+                    continue
+                if n_layer not in prepared:
+                    base = self.base_model(n_layer)
+                    needs_sub = any(CONDITIONS[c][0] in ("discovered", "random", "complement")
+                                    for c in self.cfg.conditions)
+                    prepared[n_layer] = (base, self.subnetwork(n_layer, base) if needs_sub else None)
+                base, sub = prepared[n_layer]
+                record = self.transfer_run(condition, n_layer, n, seed, base, sub)
+                atomic_write_json(path, record)
+                result.written.append(path)
+        return result
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass
+class SweepResult:
+    """What one call of ``run`` did."""
+
+    present: int = 0                                  # valid records found, not redone
+    written: list = field(default_factory=list)       # records written now
+    elsewhere: list = field(default_factory=list)     # runs another process holds
+
+    def __len__(self) -> int:
+        return len(self.written)
+
+    def __iter__(self):
+        return iter(self.written)
+
+    def summary(self) -> str:
+        return (f"{len(self.written)} runs done now, {self.present} already present"
+                + (f", {len(self.elsewhere)} running in another process" if self.elsewhere else ""))

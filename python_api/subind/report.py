@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from .engine import records as run_records
+from .engine.files import atomic_write, atomic_write_text
+from .experiment import RECORD_FIELDS
 
 
 def load_records(out: Path) -> list[dict]:
     runs = Path(out) / "runs"
     if not runs.is_dir():
         raise FileNotFoundError(f"{out}: no runs/ directory (run `subind arithmetic --out {out}` first)")
-    records = []
-    for path in sorted(runs.rglob("*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: damaged run record ({err})") from err
-    if not records:
+    found = run_records.load_all(runs, RECORD_FIELDS)  # a malformed record names its file
+    if not found:
         raise FileNotFoundError(f"{out}: no finished runs yet")
-    return records
+    return found
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -90,15 +87,10 @@ def figure(records: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -108,7 +100,5 @@ def report(out: Path) -> tuple[str, Path]:
     records = load_records(out)
     text = markdown(records, out)
     png = figure(records, out / "accuracy.png")
-    from .experiment import atomic_write_text
-
     atomic_write_text(out / "report.md", text + f"\n![test accuracy]({png.name})\n")
     return text, png

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -46,6 +47,15 @@ class LastTokenTask:
         return Metrics(total_loss / n, correct / n)
 
 
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    shutil.rmtree(folder, ignore_errors=True)  # this stage's previous attempt
+    return SummaryWriter(str(folder))
+
+
 def batches(rows: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """One shuffled epoch of mini-batches."""
     order = torch.randperm(rows.shape[0], generator=generator)
@@ -54,22 +64,19 @@ def batches(rows: Tensor, batch_size: int, generator: torch.Generator) -> Iterat
 
 
 class EpochLog:
-    """Appends one CSV line per epoch (and a TensorBoard scalar when available)."""
+    """One CSV line per epoch (and a TensorBoard scalar when tensorboard is
+    installed).  A stage always trains from its first epoch, so a log is
+    started afresh when its stage (re)starts: a resumed sweep never repeats rows."""
 
     def __init__(self, path: Optional[Path], fields: list[str]):
         self.path, self.fields = path, fields
         self._tb = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                with open(path, "w", newline="") as f:
-                    csv.writer(f).writerow(fields)
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
             if os.environ.get("SUBIND_TENSORBOARD", "1") == "1":
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                    self._tb = SummaryWriter(str(path.with_suffix("")) + "-tb")
-                except Exception:  # tensorboard is optional
-                    self._tb = None
+                self._tb = _tensorboard_writer(Path(str(path.with_suffix("")) + "-tb"))
 
     def write(self, **values) -> None:
         if self.path is None:

@@ -1,0 +1,59 @@
+"""Checks every experiment runs on its configuration before any training,
+so a bad value is an error naming the field, not a traceback after an hour."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(name: str, value) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def positive(name: str, value) -> None:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def in_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
+    ok = _is_number(value) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], "
+                         f"got {value!r}")
+
+
+def int_list(name: str, values, minimum: int, unique: bool = True) -> None:
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must be a non-empty list of integers, got {values!r}")
+    bad = [v for v in values if not _is_int(v) or v < minimum]
+    if bad:
+        raise ValueError(f"{name} must be integers >= {minimum}, got {bad}")
+    if unique and len(set(values)) != len(values):
+        raise ValueError(f"{name} lists a value twice: {values}")
+
+
+def device(value: str) -> None:
+    """A device string torch accepts and that exists on this machine."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {value!r} is not a torch device ({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {value!r}: no CUDA device is available on this machine "
+                             "(torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {value!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device {value!r}: use cpu or cuda[:index]")

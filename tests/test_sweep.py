@@ -1,0 +1,194 @@
+"""Sweeps never mix or lose results: a results directory records its
+configuration and refuses another, damaged records and checkpoints are moved
+aside and redone, logs have no duplicate rows after a resume, concurrent
+shards never write the same file, every argument is checked before training,
+and a report names a malformed record's file."""
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from subind.cli import _parser, main as cli
+from subind.engine import manifest
+from subind.engine.files import locked
+from subind.experiment import ArithmeticExperiment, config_for
+
+SMOKE = ["arithmetic", "--preset", "smoke", "--no-progress"]
+
+
+def _smoke(out, *extra):
+    return cli([*SMOKE, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished smoke sweep (6 runs), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("smoke")
+    assert _smoke(out) == 0
+    return out
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, fields", [
+    (["--target", "a^2+b^2"], ["target"]),
+    (["--p", "5"], ["p"]),
+    (["--transfer-lr", "0.01", "--numbers", "40"], ["n_numbers", "transfer_lr"]),
+])
+def test_a_different_configuration_is_refused_naming_the_fields(finished, tmp_path, change,
+                                                                 fields, capsys):
+    out = _copy(finished, tmp_path)
+    before = sorted(p.name for p in out.rglob("*"))
+    assert _smoke(out, *change) == 2
+    err = capsys.readouterr().err
+    assert f"{len(fields)} field(s) differ" in err
+    for name in fields:
+        assert f"{name}: directory" in err
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing trained or written
+
+
+@pytest.mark.slow
+def test_another_preset_is_refused_and_the_grid_may_grow(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    assert cli(["arithmetic", "--preset", "quick", "--out", str(out), "--no-progress"]) == 2
+    assert "field(s) differ" in capsys.readouterr().err
+    assert _smoke(out, "--seeds", "0,1", "--n-disamb", "0") == 0  # same experiment, more seeds
+    assert "3 runs done now, 3 already present" in capsys.readouterr().out  # seed 1 is new
+
+
+def test_a_directory_of_another_experiment_or_without_manifest_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "stray.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds files but no manifest.json"):
+        ArithmeticExperiment(config_for("smoke"), tmp_path / "a", progress=False)
+    manifest.claim(tmp_path / "b", "vision", {"x": 1})
+    with pytest.raises(ValueError, match="holds the 'vision' experiment"):
+        ArithmeticExperiment(config_for("smoke"), tmp_path / "b", progress=False)
+
+
+@pytest.mark.slow
+def test_damaged_records_and_checkpoints_are_moved_aside_and_redone(finished, tmp_path):
+    out = _copy(finished, tmp_path)
+    runs = sorted((out / "runs").rglob("*.json"))
+    runs[0].write_text('{"condition": "scr')                       # a half-written file
+    record = json.loads(runs[1].read_text())
+    del record["test_accuracy"]
+    runs[1].write_text(json.dumps(record))                          # a field missing
+    record = json.loads(runs[2].read_text())
+    record["seed"] = 99
+    runs[2].write_text(json.dumps(record))                          # another run's record
+    (out / "base" / "L1" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.warns(UserWarning, match="moved aside") as caught:
+        result = ArithmeticExperiment(config_for("smoke"), out, progress=False).run()
+    assert len(result.written) == 3 and result.present == 3
+    assert len(caught) == 4
+    assert len(list(out.rglob("*.corrupt-*"))) == 4
+    for path in runs[:3]:
+        assert json.loads(path.read_text())["test_accuracy"] >= 0
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_each_epoch_once(tmp_path, monkeypatch):
+    from subind import training
+
+    out = tmp_path / "out"
+    real_write = training.EpochLog.write
+    calls = {"n": 0}
+
+    def crash_midway(self, **values):
+        real_write(self, **values)
+        if "runs" in str(self.path):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # killed after the third epoch of the first run
+
+    monkeypatch.setattr(training.EpochLog, "write", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ArithmeticExperiment(config_for("smoke"), out, progress=False).run()
+    monkeypatch.setattr(training.EpochLog, "write", real_write)
+    ArithmeticExperiment(config_for("smoke"), out, progress=False).run()
+    epochs = config_for("smoke").transfer_epochs
+    for log in (out / "runs").rglob("*.csv"):
+        rows = log.read_text().splitlines()
+        assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)], log
+
+
+@pytest.mark.slow
+def test_a_run_held_by_another_process_is_left_to_it(tmp_path):
+    out = tmp_path / "out"
+    exp = ArithmeticExperiment(config_for("smoke"), out, progress=False)
+    held = exp.run_path(*exp.grid()[0])
+    with locked(held):  # as if another shard were running it now
+        result = exp.run()
+    assert result.elsewhere == [held] and not held.exists() and len(result.written) == 5
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_grid_do_each_run_once(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "subind.cli", *SMOKE, "--out", str(out)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    done = [int(o.split(" runs done now")[0].split()[-1]) for o, _ in outputs]
+    assert sum(done) == 6  # every run trained by exactly one of them
+    assert len(list((out / "runs").rglob("*.json"))) == 6
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.corrupt-*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "-1"], "seeds must be integers >= 0"),
+    (["--seeds", "1,1"], "seeds lists a value twice"),
+    (["--device", "cuda"], "no CUDA device is available"),
+    (["--device", "tpu"], "is not a torch device"),
+    (["--transfer-lr", "0"], "transfer_lr must be a positive number"),
+    (["--base-epochs", "0"], "base_max_epochs must be a positive integer"),
+    (["--numbers", "5"], "n_numbers must be an integer >= p"),
+    (["--lambdas=-1e-7"], "lambdas must be a positive number"),
+    (["--layers", "0"], "layers must be integers >= 1"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, args, message, capsys):
+    out = tmp_path / "out"
+    assert _smoke(out, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_exposes_number_range_epochs_and_learning_rates():
+    args = _parser().parse_args(["arithmetic", "--out", "x", "--numbers", "1000",
+                                 "--base-epochs", "3", "--base-lr", "0.002",
+                                 "--discovery-epochs", "7", "--mask-lr", "0.01",
+                                 "--transfer-epochs", "9", "--transfer-lr", "0.0005",
+                                 "--lambdas", "1e-7,5e-7"])
+    cfg = config_for("quick", **{k: v for k, v in vars(args).items()
+                                 if k in config_for("quick").__dataclass_fields__})
+    assert (cfg.n_numbers, cfg.base_max_epochs, cfg.base_lr, cfg.discovery_epochs, cfg.mask_lr,
+            cfg.transfer_epochs, cfg.transfer_lr, cfg.lambdas) == (
+        1000, 3, 0.002, 7, 0.01, 9, 0.0005, [1e-7, 5e-7])
+
+
+@pytest.mark.slow
+def test_report_names_the_file_of_a_malformed_record(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    bad = sorted((out / "runs").rglob("*.json"))[-1]
+    record = json.loads(bad.read_text())
+    del record["n_disambiguation"]
+    bad.write_text(json.dumps(record))
+    assert cli(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "missing fields ['n_disambiguation']" in err
+    assert bad.exists()  # a report reads; it never moves results
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bad.write_text("{")
+        assert cli(["report", str(out)]) == 2
