@@ -68,10 +68,12 @@ bench-layers: build
 bench-optim: build
 	$(PY) benchmarks/bench_optim.py
 
-# The main job: the arithmetic Subtask Induction experiment (quick preset), then its report.
+# The main job: the arithmetic Subtask Induction experiment (quick preset) as parallel
+# shards on this machine's cores, then its report.
 DEMO_OUT ?= build/demo-arithmetic
+DEMO_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 demo: build
-	$(VENV)/bin/subind arithmetic --preset quick --out $(DEMO_OUT)
+	$(VENV)/bin/subind arithmetic --preset quick --out $(DEMO_OUT) --jobs $(DEMO_JOBS)
 	$(VENV)/bin/subind report $(DEMO_OUT)
 
 bench: bench-layers bench-optim

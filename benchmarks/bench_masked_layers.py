@@ -207,24 +207,27 @@ def main(argv=None) -> int:
     if "plain" not in providers:
         providers.insert(0, "plain")
 
-    print(f"device: {harness.device_name(device)}, dtype {dtype}, torch {torch.__version__}, "
-          f"beta {BETA}; medians of fwd / bwd / fwd+bwd in ms\n")
-    rec = harness.Recorder("masked_layers", device)
-    header = ["shape", "provider", "fwd ms", "bwd ms", "full ms", "full / floor",
-              "saved B/weight"]
-    rows = []
-    for case in cases:
-        results = run_case(case, providers, device, dtype, rec, args.budget)
-        floor = results["plain"][2]
-        for provider, (fwd, bwd, full, saved) in results.items():
-            rows.append([case.name, provider, f"{fwd:.3f}", f"{bwd:.3f}", f"{full:.3f}",
-                         f"{full / floor:.3f}", f"{saved:.0f}" if provider != "plain" else "-"])
-        print(harness.markdown_table(header, rows[-len(results):]), flush=True)
-        print()
-    path = harness.append_csv(rec, args.csv)
-    print("## all cases\n")
-    print(harness.markdown_table(header, rows))
-    print(f"\nrows appended to {path}")
+    def run():
+        print(f"device: {harness.device_name(device)}, dtype {dtype}, torch {torch.__version__}, "
+              f"beta {BETA}; medians of fwd / bwd / fwd+bwd in ms\n")
+        rec = harness.Recorder("masked_layers", device)
+        header = ["shape", "provider", "fwd ms", "bwd ms", "full ms", "full / floor",
+                  "saved B/weight"]
+        rows = []
+        for case in cases:
+            results = run_case(case, providers, device, dtype, rec, args.budget)
+            floor = results["plain"][2]
+            for provider, (fwd, bwd, full, saved) in results.items():
+                rows.append([case.name, provider, f"{fwd:.3f}", f"{bwd:.3f}", f"{full:.3f}",
+                             f"{full / floor:.3f}", f"{saved:.0f}" if provider != "plain" else "-"])
+            print(harness.markdown_table(header, rows[-len(results):]), flush=True)
+            print()
+        path = harness.append_csv(rec, args.csv)
+        print(f"## all cases ({harness.device_name(device)})\n")
+        print(harness.markdown_table(header, rows))
+        print(f"\nrows appended to {path}\n")
+
+    harness.run_at_thread_counts(device, args, run)
     return 0
 
 

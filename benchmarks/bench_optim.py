@@ -96,34 +96,38 @@ def main(argv=None) -> int:
     harness.add_common_args(parser, budget_s=6.0)
     args = parser.parse_args(argv)
     device = harness.device_from_args(parser, args)
-    rec = harness.Recorder("optim", device)
-    print(f"device: {harness.device_name(device)}, torch {torch.__version__}; AdamW fp32, "
-          f"{FROZEN_FRACTION:.0%} of each matrix frozen; median step time\n")
-    rows = []
-    for set_name, shapes_fn in PARAM_SETS.items():
-        shapes = shapes_fn()
-        numel = sum(torch.Size(s).numel() for s in shapes)
-        steps = {}
-        for name, build in PROVIDERS.items():
-            params, masks = make_params(shapes, device)
-            steps[name] = (build(params, masks), None)
-        if device.type == "cuda":
-            stats = {n: harness.time_gpu(fn) for n, (fn, _) in steps.items()}
-        else:
-            stats = harness.time_round_robin(steps, min_repeats=5, budget_s=args.budget)
-        for name, st in stats.items():
-            rec.add(set_name, name, "step", "ms", st)
-            speedup = stats["eager-forloop"].p50 / st.p50  # how much faster than the for-loop
-            achieved = FLOOR_BYTES_PER_PARAM * numel / (st.p50 * 1e-3) / 1e9
-            rows.append([set_name, f"{numel / 1e6:.2f}M", name, f"{st.p50:.2f}",
-                         f"{st.p50 / stats['ours'].p50:.2f}", f"{speedup:.2f}", f"{achieved:.1f}"])
-    print(harness.markdown_table(
-        ["parameters", "size", "provider", "step ms", "time / ours", "× vs eager-forloop",
-         "GB/s at 28.125 B/param"], rows))
-    print("\nmask storage per weight: ours 1 bit (0.125 B); bool mask 1 B (8 bits); "
-          "float mask 4 B (32 bits)")
-    path = harness.append_csv(rec, args.csv)
-    print(f"rows appended to {path}")
+
+    def run():
+        rec = harness.Recorder("optim", device)
+        print(f"device: {harness.device_name(device)}, torch {torch.__version__}; AdamW fp32, "
+              f"{FROZEN_FRACTION:.0%} of each matrix frozen; median step time\n")
+        rows = []
+        for set_name, shapes_fn in PARAM_SETS.items():
+            shapes = shapes_fn()
+            numel = sum(torch.Size(s).numel() for s in shapes)
+            steps = {}
+            for name, build in PROVIDERS.items():
+                params, masks = make_params(shapes, device)
+                steps[name] = (build(params, masks), None)
+            if device.type == "cuda":
+                stats = {n: harness.time_gpu(fn) for n, (fn, _) in steps.items()}
+            else:
+                stats = harness.time_round_robin(steps, min_repeats=5, budget_s=args.budget)
+            for name, st in stats.items():
+                rec.add(set_name, name, "step", "ms", st)
+                speedup = stats["eager-forloop"].p50 / st.p50  # how much faster than the for-loop
+                achieved = FLOOR_BYTES_PER_PARAM * numel / (st.p50 * 1e-3) / 1e9
+                rows.append([set_name, f"{numel / 1e6:.2f}M", name, f"{st.p50:.2f}",
+                             f"{st.p50 / stats['ours'].p50:.2f}", f"{speedup:.2f}", f"{achieved:.1f}"])
+        print(harness.markdown_table(
+            ["parameters", "size", "provider", "step ms", "time / ours", "× vs eager-forloop",
+             "GB/s at 28.125 B/param"], rows))
+        print("\nmask storage per weight: ours 1 bit (0.125 B); bool mask 1 B (8 bits); "
+              "float mask 4 B (32 bits)")
+        path = harness.append_csv(rec, args.csv)
+        print(f"rows appended to {path}")
+
+    harness.run_at_thread_counts(device, args, run)
     return 0
 
 

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import os
@@ -196,22 +197,45 @@ def append_csv(recorder: Recorder, path: Path = DEFAULT_CSV) -> Path:
     return path
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (the machine's, unless pinned)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2, got {text!r}")
+    return counts
+
+
 def add_common_args(parser, budget_s: float) -> None:
     """--device/--threads/--budget/--csv, shared by every bench."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--threads", type=_thread_counts, default=[available_cores()],
+                        help=f"CPU thread counts, comma-separated; the whole bench runs at each "
+                             f"(default: all {available_cores()} cores)")
     parser.add_argument("--budget", type=float, default=budget_s,
                         help="seconds of round-robin CPU timing per measurement")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
 
 
 def device_from_args(parser, args) -> torch.device:
-    """The bench device, with the CPU thread count fixed."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
-    torch.set_num_threads(args.threads)
     return device
+
+
+def run_at_thread_counts(device: torch.device, args, run: Callable[[], None]) -> None:
+    """``run()`` once per requested CPU thread count (once on a GPU).  The
+    device name in every table and CSV row states the count."""
+    for threads in (args.threads if device.type == "cpu" else [torch.get_num_threads()]):
+        torch.set_num_threads(threads)
+        run()
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

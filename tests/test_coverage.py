@@ -195,6 +195,7 @@ def test_report_counts_masked_and_left_modules_by_type():
     assert report.masked["MaskedNonDynamicallyQuantizableLinear"] == 2
     assert report.left[("LayerNorm", "not a maskable type")] == 4
     assert report.left[("Linear", "not selected")] == 1
+    assert len(report.left) == 2  # the replaced originals are not in the model any more
     assert "LayerNorm ×4 (not a maskable type, 128 parameters)" in text
     assert "Linear ×1 (not selected, 528 parameters)" in text
 

@@ -192,3 +192,17 @@ def test_report_names_the_file_of_a_malformed_record(finished, tmp_path, capsys)
         warnings.simplefilter("error")
         bad.write_text("{")
         assert cli(["report", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_the_grid_as_parallel_shards(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _smoke(out, "--jobs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "running 2 shards in parallel" in printed
+    assert printed.count(": ok: ") == 2
+    assert len(list((out / "runs").rglob("*.json"))) == 6
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert logs == ["shard-0-of-2.log", "shard-1-of-2.log"]
+    assert _smoke(out, "--jobs", "2", "--shard", "0/2") == 2
+    assert "cannot be combined with --shard" in capsys.readouterr().err

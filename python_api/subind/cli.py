@@ -63,10 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     for flag, dest, kind, help_text in ARITHMETIC_OPTIONS:
         ar.add_argument(flag, dest=dest, type=kind, help=help_text)
     ar.add_argument("--shard", help="i/k: run every k-th run of the grid starting at i")
+    ar.add_argument("--jobs", type=int, default=1,
+                    help="run the grid as this many shard processes on this machine")
     ar.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="tables and figure for a results directory")
     rep.add_argument("out", type=Path)
     return parser
+
+
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag v`` or ``--flag=v``)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
 
 
 def main(argv=None) -> int:
@@ -78,8 +93,18 @@ def main(argv=None) -> int:
             shard = parse_shard(args.shard)
             cfg = config_for(args.preset, **{dest: getattr(args, dest)
                                              for _, dest, _, _ in ARITHMETIC_OPTIONS})
+            if args.jobs < 1 or (args.jobs > 1 and args.shard is not None):
+                raise ValueError("--jobs must be >= 1 and cannot be combined with --shard")
             start = time.time()
             exp = ArithmeticExperiment(cfg, args.out, progress=not args.no_progress)
+            if args.jobs > 1:  # checked and claimed above, once; the shards only run
+                from .engine.launch import run_local_shards
+
+                child = _without_option(list(argv if argv is not None else sys.argv[1:]),
+                                        "--jobs")
+                code = run_local_shards(child, args.jobs, args.out / "logs", cfg.device)
+                print(f"{args.jobs} shards finished ({time.time() - start:.0f} s) → {args.out}")
+                return code
             result = exp.run(shard)
             print(f"{result.summary()} ({time.time() - start:.0f} s) → {args.out}")
         else:

@@ -147,40 +147,41 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
             _set_child(model, name, layer)
         replaced[names[key][0]] = layer
 
-    maskable = set(candidates) | inside_mha
-    report = _report(model, replaced, modules, maskable, set(selected),
-                     apply_compatibility_fixes(model))
+    report = _report(model, replaced, apply_compatibility_fixes(model))
     if include_p is None:
-        _warn_unmaskable(modules, maskable)
+        _warn_unmaskable(model)
     log.info("mask_model:\n%s", report.summary())
     coverage.install_check(model, check_coverage)
     return report
 
 
-def _report(model, replaced, modules, maskable, selected, fixes) -> MaskReport:
+def _report(model: nn.Module, replaced: dict, fixes: list[str]) -> MaskReport:
+    """Counts by type of the model as it is now: masked layers, and modules
+    that hold parameters directly but are not masked (and why)."""
     masked, left, left_params = Counter(), Counter(), Counter()
     masked_weights = 0
-    for layer in masked_layers(model).values():
-        masked[type(layer).__name__] += 1
-        masked_weights += sum(w.numel() for w, _ in layer.masked_parameters().values())
-    masked_modules = {id(m) for m in masked_layers(model).values()}
-    for key, module in modules.items():
-        if key in selected or id(module) in masked_modules:
+    modules, _ = _module_names(model)
+    for module in modules.values():
+        if isinstance(module, MaskedWeightMixin):
+            masked[type(module).__name__] += 1
+            masked_weights += sum(w.numel() for w, _ in module.masked_parameters().values())
             continue
         own = sum(p.numel() for p in module.parameters(recurse=False))
-        if not own:
-            continue
-        why = "not selected" if key in maskable else "not a maskable type"
-        left[(type(module).__name__, why)] += 1
-        left_params[(type(module).__name__, why)] += own
+        if own:
+            why = ("not selected" if masked_class_for(type(module)) is not None
+                   else "not a maskable type")
+            left[(type(module).__name__, why)] += 1
+            left_params[(type(module).__name__, why)] += own
     return MaskReport(replaced, masked, masked_weights, left, left_params, fixes)
 
 
-def _warn_unmaskable(modules: dict, maskable: set) -> None:
+def _warn_unmaskable(model: nn.Module) -> None:
     """Warn when masking everything left matrix-shaped weights in module types
     we cannot mask (norms and embeddings excepted: the method leaves them alone)."""
-    unknown = sorted({type(m).__name__ for key, m in modules.items()
-                      if key not in maskable and not isinstance(m, _UNMASKED_BY_DESIGN)
+    modules, _ = _module_names(model)
+    unknown = sorted({type(m).__name__ for m in modules.values()
+                      if masked_class_for(type(m)) is None
+                      and not isinstance(m, (MaskedWeightMixin, *_UNMASKED_BY_DESIGN))
                       and _weight_like(m)})
     if unknown:
         warnings.warn(f"mask_model left modules of types it cannot mask: {unknown} (see the "

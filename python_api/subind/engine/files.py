@@ -3,9 +3,11 @@ rename, so a reader or a resumed sweep never sees half a file), moved aside
 when damaged (never silently trusted or deleted), and guarded by advisory
 locks so concurrent shards never write the same file.
 
-Locks are ``fcntl.flock`` on a ``<name>.lock`` file beside the target: the
-kernel releases them when the holding process dies, so a killed shard leaves
-no stale lock.  (On NFS they need the lock daemon, as with any flock use.)
+Locks are ``fcntl.flock`` on a hidden ``.<name>.lock`` file beside the
+target: the kernel releases them when the holding process dies, so a killed
+shard leaves no stale lock.  The files stay (removing a lock file another
+process may be opening would break the lock); they are empty.  On NFS flock
+needs the lock daemon, as any flock use does.
 """
 from __future__ import annotations
 
@@ -72,9 +74,9 @@ def move_aside(path: Path, reason: str) -> Path:
 
 @contextlib.contextmanager
 def locked(path: Path, wait: bool = True) -> Iterator[bool]:
-    """Hold the lock for ``path`` (``<path>.lock``).  With ``wait=False`` it
-    yields False at once when another process holds it."""
-    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    """Hold the lock for ``path`` (``.<name>.lock`` beside it).  With
+    ``wait=False`` it yields False at once when another process holds it."""
+    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
         try:
