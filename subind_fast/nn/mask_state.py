@@ -94,6 +94,19 @@ class MaskedWeightMixin:
         layer._setup_mask(init, beta, mode, freeze_weight)
         return layer
 
+    @torch.no_grad()
+    def reset_logits(self, init: MaskInit = DEFAULT_MASK_INIT) -> None:
+        """Set every logit back to ``init`` in place (a number, a tensor shaped
+        like the weight, or a callable), e.g. to search several L0 penalties
+        with one masked copy of a model."""
+        for weight_name, logits_name in self.masked_weights:
+            logits = getattr(self, logits_name)
+            if (isinstance(init, (int, float)) and not isinstance(init, bool)
+                    and math.isfinite(init)):
+                logits.fill_(float(init))  # in place: no weight-sized temporary
+            else:
+                logits.copy_(_initial_logits(getattr(self, weight_name), init))
+
     # ------------------------------------------------------------ β and mode
     def __setattr__(self, name, value):
         if name == "beta" and "beta" in self.__dict__.get("_buffers", {}):

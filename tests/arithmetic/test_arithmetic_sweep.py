@@ -13,7 +13,7 @@ import pytest
 from subind.cli import _parser, main as cli
 from subind.engine import manifest
 from subind.engine.files import locked
-from subind.experiment import ArithmeticExperiment, config_for
+from subind.experiments.arithmetic.experiment import ArithmeticExperiment, config_for
 
 SMOKE = ["arithmetic", "--preset", "smoke", "--no-progress"]
 
@@ -98,7 +98,7 @@ def test_damaged_records_and_checkpoints_are_moved_aside_and_redone(finished, tm
 
 @pytest.mark.slow
 def test_a_resumed_run_logs_each_epoch_once(tmp_path, monkeypatch):
-    from subind import training
+    from subind.engine import training
 
     out = tmp_path / "out"
     real_write = training.EpochLog.write

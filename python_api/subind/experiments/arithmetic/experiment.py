@@ -1,17 +1,11 @@
-"""The arithmetic Subtask Induction experiment (paper §4, App. B) as a
-resumable, shardable sweep.
+"""The arithmetic Subtask Induction experiment (paper §4, App. B) on the
+generic engine: a resumable, shardable sweep over (condition, layers, N, seed).
 
-Pipeline, all under one output directory:
+Under one results directory (its manifest.json records the configuration):
 
-    base/L{n}/model.safetensors        the model trained on the base computation
+    base/L{n}/model.safetensors        the model trained on the base computation (+ .json)
     subnetworks/L{n}.safetensors       the subnetwork discovered for the subtask (+ .json)
     runs/{condition}/L{n}-N{N}-s{seed}.json   one record per transfer run
-
-Base models and subnetworks are reused when present; a run whose record
-exists is skipped, and records are written atomically, so an interrupted
-sweep resumes where it stopped and never duplicates a run.  ``shard=(i, k)``
-runs every k-th run of the sorted grid starting at i, so k machines (a SLURM
-array) share one grid over a shared directory.
 """
 from __future__ import annotations
 
@@ -28,29 +22,23 @@ from torch import nn
 import subind_fast as sf
 from subind_fast.transfer import REINIT_POLICIES
 
-from . import arithmetic as A
-from .engine import manifest, records
-from .engine import validation as check
-from .engine.files import atomic_write, atomic_write_json, locked, move_aside
-from .discovery import PAPER_LAMBDAS, discover
+from ...engine import manifest
+from ...engine import validation as check
+from ...engine.files import atomic_write
+from ...engine.protocol import CONDITIONS, PAPER_LAMBDAS, discover, needs_subnetwork, \
+    transfer_condition
+from ...engine.sweep import Sweep, SweepResult, cached_stage, parse_shard  # noqa: F401 (CLI)
+from ...engine.training import EpochLog, TensorBatches, train
+from . import data as A
 from .expressions import parse
-from .training import EpochLog, LastTokenTask, train
+from .task import LastTokenTask
 
+EXPERIMENT = "arithmetic"
 # Which runs make up the sweep; every record is keyed by one point of this grid.
 GRID_FIELDS = ("conditions", "layers", "n_disambiguation", "seeds")
-RECORD_FIELDS = ("condition", "layers", "n_disambiguation", "seed", "test_accuracy",
-                 "eval_accuracy", "epoch", "config")
-
-CONDITIONS = {
-    # name: (how the subnetwork is chosen, frozen?)
-    "subtask_induction": ("discovered", True),
-    "scratch": ("none", False),
-    "random": ("random", True),
-    "complement": ("complement", True),
-    "full_model": ("all", False),
-    "subtask_induction_unfrozen": ("discovered", False),
-    "random_unfrozen": ("random", False),
-}
+KEY_FIELDS = ("condition", "layers", "n_disambiguation", "seed")
+RECORD_FIELDS = KEY_FIELDS + ("test_accuracy", "eval_accuracy", "epoch", "config")
+EVAL_BATCH = 4096
 
 
 @dataclass
@@ -127,6 +115,8 @@ class ArithmeticConfig:
         return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
 
 
+GPT2_MASKED_LAYERS = ("transformer.h.*.attn.*", "transformer.h.*.mlp.*")
+
 PRESETS = {
     # end-to-end in well under a minute on 2 CPU cores (tests)
     "smoke": dict(n_numbers=50, layers=[1], n_disambiguation=[0, 50], seeds=[0],
@@ -153,20 +143,7 @@ def config_for(preset: str, **overrides) -> ArithmeticConfig:
     return ArithmeticConfig(**values).validate()
 
 
-# ------------------------------------------------------------------ helpers
-def parse_shard(spec: Optional[str]) -> tuple[int, int]:
-    """'i/k' → (i, k) with 0 ≤ i < k."""
-    if spec is None:
-        return 0, 1
-    try:
-        i, k = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/k (e.g. 0/4), got {spec!r}") from None
-    if k < 1 or not 0 <= i < k:
-        raise ValueError(f"--shard {spec!r}: need 0 <= i < k")
-    return i, k
-
-
+# ------------------------------------------------------------------ model
 def versions() -> dict:
     import transformers
 
@@ -193,14 +170,6 @@ def _save_model(model: nn.Module, path: Path) -> None:
     atomic_write(path, lambda tmp: save_model(model, str(tmp)))  # ties stored once
 
 
-def _load_model(cfg: ArithmeticConfig, n_layer: int, path: Path) -> nn.Module:
-    from safetensors.torch import load_model
-
-    model = make_model(cfg, n_layer, seed=0)
-    load_model(model, str(path), device=cfg.device)
-    return model
-
-
 # ------------------------------------------------------------------ stages
 class ArithmeticExperiment:
     def __init__(self, cfg: ArithmeticConfig, out: Path, progress: bool = True):
@@ -208,7 +177,11 @@ class ArithmeticExperiment:
         self.vocab = A.Vocabulary(cfg.n_numbers, cfg.p)
         self.task = LastTokenTask()
         self._check_writable()
-        manifest.claim(self.out, "arithmetic", cfg.identity())
+        manifest.claim(self.out, EXPERIMENT, cfg.identity())
+        keys = [(c, l, n, s) for c in cfg.conditions for l in cfg.layers
+                for n in cfg.n_disambiguation for s in cfg.seeds]
+        self.sweep = Sweep(keys, KEY_FIELDS, RECORD_FIELDS, lambda key: self.run_path(*key))
+        self._prepared: dict[int, tuple] = {}
 
     def _check_writable(self) -> None:
         try:
@@ -218,169 +191,120 @@ class ArithmeticExperiment:
         except OSError as err:
             raise ValueError(f"output directory {self.out} is not writable ({err})") from err
 
-    def _rows(self, rows):
-        return rows.to(self.cfg.device)
+    def _batches(self, rows, batch_size: int, seed: int = 0, shuffle: bool = False):
+        return TensorBatches(rows.to(self.cfg.device), batch_size=batch_size, shuffle=shuffle,
+                             seed=seed)
+
+    def _eval(self, rows):
+        return self._batches(rows, EVAL_BATCH)
 
     def base_model(self, n_layer: int) -> nn.Module:
-        """Train (or load) the model on the base computation until test
-        accuracy reaches the target or the epoch cap.  One process trains it
-        (the others wait for it); a damaged checkpoint is moved aside and redone."""
-        cfg, path = self.cfg, self.out / "base" / f"L{n_layer}" / "model.safetensors"
-        meta_path = path.with_suffix(".json")
-        with locked(path):
-            if path.exists() and meta_path.exists():
-                try:
-                    return _load_model(cfg, n_layer, path)
-                except Exception as err:  # safetensors raises several types for damaged files
-                    move_aside(path, f"unreadable base model ({err})")
-            train_rows = self._rows(A.base_training_set(cfg.base, self.vocab, cfg.base_fraction,
-                                                        seed=0))
-            test_rows = self._rows(A.random_set(cfg.base, self.vocab, cfg.base_test_samples, seed=1))
+        """Trained (once, by one process) on the base computation until test
+        accuracy reaches the target or the epoch cap."""
+        cfg = self.cfg
+
+        def load(path):
+            from safetensors.torch import load_model
+
+            model = make_model(cfg, n_layer, seed=0)
+            load_model(model, str(path), device=cfg.device)
+            return model
+
+        def build(path):
+            train_rows = A.base_training_set(cfg.base, self.vocab, cfg.base_fraction, seed=0)
+            test_rows = A.random_set(cfg.base, self.vocab, cfg.base_test_samples, seed=1)
             model = make_model(cfg, n_layer, seed=0)
             optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(0.9, 0.999))
             start = time.time()
             log = EpochLog(path.parent / "train.csv",
                            ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
-            final = train(model, optimizer, self.task, train_rows, cfg.base_max_epochs,
-                          cfg.batch_size, seed=0, eval_rows=test_rows, log=log,
+            final = train(model, optimizer, self.task,
+                          self._batches(train_rows, cfg.batch_size, seed=0, shuffle=True),
+                          cfg.base_max_epochs, seed=0, eval_data=self._eval(test_rows), log=log,
                           after_epoch=lambda e, m: m.accuracy >= cfg.base_target_accuracy,
                           progress=f"base L{n_layer} ({cfg.base})" if self.progress else None)
             log.close()
             _save_model(model, path)
-            atomic_write_json(meta_path, {"computation": cfg.base, "layers": n_layer,
-                                          "test_accuracy": final.accuracy,
-                                          "seconds": time.time() - start, "config": asdict(cfg),
-                                          "versions": versions()})
-            return model
+            return model, {"computation": cfg.base, "layers": n_layer,
+                           "test_accuracy": final.accuracy, "seconds": time.time() - start,
+                           "config": asdict(cfg), "versions": versions()}
+
+        return cached_stage(self.out / "base" / f"L{n_layer}" / "model.safetensors", load, build)
 
     def subnetwork(self, n_layer: int, base: nn.Module) -> sf.Subnetwork:
         cfg = self.cfg
-        path = self.out / "subnetworks" / f"L{n_layer}.safetensors"
-        with locked(path):
-            if path.exists() and path.with_suffix(".json").exists():
-                try:
-                    return sf.Subnetwork.load(path)
-                except ValueError as err:
-                    move_aside(path, str(err))
-            sub_rows = self._rows(A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples,
-                                               seed=2))
-            eval_rows = self._rows(A.random_set(cfg.subtask, self.vocab, 2000, seed=3))
+
+        def build(path):
+            sub_rows = A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples, seed=2)
+            eval_rows = A.random_set(cfg.subtask, self.vocab, 2000, seed=3)
             start = time.time()
-            result = discover(base, sub_rows, eval_rows, lambdas=cfg.lambdas,
-                              epochs=cfg.discovery_epochs, beta_final=cfg.beta_final,
-                              mask_lr=cfg.mask_lr, batch_size=cfg.batch_size,
+            result = discover(base, self.task,
+                              self._batches(sub_rows, cfg.batch_size, seed=0, shuffle=True),
+                              self._eval(eval_rows), include=GPT2_MASKED_LAYERS,
+                              lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
+                              beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
                               log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress)
             result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
             result.subnetwork.save(path)
-            atomic_write_json(path.with_suffix(".json"), {
+            return result.subnetwork, {
                 "layers": n_layer, "subtask": cfg.subtask, "base": cfg.base,
                 "subtask_accuracy": result.accuracy, "density": result.density,
                 "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
-                "candidates": result.candidates, "seconds": time.time() - start})
-            return result.subnetwork
+                "candidates": result.candidates, "seconds": time.time() - start}
+
+        return cached_stage(self.out / "subnetworks" / f"L{n_layer}.safetensors",
+                            sf.Subnetwork.load, build)
 
     def grid(self) -> list[tuple[str, int, int, int]]:
-        cfg = self.cfg
-        return sorted((c, l, n, s) for c in cfg.conditions for l in cfg.layers
-                      for n in cfg.n_disambiguation for s in cfg.seeds)
+        return list(self.sweep.keys)
 
     def run_path(self, condition: str, n_layer: int, n: int, seed: int) -> Path:
         return self.out / "runs" / condition / f"L{n_layer}-N{n}-s{seed}.json"
 
     def finished(self, condition: str, n_layer: int, n: int, seed: int) -> bool:
-        """Whether a valid record exists (a damaged one is moved aside)."""
-        expected = {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed}
-        return records.read(self.run_path(condition, n_layer, n, seed), RECORD_FIELDS,
-                            expected) is not None
+        return self.sweep.finished((condition, n_layer, n, seed))
+
+    def _prepare(self, n_layer: int) -> tuple:
+        if n_layer not in self._prepared:
+            base = self.base_model(n_layer)
+            sub = self.subnetwork(n_layer, base) if needs_subnetwork(self.cfg.conditions) else None
+            self._prepared[n_layer] = (base, sub)
+        return self._prepared[n_layer]
 
     def transfer_run(self, condition: str, n_layer: int, n: int, seed: int, base: nn.Module,
                      sub: Optional[sf.Subnetwork]) -> dict:
         cfg = self.cfg
-        choice, freeze = CONDITIONS[condition]
-        sets = {k: self._rows(v) for k, v in A.transfer_sets(cfg.target, self.vocab, n, seed=seed).items()}
+        sets = A.transfer_sets(cfg.target, self.vocab, n, seed=seed)
         model = make_model(cfg, n_layer, seed=1000 + seed)
-        if choice == "discovered":
-            chosen = sub
-        elif choice == "random":
-            chosen = sub.random_like(seed)
-        elif choice == "complement":
-            chosen = sub.complement_sample(seed)
-        elif choice == "all":
-            chosen = sf.Subnetwork.all_of(base)
-        else:
-            chosen = None
-        frozen = {}
-        if chosen is not None:  # a Subnetwork has __len__: test for None, not truthiness
-            frozen = sf.transfer(chosen, base, model, reinit=cfg.reinit, freeze=freeze)
+        frozen, frozen_fraction = transfer_condition(condition, sub, base, model, seed, cfg.reinit)
         optimizer = sf.MaskedAdamW(model.parameters(), frozen=frozen, lr=cfg.transfer_lr,
                                    weight_decay=0.0)
         best = {"eval_accuracy": -1.0}
         start = time.time()
+        test_data = self._eval(sets["test"])
 
         def keep_best(epoch, metrics):
             if metrics.accuracy > best["eval_accuracy"]:
-                test = self.task.evaluate(model, sets["test"])
+                test = self.task.evaluate(model, test_data)
                 best.update(epoch=epoch, eval_accuracy=metrics.accuracy,
                             test_accuracy=test.accuracy, test_loss=test.loss)
             return False
 
-        path = self.run_path(condition, n_layer, n, seed)
-        log = EpochLog(path.with_suffix(".csv"), ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
-        train(model, optimizer, self.task, sets["train"], cfg.transfer_epochs,
-              cfg.transfer_batch_size, seed=seed, eval_rows=sets["eval"], after_epoch=keep_best,
-              log=log)
+        log = EpochLog(self.run_path(condition, n_layer, n, seed).with_suffix(".csv"),
+                       ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
+        train(model, optimizer, self.task,
+              self._batches(sets["train"], cfg.transfer_batch_size, seed=seed, shuffle=True),
+              cfg.transfer_epochs, seed=seed, eval_data=self._eval(sets["eval"]),
+              after_epoch=keep_best, log=log)
         log.close()
         return {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed,
-                "frozen_fraction": (chosen.density() if chosen is not None and freeze else 0.0),
-                **{k: v for k, v in best.items()}, "seconds": time.time() - start,
+                "frozen_fraction": frozen_fraction, **best, "seconds": time.time() - start,
                 "config": asdict(cfg), "versions": versions()}
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
-        """Run this shard's part of the grid.  A run another process is
-        running now (its lock is held) is left to it."""
-        from tqdm.auto import tqdm
+        """Run this shard's part of the grid (see engine.sweep)."""
+        def execute(key):
+            base, sub = self._prepare(key[1])
+            return self.transfer_run(*key, base, sub)
 
-        i, k = shard
-        mine = self.grid()[i::k]
-        todo = [r for r in mine if not self.finished(*r)]
-        result = SweepResult(present=len(mine) - len(todo))
-        prepared: dict[int, tuple] = {}
-        for condition, n_layer, n, seed in tqdm(todo, desc="transfer runs",
-                                                disable=not self.progress):
-            path = self.run_path(condition, n_layer, n, seed)
-            with locked(path, wait=False) as claimed:
-                if not claimed:
-                    result.elsewhere.append(path)
-                    continue
-                if self.finished(condition, n_layer, n, seed):  # finished meanwhile
-                    result.present += 1
-                    continue
-                if n_layer not in prepared:
-                    base = self.base_model(n_layer)
-                    needs_sub = any(CONDITIONS[c][0] in ("discovered", "random", "complement")
-                                    for c in self.cfg.conditions)
-                    prepared[n_layer] = (base, self.subnetwork(n_layer, base) if needs_sub else None)
-                base, sub = prepared[n_layer]
-                record = self.transfer_run(condition, n_layer, n, seed, base, sub)
-                atomic_write_json(path, record)
-                result.written.append(path)
-        return result
-
-
-@dataclass
-class SweepResult:
-    """What one call of ``run`` did."""
-
-    present: int = 0                                  # valid records found, not redone
-    written: list = field(default_factory=list)       # records written now
-    elsewhere: list = field(default_factory=list)     # runs another process holds
-
-    def __len__(self) -> int:
-        return len(self.written)
-
-    def __iter__(self):
-        return iter(self.written)
-
-    def summary(self) -> str:
-        return (f"{len(self.written)} runs done now, {self.present} already present"
-                + (f", {len(self.elsewhere)} running in another process" if self.elsewhere else ""))
+        return self.sweep.run(execute, shard, progress=self.progress)

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from subind import arithmetic as A
+from subind.experiments.arithmetic import data as A
 from subind.cli import main as cli
-from subind.experiment import ArithmeticExperiment, config_for, parse_shard
-from subind.expressions import ExpressionError, parse
+from subind.engine.sweep import parse_shard
+from subind.experiments.arithmetic.experiment import ArithmeticExperiment, config_for
+from subind.experiments.arithmetic.expressions import ExpressionError, parse
 
 PAIRS = torch.cartesian_prod(torch.arange(60), torch.arange(60))
 
@@ -182,8 +183,9 @@ def test_interrupted_sweep_resumes_without_redoing_or_half_writing(tmp_path, mon
 
 def test_training_is_repeatable_whatever_the_global_rng_state():
     """Dropout draws from torch's global generator; each training stage seeds it."""
-    from subind.experiment import make_model
-    from subind.training import LastTokenTask, train
+    from subind.engine.training import TensorBatches, train
+    from subind.experiments.arithmetic.experiment import make_model
+    from subind.experiments.arithmetic.task import LastTokenTask
 
     cfg = config_for("smoke")
     rows = A.base_training_set(cfg.base, A.Vocabulary(cfg.n_numbers, cfg.p), 0.2, seed=0)
@@ -191,7 +193,7 @@ def test_training_is_repeatable_whatever_the_global_rng_state():
     for prior in (1, 2):
         torch.manual_seed(prior)
         model = make_model(cfg, 1, seed=0)
-        train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), LastTokenTask(), rows, 2, 64,
-              seed=0)
+        train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), LastTokenTask(),
+              TensorBatches(rows, batch_size=64, shuffle=True, seed=0), 2, seed=0)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])

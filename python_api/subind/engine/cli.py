@@ -1,0 +1,84 @@
+"""Command-line plumbing every sweep experiment shares: list-valued option
+types, the preset/out/shard/jobs options, per-field overrides of a preset,
+and running a sweep command (one shard here, or k local shard processes)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .sweep import parse_shard
+
+
+def _list_of(kind, what: str):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+
+    return parse
+
+
+int_list = _list_of(int, "integers")
+float_list = _list_of(float, "numbers")
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_sweep_options(parser: argparse.ArgumentParser, presets: Sequence[str],
+                      default_preset: str) -> None:
+    parser.add_argument("--preset", choices=list(presets), default=default_preset)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="results directory (resumable; refuses a different configuration)")
+    parser.add_argument("--shard", help="i/k: run every k-th run of the grid starting at i")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run the grid as this many shard processes on this machine")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_overrides(parser: argparse.ArgumentParser, options) -> None:
+    """``options``: (flag, config field, type, help) of each preset override."""
+    for flag, dest, kind, help_text in options:
+        parser.add_argument(flag, dest=dest, type=kind, help=help_text)
+
+
+def overrides(args, options) -> dict:
+    return {dest: getattr(args, dest) for _, dest, _, _ in options}
+
+
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag v`` or ``--flag=v``)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
+
+
+def run_sweep_command(args, argv, make_experiment: Callable[[], object], device: str) -> int:
+    """Build the experiment (checks every argument and claims the results
+    directory, once), then run this process's shard or start ``--jobs`` shards."""
+    shard = parse_shard(args.shard)
+    if args.jobs < 1 or (args.jobs > 1 and args.shard is not None):
+        raise ValueError("--jobs must be >= 1 and cannot be combined with --shard")
+    start = time.time()
+    experiment = make_experiment()
+    if args.jobs > 1:
+        from .launch import run_local_shards
+
+        child = without_option(list(argv if argv is not None else sys.argv[1:]), "--jobs")
+        code = run_local_shards(child, args.jobs, args.out / "logs", device)
+        print(f"{args.jobs} shards finished ({time.time() - start:.0f} s) → {args.out}")
+        return code
+    result = experiment.run(shard)
+    print(f"{result.summary()} ({time.time() - start:.0f} s) → {args.out}")
+    return 0

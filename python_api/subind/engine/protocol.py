@@ -1,0 +1,154 @@
+"""The Subtask Induction protocol (paper §3), independent of any model or data.
+
+Discovery (§3.1, Appendix A, Algorithm 1): masks on the chosen layers of a
+trained model whose weights stay frozen; β annealed exponentially from 1 to
+β_final over the epochs; an L0 penalty λ·Σσ(βs); the hard mask 1[s > 0] at
+test time.  Several λ values are searched with one masked copy of the model
+(its logits reset between them), and the most accurate hard mask wins, ties
+(within 1e-3) going to the sparser one.
+
+Transfer (§3.2) under the paper's conditions: the discovered subnetwork, none
+(scratch), a random subnetwork of the same per-layer size (§4.3), a sample of
+the complement (App. B.2), the whole model (full-model transfer), and the
+unfrozen variants (App. B.3).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+import subind_fast as sf
+
+from .training import EpochLog, Task, train
+
+PAPER_LAMBDAS = (1e-7, 5e-7, 1e-8)
+
+
+@dataclass
+class DiscoveryResult:
+    subnetwork: sf.Subnetwork
+    accuracy: float            # task accuracy of the hard-masked model (evaluation data)
+    density: float             # kept fraction over the masked weights
+    l0_lambda: float
+    layer_density: dict = field(default_factory=dict)
+    candidates: list = field(default_factory=list)  # (λ, accuracy, density) for every λ tried
+
+
+def beta_schedule(epoch: int, epochs: int, beta_final: float) -> float:
+    """Algorithm 1: β starts at 1 and grows by β_final^(1/n) after each epoch."""
+    return beta_final ** (epoch / epochs)
+
+
+def _mask_optimizer(name: str, logits: list, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(logits, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(logits, lr=lr)
+    raise ValueError(f"mask optimizer must be 'adam' or 'adamw', got {name!r}")
+
+
+def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iterable, *,
+             include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None,
+             lambdas: Sequence[float] = PAPER_LAMBDAS, epochs: int = 50,
+             beta_final: float = 100.0, mask_lr: float = 1e-3, optimizer: str = "adam",
+             mask_init: float = sf.nn.DEFAULT_MASK_INIT, seed: int = 0,
+             log_dir: Optional[Path] = None, progress: bool = False) -> DiscoveryResult:
+    """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
+    (see module docstring).  ``model`` itself is not modified."""
+    if not lambdas:
+        raise ValueError("lambdas must name at least one L0 penalty")
+    if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
+        raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
+                         f"{beta_final}, {mask_lr})")
+    probe = copy.deepcopy(model)
+    layers = sf.mask_model(probe, include=include, exclude=exclude, init=mask_init)
+    logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]
+    candidates = []
+    for lam in lambdas:
+        for layer in layers.values():
+            layer.reset_logits(mask_init)
+        opt = _mask_optimizer(optimizer, logits, mask_lr)
+        log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
+                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"])
+        train(probe, opt, task, train_data, epochs, seed, eval_data,
+              extra_loss=lambda: lam * sf.l0_penalty(probe),
+              before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
+              log=log, progress=f"discover λ={lam:g}" if progress else None,
+              log_extra=lambda: {"beta": float(next(iter(layers.values())).beta),
+                                 "density": _hard_density(layers.values())})
+        log.close()
+        probe.eval()  # hard masks
+        accuracy = task.evaluate(probe, eval_data).accuracy
+        sub = sf.Subnetwork.from_model(probe, metadata={
+            "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
+            "mask_init": mask_init, "subtask_accuracy": accuracy})
+        candidates.append((lam, accuracy, sub.density(), sub))
+    lam, accuracy, density, sub = max(candidates, key=lambda c: (round(c[1], 3), -c[2]))
+    return DiscoveryResult(sub, accuracy, density, lam, sub.layer_density(),
+                           [(c[0], c[1], c[2]) for c in candidates])
+
+
+def _hard_density(layers) -> float:
+    kept = total = 0
+    for layer in layers:
+        for _, s in layer.masked_parameters().values():
+            kept += int((s.detach() > 0).sum())
+            total += s.numel()
+    return kept / max(1, total)
+
+
+# ----------------------------------------------------------------- transfer
+@dataclass(frozen=True)
+class Condition:
+    choice: str    # which weights are transferred: discovered | random | complement | all | none
+    frozen: bool   # whether they stay frozen while the rest trains
+
+
+CONDITIONS = {
+    "subtask_induction": Condition("discovered", True),
+    "scratch": Condition("none", False),
+    "random": Condition("random", True),
+    "complement": Condition("complement", True),
+    "full_model": Condition("all", False),
+    "subtask_induction_unfrozen": Condition("discovered", False),
+    "random_unfrozen": Condition("random", False),
+}
+
+
+def needs_subnetwork(conditions: Iterable[str]) -> bool:
+    return any(CONDITIONS[c].choice in ("discovered", "random", "complement")
+               for c in conditions if c in CONDITIONS)
+
+
+def chosen_subnetwork(condition: str, discovered: Optional[sf.Subnetwork], source: nn.Module,
+                      seed: int) -> Optional[sf.Subnetwork]:
+    """The weights a condition transfers (None: nothing, i.e. scratch)."""
+    choice = CONDITIONS[condition].choice
+    if choice in ("discovered", "random", "complement") and discovered is None:
+        raise ValueError(f"condition {condition!r} needs a discovered subnetwork")
+    if choice == "discovered":
+        return discovered
+    if choice == "random":
+        return discovered.random_like(seed)
+    if choice == "complement":
+        return discovered.complement_sample(seed)
+    if choice == "all":
+        return sf.Subnetwork.all_of(source)
+    return None
+
+
+def transfer_condition(condition: str, discovered: Optional[sf.Subnetwork], source: nn.Module,
+                       target: nn.Module, seed: int, reinit: str):
+    """Apply ``condition`` to the freshly initialised ``target``: returns
+    (frozen set for MaskedAdamW/MaskedSGD, fraction of the covered weights frozen)."""
+    chosen = chosen_subnetwork(condition, discovered, source, seed)
+    if chosen is None:  # a Subnetwork has __len__: test for None, not truthiness
+        return sf.FrozenMasks(), 0.0
+    frozen = CONDITIONS[condition].frozen
+    masks = sf.transfer(chosen, source, target, reinit=reinit, freeze=frozen)
+    return masks, (chosen.density() if frozen else 0.0)

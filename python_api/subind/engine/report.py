@@ -1,0 +1,60 @@
+"""Helpers every experiment's report uses: mean ± std cells, markdown
+tables, and figures written atomically."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .files import atomic_write
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def group(records: Iterable[dict], key: Callable[[dict], tuple],
+          value: Callable[[dict], float]) -> dict[tuple, tuple[float, float, int]]:
+    """{key: (mean, std, count)} of ``value`` over the records sharing a key."""
+    cells = defaultdict(list)
+    for r in records:
+        cells[key(r)].append(value(r))
+    return {k: mean_std(v) + (len(v),) for k, v in cells.items()}
+
+
+def cell(stat, digits: int = 3, count: bool = True) -> str:
+    if stat is None:
+        return "–"
+    mean, std, n = stat
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" + (f" (n={n})" if count else "")
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,154 @@
+"""Training loops shared by every stage of every experiment: epochs over any
+re-iterable source of batches (a torch DataLoader, or :class:`TensorBatches`
+for data held in memory), driven by a task object that defines the loss and
+the metrics, with per-epoch CSV logs.
+
+A task implements::
+
+    loss(model, batch) -> Tensor                 (one training step's loss)
+    evaluate(model, data) -> Metrics             (loss and accuracy over an iterable)
+
+and moves batches to the model's device itself, so data may live anywhere.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Metrics:
+    loss: float
+    accuracy: float
+
+
+class Task(Protocol):
+    def loss(self, model: nn.Module, batch) -> Tensor: ...
+
+    def evaluate(self, model: nn.Module, data: Iterable) -> Metrics: ...
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class TensorBatches:
+    """Mini-batches of tensors held in memory (rows indexed together).  Every
+    iteration is one epoch; with ``shuffle`` its order comes from a generator
+    seeded once, so a run repeats exactly."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0):
+        if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
+            raise ValueError("TensorBatches needs tensors with the same first dimension")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.tensors[0].shape[0] // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        n = self.tensors[0].shape[0]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            index = (order[start:start + self.batch_size] if order is not None
+                     else slice(start, start + self.batch_size))
+            batch = tuple(t[index] for t in self.tensors)
+            yield batch[0] if len(batch) == 1 else batch
+
+
+class EpochLog:
+    """One CSV line per epoch (and a TensorBoard scalar when tensorboard is
+    installed).  A stage always trains from its first epoch, so a log is
+    started afresh when its stage (re)starts: a resumed sweep never repeats rows."""
+
+    def __init__(self, path: Optional[Path], fields: list[str]):
+        self.path, self.fields = path, fields
+        self._tb = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
+            if os.environ.get("SUBIND_TENSORBOARD", "1") == "1":
+                self._tb = _tensorboard_writer(Path(str(path.with_suffix("")) + "-tb"))
+
+    def write(self, **values) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([values.get(k, "") for k in self.fields])
+        if self._tb is not None:
+            for key, value in values.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, values.get("epoch", 0))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    shutil.rmtree(folder, ignore_errors=True)  # this stage's previous attempt
+    return SummaryWriter(str(folder))
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Iterable,
+          epochs: int, seed: int, eval_data: Optional[Iterable] = None,
+          extra_loss: Optional[Callable[[], Tensor]] = None,
+          before_epoch: Optional[Callable[[int], None]] = None,
+          after_epoch: Optional[Callable[[int, Optional[Metrics]], bool]] = None,
+          log: Optional[EpochLog] = None, progress: Optional[str] = None,
+          log_extra: Optional[Callable[[], dict]] = None) -> Optional[Metrics]:
+    """Train for ``epochs`` passes over ``data``.  ``before_epoch(epoch)`` runs
+    first in each epoch (β schedules, ``sampler.set_epoch``);
+    ``after_epoch(epoch, eval_metrics)`` may return True to stop;
+    ``log_extra()`` adds columns to the epoch's log line.  The global RNG is
+    seeded (dropout draws from it), so a stage repeats whatever ran before it."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    metrics = None
+    bar = tqdm(range(epochs), desc=progress, leave=False, disable=progress is None)
+    for epoch in bar:
+        if before_epoch is not None:
+            before_epoch(epoch)
+        model.train()
+        running, count = 0.0, 0
+        for batch in data:
+            loss = task.loss(model, batch)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            size = _batch_size(batch)
+            running += loss.item() * size
+            count += size
+        metrics = task.evaluate(model, eval_data) if eval_data is not None else None
+        if log is not None:
+            log.write(epoch=epoch, train_loss=running / max(1, count),
+                      eval_loss=metrics.loss if metrics else "",
+                      eval_accuracy=metrics.accuracy if metrics else "",
+                      **(log_extra() if log_extra else {}))
+        if metrics is not None:
+            bar.set_postfix(acc=f"{metrics.accuracy:.3f}")
+        if after_epoch is not None and after_epoch(epoch, metrics):
+            break
+    return metrics
+
+
+def _batch_size(batch) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return first.shape[0]

@@ -1,0 +1,36 @@
+"""The arithmetic task: next-token prediction of the last token of each row
+``a b sep c`` (the answer c, which the paper reports accuracy on)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ...engine.training import Metrics, model_device
+
+
+class LastTokenTask:
+    """The model sees ``a b sep`` and predicts c."""
+
+    def logits(self, model: nn.Module, rows: Tensor) -> Tensor:
+        rows = rows.to(model_device(model), non_blocking=True)
+        return model(input_ids=rows[:, :-1], logits_to_keep=1).logits[:, -1]
+
+    def loss(self, model: nn.Module, rows: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(self.logits(model, rows),
+                                           rows[:, -1].to(model_device(model)))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Iterable[Tensor]) -> Metrics:
+        was_training = model.training
+        model.eval()
+        total_loss, correct, n = 0.0, 0, 0
+        for rows in data:
+            logits = self.logits(model, rows)
+            target = rows[:, -1].to(logits.device)
+            total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(-1) == target).sum().item()
+            n += rows.shape[0]
+        model.train(was_training)
+        return Metrics(total_loss / max(1, n), correct / max(1, n))

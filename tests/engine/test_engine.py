@@ -1,0 +1,202 @@
+"""The generic engine on its own: atomic files and locks, the manifest, run
+records, the sweep, the training loop over any iterable of batches, and the
+discovery/transfer protocol — with toy models and data, no experiment."""
+import json
+import multiprocessing as mp
+
+import pytest
+import torch
+from torch import nn
+
+import subind_fast as sf
+from subind.engine import files, manifest, records
+from subind.engine.protocol import CONDITIONS, chosen_subnetwork, discover, transfer_condition
+from subind.engine.sweep import Sweep, cached_stage, parse_shard
+from subind.engine.training import Metrics, TensorBatches, train
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    files.atomic_write_json(target, {"v": 1})
+
+    def failing(tmp):
+        tmp.write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        files.atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]
+
+
+def test_create_exclusively_lets_one_writer_win(tmp_path):
+    assert files.create_exclusively(tmp_path / "m", "first")
+    assert not files.create_exclusively(tmp_path / "m", "second")
+    assert (tmp_path / "m").read_text() == "first"
+
+
+def _hold(path, ready, release):
+    with files.locked(path):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_lock_held_by_another_process_is_seen(tmp_path):
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(tmp_path / "run.json", ready, release))
+    holder.start()
+    assert ready.wait(30)
+    with files.locked(tmp_path / "run.json", wait=False) as mine:
+        assert not mine
+    release.set()
+    holder.join(30)
+    with files.locked(tmp_path / "run.json", wait=False) as mine:
+        assert mine  # released when the holder ended
+    assert (tmp_path / ".run.json.lock").exists() and not (tmp_path / "run.json").exists()
+
+
+def test_manifest_refuses_other_configurations_and_experiments(tmp_path):
+    manifest.claim(tmp_path, "toy", {"lr": 0.1, "width": 8})
+    manifest.claim(tmp_path, "toy", {"width": 8, "lr": 0.1})  # same, any order
+    with pytest.raises(ValueError, match=r"1 field\(s\) differ: lr: directory 0.1, now 0.2"):
+        manifest.claim(tmp_path, "toy", {"lr": 0.2, "width": 8})
+    with pytest.raises(ValueError, match="holds the 'toy' experiment, not 'other'"):
+        manifest.claim(tmp_path, "other", {})
+    assert manifest.read(tmp_path)["experiment"] == "toy"
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="damaged or unknown manifest"):
+        manifest.read(tmp_path)
+
+
+def test_records_are_validated_and_damaged_ones_moved_aside(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"seed": 1, "acc": 0.5}))
+    assert records.read(path, ["acc"], {"seed": 1}) == {"seed": 1, "acc": 0.5}
+    with pytest.warns(UserWarning, match="do not match its file name"):
+        assert records.read(path, ["acc"], {"seed": 2}) is None
+    assert not path.exists() and len(list(tmp_path.glob("r.json.corrupt-*"))) == 1
+
+
+def test_sweep_runs_each_key_once_and_shards_partition_the_grid(tmp_path):
+    keys = [(c, s) for c in ("a", "b") for s in range(3)]
+    sweep = Sweep(keys, ("cond", "seed"), ("cond", "seed", "value"),
+                  lambda k: tmp_path / k[0] / f"s{k[1]}.json")
+    done = []
+
+    def execute(key):
+        done.append(key)
+        return {"value": key[1] * 10}
+
+    first = sweep.run(execute, shard=(0, 2))
+    second = sweep.run(execute, shard=(1, 2))
+    assert sorted(done) == sorted(keys) and len(first) == len(second) == 3
+    again = sweep.run(execute)
+    assert len(again) == 0 and again.present == 6
+    assert json.loads((tmp_path / "b" / "s2.json").read_text()) == {"cond": "b", "seed": 2,
+                                                                   "value": 20}
+    with pytest.raises(ValueError, match="twice"):
+        Sweep(keys + keys[:1], ("cond", "seed"), (), lambda k: tmp_path)
+    assert parse_shard("1/4") == (1, 4)
+
+
+def test_cached_stage_builds_once_and_rebuilds_a_damaged_artifact(tmp_path):
+    builds = []
+
+    def build(path):
+        builds.append(1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("42")
+        return 42, {"built": True}
+
+    def load(path):
+        return int(path.read_text())
+
+    artifact = tmp_path / "stage" / "thing.txt"
+    assert cached_stage(artifact, load, build) == 42
+    assert cached_stage(artifact, load, build) == 42 and len(builds) == 1
+    artifact.write_text("not a number")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cached_stage(artifact, load, build) == 42
+    assert len(builds) == 2
+
+
+class _Classify:
+    """A task over (x, y) batches."""
+
+    def loss(self, model, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, model, data):
+        correct = total = 0
+        loss = 0.0
+        for x, y in data:
+            out = model(x)
+            loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(y)
+        return Metrics(loss / total, correct / total)
+
+
+def _toy(n=512, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    y = (x[:, 0] > 0).long()  # a subtask: the sign of one feature
+    return x, y
+
+
+def test_train_accepts_a_dataloader_and_tensor_batches_alike():
+    x, y = _toy()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64,
+                                         shuffle=True, generator=torch.Generator().manual_seed(0))
+    results = []
+    for data in (loader, TensorBatches(x, y, batch_size=64, shuffle=True, seed=0)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        metrics = train(model, torch.optim.Adam(model.parameters(), 1e-2), _Classify(), data, 5,
+                        seed=0, eval_data=TensorBatches(x, y, batch_size=256))
+        results.append(metrics.accuracy)
+    assert min(results) > 0.9
+
+
+def test_tensor_batches_repeat_from_their_seed():
+    x = torch.arange(10)
+    orders = [[b.tolist() for b in TensorBatches(x, batch_size=4, shuffle=True, seed=3)]
+              for _ in range(2)]
+    assert orders[0] == orders[1] and sorted(sum(orders[0], [])) == list(range(10))
+
+
+def test_discover_finds_the_subtask_and_leaves_the_model_alone():
+    x, y = _toy()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    train(model, torch.optim.Adam(model.parameters(), 1e-2), _Classify(),
+          TensorBatches(x, y, batch_size=64, shuffle=True), 10, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = discover(model, _Classify(), TensorBatches(x, y, batch_size=64, shuffle=True),
+                      TensorBatches(x, y, batch_size=512), lambdas=[1e-3, 1e-6], epochs=8,
+                      mask_lr=0.05)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not sf.masked_layers(model)
+    assert result.accuracy > 0.9 and 0 < result.density < 1
+    assert [c[0] for c in result.candidates] == [1e-3, 1e-6]
+    assert set(result.subnetwork.names()) == {"0.weight", "2.weight"}
+
+
+def test_transfer_conditions_choose_and_freeze_as_the_paper_defines():
+    torch.manual_seed(0)
+    source, target = nn.Linear(20, 20), nn.Linear(20, 20)
+    sub = sf.Subnetwork.from_masks({"weight": torch.rand(20, 20) < 0.25})
+    assert chosen_subnetwork("subtask_induction", sub, source, 0) is sub
+    assert chosen_subnetwork("scratch", sub, source, 0) is None
+    rnd = chosen_subnetwork("random", sub, source, 0)
+    assert rnd.counts() == sub.counts() and rnd != sub
+    assert (chosen_subnetwork("complement", sub, source, 0) & sub).density() == 0
+    frozen, fraction = transfer_condition("subtask_induction", sub, source, target, 0, "all")
+    assert fraction == pytest.approx(sub.density()) and target.weight in frozen
+    frozen, fraction = transfer_condition("full_model", sub, source, target, 0, "all")
+    assert len(frozen) == 0 and fraction == 0.0 and torch.equal(target.weight, source.weight)
+    assert set(CONDITIONS) >= {"subtask_induction", "scratch", "random", "complement",
+                               "full_model"}
