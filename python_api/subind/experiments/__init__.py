@@ -3,7 +3,7 @@ directories' manifests say), ``register(subparsers)`` (its CLI commands) and
 ``report(out) -> (markdown, figure paths)``."""
 import importlib
 
-EXPERIMENTS = ("arithmetic",)
+EXPERIMENTS = ("arithmetic", "vision")
 
 
 def load(name: str):
