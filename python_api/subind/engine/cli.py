@@ -64,6 +64,34 @@ def without_option(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def config_from_preset(config_class, presets: dict, preset: str, **overrides_given):
+    """``config_class`` with the preset's values, then every override that is not None."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(presets)}")
+    values = {**presets[preset], **{k: v for k, v in overrides_given.items() if v is not None}}
+    return config_class(**values).validate()
+
+
+def add_sweep_command(subparsers, name: str, help_text: str, options,
+                      experiment: Callable[[], tuple]) -> None:
+    """Register ``subind <name>``: the sweep options, ``options``' overrides, and
+    a handler that builds the configuration and runs the sweep.  ``experiment()``
+    returns (presets, config_for(preset, **overrides), ExperimentClass)."""
+    presets, _, _ = experiment()
+    parser = subparsers.add_parser(name, help=help_text)
+    add_sweep_options(parser, presets, "quick")
+    add_overrides(parser, options)
+
+    def run(args, argv) -> int:
+        _, config_for, experiment_class = experiment()
+        cfg = config_for(args.preset, **overrides(args, options))
+        return run_sweep_command(
+            args, argv, lambda: experiment_class(cfg, args.out, progress=not args.no_progress),
+            cfg.device)
+
+    parser.set_defaults(handler=run)
+
+
 def run_sweep_command(args, argv, make_experiment: Callable[[], object], device: str) -> int:
     """Build the experiment (checks every argument and claims the results
     directory, once), then run this process's shard or start ``--jobs`` shards."""

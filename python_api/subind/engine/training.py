@@ -110,11 +110,14 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
           before_epoch: Optional[Callable[[int], None]] = None,
           after_epoch: Optional[Callable[[int, Optional[Metrics]], bool]] = None,
           log: Optional[EpochLog] = None, progress: Optional[str] = None,
-          log_extra: Optional[Callable[[], dict]] = None) -> Optional[Metrics]:
+          log_extra: Optional[Callable[[], dict]] = None,
+          train_mode: Callable[[nn.Module], None] = nn.Module.train) -> Optional[Metrics]:
     """Train for ``epochs`` passes over ``data``.  ``before_epoch(epoch)`` runs
     first in each epoch (β schedules, ``sampler.set_epoch``);
     ``after_epoch(epoch, eval_metrics)`` may return True to stop;
-    ``log_extra()`` adds columns to the epoch's log line.  The global RNG is
+    ``log_extra()`` adds columns to the epoch's log line; ``train_mode(model)``
+    puts the model in training mode each epoch (e.g. all but frozen
+    BatchNorm statistics).  The global RNG is
     seeded (dropout draws from it), so a stage repeats whatever ran before it."""
     from tqdm.auto import tqdm
 
@@ -124,7 +127,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
     for epoch in bar:
         if before_epoch is not None:
             before_epoch(epoch)
-        model.train()
+        train_mode(model)
         running, count = 0.0, 0
         for batch in data:
             loss = task.loss(model, batch)

@@ -30,19 +30,11 @@ OPTIONS = [
 ]
 
 
+def _experiment():
+    from . import experiment as E
+
+    return E.PRESETS, E.config_for, E.ArithmeticExperiment
+
+
 def register(subparsers) -> None:
-    from .experiment import PRESETS
-
-    parser = subparsers.add_parser("arithmetic", help="the arithmetic experiment (paper §4)")
-    C.add_sweep_options(parser, PRESETS, "quick")
-    C.add_overrides(parser, OPTIONS)
-    parser.set_defaults(handler=run)
-
-
-def run(args, argv) -> int:
-    from .experiment import ArithmeticExperiment, config_for
-
-    cfg = config_for(args.preset, **C.overrides(args, OPTIONS))
-    return C.run_sweep_command(
-        args, argv, lambda: ArithmeticExperiment(cfg, args.out, progress=not args.no_progress),
-        cfg.device)
+    C.add_sweep_command(subparsers, "arithmetic", "the arithmetic experiment (paper §4)", OPTIONS, _experiment)

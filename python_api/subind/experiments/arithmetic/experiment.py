@@ -23,6 +23,7 @@ import subind_fast as sf
 from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import manifest
+from ...engine.cli import config_from_preset
 from ...engine import validation as check
 from ...engine.files import atomic_write
 from ...engine.protocol import CONDITIONS, PAPER_LAMBDAS, discover, needs_subnetwork, \
@@ -137,10 +138,7 @@ PRESETS = {
 
 
 def config_for(preset: str, **overrides) -> ArithmeticConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return ArithmeticConfig(**values).validate()
+    return config_from_preset(ArithmeticConfig, PRESETS, preset, **overrides)
 
 
 # ------------------------------------------------------------------ model

@@ -1,19 +1,18 @@
 """The vision Subtask Induction experiment (paper §5, App. C) and its tools:
 `subind vision` (the experiment), `subind shape-bias` (a classifier's shape
-bias on Geirhos-layout stimuli), `subind mean-pool` (shape-only images)."""
-from . import shape_bias_cli
+bias on Geirhos-layout stimuli), `subind mean-pool` (shape-only images) and
+`subind imagenet16` (16-class ImageNet from an ImageNet copy)."""
+from . import cli, imagenet16, pooling_cli, shape_bias_cli
+from .report import report
 
 NAME = "vision"
 
 
 def register(subparsers) -> None:
+    cli.register(subparsers)
     shape_bias_cli.register(subparsers)
-
-
-def report(out):
-    from .report import report as write_report
-
-    return write_report(out)
+    pooling_cli.register(subparsers)
+    imagenet16.register(subparsers)
 
 
 __all__ = ["NAME", "register", "report"]

@@ -84,7 +84,8 @@ def summarize(decisions: Sequence[Decision], categories: Sequence[str],
     conflict = [d for d in cue if not d.stimulus.same_class]
     shape_hits = sum(d.shape_hit for d in conflict)
     texture_hits = sum(d.texture_hit for d in conflict)
-    low, high = bootstrap_interval(decisions, bootstrap) if bootstrap else (None, None)
+    low, high = (bootstrap_interval(decisions, bootstrap) if bootstrap
+                 else (float("nan"), float("nan")))
     per_category = {}
     for c in categories:
         mine = [d for d in conflict if d.stimulus.shape == c]

@@ -65,8 +65,8 @@ def run(args, argv) -> int:
             figure = plot_per_category({label: result}, list(result["per_category"]),
                                        args.out / f"shape-bias-{set_name}.png", title=set_name)
             low, high = result["shape_bias_interval"]
-            print(f"{set_name}: shape bias {result['shape_bias']:.3f} "
-                  f"[{low:.3f}, {high:.3f}] over {result['conflict_images']} conflict images "
+            interval = f" [{low:.3f}, {high:.3f}]" if args.bootstrap else ""
+            print(f"{set_name}: shape bias {result['shape_bias']:.3f}{interval} over {result['conflict_images']} conflict images "
                   f"(+{result['same_class_images']} same-class excluded); shape accuracy "
                   f"{result['shape_accuracy']:.3f}, texture rate {result['texture_rate']:.3f}, "
                   f"robustness {result['robustness']:.3f}; plot {figure}")

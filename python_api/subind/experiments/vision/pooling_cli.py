@@ -1,0 +1,50 @@
+"""`subind mean-pool`: shape-only copies of an image folder (paper §5.1)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("mean-pool", help="fill each segment of every image with its "
+                                                "mean colour (shape-only images)")
+    p.add_argument("source", type=Path, help="folder of images (any depth)")
+    p.add_argument("target", type=Path, help="output folder (same relative paths, PNG)")
+    p.add_argument("--method", default="slic",
+                   choices=["slic", "felzenszwalb", "sam", "masks"],
+                   help="segmenter; 'masks' reads ground-truth masks from --masks")
+    p.add_argument("--masks", type=Path, help="folder of ground-truth masks, same relative "
+                                              "paths as the images (one colour per segment)")
+    p.add_argument("--segments", type=int, default=64, help="SLIC: about this many segments")
+    p.add_argument("--sam-checkpoint", type=Path, help="Segment Anything checkpoint file")
+    p.add_argument("--sam-model", default="vit_h", help="vit_h, vit_l or vit_b")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preview", type=int, default=8, help="before/after pairs in preview.png")
+    p.set_defaults(handler=run)
+
+
+def run(args, argv) -> int:
+    from .pooling import mask_labels, mean_pool_folder, segmenter
+
+    if args.method == "masks":
+        if args.masks is None:
+            raise ValueError("--method masks needs --masks DIR")
+        root = args.source
+
+        def labels_of(path, image):
+            relative = path.relative_to(root)
+            candidates = [args.masks / relative.with_suffix(s) for s in (".png", relative.suffix)]
+            found = next((c for c in candidates if c.is_file()), candidates[0])
+            return mask_labels(found, image.shape[:2])
+    else:
+        if args.segments < 1:
+            raise ValueError(f"--segments must be >= 1, got {args.segments}")
+        segment = segmenter(args.method, args.sam_checkpoint, args.sam_model, args.device,
+                            args.segments)
+
+        def labels_of(path, image):
+            return segment(image)
+
+    count = mean_pool_folder(args.source, args.target, labels_of, args.preview, progress=True)
+    print(f"{count} images mean-pooled ({args.method}) → {args.target}"
+          + (f"; preview {args.target / 'preview.png'}" if args.preview else ""))
+    return 0

