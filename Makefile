@@ -1,4 +1,4 @@
-# subind-fast: `make demo` runs the main job (the arithmetic experiment, quick preset),
+# subind-fast: `make demo` runs the main job (both experiments' quick presets),
 # `make test` the test suite, `make bench` the kernel benchmarks.
 # Both create .venv on a fresh machine and install everything they need.
 SHELL := /bin/bash
@@ -68,13 +68,15 @@ bench-layers: build
 bench-optim: build
 	$(PY) benchmarks/bench_optim.py
 
-# The main job: the arithmetic Subtask Induction experiment (quick preset) as parallel
-# shards on this machine's cores, then its report.
-DEMO_OUT ?= build/demo-arithmetic
+# The main job: both Subtask Induction experiments' quick presets (arithmetic, then
+# vision), each as parallel shards on this machine's cores, then both reports.
+DEMO_OUT ?= build/demo
 DEMO_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 demo: build
-	$(VENV)/bin/subind arithmetic --preset quick --out $(DEMO_OUT) --jobs $(DEMO_JOBS)
-	$(VENV)/bin/subind report $(DEMO_OUT)
+	$(VENV)/bin/subind arithmetic --preset quick --out $(DEMO_OUT)/arithmetic --jobs $(DEMO_JOBS)
+	$(VENV)/bin/subind vision --preset quick --out $(DEMO_OUT)/vision --jobs $(DEMO_JOBS)
+	$(VENV)/bin/subind report $(DEMO_OUT)/arithmetic
+	$(VENV)/bin/subind report $(DEMO_OUT)/vision
 
 bench: bench-layers bench-optim
 

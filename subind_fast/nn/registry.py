@@ -9,6 +9,9 @@ forward:
 
 * the masked layer's, when the subclass does not override forward or
   overrides it with the same computation (``SAME_FORWARD``);
+* the masked layer's after an input transform (``INPUT_TRANSFORMS``), when the
+  subclass's forward is "transform the input, then the base computation"
+  (timm's TF-style ``Conv2dSame``: pad, then convolve without padding);
 * otherwise the subclass's own, which reaches the mask when it calls
   ``super().forward``.  If it computes from ``self.weight`` directly the mask
   never runs, and the coverage check (nn/coverage.py) raises naming the layer.
@@ -31,6 +34,21 @@ from .mask_state import MaskedWeightMixin
 # ("module.qualname"), so the masked forward may replace it.
 SAME_FORWARD = {
     "timm.layers.linear.Linear",  # only adds a dtype cast under TorchScript
+}
+
+
+
+def _pad_same(module: nn.Module, x):
+    """TensorFlow 'SAME' padding, as timm's Conv2dSame applies before its convolution."""
+    from timm.layers.padding import pad_same
+
+    return pad_same(x, module.weight.shape[-2:], module.stride, module.dilation)
+
+
+# Subclasses whose forward is input → transform → the base computation ("module.qualname":
+# transform(module, x)); the masked forward runs after the same transform.
+INPUT_TRANSFORMS = {
+    "timm.layers.conv2d_same.Conv2dSame": _pad_same,
 }
 
 
@@ -71,12 +89,20 @@ def _reduce(self, protocol):
 @lru_cache(maxsize=None)
 def _masked_subclass(plain: type, masked_base: type, plain_base: type) -> type:
     own_forward = plain.forward is not plain_base.forward
-    ours_first = not own_forward or _qualified(plain) in SAME_FORWARD
+    transform = INPUT_TRANSFORMS.get(_qualified(plain))
+    ours_first = not own_forward or _qualified(plain) in SAME_FORWARD or transform is not None
     bases = (masked_base, plain) if ours_first else (plain, masked_base)
-    return type(f"Masked{plain.__name__}", bases, {
+    namespace = {
         "__module__": __name__,
         "__doc__": f"{_qualified(plain)} with a continuous-sparsification weight mask "
-                   f"({'masked' if ours_first else 'its own'} forward).",
+                   f"({'masked' if ours_first else 'its own'} forward"
+                   f"{', after ' + transform.__name__.strip('_') if transform else ''}).",
         "_plain": plain,
         "__reduce_ex__": _reduce,
-    })
+    }
+    if transform is not None:
+        def forward(self, x):
+            return masked_base.forward(self, transform(self, x))
+
+        namespace["forward"] = forward
+    return type(f"Masked{plain.__name__}", bases, namespace)

@@ -215,3 +215,25 @@ def test_unmaskable_matrix_weights_are_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # naming the layers to mask is a deliberate choice
         sf.mask_model(nn.Sequential(nn.Linear(4, 4), Raw()), include=["0"])
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_timm_tf_same_padding_conv_is_masked_after_its_padding(stride, dilation):
+    from timm.layers.conv2d_same import Conv2dSame, conv2d_same
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dSame(3, 5, 3, stride=stride, dilation=dilation, groups=1))
+    plain = model[0]
+    sf.mask_model(model)
+    assert isinstance(model[0], Conv2dSame)
+    _randomise(model)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    model.double()
+    layer = model[0]
+    (_, logits), = layer.masked_parameters().values()
+    for mode in ("soft", "hard"):
+        sf.set_mode(model, mode)
+        expected = conv2d_same(x, effective_weight(layer.weight, logits.double(), layer.beta,
+                                                   mode), layer.bias, plain.stride, 0,
+                               plain.dilation, 1)
+        torch.testing.assert_close(model(x), expected)

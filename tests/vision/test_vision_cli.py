@@ -126,3 +126,57 @@ def test_vision_config_errors_name_the_field(tmp_path, capsys):
         assert main(["vision", "--preset", "smoke", "--out", str(tmp_path / flag.strip("-")),
                      flag, value]) == 2
         assert name in capsys.readouterr().err
+
+
+def test_shape_subnetwork_command_on_real_stimuli(tmp_path, capsys):
+    import timm
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    out = tmp_path / "sub"
+    assert main(["shape-subnetwork", "--model", "resnet18", "--weights", str(weights),
+                 "--train", str(DATA / "silhouettes"), "--select", str(DATA / "silhouettes"),
+                 "--cue-conflict", str(DATA / "cue-conflict"), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cue_conflict"]) == {"full model", "shape subnetwork"}
+    assert 0 <= summary["density"] <= 1
+    from subind_fast import Subnetwork
+
+    sub = Subnetwork.load(out / "subnetwork.safetensors")
+    assert "fc.weight" not in sub.names() and "conv1.weight" in sub.names()
+    assert (out / "shape-bias.png").is_file()
+    assert "shape subnetwork: shape bias" in capsys.readouterr().out
+
+
+def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
+    out = tmp_path / "conditions"
+    assert main(["vision", "--preset", "smoke", "--out", str(out), "--no-progress",
+                 "--archs", "resnet18", "--conditions",
+                 "random,complement,full_model,data_mixture,random_init_discovery",
+                 "--reinit", "masked", "--bn-stats", "frozen", "--class-weighted", "true",
+                 "--mask-head", "true"]) == 0
+    records = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").rglob("*.json")}
+    assert set(records) == {"random", "complement", "full_model", "data_mixture",
+                            "random_init_discovery"}
+    assert records["data_mixture"]["train_set_size"] == 160 + 160
+    assert records["full_model"]["frozen_fraction"] == 0.0
+    from subind_fast import Subnetwork
+
+    adapted = Subnetwork.load(out / "subnetworks" / "resnet18.safetensors")
+    random_init = Subnetwork.load(out / "subnetworks" / "resnet18-random-init.safetensors")
+    assert "fc.weight" in adapted.names()  # --mask-head true
+    assert adapted.names() == random_init.names() and adapted != random_init
+    assert 0 < adapted.density() < 1 and 0 < random_init.density() < 1
+    for name in ("random", "complement", "random_init_discovery"):
+        assert 0 < records[name]["frozen_fraction"] < 1, name
+
+
+def test_inverse_frequency_weights():
+    from subind.experiments.vision.task import inverse_frequency_weights
+
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    weights = inverse_frequency_weights([(None, labels[:4]), (None, labels[4:])], 3)
+    torch.testing.assert_close(weights, torch.tensor([6 / 9, 6 / 3, 6 / 6]))
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        inverse_frequency_weights([(None, labels)], 4)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -57,9 +57,14 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
              lambdas: Sequence[float] = PAPER_LAMBDAS, epochs: int = 50,
              beta_final: float = 100.0, mask_lr: float = 1e-3, optimizer: str = "adam",
              mask_init: float = sf.nn.DEFAULT_MASK_INIT, seed: int = 0,
-             log_dir: Optional[Path] = None, progress: bool = False) -> DiscoveryResult:
+             log_dir: Optional[Path] = None, progress: bool = False,
+             train_mode: Callable[[nn.Module], None] = nn.Module.train) -> DiscoveryResult:
     """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
-    (see module docstring).  ``model`` itself is not modified."""
+    (see module docstring).  ``model`` itself is not modified.  ``train_mode``
+    sets the masked copy's training mode each epoch (e.g. train() with the
+    BatchNorm layers in eval(), to keep a pretrained model's statistics when
+    the data are few; masked layers must stay in training mode, where they
+    apply the soft mask)."""
     if not lambdas:
         raise ValueError("lambdas must name at least one L0 penalty")
     if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
@@ -80,7 +85,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
               before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
               log=log, progress=f"discover λ={lam:g}" if progress else None,
               log_extra=lambda: {"beta": float(next(iter(layers.values())).beta),
-                                 "density": _hard_density(layers.values())})
+                                 "density": _hard_density(layers.values())},
+              train_mode=train_mode)
         log.close()
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_data).accuracy

@@ -2,7 +2,7 @@
 `subind vision` (the experiment), `subind shape-bias` (a classifier's shape
 bias on Geirhos-layout stimuli), `subind mean-pool` (shape-only images) and
 `subind imagenet16` (16-class ImageNet from an ImageNet copy)."""
-from . import cli, imagenet16, pooling_cli, shape_bias_cli
+from . import cli, imagenet16, pooling_cli, real_subnetwork, shape_bias_cli
 from .report import report
 
 NAME = "vision"
@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     shape_bias_cli.register(subparsers)
     pooling_cli.register(subparsers)
     imagenet16.register(subparsers)
+    real_subnetwork.register(subparsers)
 
 
 __all__ = ["NAME", "register", "report"]

@@ -137,6 +137,9 @@ class VisionConfig:
                                      f"base model is required with folder data (got "
                                      f"{weights!r})")
             check.positive_int("image_size", self.image_size)
+            if any(self.n_disambiguation):
+                raise ValueError("n_disambiguation applies to the synthetic data only; use [0] "
+                                 "with a 16-class ImageNet folder")
             if self.workers < 0:
                 raise ValueError(f"workers must be >= 0, got {self.workers}")
         check.int_list("seeds", self.seeds, 0)
@@ -184,8 +187,8 @@ PRESETS = {
                                                          "pretrained"],
                   seeds=[0], resnet_width=8, vit_width=32, base_samples=320, train_samples=160,
                   pooled_samples=160, eval_samples=96, base_epochs=2, head_epochs=1,
-                  discovery_epochs=2, lambdas=[1e-7], transfer_epochs=2, batch_size=32,
-                  bootstrap=20),
+                  discovery_epochs=2, lambdas=[1e-7], mask_lr=5e-2, transfer_epochs=2,
+                  batch_size=32, bootstrap=20),
     # the demo: ResNet-18 (reduced width), 3 seeds, ≤ 10 min on 2 CPU cores.  Departures
     # from the defaults, for a run this short: masks learn at 1e-2 (15 epochs instead of 100),
     # transfer trains with AdamW (190 steps instead of 33k SGD steps), and the transfer
