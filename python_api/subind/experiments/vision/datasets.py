@@ -209,12 +209,10 @@ class _StimulusBatches:
         self.labels = torch.tensor([list(class_names).index(s.shape) for s in stimuli])
 
     def __iter__(self):
-        from .stimuli import batches
+        from .stimuli import batches, resized
 
         start = 0
         for chunk, images in batches(self.stimuli, 64):
-            images = torch.nn.functional.interpolate(images, size=(self.size, self.size),
-                                                     mode="bicubic", antialias=True)
-            yield ((images.clamp(0, 1) * 255).round().to(torch.uint8),
+            yield ((resized(images, self.size) * 255).round().to(torch.uint8),
                    self.labels[start:start + len(chunk)])
             start += len(chunk)

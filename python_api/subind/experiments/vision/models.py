@@ -25,10 +25,9 @@ class Preprocessing:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) floats in [0, 1] → normalised model input."""
-        if images.shape[-1] != self.size or images.shape[-2] != self.size:
-            images = nn.functional.interpolate(images, size=(self.size, self.size),
-                                               mode="bicubic", align_corners=False,
-                                               antialias=True).clamp(0, 1)
+        from .stimuli import resized
+
+        images = resized(images, self.size)
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         return (images - mean) / std

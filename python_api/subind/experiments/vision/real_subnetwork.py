@@ -41,14 +41,10 @@ class ImageNetCategoryTask(ClassificationTask):
 
 
 def _load_folders(folders, size: int) -> tuple[Tensor, Tensor]:
-    from .stimuli import batches, scan
+    from .stimuli import batches, resized, scan
 
     stimuli = [s for folder in folders for s in scan(folder, G.CATEGORIES)]
-    images = []
-    for _, chunk in batches(stimuli, 64):
-        images.append(nn.functional.interpolate(chunk, size=(size, size), mode="bicubic",
-                                                antialias=True).clamp(0, 1)
-                      if chunk.shape[-1] != size else chunk)
+    images = [resized(chunk, size) for _, chunk in batches(stimuli, 64)]
     labels = torch.tensor([G.CATEGORIES.index(s.shape) for s in stimuli])
     return torch.cat(images), labels
 

@@ -50,9 +50,13 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else float("nan")
 
 
+def conflicting(decisions: Sequence[Decision]) -> list[Decision]:
+    """The cue-conflict decisions whose shape and texture categories differ."""
+    return [d for d in decisions if d.stimulus.texture is not None and not d.stimulus.same_class]
+
+
 def shape_bias_of(decisions: Sequence[Decision]) -> float:
-    conflict = [d for d in decisions if d.stimulus.texture is not None
-                and not d.stimulus.same_class]
+    conflict = conflicting(decisions)
     shape = sum(d.shape_hit for d in conflict)
     texture = sum(d.texture_hit for d in conflict)
     return _ratio(shape, shape + texture)
@@ -61,8 +65,7 @@ def shape_bias_of(decisions: Sequence[Decision]) -> float:
 def bootstrap_interval(decisions: Sequence[Decision], samples: int = 1000, level: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap of the shape bias over the conflict images."""
-    conflict = [d for d in decisions if d.stimulus.texture is not None
-                and not d.stimulus.same_class]
+    conflict = conflicting(decisions)
     if not conflict:
         return float("nan"), float("nan")
     rng = random.Random(seed)
@@ -81,7 +84,7 @@ def summarize(decisions: Sequence[Decision], categories: Sequence[str],
     cue = [d for d in decisions if d.stimulus.texture is not None]
     if not cue:
         raise ValueError("no cue-conflict images (<shape><i>-<texture><j>) among the decisions")
-    conflict = [d for d in cue if not d.stimulus.same_class]
+    conflict = conflicting(cue)
     shape_hits = sum(d.shape_hit for d in conflict)
     texture_hits = sum(d.texture_hit for d in conflict)
     low, high = (bootstrap_interval(decisions, bootstrap) if bootstrap

@@ -78,6 +78,14 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(batch, 3, H, W) in [0, 1] → (batch, 3, size, size), bicubic with antialiasing."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic",
+                                           align_corners=False, antialias=True).clamp(0, 1)
+
+
 def batches(stimuli: Sequence[Stimulus], batch_size: int) -> Iterator[tuple[list, torch.Tensor]]:
     """(stimuli, images) in order; images of one batch must share a size."""
     for start in range(0, len(stimuli), batch_size):

@@ -15,6 +15,17 @@ from ...engine.training import Metrics, model_device
 MEAN, STD = 0.5, 0.25  # the synthetic images' normalisation
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (hard masks, running statistics) for the block, then back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def inverse_frequency_weights(data: Iterable, classes: int) -> Tensor:
     """Per-class loss weights ∝ 1 / frequency in ``data`` (mean weight 1 over
     the samples), for the class-weighted loss of unbalanced training sets."""
@@ -65,27 +76,23 @@ class ClassificationTask:
     @torch.no_grad()
     def predictions(self, model: nn.Module, data: Iterable) -> tuple[Tensor, Tensor]:
         """(predicted class, label) over ``data``, in eval mode."""
-        was_training = model.training
-        model.eval()
         predicted, labels = [], []
-        for batch in data:
-            predicted.append(self.logits(model, batch[0]).argmax(dim=1).cpu())
-            labels.append(batch[1].cpu())
-        model.train(was_training)
+        with evaluating(model):
+            for batch in data:
+                predicted.append(self.logits(model, batch[0]).argmax(dim=1).cpu())
+                labels.append(batch[1].cpu())
         return torch.cat(predicted), torch.cat(labels)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Iterable) -> Metrics:
-        was_training = model.training
-        model.eval()
         total_loss, correct, count = 0.0, 0, 0
-        for batch in data:
-            logits = self.logits(model, batch[0])
-            labels = batch[1].to(logits.device)
-            total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            count += labels.shape[0]
-        model.train(was_training)
+        with evaluating(model):
+            for batch in data:
+                logits = self.logits(model, batch[0])
+                labels = batch[1].to(logits.device)
+                total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == labels).sum())
+                count += labels.shape[0]
         return Metrics(total_loss / max(1, count), correct / max(1, count))
 
 
@@ -113,32 +120,28 @@ class TwoCueTask(ClassificationTask):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Iterable) -> Metrics:
-        was_training = model.training
-        model.eval()
         total_loss, correct, count, labels = 0.0, 0, 0, 0
         k = self.classes
-        for images, shapes, textures in data:
-            logits = self.logits(model, images)
-            shapes, textures = shapes.to(logits.device), textures.to(logits.device)
-            total_loss += float(self._split_loss(logits, shapes, textures, "sum"))
-            correct += int((logits[:, :k].argmax(1) == shapes).sum())
-            correct += int((logits[:, k:].argmax(1) == textures).sum())
-            count += shapes.shape[0]
-            labels += shapes.shape[0] + int((textures >= 0).sum())
-        model.train(was_training)
+        with evaluating(model):
+            for images, shapes, textures in data:
+                logits = self.logits(model, images)
+                shapes, textures = shapes.to(logits.device), textures.to(logits.device)
+                total_loss += float(self._split_loss(logits, shapes, textures, "sum"))
+                correct += int((logits[:, :k].argmax(1) == shapes).sum())
+                correct += int((logits[:, k:].argmax(1) == textures).sum())
+                count += shapes.shape[0]
+                labels += shapes.shape[0] + int((textures >= 0).sum())
         return Metrics(total_loss / max(1, count), correct / max(1, labels))
 
     @torch.no_grad()
     def head_accuracies(self, model: nn.Module, data: Iterable) -> tuple[float, float]:
         """(shape head accuracy, texture head accuracy) on batches of (images, shapes[, textures])."""
-        was_training = model.training
-        model.eval()
         k = self.classes
         shape_hits = texture_hits = count = 0
-        for batch in data:
-            logits = self.logits(model, batch[0])
-            shape_hits += int((logits[:, :k].argmax(1).cpu() == batch[1].cpu()).sum())
-            texture_hits += int((logits[:, k:].argmax(1).cpu() == batch[-1].cpu()).sum())
-            count += batch[1].shape[0]
-        model.train(was_training)
+        with evaluating(model):
+            for batch in data:
+                logits = self.logits(model, batch[0])
+                shape_hits += int((logits[:, :k].argmax(1).cpu() == batch[1].cpu()).sum())
+                texture_hits += int((logits[:, k:].argmax(1).cpu() == batch[-1].cpu()).sum())
+                count += batch[1].shape[0]
         return shape_hits / max(1, count), texture_hits / max(1, count)
