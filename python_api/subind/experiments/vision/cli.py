@@ -52,9 +52,10 @@ OPTIONS = [
 
 
 def _experiment():
-    from . import experiment as E
+    from . import config
+    from .experiment import VisionExperiment
 
-    return E.PRESETS, E.config_for, E.VisionExperiment
+    return config.PRESETS, config.config_for, VisionExperiment
 
 
 def register(subparsers) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -23,198 +23,18 @@ import torch
 from torch import nn
 
 import subind_fast as sf
-from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import manifest
-from ...engine.cli import config_from_preset
-from ...engine import validation as check
 from ...engine.files import atomic_write
 from ...engine.protocol import discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import EpochLog, train
 from . import architectures as arch_lib
+from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAMES, VisionConfig
 from .datasets import FolderData, SyntheticData
 from .models import load_state_dict_file, preprocessing_of
 from .shape_bias import Decision, summarize
 from .task import ClassificationTask, TwoCueTask, inverse_frequency_weights
-
-EXPERIMENT = "vision"
-GRID_FIELDS = ("archs", "conditions", "n_disambiguation", "seeds")
-KEY_FIELDS = ("arch", "condition", "n_disambiguation", "seed")
-RECORD_FIELDS = KEY_FIELDS + ("original_accuracy", "pooled_accuracy", "cue_conflict", "config")
-
-
-@dataclass(frozen=True)
-class VisionCondition:
-    """engine: the protocol condition applied to a fresh model (None: start
-    from a copy of the adapted model); source: whose subnetwork;
-    data: original | mixture; trains: False evaluates the adapted model as is."""
-    engine: Optional[str]
-    source: str = "adapted"
-    data: str = "original"
-    trains: bool = True
-
-
-CONDITIONS = {
-    "subtask_induction": VisionCondition("subtask_induction"),
-    "scratch": VisionCondition("scratch"),
-    "random": VisionCondition("random"),
-    "complement": VisionCondition("complement"),
-    "full_model": VisionCondition(None),                        # fine-tune the adapted model
-    "data_mixture": VisionCondition(None, data="mixture"),      # … on original + pooled images
-    "pretrained": VisionCondition(None, trains=False),          # head-only adaptation
-    "random_init_discovery": VisionCondition("subtask_induction", source="random_init"),
-}
-BN_STATS = ("train", "frozen")
-
-
-@dataclass
-class VisionConfig:
-    archs: list = field(default_factory=lambda: ["resnet18", "vit"])
-    conditions: list = field(default_factory=lambda: list(CONDITIONS))
-    n_disambiguation: list = field(default_factory=lambda: [0])
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    data: str = "synthetic"        # or a 16-class ImageNet folder (`subind imagenet16`)
-    cue_conflict: str = ""         # folder data: Geirhos-layout cue-conflict stimuli
-    resnet18_weights: str = ""     # folder data: ImageNet weights files of the base models
-    vit_weights: str = ""
-    image_size: int = 224          # folder data
-    workers: int = 8               # folder data: DataLoader worker processes
-    resnet_width: int = 16
-    resnet_stem_stride: int = 2
-    vit_width: int = 64
-    # synthetic images (synthetic.Salience)
-    object_scale: list = field(default_factory=lambda: [0.5, 0.8])
-    rotation: float = 180.0
-    jitter: float = 4.0
-    contrast: float = 0.12
-    base_samples: int = 6400
-    base_untextured: float = 0.25   # + this share of untextured objects in base training
-    train_samples: int = 1600
-    pooled_samples: int = 1600
-    eval_samples: int = 800
-    # stages
-    base_epochs: int = 20
-    base_lr: float = 2e-3
-    head_epochs: int = 10
-    head_lr: float = 1e-2
-    discovery_epochs: int = 100
-    discovery_batch_size: int = 32
-    lambdas: list = field(default_factory=lambda: [1e-6, 1e-7, 1e-8])
-    beta_final: float = 100.0
-    mask_lr: float = 1e-3
-    mask_optimizer: str = "adamw"
-    mask_head: bool = False
-    transfer_epochs: int = 30
-    transfer_optimizer: str = "sgd"
-    transfer_lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    reinit: str = "all"
-    bn_stats: str = "train"
-    class_weighted: bool = False
-    bootstrap: int = 200
-    device: str = "cpu"
-
-    def validate(self) -> "VisionConfig":
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown or not self.conditions:
-            raise ValueError(f"unknown conditions {unknown or self.conditions}; choose from "
-                             f"{sorted(CONDITIONS)}")
-        bad = [a for a in self.archs if a not in arch_lib.ARCHITECTURES]
-        if bad or not self.archs:
-            raise ValueError(f"unknown archs {bad or self.archs}; choose from "
-                             f"{list(arch_lib.ARCHITECTURES)}")
-        if self.data != "synthetic":
-            if not Path(self.data).is_dir():
-                raise ValueError(f"data must be 'synthetic' or a 16-class ImageNet folder; "
-                                 f"{self.data!r} is not a directory")
-            for arch in self.archs:
-                weights = getattr(self, f"{arch}_weights")
-                if not weights or not Path(weights).is_file():
-                    raise ValueError(f"{arch}_weights: the ImageNet weights file of the {arch} "
-                                     f"base model is required with folder data (got "
-                                     f"{weights!r})")
-            check.positive_int("image_size", self.image_size)
-            if any(self.n_disambiguation):
-                raise ValueError("n_disambiguation applies to the synthetic data only; use [0] "
-                                 "with a 16-class ImageNet folder")
-            if self.workers < 0:
-                raise ValueError(f"workers must be >= 0, got {self.workers}")
-        check.int_list("seeds", self.seeds, 0)
-        check.int_list("n_disambiguation", self.n_disambiguation, 0)
-        for name in ("resnet_width", "vit_width", "base_samples", "train_samples",
-                     "pooled_samples", "eval_samples", "base_epochs", "head_epochs",
-                     "discovery_epochs", "discovery_batch_size", "transfer_epochs",
-                     "batch_size"):
-            check.positive_int(name, getattr(self, name))
-        if self.resnet_stem_stride not in (1, 2):
-            raise ValueError(f"resnet_stem_stride must be 1 or 2, got {self.resnet_stem_stride}")
-        for name in ("base_lr", "head_lr", "mask_lr", "transfer_lr", "beta_final"):
-            check.positive(name, getattr(self, name))
-        for name in ("momentum", "weight_decay", "rotation", "jitter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if len(self.object_scale) != 2 or not 0 < self.object_scale[0] <= self.object_scale[1]:
-            raise ValueError(f"object_scale must be [low, high] with 0 < low <= high, got "
-                             f"{self.object_scale}")
-        check.in_range("contrast", self.contrast, 0, 0.5)
-        check.in_range("base_untextured", self.base_untextured, 0, 1)
-        if not self.lambdas:
-            raise ValueError("lambdas must name at least one L0 penalty")
-        for lam in self.lambdas:
-            check.positive("lambdas", lam)
-        if self.mask_optimizer not in ("adam", "adamw"):
-            raise ValueError(f"mask_optimizer must be adam or adamw, got {self.mask_optimizer!r}")
-        if self.transfer_optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"transfer_optimizer must be sgd or adamw, got "
-                             f"{self.transfer_optimizer!r}")
-        if self.reinit not in REINIT_POLICIES:
-            raise ValueError(f"reinit must be one of {REINIT_POLICIES}, got {self.reinit!r}")
-        if self.bn_stats not in BN_STATS:
-            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
-        check.device(self.device)
-        return self
-
-    def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
-
-
-PRESETS = {
-    # end to end in well under a minute (tests): one seed, both architectures
-    "smoke": dict(archs=["resnet18", "vit"], conditions=["subtask_induction", "scratch",
-                                                         "pretrained"],
-                  seeds=[0], resnet_width=8, vit_width=32, base_samples=320, train_samples=160,
-                  pooled_samples=160, eval_samples=96, base_epochs=2, head_epochs=1,
-                  discovery_epochs=2, lambdas=[1e-7], mask_lr=5e-2, transfer_epochs=2,
-                  batch_size=32, bootstrap=20),
-    # the demo: ResNet-18 (reduced width), 3 seeds, ≤ 10 min on 2 CPU cores.  Departures
-    # from the defaults, for a run this short: masks learn at 1e-2 (15 epochs instead of 100),
-    # transfer trains with AdamW (190 steps instead of 33k SGD steps), and the transfer
-    # inherits what no mask covers (BatchNorm, head) as the authors' code does: under the
-    # paper text's reinit="all" this data shows no effect (README).
-    "quick": dict(archs=["resnet18"], conditions=["subtask_induction", "scratch", "random",
-                                                  "full_model", "pretrained"],
-                  seeds=[0, 1, 2], base_epochs=12, head_epochs=5, discovery_epochs=15,
-                  lambdas=[1e-7], mask_lr=1e-2, transfer_epochs=15, transfer_optimizer="adamw",
-                  transfer_lr=2e-3, reinit="masked"),
-    # every condition, both architectures, the paper's discovery schedule
-    "full": dict(),
-    # the paper's §5 / App. C.1 setting on 16-class ImageNet read from disk (a GPU job): timm
-    # ResNet-18 and ViT-B/16 from local ImageNet weights; needs --data, --cue-conflict and the
-    # weights files.  33,160 SGD steps at batch 128 over 213k images ≈ 20 epochs.
-    "paper": dict(seeds=[0], discovery_epochs=100, discovery_batch_size=32,
-                  lambdas=[1e-6, 1e-7, 1e-8], transfer_epochs=20, transfer_optimizer="sgd",
-                  transfer_lr=1e-3, momentum=0.9, weight_decay=1e-4, batch_size=128,
-                  head_epochs=5, head_lr=1e-3, bootstrap=1000, device="cuda"),
-}
-TIMM_NAMES = {"resnet18": "resnet18", "vit": "vit_base_patch16_224"}  # folder data
-
-
-def config_for(preset: str, **overrides) -> VisionConfig:
-    return config_from_preset(VisionConfig, PRESETS, preset, **overrides)
-
 
 def versions() -> dict:
     import timm

@@ -12,7 +12,7 @@ from pathlib import Path
 from ...engine import records as run_records
 from ...engine import report as R
 from ...engine.files import atomic_write_text
-from .experiment import CONDITIONS, RECORD_FIELDS
+from .config import CONDITIONS, RECORD_FIELDS
 from .shape_bias import plot_per_category
 
 COLUMNS = [  # (header, value of a record)
