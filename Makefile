@@ -27,7 +27,7 @@ $(PY):
 # torch first: setup.py imports it to build the extensions (--no-build-isolation).
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install "torch>=2.6" numpy setuptools wheel ninja
-	SUBIND_SKIP_BUILD_IN_INSTALL=1 $(PIP) install -e ".[experiments,pretrained,test,bench]" --no-build-isolation
+	SUBIND_SKIP_BUILD_IN_INSTALL=1 $(PIP) install -e ".[experiments,pretrained,cluster,test,bench]" --no-build-isolation
 	touch $(STAMP)
 
 venv install: $(STAMP)

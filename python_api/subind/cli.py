@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args, argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: a missing extra
         print(f"subind: error: {err}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,19 @@ def add_sweep_options(parser: argparse.ArgumentParser, presets: Sequence[str],
     parser.add_argument("--jobs", type=int, default=1,
                         help="run the grid as this many shard processes on this machine")
     parser.add_argument("--no-progress", action="store_true")
+    cluster = parser.add_argument_group("cluster launchers (each task runs --shard i/K)")
+    cluster.add_argument("--slurm", type=int, metavar="K",
+                         help="write OUT/slurm/sweep.sbatch, a K-task SLURM job array, "
+                              "instead of running")
+    cluster.add_argument("--sbatch", action="append", metavar="--OPTION=VALUE",
+                         help="an #SBATCH line for --slurm (repeatable), e.g. "
+                              "--sbatch=--gres=gpu:1")
+    cluster.add_argument("--submitit", type=int, metavar="K",
+                         help="submit K shard jobs with submitit (SLURM when available)")
+    cluster.add_argument("--submitit-param", action="append", metavar="KEY=VALUE",
+                         help="submitit executor parameter (repeatable), e.g. timeout_min=240")
+    cluster.add_argument("--submitit-cluster", choices=["slurm", "local", "debug"],
+                         help="submitit backend (default: auto-detect)")
 
 
 def add_overrides(parser: argparse.ArgumentParser, options) -> None:
@@ -96,14 +109,40 @@ def run_sweep_command(args, argv, make_experiment: Callable[[], object], device:
     """Build the experiment (checks every argument and claims the results
     directory, once), then run this process's shard or start ``--jobs`` shards."""
     shard = parse_shard(args.shard)
-    if args.jobs < 1 or (args.jobs > 1 and args.shard is not None):
-        raise ValueError("--jobs must be >= 1 and cannot be combined with --shard")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    chosen = [flag for flag, given in (("--jobs", args.jobs > 1), ("--shard", args.shard),
+                                       ("--slurm", args.slurm is not None),
+                                       ("--submitit", args.submitit is not None)) if given]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of --jobs, --shard, --slurm, --submitit (got "
+                         f"{' and '.join(chosen)})")
     start = time.time()
-    experiment = make_experiment()
+    experiment = make_experiment()  # checks every argument and claims the directory first
+    child = list(argv if argv is not None else sys.argv[1:])
+    if args.slurm is not None:
+        from .cluster import write_slurm_script
+
+        clean = without_option(without_option(child, "--slurm"), "--sbatch")
+        path = write_slurm_script(clean, args.slurm, args.out, args.sbatch)
+        print(f"wrote {path}: submit it with `sbatch {path}`")
+        return 0
+    if args.submitit is not None:
+        from .cluster import parse_parameters, submit_shards
+
+        clean = child
+        for flag in ("--submitit", "--submitit-param", "--submitit-cluster"):
+            clean = without_option(clean, flag)
+        wait = args.submitit_cluster in ("local", "debug")
+        jobs = submit_shards(clean, args.submitit, args.out, args.submitit_cluster,
+                             parse_parameters(args.submitit_param), wait=wait)
+        print(f"{len(jobs)} submitit jobs {'finished' if wait else 'submitted'}: "
+              f"{', '.join(str(j.job_id) for j in jobs)}; logs in {args.out / 'logs' / 'submitit'}")
+        return 0
     if args.jobs > 1:
         from .launch import run_local_shards
 
-        child = without_option(list(argv if argv is not None else sys.argv[1:]), "--jobs")
+        child = without_option(child, "--jobs")
         code = run_local_shards(child, args.jobs, args.out / "logs", device)
         print(f"{args.jobs} shards finished ({time.time() - start:.0f} s) → {args.out}")
         return code
