@@ -13,7 +13,7 @@ from .dispatch import backend_info
 from .functional import (l0, mask_weight, masked_conv, masked_conv1d, masked_conv2d,
                          masked_conv3d, masked_linear)
 from .nn import (l0_penalty, mask_model, masked_layers, set_beta, set_mode, unmask_model)
-from . import nn
+from . import nn, sharded
 from .bits import pack_bits, unpack_bits
 from .optim import MaskedAdamW, MaskedSGD
 from .subnetwork import Subnetwork
@@ -24,4 +24,4 @@ __version__ = "0.1.0"
 __all__ = ["FrozenMasks", "MaskedAdamW", "MaskedSGD", "Subnetwork", "pack_bits", "transfer",
            "unpack_bits", "MissingKernelError", "backend_info", "l0", "l0_penalty", "mask_model", "mask_weight",
            "masked_conv", "masked_conv1d", "masked_conv2d", "masked_conv3d", "masked_layers",
-           "masked_linear", "nn", "set_beta", "set_mode", "unmask_model"]
+           "masked_linear", "nn", "sharded", "set_beta", "set_mode", "unmask_model"]

@@ -117,8 +117,8 @@ class EagerFastPath:
         self.op, self.impl = op, impl
 
     def __call__(self, *inputs):
-        if torch.compiler.is_compiling():
-            return self.op(*inputs)
+        if torch.compiler.is_compiling() or _without_data(inputs):
+            return self.op(*inputs)  # the registered op: its fake kernel serves shapes
         return self.impl(*inputs)
 
 
@@ -156,8 +156,8 @@ class DifferentiableOp(EagerFastPath):
         })
 
     def __call__(self, *inputs):
-        if torch.compiler.is_compiling():
-            return self.op(*inputs)
+        if torch.compiler.is_compiling() or _without_data(inputs):
+            return self.op(*inputs)  # the registered op: its fake kernel serves shapes
         device_type = next(t.device.type for t in inputs if isinstance(t, Tensor))
         if self.autocast_cast and torch.is_autocast_enabled(device_type):
             inputs = autocast_inputs(inputs, self.autocast_cast, device_type)
@@ -170,6 +170,14 @@ class DifferentiableOp(EagerFastPath):
                                            for t in inputs):
             return self._eager.apply(*inputs)
         return self.impl(*inputs)
+
+
+def _without_data(inputs) -> bool:
+    """Meta or fake tensors (memory planning): there is no data to compute on."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(isinstance(t, Tensor) and (t.device.type == "meta" or is_fake(t))
+               for t in inputs)
 
 
 # ---------------------------------------------------------------- mask_weight

@@ -32,6 +32,12 @@ def check_beta(beta) -> float:
     return beta
 
 
+def _is_fake(tensor: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(tensor)
+
+
 def beta_tensor(beta, logits: torch.Tensor) -> torch.Tensor:
     """β as the one-element tensor the ops take.  A number becomes a 0-d tensor
     of the logits' dtype on their device; a tensor (a layer's buffer) passes
@@ -45,7 +51,8 @@ def beta_tensor(beta, logits: torch.Tensor) -> torch.Tensor:
                          f"{tuple(beta.shape)} of {beta.dtype}")
     if beta.device != logits.device and beta.device.type != "cpu":
         raise ValueError(f"beta is on {beta.device} but logits are on {logits.device}")
-    if beta.device.type == "cpu" and not torch.compiler.is_compiling():
+    if (beta.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not _is_fake(beta)):  # a FakeTensor (memory planning) has no value
         value = beta.item()
         if not 0 < value < math.inf:
             raise ValueError(f"beta must be a positive finite number, got {value}")

@@ -13,6 +13,11 @@ mutation annotations and fakes, subind_fast/_ops.py), served by compiled C++
 on the CPU, Triton on CUDA, PyTorch elsewhere (the ``optim`` family in
 subind_fast.dispatch).  The step count lives
 in a CPU tensor, so ``step()`` never synchronises the device.
+
+Sharded parameters (FSDP2 DTensors) are stepped shard by shard: each rank
+updates its local shard with the frozen bits of that shard (cut from the
+whole-parameter bits once, at construction), and keeps its state as plain
+local tensors.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops
-from .bits import packed_size
+from . import sharded
+from .bits import pack_bits, packed_size, unpack_bits
 
 _PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -35,6 +41,16 @@ def _check_range(name: str, value, low: float, high: float = math.inf, high_open
     if not ok:
         bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
         raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
+
+
+def _bits_of_shard(bits: Tensor, param: Tensor) -> Tensor:
+    """The packed bits of this rank's shard of ``param`` (all of them when
+    ``param`` is not sharded), on its device."""
+    bits = bits.detach()
+    if sharded.is_sharded(param):
+        mask = unpack_bits(bits.cpu(), param.shape)
+        bits = pack_bits(sharded.local_shard(mask, param).cpu())
+    return bits.to(sharded.local(param).device).contiguous()
 
 
 class _FrozenMaskOptimizer(Optimizer):
@@ -60,7 +76,7 @@ class _FrozenMaskOptimizer(Optimizer):
                                  f"{packed_size(param.numel())} uint8 bytes")
         # Validated in full before any state is written.
         for param in frozen:
-            self.state[param]["frozen_bits"] = frozen[param].detach().to(param.device).contiguous()
+            self.state[param]["frozen_bits"] = _bits_of_shard(frozen[param], param)
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
@@ -83,8 +99,9 @@ class _FrozenMaskOptimizer(Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[p]
-                bits = state.get("frozen_bits", self._no_bits(p))
-                self._update(group, p, p.grad.contiguous(), state, bits)
+                shard = sharded.local(p)
+                bits = state.get("frozen_bits", self._no_bits(shard))
+                self._update(group, shard, sharded.local(p.grad).contiguous(), state, bits)
         return loss
 
     def _update(self, group: dict, p: Tensor, grad: Tensor, state: dict, bits: Tensor) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
 from .naming import parameter_names
+from .sharded import whole
 
 FORMAT = "subind-subnetwork"
 FORMAT_VERSION = 1
@@ -76,7 +77,7 @@ class Subnetwork:
         for layer in layers.values():
             for weight, logits in layer.masked_parameters().values():
                 name = table.name_of(weight)
-                mask = (logits.detach() > 0).cpu()
+                mask = (whole(logits.detach()) > 0).cpu()
                 masks[name] = masks[name] | mask if name in masks else mask
         return cls.from_masks(masks, metadata)
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import experiments
+from . import discover_cli, experiments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in experiments.EXPERIMENTS:
         experiments.load(name).register(sub)
+    discover_cli.register(sub)
     rep = sub.add_parser("report", help="tables and figures for a results directory")
     rep.add_argument("out", type=Path)
     rep.set_defaults(handler=_report)

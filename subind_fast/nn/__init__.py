@@ -3,12 +3,12 @@ from .attention import MaskedMultiheadAttention
 from .coverage import MaskCoverageError
 from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin
-from .model import (MaskReport, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
+from .model import (MaskReport, density, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
                     unmask_model)
 from .pretrained import masked_from_pretrained
 from .registry import masked_class_for
 
 __all__ = ["DEFAULT_MASK_INIT", "MaskCoverageError", "MaskReport", "MaskedConv1d", "MaskedConv2d",
            "MaskedConv3d", "MaskedGPT2Conv1D", "MaskedLinear", "MaskedMultiheadAttention",
-           "MaskedWeightMixin", "l0_penalty", "mask_model", "masked_class_for",
+           "MaskedWeightMixin", "density", "l0_penalty", "mask_model", "masked_class_for",
            "masked_from_pretrained", "masked_layers", "set_beta", "set_mode", "unmask_model"]

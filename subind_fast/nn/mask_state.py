@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as SF
+from .. import sharded
 from .._validation import MODE_CODES, check_beta, check_mode
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
@@ -176,13 +177,15 @@ class MaskedWeightMixin:
         return [getattr(self, s) for _, s in self.masked_weights]
 
     def l0(self) -> Tensor:
-        """Σσ(β·s) over the layer's logits: the expected number of kept weights."""
-        terms = [SF.l0(s, self.beta) for s in self._logits()]
+        """Σσ(β·s) over the layer's logits: the expected number of kept weights
+        (over all shards of sharded logits; see subind_fast/sharded.py)."""
+        terms = [sharded.shard_sum(SF.l0(sharded.local(s), self.beta), s)
+                 for s in self._logits()]
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
     def hard_masks(self) -> dict[str, Tensor]:
         """{weight attribute: 1[s > 0] as a bool tensor shaped like θ}."""
-        return {w: s.detach() > 0 for w, (_, s) in self.masked_parameters().items()}
+        return {w: sharded.whole(s.detach()) > 0 for w, (_, s) in self.masked_parameters().items()}
 
     def hard_mask(self) -> Tensor:
         """The binary mask 1[s > 0] of the layer's (single) masked weight."""
@@ -193,7 +196,7 @@ class MaskedWeightMixin:
 
     def density(self) -> float:
         """Fraction of the layer's masked weights the hard mask keeps."""
-        kept = sum(int((s.detach() > 0).sum()) for s in self._logits())
+        kept = sum(sharded.count_positive(s) for s in self._logits())
         return kept / max(1, sum(s.numel() for s in self._logits()))
 
     def _mask_weight(self, weight_name: str) -> Tensor:
@@ -208,7 +211,31 @@ class MaskedWeightMixin:
 
     def _dense_weight(self, weight_name: str = "weight") -> Tensor:
         weight, logits = self.masked_parameters()[weight_name]
-        return (weight.detach() * (logits.detach() > 0).to(weight.dtype)).clone()
+        weight = sharded.whole(weight.detach())
+        return (weight * (sharded.whole(logits.detach()) > 0).to(weight.dtype)).clone()
+
+    def _unsharded_shell(self) -> nn.Module:
+        """A copy of this layer's attributes with every parameter gathered whole
+        and without FSDP's state and hooks (an FSDP module refuses deepcopy;
+        its hooks would gather shards that the copy does not have).  User
+        hooks are dropped with them."""
+        out = object.__new__(nn.Module)
+        for key, value in self.__dict__.items():
+            if key.startswith("__composable_api_state_key") or key.startswith("_fsdp") \
+                    or key == "_is_fsdp_managed_module":
+                continue
+            if "hooks" in key and isinstance(value, dict):
+                value = type(value)()
+            out.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+        for name, param in self._parameters.items():
+            if param is not None:
+                out._parameters[name] = nn.Parameter(sharded.whole(param.detach()).clone(),
+                                                     param.requires_grad)
+        out._buffers = {name: None if b is None else b.clone() for name, b in self._buffers.items()}
+        # FSDP made this layer's class a subclass of its own; the copy is the masked class.
+        out.__class__ = next(c for c in type(self).__mro__ if issubclass(c, MaskedWeightMixin)
+                             and not sharded.is_fsdp_class(c))
+        return out
 
     #: the module type this layer replaces (to_module's result type)
     _plain: type = nn.Module
@@ -222,7 +249,10 @@ class MaskedWeightMixin:
         user's Linear subclass) with θ ⊙ 1[s > 0] baked into each masked
         weight: an independent copy; this layer is unchanged."""
         plain = self._plain_class()
-        out = copy.deepcopy(self)
+        if any(sharded.is_sharded(p) for p in self.parameters(recurse=False)):
+            out = self._unsharded_shell()
+        else:
+            out = copy.deepcopy(self)
         for child_name, child in list(out._modules.items()):
             if isinstance(child, MaskedWeightMixin):
                 out._modules[child_name] = child.to_module()

@@ -11,6 +11,7 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .. import sharded
 from . import coverage
 from .compat import apply_compatibility_fixes
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
@@ -216,6 +217,17 @@ def set_mode(model: nn.Module, mode: Optional[str]) -> None:
 def l0_penalty(model: nn.Module) -> Tensor:
     """Σ over masked layers of Σσ(β·s): the expected number of kept weights."""
     return torch.stack([layer.l0() for layer in _require_masked(model).values()]).sum()
+
+
+def density(model: nn.Module) -> float:
+    """Fraction of all masked weights the hard masks 1[s > 0] keep (over all
+    shards when the logits are sharded)."""
+    kept = total = 0
+    for layer in _require_masked(model).values():
+        for _, logits in layer.masked_parameters().values():
+            kept += sharded.count_positive(logits)
+            total += logits.numel()
+    return kept / max(1, total)
 
 
 def unmask_model(model: nn.Module) -> nn.Module:

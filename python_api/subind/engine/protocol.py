@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -44,12 +44,29 @@ def beta_schedule(epoch: int, epochs: int, beta_final: float) -> float:
     return beta_final ** (epoch / epochs)
 
 
-def _mask_optimizer(name: str, logits: list, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(logits, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(logits, lr=lr)
-    raise ValueError(f"mask optimizer must be 'adam' or 'adamw', got {name!r}")
+def _mask_optimizer(name: str, logits: list, lr: float, fused: Optional[bool]
+                    ) -> torch.optim.Optimizer:
+    """Adam/AdamW over the logits; ``fused`` runs one fused kernel for every
+    logits tensor (None: PyTorch's default implementation choice)."""
+    if name not in ("adam", "adamw"):
+        raise ValueError(f"mask optimizer must be 'adam' or 'adamw', got {name!r}")
+    kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return kind(logits, lr=lr, fused=fused)
+
+
+class DiscoveryState(Protocol):
+    """Where a discovery run keeps its progress so a killed run resumes
+    (the CLI keeps it in distributed checkpoints, engine/dist_checkpoint.py)."""
+
+    def finished(self, lam: float) -> Optional[tuple[float, sf.Subnetwork]]:
+        """(accuracy, subnetwork) of a λ already done, else None."""
+
+    def record(self, lam: float, accuracy: float, subnetwork: sf.Subnetwork) -> None: ...
+
+    def restore(self, model: nn.Module, optimizer, lam: float) -> int:
+        """Load λ's last checkpoint into model and optimizer; the next epoch (0: none)."""
+
+    def save(self, model: nn.Module, optimizer, lam: float, epoch: int) -> None: ...
 
 
 def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iterable, *,
@@ -58,54 +75,76 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
              beta_final: float = 100.0, mask_lr: float = 1e-3, optimizer: str = "adam",
              mask_init: float = sf.nn.DEFAULT_MASK_INIT, seed: int = 0,
              log_dir: Optional[Path] = None, progress: bool = False,
-             train_mode: Callable[[nn.Module], None] = nn.Module.train) -> DiscoveryResult:
+             train_mode: Callable[[nn.Module], None] = nn.Module.train,
+             in_place: bool = False, prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
+             before_epoch: Callable[[int], None] = lambda epoch: None,
+             state: Optional[DiscoveryState] = None, fused: Optional[bool] = None,
+             sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x
+             ) -> DiscoveryResult:
     """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
-    (see module docstring).  ``model`` itself is not modified.  ``train_mode``
-    sets the masked copy's training mode each epoch (e.g. train() with the
-    BatchNorm layers in eval(), to keep a pretrained model's statistics when
-    the data are few; masked layers must stay in training mode, where they
-    apply the soft mask)."""
+    (see module docstring).  ``model`` is masked in place when ``in_place``
+    (no copy: large models), else a copy is and ``model`` is unchanged.
+    ``train_mode`` sets the masked model's training mode each epoch (e.g.
+    train() with the BatchNorm layers in eval(), to keep a pretrained model's
+    statistics when the data are few; masked layers must stay in training
+    mode, where they apply the soft mask).  ``prepare`` wraps the masked model
+    once (DDP, FSDP2, activation checkpointing); ``before_epoch`` runs at each
+    epoch's start (``sampler.set_epoch``); ``state`` saves and restores
+    progress; ``log_dir`` None writes nothing (ranks other than the first)."""
     if not lambdas:
         raise ValueError("lambdas must name at least one L0 penalty")
     if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
         raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
                          f"{beta_final}, {mask_lr})")
-    probe = copy.deepcopy(model)
-    layers = sf.mask_model(probe, include=include, exclude=exclude, init=mask_init)
+    probe = model if in_place else copy.deepcopy(model)
+    sf.mask_model(probe, include=include, exclude=exclude, init=mask_init)
+    probe = prepare(probe)
+    layers = sf.masked_layers(probe)
+    # After prepare: FSDP2 has replaced the logits by sharded parameters.
     logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]
     candidates = []
     for lam in lambdas:
+        done = state.finished(lam) if state is not None else None
+        if done is not None:
+            candidates.append((lam, done[0], done[1].density(), done[1]))
+            continue
+        sf.sharded.reshard(probe)  # FSDP2: the next forward must read the reset shards
         for layer in layers.values():
             layer.reset_logits(mask_init)
-        opt = _mask_optimizer(optimizer, logits, mask_lr)
+        opt = _mask_optimizer(optimizer, logits, mask_lr, fused)
+        first = state.restore(probe, opt, lam) if state is not None else 0
+
+        def epoch_start(e, lam=lam):
+            sf.set_beta(probe, beta_schedule(e, epochs, beta_final))
+            before_epoch(e)
+
+        def epoch_end(e, metrics, lam=lam, opt=opt):
+            if state is not None:
+                state.save(probe, opt, lam, e + 1)
+            return False
+
         log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
-                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"])
+                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"],
+                       keep_epochs=first)
         train(probe, opt, task, train_data, epochs, seed, eval_data,
-              extra_loss=lambda: lam * sf.l0_penalty(probe),
-              before_epoch=lambda e: sf.set_beta(probe, beta_schedule(e, epochs, beta_final)),
-              log=log, progress=f"discover λ={lam:g}" if progress else None,
+              extra_loss=lambda: lam * sf.l0_penalty(probe), before_epoch=epoch_start,
+              after_epoch=epoch_end, log=log,
+              progress=f"discover λ={lam:g}" if progress else None,
               log_extra=lambda: {"beta": float(next(iter(layers.values())).beta),
-                                 "density": _hard_density(layers.values())},
-              train_mode=train_mode)
+                                 "density": sf.nn.density(probe)},
+              train_mode=train_mode, first_epoch=first, sum_over_ranks=sum_over_ranks)
         log.close()
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_data).accuracy
         sub = sf.Subnetwork.from_model(probe, metadata={
             "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
             "mask_init": mask_init, "subtask_accuracy": accuracy})
+        if state is not None:
+            state.record(lam, accuracy, sub)
         candidates.append((lam, accuracy, sub.density(), sub))
     lam, accuracy, density, sub = max(candidates, key=lambda c: (round(c[1], 3), -c[2]))
     return DiscoveryResult(sub, accuracy, density, lam, sub.layer_density(),
                            [(c[0], c[1], c[2]) for c in candidates])
-
-
-def _hard_density(layers) -> float:
-    kept = total = 0
-    for layer in layers:
-        for _, s in layer.masked_parameters().values():
-            kept += int((s.detach() > 0).sum())
-            total += s.numel()
-    return kept / max(1, total)
 
 
 # ----------------------------------------------------------------- transfer

@@ -70,13 +70,16 @@ class EpochLog:
     installed).  A stage always trains from its first epoch, so a log is
     started afresh when its stage (re)starts: a resumed sweep never repeats rows."""
 
-    def __init__(self, path: Optional[Path], fields: list[str]):
+    def __init__(self, path: Optional[Path], fields: list[str], keep_epochs: int = 0):
+        """``keep_epochs``: a resumed stage keeps the rows of the epochs it
+        does not repeat (0 starts the log afresh)."""
         self.path, self.fields = path, fields
         self._tb = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            kept = _rows_before(path, keep_epochs) if keep_epochs else []
             with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(fields)
+                csv.writer(f).writerows([fields] + kept)
             if os.environ.get("SUBIND_TENSORBOARD", "1") == "1":
                 self._tb = _tensorboard_writer(Path(str(path.with_suffix("")) + "-tb"))
 
@@ -95,6 +98,14 @@ class EpochLog:
             self._tb.close()
 
 
+def _rows_before(path: Path, epochs: int) -> list[list[str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r for r in rows if r and r[0].isdigit() and int(r[0]) < epochs]
+
+
 def _tensorboard_writer(folder: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -104,6 +115,19 @@ def _tensorboard_writer(folder: Path):
     return SummaryWriter(str(folder))
 
 
+def set_training_mode(bn_stats: str) -> Callable[[nn.Module], None]:
+    """A ``train_mode`` for :func:`train`: train() for every module, except
+    BatchNorm layers when ``bn_stats`` is "frozen" (they then normalise with
+    their running statistics)."""
+    def apply(model: nn.Module) -> None:
+        model.train()
+        if bn_stats == "frozen":
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+    return apply
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Iterable,
           epochs: int, seed: int, eval_data: Optional[Iterable] = None,
           extra_loss: Optional[Callable[[], Tensor]] = None,
@@ -111,19 +135,25 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
           after_epoch: Optional[Callable[[int, Optional[Metrics]], bool]] = None,
           log: Optional[EpochLog] = None, progress: Optional[str] = None,
           log_extra: Optional[Callable[[], dict]] = None,
-          train_mode: Callable[[nn.Module], None] = nn.Module.train) -> Optional[Metrics]:
-    """Train for ``epochs`` passes over ``data``.  ``before_epoch(epoch)`` runs
+          train_mode: Callable[[nn.Module], None] = nn.Module.train,
+          first_epoch: int = 0,
+          sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x
+          ) -> Optional[Metrics]:
+    """Train for ``epochs`` passes over ``data`` (from ``first_epoch`` when a
+    stage resumes: the epochs before it are done).  ``before_epoch(epoch)`` runs
     first in each epoch (β schedules, ``sampler.set_epoch``);
     ``after_epoch(epoch, eval_metrics)`` may return True to stop;
     ``log_extra()`` adds columns to the epoch's log line; ``train_mode(model)``
     puts the model in training mode each epoch (e.g. all but frozen
-    BatchNorm statistics).  The global RNG is
+    BatchNorm statistics); ``sum_over_ranks`` totals the loss sums over
+    data-parallel ranks for the log.  The global RNG is
     seeded (dropout draws from it), so a stage repeats whatever ran before it."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(seed)
+    if first_epoch == 0:  # a resumed stage has restored the generator's state instead
+        torch.manual_seed(seed)
     metrics = None
-    bar = tqdm(range(epochs), desc=progress, leave=False, disable=progress is None)
+    bar = tqdm(range(first_epoch, epochs), desc=progress, leave=False, disable=progress is None)
     for epoch in bar:
         if before_epoch is not None:
             before_epoch(epoch)
@@ -139,6 +169,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
             size = _batch_size(batch)
             running += loss.item() * size
             count += size
+        running, count = sum_over_ranks([running, count])
         metrics = task.evaluate(model, eval_data) if eval_data is not None else None
         if log is not None:
             log.write(epoch=epoch, train_loss=running / max(1, count),

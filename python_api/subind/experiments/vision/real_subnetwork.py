@@ -79,7 +79,7 @@ def register(subparsers) -> None:
 def run(args, argv) -> int:
     from ...engine.protocol import discover
     from .classify import decide
-    from .experiment import set_training_mode
+    from ...engine.training import set_training_mode
     from .models import load_classifier, preprocessing_of
     from .shape_bias import plot_per_category, summarize, write_decisions
     from .stimuli import scan

@@ -1,0 +1,244 @@
+"""`subind discover`: Subtask Induction's discovery step (paper §3.1) on any
+model and data, in one process or under torchrun (DDP or FSDP2), resumable.
+
+    subind discover --model timm:vit_base_patch16_224 --weights vit_b.safetensors \\
+        --data imagefolder:shapes/ --lambdas 1e-7,5e-7 --epochs 10 --out runs/vit-b
+    torchrun --nproc-per-node=8 -m subind discover … --strategy fsdp2 --dtype bf16 \\
+        --checkpoint-activations --device cuda
+
+Writes OUT/subnetwork.safetensors (1 bit per weight), OUT/density.csv (per
+parameter), OUT/candidates.csv (every λ), OUT/discovery-lambda<λ>.csv (epoch
+logs) and OUT/summary.json.  A killed run started again with the same
+arguments resumes from its last epoch, on any number of ranks.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import experiments
+from .engine import manifest
+from .engine.cli import float_list
+from .engine.data_sources import Classification, DataSpec, resolve
+from .engine.dist_checkpoint import CheckpointedDiscovery
+from .engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
+                                 train_loader, wrap)
+from .engine.files import atomic_write_json, atomic_write_text
+from .engine.models import HF_CLASSES, build_model, parse_kwargs
+from .engine.protocol import PAPER_LAMBDAS, discover
+from .engine.training import set_training_mode
+
+EXPERIMENT = "discover"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+@dataclass
+class DiscoverConfig:
+    """What a results directory's subnetwork depends on (the manifest's
+    identity); how it is run — device, ranks, strategy, checkpointing,
+    workers — is not part of it, so a run may resume differently."""
+    model: str
+    weights: Optional[str]
+    hf_class: str
+    model_kwargs: dict
+    data: str
+    eval_data: Optional[str]
+    image_size: Optional[int]
+    mean: Optional[list]
+    std: Optional[list]
+    include: Optional[list]
+    exclude: Optional[list]
+    lambdas: list = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    epochs: int = 10
+    beta_final: float = 100.0
+    mask_lr: float = 1e-3
+    mask_init: float = -0.1
+    optimizer: str = "adam"
+    batch_size: int = 64
+    seed: int = 0
+    dtype: str = "fp32"
+    autocast: Optional[str] = None
+    bn_stats: str = "frozen"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("discover", help="find a subnetwork in any model (torchrun-ready)",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION")
+    g.add_argument("--weights", help="state-dict file for timm:/hf: models, or 'random'")
+    g.add_argument("--hf-class", default="causal-lm", choices=sorted(HF_CLASSES))
+    g.add_argument("--model-kwargs", help='JSON keyword arguments, e.g. \'{"num_classes": 16}\'')
+    g.add_argument("--include", action="append", help="glob on layer names to mask (repeatable)")
+    g.add_argument("--exclude", action="append", help="glob on layer names to leave (repeatable)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True,
+                   help="imagefolder:DIR, entry:MODULE:FUNCTION or experiment:NAME/SET")
+    g.add_argument("--eval-data", help="scored after each epoch (default: the entry point's "
+                                       "or experiment's own, else the training data)")
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--mean", type=float_list)
+    g.add_argument("--std", type=float_list)
+    g = p.add_argument_group("discovery (paper §3.1)")
+    g.add_argument("--lambdas", type=float_list, default=list(PAPER_LAMBDAS))
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--beta-final", type=float, default=100.0)
+    g.add_argument("--mask-lr", type=float, default=1e-3)
+    g.add_argument("--mask-init", type=float, default=-0.1)
+    g.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
+    g.add_argument("--batch-size", type=int, default=64, help="global batch (over all ranks)")
+    g.add_argument("--eval-batch-size", type=int, default=128, help="per rank")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--bn-stats", choices=["frozen", "batch"], default="frozen",
+                   help="BatchNorm: the model's running statistics (default), or each "
+                        "rank's batch statistics")
+    g = p.add_argument_group("memory and speed")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="storage of the frozen weights (the logits stay fp32; fp64 for checks)")
+    g.add_argument("--autocast", choices=["bf16"], help="run the forward under autocast")
+    g.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each block's activations in backward")
+    g.add_argument("--no-fused", action="store_true",
+                   help="the logits' optimizer without its fused kernel")
+    g.add_argument("--strategy", choices=STRATEGIES, default="none",
+                   help="under torchrun: ddp (replicated) or fsdp2 (sharded, fully_shard)")
+    g.add_argument("--blocks", help="glob naming the blocks to shard/checkpoint one by one "
+                                    "(default: children of blocks/layers/h/stages lists)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def config_of(args) -> DiscoverConfig:
+    cfg = DiscoverConfig(
+        model=args.model, weights=args.weights, hf_class=args.hf_class,
+        model_kwargs=parse_kwargs(args.model_kwargs), data=args.data, eval_data=args.eval_data,
+        image_size=args.image_size, mean=args.mean, std=args.std, include=args.include,
+        exclude=args.exclude, lambdas=args.lambdas, epochs=args.epochs,
+        beta_final=args.beta_final, mask_lr=args.mask_lr, mask_init=args.mask_init,
+        optimizer=args.optimizer, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+        autocast=args.autocast, bn_stats=args.bn_stats)
+    if not cfg.lambdas or any(lam <= 0 for lam in cfg.lambdas):
+        raise ValueError(f"--lambdas must be positive numbers, got {cfg.lambdas}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if args.eval_batch_size < 1 or args.workers < 0:
+        raise ValueError("--eval-batch-size must be >= 1 and --workers >= 0")
+    if cfg.autocast and cfg.dtype == "fp64":
+        raise ValueError("--autocast bf16 with --dtype fp64 makes no sense")
+    return cfg
+
+
+def _experiment_sets(name: str, which: str) -> DataSpec:
+    module = experiments.load(name)
+    if not hasattr(module, "discovery_sets"):
+        raise ValueError(f"the {name} experiment offers no data sets for discover")
+    return module.discovery_sets(which)
+
+
+def _enable_activation_checkpointing(model: nn.Module, blocks_pattern: Optional[str]) -> str:
+    """The model's own switch where it has one, else PyTorch's checkpoint
+    wrapper around each block."""
+    if hasattr(model, "set_grad_checkpointing"):  # timm
+        model.set_grad_checkpointing(True)
+        return "timm set_grad_checkpointing"
+    if getattr(model, "supports_gradient_checkpointing", False):  # transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return "transformers gradient_checkpointing_enable"
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing)
+
+    chosen = set(map(id, blocks_of(model, blocks_pattern)))
+    if not chosen:
+        raise ValueError("--checkpoint-activations: found no blocks to checkpoint; name them "
+                         "with --blocks")
+    apply_activation_checkpointing(model, check_fn=lambda m: id(m) in chosen)
+    return f"checkpoint_wrapper on {len(chosen)} blocks"
+
+
+def _density_table(sub) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["parameter", "shape", "kept", "total", "density"])
+    for name, (kept, total) in sub.counts().items():
+        writer.writerow([name, "x".join(map(str, sub.shape(name))), kept, total,
+                         f"{kept / total:.6f}" if total else "0"])
+    return buffer.getvalue()
+
+
+def run(args, argv=None) -> int:
+    cfg = config_of(args)
+    ranks = start(args.device)
+    try:
+        return _run(cfg, args, ranks)
+    finally:
+        ranks.close()
+
+
+def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
+    started = time.time()
+    if ranks.is_main:
+        manifest.claim(args.out, EXPERIMENT, asdict(cfg))
+    ranks.barrier()
+    torch.manual_seed(cfg.seed)  # the same initialisation on every rank
+    model = build_model(cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs)
+    data = resolve(cfg.data, model, _experiment_sets, cfg.image_size, cfg.mean, cfg.std)
+    eval_set = (resolve(cfg.eval_data, model, _experiment_sets, cfg.image_size, cfg.mean,
+                        cfg.std).train if cfg.eval_data else (data.eval or data.train))
+    dtype = DTYPES[cfg.dtype]
+    task = data.task or Classification(
+        input_dtype=torch.float64 if dtype == torch.float64 else
+        (torch.float32 if cfg.autocast or dtype == torch.float32 else dtype),
+        autocast=torch.bfloat16 if cfg.autocast else None, sum_over_ranks=ranks.sum)
+    train_batches, sampler = train_loader(data.train, cfg.batch_size, ranks, cfg.seed,
+                                          args.workers)
+    eval_batches = eval_loader(eval_set, args.eval_batch_size, ranks, args.workers)
+    notes = []
+
+    def prepare(masked: nn.Module) -> nn.Module:
+        masked.to(dtype)  # frozen weights in dtype; fp32 logits stay fp32 (mask_state.py)
+        masked.to(ranks.device)
+        if args.checkpoint_activations:
+            notes.append(_enable_activation_checkpointing(masked, args.blocks))
+        return wrap(masked, args.strategy, ranks, blocks_of(masked, args.blocks))
+
+    result = discover(
+        model, task, train_batches, eval_batches, include=cfg.include, exclude=cfg.exclude,
+        lambdas=cfg.lambdas, epochs=cfg.epochs, beta_final=cfg.beta_final,
+        mask_lr=cfg.mask_lr, optimizer=cfg.optimizer, mask_init=cfg.mask_init, seed=cfg.seed,
+        log_dir=args.out if ranks.is_main else None,
+        progress=ranks.is_main and not args.no_progress,
+        train_mode=set_training_mode(cfg.bn_stats),
+        in_place=True, prepare=prepare, before_epoch=sampler.set_epoch,
+        state=CheckpointedDiscovery(args.out, ranks), fused=not args.no_fused,
+        sum_over_ranks=ranks.sum)
+    if ranks.is_main:
+        _write_results(args.out, cfg, result, ranks, notes, time.time() - started)
+    ranks.barrier()
+    return 0
+
+
+def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float) -> None:
+    result.subnetwork.save(out / "subnetwork.safetensors")
+    atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
+    atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
+        f"{lam:g},{acc:.6f},{dens:.6f}\n" for lam, acc, dens in result.candidates))
+    atomic_write_json(out / "summary.json", {
+        "l0_lambda": result.l0_lambda, "accuracy": result.accuracy,
+        "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
+        "activation_checkpointing": notes[0] if notes else None})
+    print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
+          f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
+          f"{out / 'subnetwork.safetensors'}")

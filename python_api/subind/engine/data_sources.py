@@ -1,0 +1,127 @@
+"""Data for commands that take any model (``subind discover``): where the
+samples come from, and the classification task they are scored with.
+
+* ``imagefolder:DIR``   a torchvision ImageFolder (one folder per class), resized,
+                        centre-cropped and normalised with the model's own
+                        preprocessing (timm's data config) unless overridden;
+* ``entry:MOD:FUNC``    ``MOD.FUNC()`` returning {"train": Dataset, "eval": Dataset
+                        (optional), "task": a Task (optional)};
+* ``experiment:NAME/SET`` a set an experiment offers (e.g. vision/pooled).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .training import Metrics, model_device
+
+
+@dataclass
+class DataSpec:
+    train: Dataset
+    eval: Optional[Dataset] = None
+    task: Optional[object] = None
+
+
+def _image_transform(model: nn.Module, size: Optional[int], mean, std):
+    from torchvision import transforms
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    mean = tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(std or cfg.get("std", (0.229, 0.224, 0.225)))
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                               transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def image_folder(directory: Path, model: nn.Module, size=None, mean=None, std=None) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image folder {directory} does not exist")
+    return ImageFolder(str(directory), transform=_image_transform(model, size, mean, std))
+
+
+def _entry(spec: str) -> DataSpec:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--data entry:MODULE:FUNCTION expected, got entry:{spec}")
+    value = getattr(importlib.import_module(module_name), attr)()
+    if not isinstance(value, dict) or "train" not in value:
+        raise ValueError(f"{spec} must return a dict with 'train' (and optionally 'eval', "
+                         f"'task'), got {type(value).__name__}")
+    return DataSpec(value["train"], value.get("eval"), value.get("task"))
+
+
+def resolve(spec: str, model: nn.Module, experiment_sets: Callable[[str, str], DataSpec],
+            size=None, mean=None, std=None) -> DataSpec:
+    """The data ``spec`` names (see module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "imagefolder":
+        return DataSpec(image_folder(Path(rest), model, size, mean, std))
+    if kind == "entry":
+        return _entry(rest)
+    if kind == "experiment":
+        name, _, which = rest.partition("/")
+        return experiment_sets(name, which)
+    raise ValueError(f"--data must be imagefolder:DIR, entry:MODULE:FUNCTION or "
+                     f"experiment:NAME/SET, got {spec!r}")
+
+
+class Classification:
+    """Cross-entropy of ``model(inputs)`` (a tensor, or an output with
+    ``.logits`` as transformers returns) against the labels.  Inputs are cast
+    to ``input_dtype`` and, where ``autocast`` names a dtype, the forward runs
+    under autocast on the model's device.  ``evaluate`` sums over ranks with
+    ``sum_over_ranks`` (each rank scores its own part of the data)."""
+
+    def __init__(self, input_dtype: torch.dtype = torch.float32,
+                 autocast: Optional[torch.dtype] = None,
+                 sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x):
+        self.input_dtype, self.autocast = input_dtype, autocast
+        self.sum_over_ranks = sum_over_ranks
+
+    def logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        device = model_device(model)
+        inputs = inputs.to(device, non_blocking=True)
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.input_dtype)
+        context = (torch.autocast(device.type, dtype=self.autocast) if self.autocast
+                   else contextlib.nullcontext())
+        with context:
+            out = model(inputs)
+        out = getattr(out, "logits", out)
+        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        logits = self.logits(model, batch[0])
+        return nn.functional.cross_entropy(logits, batch[1].to(logits.device))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data) -> Metrics:
+        was_training = model.training
+        model.eval()
+        loss_sum = correct = count = 0.0
+        try:
+            for inputs, labels in data:
+                logits = self.logits(model, inputs)
+                labels = labels.to(logits.device)
+                # Label -100 (padding, engine/distributed.py) counts for nothing.
+                loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum",
+                                                              ignore_index=-100))
+                correct += float((logits.argmax(-1) == labels).sum())
+                count += float((labels != -100).sum())
+        finally:
+            model.train(was_training)
+        loss_sum, correct, count = self.sum_over_ranks([loss_sum, correct, count])
+        if count == 0:
+            raise ValueError("the evaluation data are empty")
+        return Metrics(loss_sum / count, correct / count)

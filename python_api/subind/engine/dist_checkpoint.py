@@ -1,0 +1,113 @@
+"""Resumable discovery: the mask logits and their optimizer state saved with
+torch.distributed.checkpoint after every epoch, so a killed run resumes where
+it stopped — on the same or a different number of ranks (DCP reshards).
+
+Layout under ``OUT``::
+
+    checkpoint/lambda-<λ>/epoch-<n>/   a DCP checkpoint after n epochs of λ
+    checkpoint/lambda-<λ>/latest.json  {"epoch": n}, written once epoch-n is complete
+    lambda-<λ>/subnetwork.safetensors  λ's finished hard mask
+    lambda-<λ>/result.json             its subtask accuracy
+
+Only the logits are saved (the frozen weights never change).  The first rank
+writes the small files; DCP writes every rank's shards itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+import subind_fast as sf
+
+from .distributed import Ranks
+from .files import atomic_write_json
+
+
+# Fault injection for crash-recovery tests: SUBIND_CRASH_AFTER=<λ>/<epoch>
+# ends every rank abruptly (no clean-up) once that epoch's checkpoint is complete.
+CRASH_AFTER = "SUBIND_CRASH_AFTER"
+CRASH_EXIT_CODE = 75
+
+
+def _lambda_name(lam: float) -> str:
+    return f"lambda-{lam:g}"
+
+
+class CheckpointedDiscovery:
+    """engine.protocol.DiscoveryState kept in ``out`` with DCP."""
+
+    def __init__(self, out: Path, ranks: Ranks):
+        self.out, self.ranks = Path(out), ranks
+
+    # ------------------------------------------------------------ finished λ
+    def finished(self, lam: float) -> Optional[tuple[float, sf.Subnetwork]]:
+        folder = self.out / _lambda_name(lam)
+        if not (folder / "result.json").is_file():
+            return None
+        result = json.loads((folder / "result.json").read_text())
+        return result["accuracy"], sf.Subnetwork.load(folder / "subnetwork.safetensors")
+
+    def record(self, lam: float, accuracy: float, subnetwork: sf.Subnetwork) -> None:
+        if self.ranks.is_main:
+            folder = self.out / _lambda_name(lam)
+            subnetwork.save(folder / "subnetwork.safetensors")
+            atomic_write_json(folder / "result.json", {"l0_lambda": lam, "accuracy": accuracy,
+                                                       "density": subnetwork.density()})
+            shutil.rmtree(self.out / "checkpoint" / _lambda_name(lam), ignore_errors=True)
+            if (self.out / "checkpoint").is_dir() and not any((self.out / "checkpoint").iterdir()):
+                (self.out / "checkpoint").rmdir()
+        self.ranks.barrier()
+
+    # ------------------------------------------------------------ per epoch
+    @staticmethod
+    def _logits_state(model: nn.Module, optimizer) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(model, optimizer)
+        logits_names = {s for layer in sf.masked_layers(model).values()
+                        for _, s in layer.masked_weights}
+        return ({k: v for k, v in model_state.items() if k.rpartition(".")[2] in logits_names},
+                optim_state)
+
+    def save(self, model: nn.Module, optimizer, lam: float, epoch: int) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        folder = self.out / "checkpoint" / _lambda_name(lam)
+        model_state, optim_state = self._logits_state(model, optimizer)
+        with warnings.catch_warnings():  # one process without a group: intended
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+            dcp.save({"logits": model_state, "optimizer": optim_state},
+                     checkpoint_id=str(folder / f"epoch-{epoch}"))
+        self.ranks.barrier()
+        if self.ranks.is_main:
+            atomic_write_json(folder / "latest.json", {"epoch": epoch})
+            for old in folder.glob("epoch-*"):
+                if old.name != f"epoch-{epoch}":
+                    shutil.rmtree(old, ignore_errors=True)
+        self.ranks.barrier()
+        if os.environ.get(CRASH_AFTER) == f"{lam:g}/{epoch}":
+            os._exit(CRASH_EXIT_CODE)  # fault injection: a kill right after this checkpoint
+
+    def restore(self, model: nn.Module, optimizer, lam: float) -> int:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        latest = self.out / "checkpoint" / _lambda_name(lam) / "latest.json"
+        if not latest.is_file():
+            return 0
+        epoch = int(json.loads(latest.read_text())["epoch"])
+        model_state, optim_state = self._logits_state(model, optimizer)
+        state = {"logits": model_state, "optimizer": optim_state}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+            dcp.load(state, checkpoint_id=str(latest.parent / f"epoch-{epoch}"))
+        set_state_dict(model, optimizer, model_state_dict=state["logits"],
+                       optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(strict=False))
+        return epoch

@@ -1,0 +1,120 @@
+"""Where a model comes from, for any command that takes one:
+
+* ``timm:NAME``        a timm architecture built from its config (no download),
+* ``hf:DIR``           a transformers model from a local directory: with its
+                       weights (``from_pretrained``) or from its config.json only,
+* ``entry:MOD:FUNC``   ``MOD.FUNC()``, any function that returns an nn.Module;
+
+plus the weights to load into the first two: a state-dict file (safetensors
+or torch), or ``random`` to keep the fresh initialisation on purpose (for
+benchmarks and tests; discovering a subnetwork needs a trained model).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+RANDOM_WEIGHTS = "random"
+HF_CLASSES = {"causal-lm": "AutoModelForCausalLM",
+              "image-classification": "AutoModelForImageClassification",
+              "sequence-classification": "AutoModelForSequenceClassification"}
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """A state dict from a safetensors or torch file (common checkpoint
+    wrappers and DDP's ``module.`` prefix removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: Path, origin: str) -> None:
+    """Load a state-dict file into ``model``; every tensor must fit."""
+    missing, unexpected = model.load_state_dict(load_state_dict_file(Path(path)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {origin}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def entry_point(spec: str) -> nn.Module:
+    """'package.module:function' → function() (a model)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"an entry point must look like 'package.module:function', got {spec!r}")
+    model = getattr(importlib.import_module(module_name), attr)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _hf_model(directory: Path, weights: Optional[str], hf_class: str, kwargs: dict) -> nn.Module:
+    import transformers
+
+    if hf_class not in HF_CLASSES:
+        raise ValueError(f"--hf-class must be one of {sorted(HF_CLASSES)}, got {hf_class!r}")
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no config.json (hf:DIR needs a local "
+                                "transformers model directory)")
+    auto = getattr(transformers, HF_CLASSES[hf_class])
+    has_weights = any(directory.glob("*.safetensors")) or any(directory.glob("*.bin"))
+    if weights is None and has_weights:
+        return auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
+    config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True,
+                                                     **kwargs)
+    return auto.from_config(config)
+
+
+def build_model(spec: str, weights: Optional[str] = None, hf_class: str = "causal-lm",
+                model_kwargs: Optional[dict] = None) -> nn.Module:
+    """The model ``spec`` names (see module docstring), with ``weights`` loaded."""
+    kind, _, rest = spec.partition(":")
+    kwargs = dict(model_kwargs or {})
+    if kind == "entry":
+        if weights not in (None, RANDOM_WEIGHTS):
+            raise ValueError("an entry point builds its own model: pass no --weights")
+        return entry_point(rest)
+    if kind == "timm":
+        import timm
+
+        model = timm.create_model(rest, pretrained=False, **kwargs)
+    elif kind == "hf":
+        model = _hf_model(Path(rest), weights, hf_class, kwargs)
+        if weights is None:
+            return model
+    else:
+        raise ValueError(f"--model must be timm:NAME, hf:DIR or entry:MODULE:FUNCTION, got {spec!r}")
+    if weights is None:
+        raise ValueError(f"--model {spec} needs --weights FILE (nothing is downloaded), or "
+                         f"--weights {RANDOM_WEIGHTS} to keep the random initialisation")
+    if weights != RANDOM_WEIGHTS:
+        load_weights(model, Path(weights), spec)
+    return model
+
+
+def parse_kwargs(text: Optional[str]) -> dict:
+    """--model-kwargs as a JSON object (e.g. '{"num_classes": 16}')."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
+    return value
