@@ -16,7 +16,7 @@ SUBIND_REQUIRE_CUDA_BUILD ?= 0
 export SUBIND_SKIP_CUDA_BUILD SUBIND_REQUIRE_CUDA_BUILD
 CUDA_TOOLKIT_PACKAGES := nvidia-cuda-nvcc nvidia-cuda-crt nvidia-nvvm nvidia-cuda-cccl nvidia-cuda-runtime
 
-.PHONY: all venv install build cuda-toolkit test test-fast demo bench bench-layers bench-optim clean
+.PHONY: all venv install build cuda-toolkit test test-fast demo bench bench-layers bench-optim bench-model bench-report clean
 
 all: test
 
@@ -68,6 +68,13 @@ bench-layers: build
 bench-optim: build
 	$(PY) benchmarks/bench_optim.py
 
+bench-model: build
+	$(PY) benchmarks/bench_model_step.py
+
+# The README's benchmark tables and plot, from benchmarks/results/results.csv.
+bench-report:
+	$(PY) benchmarks/report.py
+
 # The main job: both Subtask Induction experiments' quick presets (arithmetic, then
 # vision), each as parallel shards on this machine's cores, then both reports.
 DEMO_OUT ?= build/demo
@@ -78,7 +85,7 @@ demo: build
 	$(VENV)/bin/subind report $(DEMO_OUT)/arithmetic
 	$(VENV)/bin/subind report $(DEMO_OUT)/vision
 
-bench: bench-layers bench-optim
+bench: bench-layers bench-optim bench-model
 
 clean:
 	rm -rf build subind_fast/*.so *.egg-info

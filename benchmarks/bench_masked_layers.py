@@ -210,7 +210,8 @@ def main(argv=None) -> int:
     def run():
         print(f"device: {harness.device_name(device)}, dtype {dtype}, torch {torch.__version__}, "
               f"beta {BETA}; medians of fwd / bwd / fwd+bwd in ms\n")
-        rec = harness.Recorder("masked_layers", device)
+        rec = harness.Recorder("masked_layers", device, dtype=str(dtype).removeprefix("torch."),
+                               config=harness.run_config(device))
         header = ["shape", "provider", "fwd ms", "bwd ms", "full ms", "full / floor",
                   "saved B/weight"]
         rows = []

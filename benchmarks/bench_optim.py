@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     device = harness.device_from_args(parser, args)
 
     def run():
-        rec = harness.Recorder("optim", device)
+        rec = harness.Recorder("optim", device, dtype="float32", config=harness.run_config(device))
         print(f"device: {harness.device_name(device)}, torch {torch.__version__}; AdamW fp32, "
               f"{FROZEN_FRACTION:.0%} of each matrix frozen; median step time\n")
         rows = []

@@ -5,8 +5,10 @@
 * memory: bytes saved for backward beyond the inputs and parameters
   (``saved_tensors_hooks``), and peak allocated memory on a GPU;
 * output: a table printed per bench and rows appended to a CSV with a fixed
-  schema (timestamp, git sha, device, versions, bench, shape, provider, mode,
-  metric, p20, p50, p80).
+  schema (timestamp, git sha, device, versions, bench, shape, dtype, config,
+  provider, mode, metric, p20, p50, p80); rows written before the dtype and
+  config columns existed are carried over with those cells empty.
+  ``benchmarks/report.py`` turns the CSV into the README's tables.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-CSV_COLUMNS = ["timestamp", "git_sha", "device", "torch", "triton", "bench", "shape", "provider",
-               "mode", "metric", "p20", "p50", "p80"]
+CSV_COLUMNS = ["timestamp", "git_sha", "device", "torch", "triton", "bench", "shape", "dtype",
+               "config", "provider", "mode", "metric", "p20", "p50", "p80"]
 DEFAULT_CSV = Path(__file__).parent / "results" / "results.csv"
 
 
@@ -153,16 +155,24 @@ class Row:
     mode: str
     metric: str
     stats: Stats
+    dtype: str = ""
+    config: str = ""
 
 
 @dataclass
 class Recorder:
+    """Rows of one bench; ``dtype`` and ``config`` (e.g. "batch=8 threads=2")
+    describe the run and fill those columns of every row."""
     bench: str
     device: torch.device
     rows: list[Row] = field(default_factory=list)
+    dtype: str = ""
+    config: str = ""
 
-    def add(self, shape: str, provider: str, mode: str, metric: str, stats: Stats) -> None:
-        self.rows.append(Row(self.bench, shape, provider, mode, metric, stats))
+    def add(self, shape: str, provider: str, mode: str, metric: str, stats: Stats,
+            config: str = "") -> None:
+        self.rows.append(Row(self.bench, shape, provider, mode, metric, stats, self.dtype,
+                             " ".join(x for x in (self.config, config) if x)))
 
     def csv_rows(self) -> list[list[str]]:
         try:
@@ -172,23 +182,30 @@ class Recorder:
             triton_version = ""
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         sha, dev = git_sha(), device_name(self.device)
-        return [[stamp, sha, dev, torch.__version__, triton_version, r.bench, r.shape, r.provider,
-                 r.mode, r.metric, f"{r.stats.p20:.6g}", f"{r.stats.p50:.6g}", f"{r.stats.p80:.6g}"]
-                for r in self.rows]
+        return [[stamp, sha, dev, torch.__version__, triton_version, r.bench, r.shape, r.dtype,
+                 r.config, r.provider, r.mode, r.metric, f"{r.stats.p20:.6g}",
+                 f"{r.stats.p50:.6g}", f"{r.stats.p80:.6g}"] for r in self.rows]
+
+
+def read_csv(path: Path = DEFAULT_CSV) -> list[dict]:
+    """Every row of the results CSV as a dict over CSV_COLUMNS (older rows
+    without dtype/config get empty cells)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{c: row.get(c) or "" for c in CSV_COLUMNS} for row in csv.DictReader(handle)]
 
 
 def append_csv(recorder: Recorder, path: Path = DEFAULT_CSV) -> Path:
     """Append the recorder's rows to ``path`` atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else ""
+    old = read_csv(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".csv")
     try:
         with os.fdopen(fd, "w", newline="") as handle:
-            if old:
-                handle.write(old if old.endswith("\n") else old + "\n")
             writer = csv.writer(handle)
-            if not old:
-                writer.writerow(CSV_COLUMNS)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows([row[c] for c in CSV_COLUMNS] for row in old)
             writer.writerows(recorder.csv_rows())
         os.replace(tmp, path)
     except BaseException:
@@ -236,6 +253,11 @@ def run_at_thread_counts(device: torch.device, args, run: Callable[[], None]) ->
     for threads in (args.threads if device.type == "cpu" else [torch.get_num_threads()]):
         torch.set_num_threads(threads)
         run()
+
+
+def run_config(device: torch.device) -> str:
+    """The configuration column's common part: the thread count on the CPU."""
+    return f"threads={torch.get_num_threads()}" if device.type == "cpu" else "gpu"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

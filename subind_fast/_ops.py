@@ -42,10 +42,15 @@ def _autocast_eligible(t) -> bool:
     return isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for meta: no autocast there)."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
 def autocast_inputs(inputs: tuple, cast_positions: Sequence[int], device_type: str) -> tuple:
     """``inputs`` with the tensors at ``cast_positions`` in the autocast dtype
     when autocast is enabled for ``device_type`` (unchanged otherwise)."""
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_on(device_type):
         return inputs
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if i in cast_positions and _autocast_eligible(t) else t
@@ -159,7 +164,7 @@ class DifferentiableOp(EagerFastPath):
         if torch.compiler.is_compiling() or _without_data(inputs):
             return self.op(*inputs)  # the registered op: its fake kernel serves shapes
         device_type = next(t.device.type for t in inputs if isinstance(t, Tensor))
-        if self.autocast_cast and torch.is_autocast_enabled(device_type):
+        if self.autocast_cast and _autocast_on(device_type):
             inputs = autocast_inputs(inputs, self.autocast_cast, device_type)
             with torch.autocast(device_type, enabled=False):
                 return self._call_eager(inputs)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import discover_cli, experiments
+from . import discover_cli, experiments, plan_memory_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in experiments.EXPERIMENTS:
         experiments.load(name).register(sub)
     discover_cli.register(sub)
+    plan_memory_cli.register(sub)
     rep = sub.add_parser("report", help="tables and figures for a results directory")
     rep.add_argument("out", type=Path)
     rep.set_defaults(handler=_report)
@@ -26,7 +27,8 @@ def _report(args, argv) -> int:
     from .engine import manifest
 
     name = manifest.read(args.out)["experiment"]
-    text, figures = experiments.load(name).report(args.out)
+    source = discover_cli if name == discover_cli.EXPERIMENT else experiments.load(name)
+    text, figures = source.report(args.out)
     print(text)
     for path in figures:
         print(f"figure: {path}")

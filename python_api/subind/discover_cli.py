@@ -230,6 +230,29 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
     return 0
 
 
+def report(out: Path) -> tuple[str, list]:
+    """`subind report OUT` for a discovery directory: the λ candidates and the
+    per-parameter density table."""
+    out = Path(out)
+    if not (out / "summary.json").is_file():
+        raise FileNotFoundError(f"{out}: no summary.json yet (the discovery has not finished)")
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [f"# discovery in {out}", "",
+             f"chosen λ = {summary['l0_lambda']:g}: accuracy {summary['accuracy']:.4f}, density "
+             f"{summary['density']:.4f} ({summary['ranks']} rank(s), {summary['seconds']} s)", "",
+             "| λ | accuracy | density |", "|---|---|---|"]
+    with open(out / "candidates.csv", newline="") as f:
+        lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
+                  for r in csv.DictReader(f)]
+    lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
+    with open(out / "density.csv", newline="") as f:
+        lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
+                  f"{r['density']} |" for r in csv.DictReader(f)]
+    return "\n".join(lines), []
+
+
 def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float) -> None:
     result.subnetwork.save(out / "subnetwork.safetensors")
     atomic_write_text(out / "density.csv", _density_table(result.subnetwork))

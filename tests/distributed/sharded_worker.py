@@ -2,6 +2,7 @@
 FSDP2-sharded parameters against the same model unsharded in this process
 (float64).  Exits non-zero with a message on the first mismatch."""
 import copy
+import gc
 import sys
 
 import torch
@@ -97,8 +98,11 @@ def main():
             check(torch.equal(whole[mask], start[name][mask]),
                   f"{optimizer.__name__}: frozen entries of {name} moved")
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # Destroy the group only once main()'s models, optimizers and FSDP state are gone:
+    # gloo work objects still referenced at teardown can abort the process.
+    gc.collect()
+    dist.destroy_process_group()

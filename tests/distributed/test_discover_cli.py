@@ -127,3 +127,9 @@ def test_bad_arguments_name_the_problem(extra, message, tmp_path, capsys):
 def test_uneven_global_batch_is_refused_under_torchrun(tmp_path):
     done = _torchrun(_args(tmp_path / "odd", "--strategy", "ddp", "--batch-size", "63"))
     assert done.returncode != 0 and "divisible by the number of ranks (2)" in done.stderr
+
+
+def test_report_reads_a_discovery_directory(one_process_fp64, capsys):
+    assert main(["report", str(one_process_fp64)]) == 0
+    text = capsys.readouterr().out
+    assert "| λ | accuracy | density |" in text and "blocks.0.mlp.fc1.weight" in text

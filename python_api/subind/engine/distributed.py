@@ -54,7 +54,13 @@ class Ranks:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the group (called once the run's models are gone: gloo work
+        objects still referenced at teardown can abort the process)."""
         if self.started_group and dist.is_initialized():
+            import gc
+
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -5,9 +5,10 @@
                        weights (``from_pretrained``) or from its config.json only,
 * ``entry:MOD:FUNC``   ``MOD.FUNC()``, any function that returns an nn.Module;
 
-plus the weights to load into the first two: a state-dict file (safetensors
-or torch), or ``random`` to keep the fresh initialisation on purpose (for
-benchmarks and tests; discovering a subnetwork needs a trained model).
+plus the weights to load: a state-dict file (safetensors or torch; optional
+for an entry point, which may load its own), or ``random`` to keep the fresh
+initialisation on purpose (for benchmarks and tests; discovering a subnetwork
+needs a trained model).
 """
 from __future__ import annotations
 
@@ -86,9 +87,10 @@ def build_model(spec: str, weights: Optional[str] = None, hf_class: str = "causa
     kind, _, rest = spec.partition(":")
     kwargs = dict(model_kwargs or {})
     if kind == "entry":
+        model = entry_point(rest)
         if weights not in (None, RANDOM_WEIGHTS):
-            raise ValueError("an entry point builds its own model: pass no --weights")
-        return entry_point(rest)
+            load_weights(model, Path(weights), spec)
+        return model
     if kind == "timm":
         import timm
 

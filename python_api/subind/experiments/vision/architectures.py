@@ -42,3 +42,10 @@ def make_model(arch: str, num_classes: int, width: int, seed: int,
         else:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     return model
+
+
+def quick_resnet18() -> nn.Module:
+    """The quick preset's ResNet-18 (width 16, 16 classes) as an entry point, e.g.
+    ``subind discover --model entry:subind.experiments.vision.architectures:quick_resnet18
+    --weights OUT/adapted/resnet18/model.safetensors``."""
+    return make_model("resnet18", 16, 16, seed=0, stem_stride=2)

@@ -1,0 +1,43 @@
+"""benchmarks/report.py: the README's benchmark tables come from the CSV
+(latest run per device), and old rows without dtype/config columns still read."""
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import harness  # noqa: E402
+import report  # noqa: E402
+
+
+def _write(path, header, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def test_latest_run_per_device_fills_the_marked_sections(tmp_path):
+    old_header = [c for c in harness.CSV_COLUMNS if c not in ("dtype", "config")]
+    base = ["AMD EPYC (1 thread)", "2.14", "3.8"]
+    rows = []
+    for stamp, ours in (("2026-01-01T00:00:00+00:00", 99.0), ("2026-02-01T00:00:00+00:00", 10.0)):
+        for provider, ms in (("plain", 8.0), ("eager", 12.0), ("ours", ours)):
+            rows.append([stamp, "abc", *base, "model_step", "GPT-2", provider, "step", "ms",
+                         ms, ms, ms])
+            rows.append([stamp, "abc", *base, "model_step", "GPT-2", provider, "step",
+                         "saved_mib", 5, 5, 5])
+    path = tmp_path / "results.csv"
+    _write(path, old_header, rows)
+    loaded = harness.read_csv(path)
+    assert loaded[0]["dtype"] == "" and loaded[0]["provider"] == "plain"
+    text = report.model_step_table(loaded)
+    assert "**10 ms · 5 MiB**" in text and "12 ms · 5 MiB (1.20×)" in text
+    assert "99" not in text  # the older run is not shown
+    readme = "".join(f"<!-- bench:{n} -->\nstale\n<!-- /bench:{n} -->\n" for n in report.SECTIONS)
+    rendered = report.render(readme, loaded)
+    assert "stale" not in rendered and "**10 ms · 5 MiB**" in rendered
+
+
+def test_missing_markers_are_an_error():
+    with pytest.raises(ValueError, match="bench:layers"):
+        report.render("no markers here", [])
