@@ -14,7 +14,7 @@ import torch
 from .engine import memory_plan as mp
 from .engine.cli import int_list, str_list
 from .engine.distributed import STRATEGIES, blocks_of
-from .engine.models import HF_CLASSES, build_model, parse_kwargs
+from .engine.models import HF_CLASSES, build_model, input_size, parse_kwargs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -51,10 +51,9 @@ def _input_maker(model, args, dtype):
     elif args.model.startswith("hf:") and args.hf_class != "image-classification":
         return lambda b: torch.zeros(b, args.seq_len, dtype=torch.long, device="meta")
     else:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        if "input_size" not in cfg:
+        shape = input_size(model)
+        if shape is None:
             raise ValueError(f"{args.model}: give --input-shape (no input size known)")
-        shape = tuple(cfg["input_size"])
     return lambda b: torch.randn(b, *shape, dtype=dtype, device="meta")
 
 

@@ -133,3 +133,63 @@ def test_report_reads_a_discovery_directory(one_process_fp64, capsys):
     assert main(["report", str(one_process_fp64)]) == 0
     text = capsys.readouterr().out
     assert "| λ | accuracy | density |" in text and "blocks.0.mlp.fc1.weight" in text
+
+
+ENTRY = ["--model", "entry:discover_entries:block_mlp", "--data",
+         "entry:discover_entries:gaussian_data", "--lambdas", "1e-4", "--epochs", "3",
+         "--batch-size", "32", "--mask-lr", "0.05", "--mask-init", "0.05", "--dtype", "fp64",
+         "--no-progress"]
+
+
+def test_entry_points_and_the_generic_checkpoint_wrapper(tmp_path):
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    assert main(["discover", *ENTRY, "--out", str(plain)]) == 0
+    assert main(["discover", *ENTRY, "--out", str(ckpt), "--checkpoint-activations"]) == 0
+    assert json.loads((ckpt / "summary.json").read_text())["activation_checkpointing"] == \
+        "checkpoint_wrapper on 3 blocks"
+    assert sf.Subnetwork.load(plain / "subnetwork.safetensors") == \
+        sf.Subnetwork.load(ckpt / "subnetwork.safetensors")
+
+
+def test_transformers_directory_and_image_folder(tmp_path):
+    """hf:DIR with its own weights, on an ImageFolder of PNGs."""
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification
+
+    model_dir = tmp_path / "vit"
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(model_dir)
+    images = tmp_path / "images"
+    g = torch.Generator().manual_seed(0)
+    for label in ("a", "b", "c"):
+        (images / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(images / label / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["discover", "--model", f"hf:{model_dir}", "--hf-class", "image-classification",
+                 "--data", f"imagefolder:{images}", "--image-size", "32", "--mean", "0.5,0.5,0.5",
+                 "--std", "0.5,0.5,0.5", "--lambdas", "1e-4", "--epochs", "2", "--batch-size",
+                 "12", "--out", str(out), "--no-progress"]) == 0
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    reloaded = ViTForImageClassification.from_pretrained(model_dir)
+    linear = {f"{n}.weight" for n, m in reloaded.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linear and linear <= set(sub.names())  # every linear layer was masked
+    assert json.loads((out / "summary.json").read_text())["accuracy"] >= 0
+
+
+def test_plan_memory_prints_a_table(capsys):
+    from subind.cli import main as cli
+
+    assert cli(["plan-memory", "--model", "timm:vit_tiny_patch16_224", "--model-kwargs",
+                json.dumps(dict(img_size=32, patch_size=8, depth=2)), "--batch", "4",
+                "--dtype", "fp32", "--providers", "ours,eager", "--gpu-mem", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["provider", "static", "GiB", "activations", "GiB", "peak", "GiB",
+                                "fits", "largest", "batch"]
+    ours = lines[3].split()
+    assert ours[0] == "ours" and ours[4] == "yes" and int(ours[5]) > 4
+    assert cli(["plan-memory", "--model", "timm:vit_tiny_patch16_224", "--batch", "4",
+                "--world-size", "2"]) == 2

@@ -33,8 +33,10 @@ class DataSpec:
 def _image_transform(model: nn.Module, size: Optional[int], mean, std):
     from torchvision import transforms
 
+    from .models import input_size
+
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    size = size or (input_size(model) or (3, 224, 224))[-1]
     mean = tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(std or cfg.get("std", (0.229, 0.224, 0.225)))
     return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),

@@ -120,3 +120,17 @@ def parse_kwargs(text: Optional[str]) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
     return value
+
+
+def input_size(model: nn.Module) -> Optional[tuple]:
+    """(C, H, W) a vision model expects: timm's data config, with the image size
+    the model was actually built for (``img_size=`` changes the model, not its
+    pretrained_cfg); None when unknown."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" not in cfg:
+        return None
+    channels, height, width = cfg["input_size"]
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built is not None:
+        height, width = (built, built) if isinstance(built, int) else tuple(built)
+    return int(channels), int(height), int(width)
