@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import discover_cli, experiments, plan_memory_cli
+from . import analyze_cli, discover_cli, experiments, plan_memory_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
         experiments.load(name).register(sub)
     discover_cli.register(sub)
     plan_memory_cli.register(sub)
+    analyze_cli.register(sub)
     rep = sub.add_parser("report", help="tables and figures for a results directory")
     rep.add_argument("out", type=Path)
     rep.set_defaults(handler=_report)

@@ -1,0 +1,145 @@
+"""`subind analyze A.safetensors B.safetensors [C …] --out DIR`: how
+subnetworks of one model compare (subind_fast.analysis): per-parameter and
+per-block density and overlap (IoU, intersection over minimum, shared
+fractions), each mask's share of weights in the union of the others, P_reuse
+and P_specialize for the first two, and seed stability (pairwise IoU) with
+--stability.  Writes overlap.csv, sharing.csv, summary.md and PNG plots.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+from pathlib import Path
+
+import subind_fast as sf
+from subind_fast import analysis as A
+
+from .engine.cli import str_list
+from .engine.files import atomic_write, atomic_write_text
+
+_BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
+
+
+def block_of(name: str) -> str:
+    """``transformer.h.3.mlp.c_fc.weight`` → ``h.3``; outside blocks: the name's first part."""
+    match = _BLOCK.search(name)
+    return match.group(1) if match else name.split(".")[0]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("analyze", help="compare subnetworks (overlap, sharing, reuse)",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("subnetworks", nargs="+", type=Path, help="subnetwork files (2 or more)")
+    p.add_argument("--labels", type=str_list, help="one label per file (default: file names)")
+    p.add_argument("--stability", action="store_true",
+                   help="the files are one subtask found with different seeds")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=run)
+
+
+def _load(args) -> dict[str, sf.Subnetwork]:
+    if len(args.subnetworks) < 2:
+        raise ValueError("subind analyze needs at least two subnetwork files")
+    labels = args.labels or [p.stem if p.stem != "subnetwork" else p.parent.name
+                             for p in args.subnetworks]
+    if len(labels) != len(args.subnetworks) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels must give {len(args.subnetworks)} distinct labels, got "
+                         f"{labels}")
+    return {label: sf.Subnetwork.load(path) for label, path in zip(labels, args.subnetworks)}
+
+
+def _csv(header, rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    return buffer.getvalue()
+
+
+def run(args, argv=None) -> int:
+    masks = _load(args)
+    labels = list(masks)
+    first, second = masks[labels[0]], masks[labels[1]]
+    table = A.overlap(first, second)  # also checks that the files fit one model
+    for label in labels[2:]:
+        A.overlap(first, masks[label])
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [[name, row.size, row.a, row.b, row.both, f"{row.iou:.6f}", f"{row.iom:.6f}",
+             f"{row.shared_a:.6f}", f"{row.shared_b:.6f}"] for name, row in table.items()]
+    atomic_write_text(args.out / "overlap.csv", _csv(
+        ["parameter", "size", labels[0], labels[1], "both", "iou", "iom",
+         f"shared_{labels[0]}", f"shared_{labels[1]}"], rows))
+    sharing = A.shared_with_others(masks)
+    atomic_write_text(args.out / "sharing.csv", _csv(
+        ["parameter", *labels], [[name, *(f"{sharing[l][name]:.6f}" for l in labels)]
+                                 for name in [*first.names(), A.TOTAL]]))
+    total = table[A.TOTAL]
+    lines = [f"# {' vs '.join(labels)}", "",
+             "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+             "| density | " + " | ".join(f"{m.density():.4f}" for m in masks.values()) + " |",
+             "| shared with the others | " + " | ".join(
+                 f"{sharing[l][A.TOTAL]:.4f}" for l in labels) + " |", "",
+             f"{labels[0]} vs {labels[1]}: IoU {total.iou:.4f}, intersection over minimum "
+             f"{total.iom:.4f}; P_reuse (same function) {A.p_reuse(first, second):.4f}, "
+             f"P_specialize (different functions) {A.p_specialize(first, second):.4f}", "",
+             "| block | " + " | ".join(f"density {l}" for l in labels[:2]) + " | IoU | IoM |",
+             "|---|---|---|---|---|"]
+    for block, (a, b, iou, iom) in _by_block(first, second).items():
+        lines.append(f"| {block} | {a:.4f} | {b:.4f} | {iou:.4f} | {iom:.4f} |")
+    if args.stability:
+        result = A.stability(list(masks.values()))
+        lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
+                      f"{result['mean']:.4f}, min {result['min']:.4f}"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(args.out / "summary.md", text)
+    figures = _plots(masks, args.out)
+    print(text)
+    for path in figures:
+        print(f"figure: {path}")
+    return 0
+
+
+def _by_block(a: sf.Subnetwork, b: sf.Subnetwork) -> dict:
+    groups: dict[str, A.Overlap] = {}
+    for name, row in A.overlap(a, b).items():
+        if name == A.TOTAL:
+            continue
+        key = block_of(name)
+        groups[key] = groups[key] + row if key in groups else row
+    return {k: (r.a / r.size, r.b / r.size, r.iou, r.iom) for k, r in groups.items()}
+
+
+def _plots(masks: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(masks)
+    blocks = _by_block(masks[labels[0]], masks[labels[1]])
+    names = list(blocks)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 3.6))
+    width = 0.27
+    xs = range(len(names))
+    ax.bar([x - width for x in xs], [blocks[n][0] for n in names], width, label=f"density {labels[0]}")
+    ax.bar(list(xs), [blocks[n][1] for n in names], width, label=f"density {labels[1]}")
+    ax.bar([x + width for x in xs], [blocks[n][2] for n in names], width, label="IoU")
+    ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{labels[0]} vs {labels[1]} by block")
+    fig.tight_layout()
+    path = out / "blocks.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    sharing = A.shared_with_others(masks)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(labels, [sharing[l][A.TOTAL] for l in labels])
+    ax.set_ylabel("share of its weights in the others' union")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    path2 = out / "sharing.png"
+    atomic_write(path2, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return [path, path2]

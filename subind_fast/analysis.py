@@ -1,0 +1,154 @@
+"""Comparing subnetworks (Csordás et al., "Are neural nets modular?"; the
+survey in shared/seeds): how much two masks overlap, which weights a mask
+shares with others, whether a function reuses the same weights in another
+context (P_reuse) or separate functions use separate weights (P_specialize),
+and how stable a mask is across seeds.
+
+Every count is exact integer arithmetic on the packed bits (popcount of the
+bytes; padding bits are 0), per parameter and over all parameters:
+
+    IoU(A, B) = |A ∩ B| / |A ∪ B|           (1 when both are empty)
+    IoM(A, B) = |A ∩ B| / min(|A|, |B|)      (intersection over minimum; 0 if one is empty)
+    shared(A → B) = |A ∩ B| / |A|            (the fraction of A's weights also in B)
+
+P_reuse of two masks of the same function (e.g. found in two contexts) is
+shared weights as IoM — 1 means the smaller mask is entirely reused; P_specialize
+of masks of two different functions is 1 − IoM — 1 means no weight is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Mapping, Sequence
+
+from .bits import count_ones
+from .subnetwork import Subnetwork
+
+TOTAL = "total"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Counts of two masks over one parameter (or all of them)."""
+    size: int          # entries of the parameter(s)
+    a: int             # |A|
+    b: int             # |B|
+    both: int          # |A ∩ B|
+    either: int        # |A ∪ B|
+
+    @property
+    def iou(self) -> float:
+        return self.both / self.either if self.either else 1.0
+
+    @property
+    def iom(self) -> float:
+        smaller = min(self.a, self.b)
+        return self.both / smaller if smaller else 0.0
+
+    @property
+    def shared_a(self) -> float:
+        """|A ∩ B| / |A|."""
+        return self.both / self.a if self.a else 0.0
+
+    @property
+    def shared_b(self) -> float:
+        return self.both / self.b if self.b else 0.0
+
+    def __add__(self, other: "Overlap") -> "Overlap":
+        return Overlap(*(x + y for x, y in zip(self.counts(), other.counts())))
+
+    def counts(self) -> tuple[int, int, int, int, int]:
+        return self.size, self.a, self.b, self.both, self.either
+
+
+def overlap(a: Subnetwork, b: Subnetwork) -> dict[str, Overlap]:
+    """{parameter: Overlap, …, "total": Overlap over all parameters} of two
+    subnetworks of the same model (same parameters and shapes)."""
+    both, either = a & b, a | b  # checks that they cover the same parameters
+    table = {}
+    for name in a.names():
+        table[name] = Overlap(a.shape(name).numel(), count_ones(a.packed(name)),
+                              count_ones(b.packed(name)), count_ones(both.packed(name)),
+                              count_ones(either.packed(name)))
+    total = Overlap(0, 0, 0, 0, 0)
+    for row in table.values():
+        total = total + row
+    table[TOTAL] = total
+    return table
+
+
+def iom(a: Subnetwork, b: Subnetwork) -> float:
+    """Intersection over the smaller mask, over all parameters."""
+    return overlap(a, b)[TOTAL].iom
+
+
+def p_reuse(a: Subnetwork, b: Subnetwork) -> float:
+    """Masks of the same function: the share of the smaller one reused by the other (IoM)."""
+    return iom(a, b)
+
+
+def p_specialize(a: Subnetwork, b: Subnetwork) -> float:
+    """Masks of two different functions: 1 − IoM (1: nothing shared)."""
+    return 1.0 - iom(a, b)
+
+
+def shared_with_others(masks: Mapping[str, Subnetwork]) -> dict[str, dict[str, float]]:
+    """{mask label: {parameter: fraction of this mask's weights that lie in the
+    union of all the other masks, …, "total": …}} (Csordás et al.'s sharing
+    plot).  Needs at least two masks."""
+    if len(masks) < 2:
+        raise ValueError(f"shared_with_others needs at least two subnetworks, got {len(masks)}")
+    out = {}
+    for label, mask in masks.items():
+        others = None
+        for other_label, other in masks.items():
+            if other_label != label:
+                others = other if others is None else others | other
+        out[label] = {name: row.shared_a for name, row in overlap(mask, others).items()}
+    return out
+
+
+def stability(masks: Sequence[Subnetwork]) -> dict:
+    """Pairwise IoU of masks found with different seeds: {"pairs": {(i, j): IoU},
+    "mean": …, "min": …}.  Needs at least two masks."""
+    if len(masks) < 2:
+        raise ValueError(f"stability needs at least two subnetworks, got {len(masks)}")
+    pairs = {(i, j): overlap(masks[i], masks[j])[TOTAL].iou
+             for i, j in combinations(range(len(masks)), 2)}
+    values = list(pairs.values())
+    return {"pairs": pairs, "mean": sum(values) / len(values), "min": min(values)}
+
+
+def removal_controls(subnetwork: Subnetwork, seed: int = 0) -> dict[str, Subnetwork]:
+    """What an inverse-mask test removes: the subnetwork itself and, as
+    controls, a random set and a sample of its complement of the same size
+    per parameter (zero them with ``Subnetwork.ablate(model, "keep")`` applied
+    to the complement, i.e. ``(~s).ablate(model, "keep")``, or
+    ``s.ablate(model, "zero")``)."""
+    return {"subnetwork": subnetwork, "random": subnetwork.random_like(seed),
+            "complement": subnetwork.complement_sample(seed)}
+
+
+def inverse_mask_test(model, subnetwork: Subnetwork, evaluate, seed: int = 0) -> dict[str, float]:
+    """Accuracy (``evaluate(model) -> float``) of the intact model and of copies
+    with the subnetwork's weights zeroed, and with a random and a complement
+    set of the same per-parameter size zeroed (``model`` is not modified)."""
+    import copy
+
+    results = {"intact": evaluate(model)}
+    for label, removed in removal_controls(subnetwork, seed).items():
+        ablated = copy.deepcopy(model)
+        removed.ablate(ablated, "zero")
+        results[f"without {label}"] = evaluate(ablated)
+    return results
+
+
+def group_counts(subnetwork: Subnetwork, group) -> dict[str, tuple[int, int]]:
+    """{group: (kept, total)} with parameters grouped by ``group(name) -> str``
+    (e.g. by block: ``transformer.h.3.mlp.c_fc.weight`` → ``h.3``)."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, (kept, total) in subnetwork.counts().items():
+        key = group(name)
+        k, t = out.get(key, (0, 0))
+        out[key] = (k + kept, t + total)
+    return out

@@ -1,0 +1,88 @@
+"""subind_fast.analysis against direct bool-tensor computations (float64)."""
+import pytest
+import torch
+from torch import nn
+
+import subind_fast as sf
+from subind_fast import analysis as A
+
+SHAPES = {"h.0.w": (7, 9), "h.1.w": (5, 3, 3), "head.w": (4, 13)}
+
+
+def _random(seed, p):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(s, generator=g) < p for n, s in SHAPES.items()}
+
+
+def _ref(ma, mb, names):
+    a = torch.cat([ma[n].flatten() for n in names]).double()
+    b = torch.cat([mb[n].flatten() for n in names]).double()
+    both, either = (a * b).sum(), torch.clamp(a + b, max=1).sum()
+    return dict(iou=float(both / either) if either else 1.0,
+                iom=float(both / min(a.sum(), b.sum())) if min(a.sum(), b.sum()) else 0.0,
+                shared_a=float(both / a.sum()) if a.sum() else 0.0)
+
+
+@pytest.mark.parametrize("pa, pb", [(0.3, 0.6), (0.05, 0.9), (0.0, 0.5), (1.0, 1.0)])
+def test_overlap_matches_bool_tensors(pa, pb):
+    ma, mb = _random(0, pa), _random(1, pb)
+    table = A.overlap(sf.Subnetwork.from_masks(ma), sf.Subnetwork.from_masks(mb))
+    for name in SHAPES:
+        ref = _ref(ma, mb, [name])
+        row = table[name]
+        assert (row.iou, row.iom, row.shared_a) == pytest.approx(
+            (ref["iou"], ref["iom"], ref["shared_a"]), abs=1e-15)
+    ref = _ref(ma, mb, list(SHAPES))
+    total = table[A.TOTAL]
+    assert total.size == sum(torch.Size(s).numel() for s in SHAPES.values())
+    assert (total.iou, total.iom) == pytest.approx((ref["iou"], ref["iom"]), abs=1e-15)
+    assert A.p_specialize(sf.Subnetwork.from_masks(ma), sf.Subnetwork.from_masks(mb)) == \
+        pytest.approx(1 - ref["iom"], abs=1e-15)
+
+
+def test_sharing_is_the_share_in_the_union_of_the_others():
+    masks = {k: _random(i, 0.4) for i, k in enumerate("abc")}
+    subs = {k: sf.Subnetwork.from_masks(m) for k, m in masks.items()}
+    shared = A.shared_with_others(subs)
+    for k in "abc":
+        others = [masks[o] for o in "abc" if o != k]
+        union = {n: others[0][n] | others[1][n] for n in SHAPES}
+        assert shared[k][A.TOTAL] == pytest.approx(_ref(masks[k], union, list(SHAPES))["shared_a"],
+                                                   abs=1e-15)
+    with pytest.raises(ValueError, match="at least two"):
+        A.shared_with_others({"a": subs["a"]})
+
+
+def test_reuse_of_a_subset_is_one_and_stability_of_copies_is_one():
+    big = _random(0, 0.6)
+    small = {n: m & _random(1, 0.5)[n] for n, m in big.items()}
+    a, b = sf.Subnetwork.from_masks(big), sf.Subnetwork.from_masks(small)
+    assert A.p_reuse(a, b) == 1.0 and A.p_specialize(a, b) == 0.0
+    result = A.stability([a, a, b])
+    assert result["pairs"][(0, 1)] == 1.0 and result["min"] == pytest.approx(
+        _ref(big, small, list(SHAPES))["iou"])
+
+
+def test_inverse_mask_test_zeroes_the_subnetwork_and_its_controls():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 2))
+    sub = sf.Subnetwork.from_masks({"0.weight": torch.rand(6, 6) < 0.3,
+                                    "1.weight": torch.rand(2, 6) < 0.3})
+    x = torch.randn(16, 6)
+    score = lambda m: float(m(x).detach().abs().sum())
+    result = A.inverse_mask_test(model, sub, score)
+    assert set(result) == {"intact", "without subnetwork", "without random",
+                           "without complement"}
+    zeroed = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 2))
+    zeroed.load_state_dict(model.state_dict())
+    sub.ablate(zeroed, "zero")
+    assert result["without subnetwork"] == pytest.approx(score(zeroed))
+    assert result["intact"] == pytest.approx(score(model))  # the model itself is untouched
+    assert result["without random"] != result["intact"]
+
+
+def test_incompatible_subnetworks_are_refused():
+    a = sf.Subnetwork.from_masks(_random(0, 0.5))
+    b = sf.Subnetwork.from_masks({"other": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="different parameters"):
+        A.overlap(a, b)
