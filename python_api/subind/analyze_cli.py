@@ -37,6 +37,15 @@ def register(subparsers) -> None:
     p.add_argument("--stability", action="store_true",
                    help="the files are one subtask found with different seeds")
     p.add_argument("--out", type=Path, required=True)
+    g = p.add_argument_group("inverse-mask test (optional): score the model with each "
+                                 "subnetwork removed, and same-size random and complement "
+                                 "removals as controls")
+    g.add_argument("--model", help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as discover)")
+    g.add_argument("--weights", help="the trained model's weights")
+    g.add_argument("--hf-class", default="causal-lm")
+    g.add_argument("--eval-data", action="append", metavar="SPEC",
+                   help="data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'")
+    g.add_argument("--seed", type=int, default=0, help="seed of the control removals")
     p.set_defaults(handler=run)
 
 
@@ -87,6 +96,8 @@ def run(args, argv=None) -> int:
              "|---|---|---|---|---|"]
     for block, (a, b, iou, iom) in _by_block(first, second).items():
         lines.append(f"| {block} | {a:.4f} | {b:.4f} | {iou:.4f} | {iom:.4f} |")
+    if args.model:
+        lines += ["", *_inverse_mask_tables(args, masks)]
     if args.stability:
         result = A.stability(list(masks.values()))
         lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
@@ -98,6 +109,39 @@ def run(args, argv=None) -> int:
     for path in figures:
         print(f"figure: {path}")
     return 0
+
+
+def _inverse_mask_tables(args, masks: dict) -> list[str]:
+    """Markdown rows: for each subnetwork and each removal, the accuracy on
+    every --eval-data set."""
+    from torch.utils.data import DataLoader
+
+    from .discover_cli import data_for
+    from .engine.data_sources import Classification
+    from .engine.models import build_model
+
+    if not args.eval_data:
+        raise ValueError("--model needs at least one --eval-data set to score on")
+    model = build_model(args.model, args.weights, args.hf_class).eval()
+    sets = {}
+    for spec in args.eval_data:
+        data = data_for(spec, model)
+        rows = data.eval or data.train
+        sets[spec.rpartition("/")[2] or spec] = (data.task or Classification(),
+                                                 DataLoader(rows, batch_size=512))
+    header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
+    lines = ["inverse-mask test (accuracy with the weights removed)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, sub in masks.items():
+        per_set = {name: A.inverse_mask_test(model, sub, lambda m, t=task, d=data:
+                                             t.evaluate(m, d).accuracy, seed=args.seed)
+                   for name, (task, data) in sets.items()}
+        for removal in next(iter(per_set.values())):
+            if removal == "intact" and label != next(iter(masks)):
+                continue
+            lines.append(f"| {label if removal != 'intact' else '–'} | {removal} | "
+                         + " | ".join(f"{per_set[n][removal]:.4f}" for n in sets) + " |")
+    return lines
 
 
 def _by_block(a: sf.Subnetwork, b: sf.Subnetwork) -> dict:

@@ -27,7 +27,7 @@ from torch import nn
 from . import experiments
 from .engine import manifest
 from .engine.cli import float_list
-from .engine.data_sources import Classification, DataSpec, resolve
+from .engine.data_sources import Classification, resolve
 from .engine.dist_checkpoint import CheckpointedDiscovery
 from .engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
@@ -141,11 +141,9 @@ def config_of(args) -> DiscoverConfig:
     return cfg
 
 
-def _experiment_sets(name: str, which: str) -> DataSpec:
-    module = experiments.load(name)
-    if not hasattr(module, "discovery_sets"):
-        raise ValueError(f"the {name} experiment offers no data sets for discover")
-    return module.discovery_sets(which)
+def data_for(spec: str, model: nn.Module, size=None, mean=None, std=None):
+    """engine.data_sources.resolve with the experiments' data sets."""
+    return resolve(spec, model, experiments.discovery_sets, size, mean, std)
 
 
 def _enable_activation_checkpointing(model: nn.Module, blocks_pattern: Optional[str]) -> str:
@@ -194,10 +192,12 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
     ranks.barrier()
     torch.manual_seed(cfg.seed)  # the same initialisation on every rank
     model = build_model(cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs)
-    data = resolve(cfg.data, model, _experiment_sets, cfg.image_size, cfg.mean, cfg.std)
-    eval_set = (resolve(cfg.eval_data, model, _experiment_sets, cfg.image_size, cfg.mean,
-                        cfg.std).train if cfg.eval_data else (data.eval or data.train))
+    data = data_for(cfg.data, model, cfg.image_size, cfg.mean, cfg.std)
+    eval_set = (data_for(cfg.eval_data, model, cfg.image_size, cfg.mean, cfg.std).train
+                if cfg.eval_data else (data.eval or data.train))
     dtype = DTYPES[cfg.dtype]
+    if data.task is not None and hasattr(data.task, "sum_over_ranks"):
+        data.task.sum_over_ranks = ranks.sum  # metrics over every rank's share
     task = data.task or Classification(
         input_dtype=torch.float64 if dtype == torch.float64 else
         (torch.float32 if cfg.autocast or dtype == torch.float32 else dtype),

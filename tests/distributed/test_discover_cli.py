@@ -193,3 +193,39 @@ def test_plan_memory_prints_a_table(capsys):
     assert ours[0] == "ours" and ours[4] == "yes" and int(ours[5]) > 4
     assert cli(["plan-memory", "--model", "timm:vit_tiny_patch16_224", "--batch", "4",
                 "--world-size", "2"]) == 2
+
+
+def test_arithmetic_rows_and_task_from_the_experiment(tmp_path):
+    out = tmp_path / "mul"
+    assert main(["discover", "--model",
+                 "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
+                 "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
+                 "--lambdas", "1e-7", "--epochs", "1", "--batch-size", "500", "--out", str(out),
+                 "--no-progress"]) == 0
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    assert all(n.startswith("transformer.h.") for n in sub.names())
+    assert len(_log(out, "1e-07")) == 1
+
+
+def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys):
+    import discover_entries
+
+    model = discover_entries.block_mlp()
+    g = torch.Generator().manual_seed(1)
+    files = []
+    for label in ("first", "second"):
+        masks = {f"{n}.weight": torch.rand(m.weight.shape, generator=g) < 0.4
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        files.append(str(sf.Subnetwork.from_masks(masks).save(tmp_path / f"{label}.safetensors")))
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    assert main(["analyze", *files, "--out", str(tmp_path / "a"), "--model",
+                 "entry:discover_entries:block_mlp", "--weights", str(weights),
+                 "--eval-data", "entry:discover_entries:gaussian_data"]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| first") or
+            line.startswith("| second") or line.startswith("| – | intact")]
+    assert len(rows) == 7  # intact + 3 removals × 2 subnetworks
+    x, y = discover_entries.gaussian_data()["eval"].tensors
+    intact = float((model(x).argmax(-1) == y).double().mean())
+    assert f"| – | intact | {intact:.4f} |" in text

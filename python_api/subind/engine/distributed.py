@@ -123,7 +123,12 @@ class _EvalShard(Dataset):
     def __getitem__(self, i: int):
         if i < len(self.indices):
             return self.dataset[self.indices[i]]
-        inputs, label = self.dataset[0][:2]
+        sample = self.dataset[0]
+        if not isinstance(sample, (tuple, list)) or len(sample) < 2:
+            raise ValueError(f"evaluation data of {len(self.dataset)} samples do not split "
+                             "evenly over the ranks, and their samples are not (input, label) "
+                             "pairs that could be padded; use a multiple of the rank count")
+        inputs, label = sample[:2]
         return inputs, (torch.tensor(IGNORE) if isinstance(label, torch.Tensor) else IGNORE)
 
 

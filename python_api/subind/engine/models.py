@@ -46,8 +46,16 @@ def load_state_dict_file(path: Path) -> dict:
 
 
 def load_weights(model: nn.Module, path: Path, origin: str) -> None:
-    """Load a state-dict file into ``model``; every tensor must fit."""
-    missing, unexpected = model.load_state_dict(load_state_dict_file(Path(path)), strict=False)
+    """Load a state-dict file into ``model``; every tensor must fit.  A tied
+    parameter stored once (safetensors' ``save_model``) counts as present
+    under each of its names."""
+    from subind_fast.naming import parameter_names
+
+    state = load_state_dict_file(Path(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    canonical = parameter_names(model).canonical_of
+    stored = {canonical.get(k, k) for k in state}
+    missing = [m for m in missing if canonical.get(m, m) not in stored]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit {origin}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

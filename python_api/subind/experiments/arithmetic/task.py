@@ -11,7 +11,11 @@ from ...engine.training import Metrics, model_device
 
 
 class LastTokenTask:
-    """The model sees ``a b sep`` and predicts c."""
+    """The model sees ``a b sep`` and predicts c.  ``sum_over_ranks`` totals the
+    evaluation sums over data-parallel ranks (``subind discover`` sets it)."""
+
+    def __init__(self):
+        self.sum_over_ranks = lambda values: values
 
     def logits(self, model: nn.Module, rows: Tensor) -> Tensor:
         rows = rows.to(model_device(model), non_blocking=True)
@@ -33,4 +37,5 @@ class LastTokenTask:
             correct += (logits.argmax(-1) == target).sum().item()
             n += rows.shape[0]
         model.train(was_training)
+        total_loss, correct, n = self.sum_over_ranks([total_loss, correct, n])
         return Metrics(total_loss / max(1, n), correct / max(1, n))
