@@ -14,6 +14,7 @@ from .functional import (l0, mask_weight, masked_conv, masked_conv1d, masked_con
                          masked_conv3d, masked_linear)
 from .nn import (l0_penalty, mask_model, masked_layers, set_beta, set_mode, unmask_model)
 from . import nn, sharded
+from . import analysis, selection
 from .bits import pack_bits, unpack_bits
 from .optim import MaskedAdamW, MaskedSGD
 from .subnetwork import Subnetwork
@@ -21,7 +22,7 @@ from .transfer import FrozenMasks, transfer
 
 __version__ = "0.1.0"
 
-__all__ = ["FrozenMasks", "MaskedAdamW", "MaskedSGD", "Subnetwork", "pack_bits", "transfer",
+__all__ = ["analysis", "selection", "FrozenMasks", "MaskedAdamW", "MaskedSGD", "Subnetwork", "pack_bits", "transfer",
            "unpack_bits", "MissingKernelError", "backend_info", "l0", "l0_penalty", "mask_model", "mask_weight",
            "masked_conv", "masked_conv1d", "masked_conv2d", "masked_conv3d", "masked_layers",
            "masked_linear", "nn", "sharded", "set_beta", "set_mode", "unmask_model"]
