@@ -197,3 +197,15 @@ def test_training_is_repeatable_whatever_the_global_rng_state():
               TensorBatches(rows, batch_size=64, shuffle=True, seed=0), 2, seed=0)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_appendix_b4_pairs_are_presets_with_valid_subtasks():
+    from subind.experiments.arithmetic.experiment import APPENDIX_B4_PAIRS, PRESETS, config_for
+
+    assert len(APPENDIX_B4_PAIRS) == 7
+    for name, base, subtask, target in APPENDIX_B4_PAIRS:
+        for budget in ("quick", "paper"):
+            cfg = config_for(f"{budget}-{name}")  # validates the expressions
+            assert (cfg.base, cfg.subtask, cfg.target) == (base, subtask, target)
+            assert {k: v for k, v in PRESETS[f"{budget}-{name}"].items()
+                    if k not in ("base", "subtask", "target")} == PRESETS[budget]

@@ -136,6 +136,23 @@ PRESETS = {
     "paper": dict(),
 }
 
+# The paper's other arithmetic pairs (App. B.4; p = 7, numbers 0..999): (name, base
+# computation, subtask found in the base model, downstream target).  Each runs at the
+# quick budget ("quick-NAME") or the paper's ("paper-NAME").
+APPENDIX_B4_PAIRS = (
+    ("ab-to-a2+ab+b2", "a+a*b", "a*b", "a^2+a*b+b^2"),      # Fig. 8
+    ("ab-to-a3+ab", "a+a*b", "a*b", "a^3+a*b"),              # Fig. 8, Fig. 10 right (helpful)
+    ("a2-to-a2+ab+b2", "a^2+b^2", "a^2", "a^2+a*b+b^2"),     # Fig. 9
+    ("a2-to-a2+ab", "a^2+b^2", "a^2", "a^2+a*b"),            # Fig. 9
+    ("a+b-to-a2-b2", "a^2+a*b", "a+b", "a^2-b^2"),           # Fig. 10 left
+    ("a2-to-a2-b2", "a^2+b^2", "a^2", "a^2-b^2"),            # Fig. 10 left
+    ("a2-to-a3+ab", "a^2+b^2", "a^2", "a^3+a*b"),            # Fig. 10 right (unhelpful)
+)
+for _name, _base, _subtask, _target in APPENDIX_B4_PAIRS:
+    for _budget in ("quick", "paper"):
+        PRESETS[f"{_budget}-{_name}"] = dict(PRESETS[_budget], base=_base, subtask=_subtask,
+                                             target=_target)
+
 
 def config_for(preset: str, **overrides) -> ArithmeticConfig:
     return config_from_preset(ArithmeticConfig, PRESETS, preset, **overrides)
