@@ -177,12 +177,22 @@ class DifferentiableOp(EagerFastPath):
         return self.impl(*inputs)
 
 
-def _without_data(inputs) -> bool:
-    """Meta or fake tensors (memory planning): there is no data to compute on."""
-    from torch._subclasses.fake_tensor import is_fake
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
-    return any(isinstance(t, Tensor) and (t.device.type == "meta" or is_fake(t))
-               for t in inputs)
+
+def _without_data(inputs) -> bool:
+    """Meta or fake tensors (memory planning): there is no data to compute on.
+    On the hot path: plain tensors need one type and one device check."""
+    for t in inputs:
+        if isinstance(t, Tensor):
+            if t.is_meta:
+                return True
+            if type(t) not in _PLAIN_TENSORS:
+                from torch._subclasses.fake_tensor import is_fake
+
+                if is_fake(t):
+                    return True
+    return False
 
 
 # ---------------------------------------------------------------- mask_weight

@@ -33,6 +33,8 @@ def check_beta(beta) -> float:
 
 
 def _is_fake(tensor: torch.Tensor) -> bool:
+    if type(tensor) in (torch.Tensor, torch.nn.Parameter):  # the hot path: plain tensors
+        return False
     from torch._subclasses.fake_tensor import is_fake
 
     return is_fake(tensor)
