@@ -16,14 +16,13 @@ one: it transfers, ablates and compares the same way.
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .naming import parameter_names
-from .nn.registry import masked_class_for
+from .nn.model import select_modules
 from .subnetwork import Subnetwork
 
 SCOPES = ("layer", "global")
@@ -31,21 +30,16 @@ SCOPES = ("layer", "global")
 
 def maskable_weights(model: nn.Module, include: Optional[Sequence[str]] = None,
                      exclude: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
-    """{canonical parameter name: weight} of the weights mask_model would mask."""
+    """{canonical parameter name: weight} of the weights mask_model would mask
+    with these patterns (the same selection, errors included)."""
     table = parameter_names(model)
+    modules, _, selected = select_modules(model, include, exclude)
     chosen = {}
-    for module_name, module in model.named_modules():
-        if masked_class_for(type(module)) is None:
-            continue
-        if include is not None and not any(fnmatch.fnmatchcase(module_name, p) for p in include):
-            continue
-        if exclude and any(fnmatch.fnmatchcase(module_name, p) for p in exclude):
-            continue
-        for name, param in module.named_parameters(recurse=False):
-            if "weight" in name and param.dim() >= 2:
+    for key in selected:
+        # matrix-shaped weights, with MultiheadAttention's out_proj inside it
+        for name, param in modules[key].named_parameters():
+            if "weight" in name.rpartition(".")[2] and param.dim() >= 2:
                 chosen[table.name_of(param)] = param
-    if not chosen:
-        raise ValueError("no maskable weight was selected (check include/exclude)")
     return chosen
 
 

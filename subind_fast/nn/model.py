@@ -85,24 +85,11 @@ def _weight_like(module: nn.Module) -> int:
                if p.dim() >= 2 and "weight" in n)
 
 
-def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
-               init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
-               mode: Optional[str] = None, check_coverage: str = "first") -> MaskReport:
-    """Replace every supported module (nn/registry.py: Linear, Conv1d/2d/3d,
-    MultiheadAttention, GPT-2 Conv1D and their subclasses) whose name matches
-    ``include`` (glob patterns on module names; all when None) and no
-    ``exclude`` pattern by its masked version, in place.  Weights are shared,
-    not copied; a module registered under several names is masked once and
-    stays one module.  nn.MultiheadAttention is masked as a unit (input and
-    output projections), selected by its own name or its out_proj's.  With
-    ``freeze_base`` every parameter except the mask logits stops requiring
-    grad.  A pattern matching no maskable module is an error (almost always a
-    typo).  Modules that would bypass a masked layer are fixed where known
-    (nn/compat.py), and ``check_coverage`` (nn/coverage.py) raises if a masked
-    layer does not run in the model's forward.  Returns a :class:`MaskReport`."""
-    if check_coverage not in coverage.POLICIES:
-        raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
-                         f"got {check_coverage!r}")
+def select_modules(model: nn.Module, include: Patterns = None, exclude: Patterns = None
+                   ) -> tuple[dict, dict, list]:
+    """The modules ``mask_model`` masks for these patterns: (modules by id,
+    their names by id, the selected ids); a pattern matching no maskable
+    module is a ValueError, and so is an empty selection."""
     include_p, exclude_p = _patterns(include, "include"), _patterns(exclude, "exclude")
     modules, names = _module_names(model)
     inside_mha = {id(m.out_proj) for m in modules.values()
@@ -135,7 +122,29 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
 
     selected = [key for key in candidates if chosen(key)]
     if not selected:
-        raise ValueError("mask_model: no layer was selected (check include/exclude)")
+        raise ValueError("no maskable layer was selected (check include/exclude)")
+    return modules, names, selected
+
+
+def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
+               init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
+               mode: Optional[str] = None, check_coverage: str = "first") -> MaskReport:
+    """Replace every supported module (nn/registry.py: Linear, Conv1d/2d/3d,
+    MultiheadAttention, GPT-2 Conv1D and their subclasses) whose name matches
+    ``include`` (glob patterns on module names; all when None) and no
+    ``exclude`` pattern by its masked version, in place.  Weights are shared,
+    not copied; a module registered under several names is masked once and
+    stays one module.  nn.MultiheadAttention is masked as a unit (input and
+    output projections), selected by its own name or its out_proj's.  With
+    ``freeze_base`` every parameter except the mask logits stops requiring
+    grad.  A pattern matching no maskable module is an error (almost always a
+    typo).  Modules that would bypass a masked layer are fixed where known
+    (nn/compat.py), and ``check_coverage`` (nn/coverage.py) raises if a masked
+    layer does not run in the model's forward.  Returns a :class:`MaskReport`."""
+    if check_coverage not in coverage.POLICIES:
+        raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
+                         f"got {check_coverage!r}")
+    modules, names, selected = select_modules(model, include, exclude)
     if freeze_base:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -149,7 +158,7 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
         replaced[names[key][0]] = layer
 
     report = _report(model, replaced, apply_compatibility_fixes(model))
-    if include_p is None:
+    if include is None:
         _warn_unmaskable(model)
     log.info("mask_model:\n%s", report.summary())
     coverage.install_check(model, check_coverage)

@@ -80,7 +80,7 @@ def test_selection_works_with_transfer_and_analysis():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(density=1.5), "density"), (dict(density=0.5, scope="block"), "scope"),
-    (dict(density=0.5, include=["nothing"]), "no maskable weight")])
+    (dict(density=0.5, include=["nothing"]), "matches no maskable layer")])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         selection.magnitude(_model(), **kwargs)
