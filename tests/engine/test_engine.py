@@ -3,6 +3,8 @@ records, the sweep, the training loop over any iterable of batches, and the
 discovery/transfer protocol — with toy models and data, no experiment."""
 import json
 import multiprocessing as mp
+import os
+import time
 
 import pytest
 import torch
@@ -67,6 +69,38 @@ def test_manifest_refuses_other_configurations_and_experiments(tmp_path):
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="damaged or unknown manifest"):
         manifest.read(tmp_path)
+
+
+def _claim_many(out, start, failures):
+    start.wait(30)
+    for _ in range(3):
+        try:
+            manifest.claim(out, "toy", {"lr": 0.1})
+        except ValueError as err:
+            failures.put(str(err))
+
+
+def test_manifest_claims_racing_on_an_empty_directory_all_succeed(tmp_path, monkeypatch):
+    # The CI failure this guards: one process's temp or lock file seen by another as foreign
+    # files.  A slow link widens the window in which the temp file exists without the manifest.
+    link = os.link
+    monkeypatch.setattr(os, "link", lambda *a, **k: (time.sleep(0.05), link(*a, **k))[1])
+    ctx = mp.get_context("fork")
+    start, failures = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_claim_many, args=(tmp_path / "out", start, failures))
+             for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(60)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert failures.empty(), failures.get()
+    assert manifest.read(tmp_path / "out")["config"] == {"lr": 0.1}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.csv").write_text("x")
+    with pytest.raises(ValueError, match="already holds files but no manifest.json"):
+        manifest.claim(tmp_path / "other", "toy", {})
 
 
 def test_records_are_validated_and_damaged_ones_moved_aside(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import create_exclusively
+from .files import create_exclusively, locked
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -46,11 +46,15 @@ def claim(out: Path, experiment: str, identity: dict) -> None:
     text = json.dumps({"format": FORMAT_VERSION, "experiment": experiment, "config": identity},
                       indent=2, default=str, sort_keys=True)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / MANIFEST).exists() and any(out.iterdir()):
-        raise ValueError(f"{out} already holds files but no {MANIFEST} (written by another tool "
-                         "or an older version); use a new --out")
-    if create_exclusively(out / MANIFEST, text):
-        return
+    # Under the manifest's lock, so two sweeps starting on one empty directory
+    # cannot see each other's lock or temp file as "foreign files".
+    with locked(out / MANIFEST):
+        if not (out / MANIFEST).exists() and any(
+                not p.name.startswith(f".{MANIFEST}.") for p in out.iterdir()):
+            raise ValueError(f"{out} already holds files but no {MANIFEST} (written by another "
+                             "tool or an older version); use a new --out")
+        if create_exclusively(out / MANIFEST, text):
+            return
     manifest = read(out)
     if manifest.get("experiment") != experiment:
         raise ValueError(f"{out} holds the {manifest.get('experiment')!r} experiment, not "
