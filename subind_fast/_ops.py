@@ -6,7 +6,7 @@ device and op family; nothing else chooses a backend.  Backward ops return a
 shape-[0] tensor for a gradient that was not requested (custom ops cannot
 return None); the autograd formulas turn those into None.
 
-Math (design.md §1), m = σ(β·s) | 1[s>0] | 1 and G = ∂L/∂y:
+Math (design.md §1), m = σ(β·s) | 1[s>0] | 1 | a sampled mask, and G = ∂L/∂y:
     masked_linear:  y = x·(θ⊙m)ᵀ + b
                     ∂x = G·W_eff, ∂θ = (Gᵀx)⊙m, ∂s = (Gᵀx)⊙θ⊙β·m(1−m), ∂b = Σ G
     masked_conv:    the same with the convolution as the GEMM
@@ -14,6 +14,14 @@ Math (design.md §1), m = σ(β·s) | 1[s>0] | 1 and G = ∂L/∂y:
     sigmoid_sum:    Σσ(β·s) with ∂s = β·m(1−m)
     adamw_step, sgd_step:  in-place optimizer updates of the free elements
 Only inputs are saved for backward: W_eff and σ(β·s) are recomputed.
+
+The sampled modes ("concrete": hard-concrete, "gumbel": Gumbel-sigmoid with a
+straight-through gradient) take ``noise``, an int64 key [seed, stream]: the
+mask's logistic noise is a function of the key and the element
+(subind_fast/noise.py), so backward regenerates it from the 16-byte key and
+these modes keep the same promise.  Every op in a sampled mode is served by
+the backend of the ``sampled`` family (see dispatch.py); the slope in ∂s is
+that of the sample (backends/reference.py: sampled_mask_and_slope).
 
 β is a one-element tensor (a layer's buffer), so annealing it changes no
 Python value that torch.compile would guard on, and GPU kernels read it on
@@ -30,6 +38,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ._validation import SAMPLED_MODES, TRAINING_MODES
 from .dispatch import backend_for
 
 # Autocast kernels for the ops are registered in this fragment of the namespace.
@@ -100,6 +109,11 @@ def _like_weight(weight: Tensor, logits: Tensor, dtype: torch.dtype) -> Tensor:
     if _same_dense_layout(weight, logits):
         return torch.empty_like(weight, dtype=dtype)
     return weight.new_empty(weight.shape, dtype=dtype)
+
+
+def _serving(device: torch.device, family: str, mode: str):
+    """The backend for an op of ``family`` in ``mode`` (sampled modes: the sampled family)."""
+    return backend_for(device, "sampled" if mode in SAMPLED_MODES else family)
 
 
 def _marker(t: Tensor) -> Tensor:
@@ -196,8 +210,12 @@ def _without_data(inputs) -> bool:
 
 
 # ---------------------------------------------------------------- mask_weight
-def _mask_weight_impl(weight: Tensor, logits: Tensor, beta: Tensor, mode: str) -> Tensor:
+def _mask_weight_impl(weight: Tensor, logits: Tensor, beta: Tensor, mode: str,
+                      noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
+    if mode in SAMPLED_MODES:
+        return _serving(weight.device, "mask", mode).sampled_mask_weight(weight, logits, beta,
+                                                                        mode, noise)
     return backend_for(weight.device, "mask").mask_weight(weight, logits, beta, mode)
 
 
@@ -205,14 +223,19 @@ mask_weight = torch.library.custom_op("subind::mask_weight", _mask_weight_impl, 
 
 
 @mask_weight.register_fake
-def _(weight, logits, beta, mode):
+def _(weight, logits, beta, mode, noise=None):
     return _like_weight(weight, logits, weight.dtype)
 
 
 def _mask_weight_backward_impl(grad_weff: Tensor, weight: Tensor, logits: Tensor, beta: Tensor,
                          mode: str, need_weff: bool, need_weight_grad: bool,
-                         need_logits_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+                         need_logits_grad: bool, noise: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
+    if mode in SAMPLED_MODES:
+        return _serving(weight.device, "mask", mode).sampled_mask_weight_backward(
+            grad_weff, weight, logits, beta, mode, noise, need_weff, need_weight_grad,
+            need_logits_grad)
     return backend_for(weight.device, "mask").mask_weight_backward(
         grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad, need_logits_grad)
 
@@ -221,25 +244,26 @@ mask_weight_backward = torch.library.custom_op("subind::mask_weight_backward", _
 
 
 @mask_weight_backward.register_fake
-def _(grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad, need_logits_grad):
+def _(grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad, need_logits_grad,
+      noise=None):
     weff = _like_weight(weight, logits, weight.dtype) if need_weff else _marker(weight)
     gw = _like_weight(weight, logits, weight.dtype) if need_weight_grad else _marker(weight)
-    gs = (_like_weight(weight, logits, logits.dtype) if need_logits_grad and mode == "soft"
+    gs = (_like_weight(weight, logits, logits.dtype) if need_logits_grad and mode in TRAINING_MODES
           else _marker(logits))
     return weff, gw, gs
 
 
 def _mask_weight_setup(ctx, inputs, output):
-    weight, logits, beta, mode = inputs
-    ctx.save_for_backward(weight, logits, beta)
+    weight, logits, beta, mode, *noise = inputs
+    ctx.save_for_backward(weight, logits, beta, *noise)
     ctx.mode = mode
 
 
 def _mask_weight_grad(ctx, grad):
-    weight, logits, beta = ctx.saved_tensors
+    weight, logits, beta, *noise = ctx.saved_tensors
     _, gw, gs = ctx.backward_fn(grad, weight, logits, beta, ctx.mode, False,
-                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-    return _none_if_marker(gw, weight), _none_if_marker(gs, logits), None, None
+                                ctx.needs_input_grad[0], ctx.needs_input_grad[1], *noise)
+    return _none_if_marker(gw, weight), _none_if_marker(gs, logits), None, None, None
 
 
 MASK_WEIGHT = DifferentiableOp(mask_weight, _mask_weight_impl, mask_weight_backward,
@@ -248,9 +272,11 @@ MASK_WEIGHT = DifferentiableOp(mask_weight, _mask_weight_impl, mask_weight_backw
 
 # -------------------------------------------------------------- masked_linear
 def _masked_linear_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
-                  beta: Tensor, mode: str) -> Tensor:
+                  beta: Tensor, mode: str, noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
-    y = backend_for(x.device, "linear").linear_forward(x, weight, logits, bias, beta, mode)
+    backend = _serving(x.device, "linear", mode)
+    y = (backend.linear_forward(x, weight, logits, bias, beta, mode, noise) if noise is not None
+         else backend.linear_forward(x, weight, logits, bias, beta, mode))
     # Backends reshape a 2-D GEMM result to x's batch shape: a view of an
     # internal tensor, which autograd forbids modifying in place (timm's
     # `qkv += bias`).  detach() gives the same memory, not marked as a view.
@@ -261,22 +287,25 @@ masked_linear = torch.library.custom_op("subind::masked_linear", _masked_linear_
 
 
 @masked_linear.register_fake
-def _(x, weight, logits, bias, beta, mode):
+def _(x, weight, logits, bias, beta, mode, noise=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _masked_linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
-                           beta: Tensor, mode: str, needs: Sequence[bool]
+                           beta: Tensor, mode: str, needs: Sequence[bool],
+                           noise: Optional[Tensor] = None
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
-    gx, gw, gs, gb = backend_for(x.device, "linear").linear_backward(
-        grad.contiguous(), x, weight, logits, beta, mode, needs)
+    backend = _serving(x.device, "linear", mode)
+    extra = (noise,) if noise is not None else ()
+    gx, gw, gs, gb = backend.linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
+                                             needs, *extra)
     return gx.contiguous(), gw, gs, gb
 
 
 def _weight_grads_fake(weight, logits, mode, needs):
     gw = _like_weight(weight, logits, weight.dtype) if needs[1] else _marker(weight)
-    gs = (_like_weight(weight, logits, logits.dtype) if needs[2] and mode == "soft"
+    gs = (_like_weight(weight, logits, logits.dtype) if needs[2] and mode in TRAINING_MODES
           else _marker(logits))
     gb = weight.new_empty((weight.shape[0],)) if needs[3] else _marker(weight)
     return gw, gs, gb
@@ -286,24 +315,24 @@ masked_linear_backward = torch.library.custom_op("subind::masked_linear_backward
 
 
 @masked_linear_backward.register_fake
-def _(grad, x, weight, logits, beta, mode, needs):
+def _(grad, x, weight, logits, beta, mode, needs, noise=None):
     gx = x.new_empty(x.shape) if needs[0] else _marker(x)
     return (gx, *_weight_grads_fake(weight, logits, mode, needs))
 
 
 def _linear_setup(ctx, inputs, output):
-    x, weight, logits, bias, beta, mode = inputs
-    ctx.save_for_backward(x, weight, logits, beta)
+    x, weight, logits, bias, beta, mode, *noise = inputs
+    ctx.save_for_backward(x, weight, logits, beta, *noise)
     ctx.mode = mode
 
 
 def _linear_grad(ctx, grad):
-    x, weight, logits, beta = ctx.saved_tensors
+    x, weight, logits, beta, *noise = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4])
-    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, beta, ctx.mode, needs)
+    gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, beta, ctx.mode, needs, *noise)
     return (gx if needs[0] else None, gw if needs[1] else None,
             _none_if_marker(gs, logits) if needs[2] else None, gb if needs[3] else None,
-            None, None)
+            None, None, None)
 
 
 MASKED_LINEAR = DifferentiableOp(masked_linear, _masked_linear_impl, masked_linear_backward,
@@ -314,17 +343,18 @@ MASKED_LINEAR = DifferentiableOp(masked_linear, _masked_linear_impl, masked_line
 # ---------------------------------------------------------------- masked_conv
 def _masked_conv_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor], beta: Tensor,
                 mode: str, stride: Sequence[int], padding: Sequence[int],
-                dilation: Sequence[int], groups: int) -> Tensor:
+                dilation: Sequence[int], groups: int, noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
-    return backend_for(x.device, "conv").conv_forward(x, weight, logits, bias, beta, mode,
-                                                      stride, padding, dilation, groups)
+    extra = (noise,) if noise is not None else ()
+    return _serving(x.device, "conv", mode).conv_forward(
+        x, weight, logits, bias, beta, mode, stride, padding, dilation, groups, *extra)
 
 
 masked_conv = torch.library.custom_op("subind::masked_conv", _masked_conv_impl, mutates_args=())
 
 
 @masked_conv.register_fake
-def _(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups):
+def _(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups, noise=None):
     zeros = [0] * (weight.dim() - 2)
     return torch.convolution(x, torch.empty_like(weight), bias, stride, padding, dilation,
                              False, zeros, groups)
@@ -332,11 +362,13 @@ def _(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups):
 
 def _masked_conv_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor, beta: Tensor,
                          mode: str, stride: Sequence[int], padding: Sequence[int],
-                         dilation: Sequence[int], groups: int, needs: Sequence[bool]
+                         dilation: Sequence[int], groups: int, needs: Sequence[bool],
+                         noise: Optional[Tensor] = None
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
-    gx, gw, gs, gb = backend_for(x.device, "conv").conv_backward(
-        grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs)
+    extra = (noise,) if noise is not None else ()
+    gx, gw, gs, gb = _serving(x.device, "conv", mode).conv_backward(
+        grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs, *extra)
     return gx.contiguous(), gw, gs, gb
 
 
@@ -344,26 +376,26 @@ masked_conv_backward = torch.library.custom_op("subind::masked_conv_backward", _
 
 
 @masked_conv_backward.register_fake
-def _(grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs):
+def _(grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs, noise=None):
     gx = x.new_empty(x.shape) if needs[0] else _marker(x)
     return (gx, *_weight_grads_fake(weight, logits, mode, needs))
 
 
 def _conv_setup(ctx, inputs, output):
-    x, weight, logits, bias, beta, mode, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, weight, logits, beta)
+    x, weight, logits, bias, beta, mode, stride, padding, dilation, groups, *noise = inputs
+    ctx.save_for_backward(x, weight, logits, beta, *noise)
     ctx.mode = mode
     ctx.geometry = (list(stride), list(padding), list(dilation), groups)
 
 
 def _conv_grad(ctx, grad):
-    x, weight, logits, beta = ctx.saved_tensors
+    x, weight, logits, beta, *noise = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4])
     gx, gw, gs, gb = ctx.backward_fn(grad, x, weight, logits, beta, ctx.mode,
-                                     *ctx.geometry, needs)
+                                     *ctx.geometry, needs, *noise)
     return (gx if needs[0] else None, gw if needs[1] else None,
             _none_if_marker(gs, logits) if needs[2] else None, gb if needs[3] else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 MASKED_CONV = DifferentiableOp(masked_conv, _masked_conv_impl, masked_conv_backward,

@@ -6,8 +6,13 @@ import math
 
 import torch
 
-MODES = ("soft", "hard", "none")
-MODE_CODES = {"soft": 0, "hard": 1, "none": 2}
+#: soft σ(βs), hard 1[s>0], none 1, and the two sampled training masks
+#: (hard-concrete, Gumbel-sigmoid straight-through; subind_fast/noise.py)
+MODES = ("soft", "hard", "none", "concrete", "gumbel")
+MODE_CODES = {"soft": 0, "hard": 1, "none": 2, "concrete": 3, "gumbel": 4}
+SAMPLED_MODES = ("concrete", "gumbel")
+#: modes whose mask passes a gradient to the logits
+TRAINING_MODES = ("soft", "concrete", "gumbel")
 WEIGHT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 LOGIT_DTYPES = (torch.float32, torch.float64)
 

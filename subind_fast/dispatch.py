@@ -1,14 +1,17 @@
 """The one place that decides which backend serves an op on a device.
 
 Op families (backends/base.py): ``mask`` (mask_weight on its own), ``linear``
-(masked_linear), ``conv`` (masked_conv*), ``l0`` (Σσ(βs)) and ``optim`` (the
-fused frozen-mask optimizer steps).  Each backend class declares the devices
+(masked_linear), ``conv`` (masked_conv*), ``l0`` (Σσ(βs)), ``optim`` (the
+fused frozen-mask optimizer steps) and ``sampled`` (every masked op in a
+sampled mode — hard-concrete, Gumbel straight-through: the sampled mask pass
+composed with ATen's GEMMs).  Each backend class declares the devices
 and families it serves; the defaults are
 
     cpu    → cpu      (compiled C++; raises MissingKernelError if not built)
     cuda   → linear: triton (fused masked GEMMs);  conv, mask: cuda (compiled
              element-wise kernels + cuDNN) when built, else triton's
-             element-wise kernels;  l0, optim: triton
+             element-wise kernels;  l0, optim: triton;
+             sampled: reference (no CUDA or Triton sampled-mask kernel yet)
     other  → reference
 
 ``SUBIND_BACKEND=<name>`` (reference | cpu | triton | cuda) forces one backend
@@ -80,6 +83,8 @@ def backend_name(device_type: str, family: str) -> str:
     if device_type == "cpu":
         return "cpu"
     if device_type == "cuda":
+        if family == "sampled":
+            return "reference"
         if family in ("conv", "mask") and _extension.available("_C_cuda"):
             return "cuda"
         return "triton"

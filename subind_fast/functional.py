@@ -1,6 +1,8 @@
-"""Stateless masked ops: the continuous-sparsification mask fused into linear
-and convolution.  m = σ(β·s) ("soft"), 1[s>0] ("hard") or 1 ("none");
-W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
+"""Stateless masked ops: the weight mask fused into linear and convolution.
+m = σ(β·s) ("soft", continuous sparsification), 1[s>0] ("hard") or 1
+("none"), or a sampled training mask — "concrete" (hard-concrete) and
+"gumbel" (Gumbel-sigmoid, straight-through), which take ``noise``, an int64
+key [seed, stream] naming the draw (subind_fast/noise.py); W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
 the bias, and θ when it requires grad.  See subind_fast/_ops.py for the
 formulas and design.md §1 for their derivation.
 
@@ -17,14 +19,23 @@ from torch import Tensor
 
 from . import _ops
 from ._validation import beta_tensor, check_input, check_masked_weight, check_mode
+from .noise import check_key
 
 IntOrTuple = Union[int, Sequence[int]]
 
 
-def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft") -> Tensor:
-    """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
+def _checked(weight, logits, mode, noise) -> tuple:
+    """The trailing op arguments for ``noise``: none for the deterministic modes."""
     check_masked_weight(weight, logits, mode)
-    return _ops.MASK_WEIGHT(weight, logits, beta_tensor(beta, logits), mode)
+    check_key(noise, mode, logits)
+    return () if noise is None else (noise,)
+
+
+def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft",
+                noise: Optional[Tensor] = None) -> Tensor:
+    """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
+    extra = _checked(weight, logits, mode, noise)
+    return _ops.MASK_WEIGHT(weight, logits, beta_tensor(beta, logits), mode, *extra)
 
 
 def l0(logits: Tensor, beta: float) -> Tensor:
@@ -35,14 +46,15 @@ def l0(logits: Tensor, beta: float) -> Tensor:
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
-                  bias: Optional[Tensor] = None, mode: str = "soft") -> Tensor:
+                  bias: Optional[Tensor] = None, mode: str = "soft",
+                  noise: Optional[Tensor] = None) -> Tensor:
     """y = x · (weight ⊙ m(logits))ᵀ + bias for x of shape (..., in_features)."""
-    check_masked_weight(weight, logits, mode)
+    extra = _checked(weight, logits, mode, noise)
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     x, weight, bias = _autocast(x, weight, bias)
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
-    return _ops.MASKED_LINEAR(x, weight, logits, bias, beta_tensor(beta, logits), mode)
+    return _ops.MASKED_LINEAR(x, weight, logits, bias, beta_tensor(beta, logits), mode, *extra)
 
 
 def _autocast(x, weight, bias):
@@ -77,9 +89,9 @@ def _padding(padding, kernel: Sequence[int], dilation: Sequence[int]) -> list[in
 def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
                 bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
                 padding: Union[str, IntOrTuple] = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                mode: str = "soft") -> Tensor:
+                mode: str = "soft", noise: Optional[Tensor] = None) -> Tensor:
     """N-d convolution (N = weight.dim() − 2) with W_eff = weight ⊙ m(logits)."""
-    check_masked_weight(weight, logits, mode)
+    extra = _checked(weight, logits, mode, noise)
     nd = weight.dim() - 2
     if nd < 1:
         raise ValueError(f"masked_conv: weight must be (out, in/groups, *kernel), got {tuple(weight.shape)}")
@@ -98,17 +110,20 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
     out = _ops.MASKED_CONV(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
-                           beta_tensor(beta, logits), mode, stride, padding, dilation, groups)
+                           beta_tensor(beta, logits), mode, stride, padding, dilation, groups,
+                           *extra)
     return out.squeeze(0) if unbatched else out
 
 
 def _conv_of_rank(nd: int):
     def conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float, bias: Optional[Tensor] = None,
              stride: IntOrTuple = 1, padding: Union[str, IntOrTuple] = 0,
-             dilation: IntOrTuple = 1, groups: int = 1, mode: str = "soft") -> Tensor:
+             dilation: IntOrTuple = 1, groups: int = 1, mode: str = "soft",
+             noise: Optional[Tensor] = None) -> Tensor:
         if isinstance(weight, torch.Tensor) and weight.dim() != nd + 2:
             raise ValueError(f"masked_conv{nd}d: weight must have {nd + 2} dims, got {tuple(weight.shape)}")
-        return masked_conv(x, weight, logits, beta, bias, stride, padding, dilation, groups, mode)
+        return masked_conv(x, weight, logits, beta, bias, stride, padding, dilation, groups, mode,
+                           noise)
 
     conv.__name__ = f"masked_conv{nd}d"
     conv.__doc__ = f"{nd}-d convolution with W_eff = weight ⊙ m(logits); see masked_conv."

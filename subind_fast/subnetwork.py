@@ -77,7 +77,7 @@ class Subnetwork:
         for layer in layers.values():
             for weight, logits in layer.masked_parameters().values():
                 name = table.name_of(weight)
-                mask = (whole(logits.detach()) > 0).cpu()
+                mask = (whole(logits.detach()) > 0).cpu().expand(weight.shape)
                 masks[name] = masks[name] | mask if name in masks else mask
         return cls.from_masks(masks, metadata)
 

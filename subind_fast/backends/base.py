@@ -17,6 +17,10 @@ Families and their math (design.md §1; m = σ(β·s) | 1[s>0] | 1):
     linear:  linear_forward/backward   y = x·W_effᵀ + b and its gradients
     conv:    conv_forward/backward     the same with the convolution as the GEMM
     l0:      sigmoid_sum(_backward)    L0 = Σσ(βs), ∂L0/∂s = β·m(1−m)
+    sampled: sampled_mask_weight(_backward)   the mask family for the sampled
+                                    modes (hard-concrete, Gumbel straight-through):
+                                    m and its slope from the logistic noise of a
+                                    key (subind_fast/noise.py), regenerated in backward
     optim:   adamw_step, sgd_step      fused frozen-mask optimizer updates (in place)
 
 β arrives as a one-element tensor (on the logits' device or the CPU), never a
@@ -39,6 +43,8 @@ from typing import ClassVar, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._validation import SAMPLED_MODES, TRAINING_MODES
+
 EMPTY = (0,)
 
 FAMILY_METHODS: dict[str, tuple[str, ...]] = {
@@ -46,6 +52,7 @@ FAMILY_METHODS: dict[str, tuple[str, ...]] = {
     "linear": ("linear_forward", "linear_backward"),
     "conv": ("conv_forward", "conv_backward"),
     "l0": ("sigmoid_sum", "sigmoid_sum_backward"),
+    "sampled": ("sampled_mask_weight", "sampled_mask_weight_backward"),
     "optim": ("adamw_step", "sgd_step"),
 }
 FAMILIES = tuple(FAMILY_METHODS)
@@ -110,23 +117,36 @@ class Backend:
                              need_logits_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
         """(W_eff, ∂θ, ∂s) from ∂L/∂W_eff, empty markers for what was not asked."""
 
-    # -- linear / conv ---------------------------------------------------------
+    # -- sampled (the mask family for the sampled modes) ------------------------
+    @_abstract("sampled")
+    def sampled_mask_weight(self, weight: Tensor, logits: Tensor, beta: Tensor, mode: str,
+                            noise: Tensor) -> Tensor:
+        """W_eff = θ ⊙ m(s, L(noise)), m a hard-concrete or Gumbel straight-through sample."""
+
+    @_abstract("sampled")
+    def sampled_mask_weight_backward(self, grad_weff: Tensor, weight: Tensor, logits: Tensor,
+                                     beta: Tensor, mode: str, noise: Tensor, need_weff: bool,
+                                     need_weight_grad: bool, need_logits_grad: bool
+                                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_eff, ∂θ, ∂s = G_W ⊙ θ ⊙ β·slope) with the noise regenerated."""
+
+    # -- linear / conv (``noise``: the key of a sampled mode, else None) ---------
     @_abstract("linear")
-    def linear_forward(self, x, weight, logits, bias, beta, mode) -> Tensor:
+    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None) -> Tensor:
         """y = x·W_effᵀ + b over the last dim of x."""
 
     @_abstract("linear")
-    def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None):
         """(∂x, ∂θ, ∂s, ∂b) for the gradients ``needs`` asks for."""
 
     @_abstract("conv")
     def conv_forward(self, x, weight, logits, bias, beta, mode, stride, padding, dilation,
-                     groups) -> Tensor:
+                     groups, noise=None) -> Tensor:
         """N-d convolution with W_eff."""
 
     @_abstract("conv")
     def conv_backward(self, grad, x, weight, logits, beta, mode, stride, padding, dilation,
-                      groups, needs):
+                      groups, needs, noise=None):
         """(∂x, ∂θ, ∂s, ∂b) of the convolution."""
 
     # -- l0 --------------------------------------------------------------------
@@ -151,55 +171,70 @@ class Backend:
 
 
 class ComposedBackend(Backend):
-    """Linear and convolution composed from the mask family and ATen's GEMMs."""
+    """Linear and convolution composed from the mask family (or, for the
+    sampled modes, the sampled family) and ATen's GEMMs."""
+
+    # -- the element-wise pass of the mode: deterministic or sampled -----------
+    def _mask(self, weight, logits, beta, mode, noise):
+        if mode in SAMPLED_MODES:
+            return self.sampled_mask_weight(weight, logits, beta, mode, noise)
+        return self.mask_weight(weight, logits, beta, mode)
+
+    def _mask_backward(self, grad_w, weight, logits, beta, mode, noise, *needs):
+        if mode in SAMPLED_MODES:
+            return self.sampled_mask_weight_backward(grad_w, weight, logits, beta, mode, noise,
+                                                     *needs)
+        return self.mask_weight_backward(grad_w, weight, logits, beta, mode, *needs)
 
     # -- shared: the part of backward that turns G_W into (W_eff, ∂θ, ∂s) ----
     def _weight_side(self, grad_w: Tensor | None, weight: Tensor, logits: Tensor, beta: Tensor,
-                     mode: str, need_x: bool, need_weight: bool, need_logits: bool):
+                     mode: str, noise, need_x: bool, need_weight: bool, need_logits: bool):
         """(W_eff or None, ∂θ, ∂s) with empty markers for what was not asked."""
-        need_logits = need_logits and mode == "soft"
+        need_logits = need_logits and mode in TRAINING_MODES
         if grad_w is None or not (need_weight or need_logits):
-            weff = self.mask_weight(weight, logits, beta, mode) if need_x else None
+            weff = self._mask(weight, logits, beta, mode, noise) if need_x else None
             return weff, empty_like_marker(weight), empty_like_marker(logits)
-        weff, gw, gs = self.mask_weight_backward(grad_w, weight, logits, beta, mode,
-                                                 need_x, need_weight, need_logits)
+        weff, gw, gs = self._mask_backward(grad_w, weight, logits, beta, mode, noise,
+                                           need_x, need_weight, need_logits)
         return (weff if need_x else None), gw, gs
 
     # -- linear ---------------------------------------------------------------
     def linear_forward(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Tensor | None,
-                       beta: Tensor, mode: str) -> Tensor:
-        weff = self.mask_weight(weight, logits, beta, mode)
+                       beta: Tensor, mode: str, noise=None) -> Tensor:
+        weff = self._mask(weight, logits, beta, mode, noise)
         return torch.nn.functional.linear(x, weff, bias)
 
     def linear_backward(self, grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
-                        beta: Tensor, mode: str, needs: Sequence[bool]):
+                        beta: Tensor, mode: str, needs: Sequence[bool], noise=None):
         need_x, need_w, need_s, need_b = needs
         n_out, n_in = weight.shape
         g2 = grad.reshape(-1, n_out)
         x2 = x.reshape(-1, n_in)
         grad_w = None
-        if need_w or (need_s and mode == "soft"):
+        if need_w or (need_s and mode in TRAINING_MODES):
             # Produce G_W in the weight's own layout so the mask pass reads it
             # without a transpose copy (GPT-2's Conv1D weight is a transposed view).
             if weight.dim() == 2 and weight.stride(0) == 1 and weight.stride(1) != 1:
                 grad_w = (x2.t() @ g2).t()
             else:
                 grad_w = g2.t() @ x2
-        weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, need_x, need_w, need_s)
+        weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, noise, need_x,
+                                         need_w, need_s)
         gx = (g2 @ weff).reshape(x.shape) if need_x else empty_like_marker(x)
         gb = g2.sum(0) if need_b else empty_like_marker(grad)
         return gx, gw, gs, gb
 
     # -- convolution (any spatial rank torch.convolution supports) -----------
     def conv_forward(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Tensor | None,
-                     beta: Tensor, mode: str, stride, padding, dilation, groups: int) -> Tensor:
-        weff = self.mask_weight(weight, logits, beta, mode)
+                     beta: Tensor, mode: str, stride, padding, dilation, groups: int,
+                     noise=None) -> Tensor:
+        weff = self._mask(weight, logits, beta, mode, noise)
         zeros = [0] * (weight.dim() - 2)
         return torch.convolution(x, weff, bias, stride, padding, dilation, False, zeros, groups)
 
     def conv_backward(self, grad: Tensor, x: Tensor, weight: Tensor, logits: Tensor,
                       beta: Tensor, mode: str, stride, padding, dilation, groups: int,
-                      needs: Sequence[bool]):
+                      needs: Sequence[bool], noise=None):
         need_x, need_w, need_s, need_b = needs
         zeros = [0] * (weight.dim() - 2)
         bias_sizes = [weight.shape[0]]
@@ -208,13 +243,14 @@ class ComposedBackend(Backend):
             return torch.ops.aten.convolution_backward(
                 grad, x, w, bias_sizes, stride, padding, dilation, False, zeros, groups, mask)
 
-        want_grad_w = need_w or (need_s and mode == "soft")
+        want_grad_w = need_w or (need_s and mode in TRAINING_MODES)
         grad_w, gb = None, empty_like_marker(grad)
         if want_grad_w or need_b:
             # ∂W and ∂b do not read the weight's values, so θ stands in for W_eff.
             _, grad_w, gb_ = conv_grads(weight, [False, want_grad_w, need_b])
             gb = gb_ if need_b else gb
             grad_w = grad_w if want_grad_w else None
-        weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, need_x, need_w, need_s)
+        weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, noise, need_x,
+                                         need_w, need_s)
         gx = conv_grads(weff, [True, False, False])[0] if need_x else empty_like_marker(x)
         return gx, gw, gs, gb

@@ -59,9 +59,11 @@ class CpuBackend(CompiledBackend):
     def _blockable(weight, logits) -> bool:
         return weight.dim() == 2 and weight.is_contiguous() and logits.is_contiguous()
 
-    def linear_forward(self, x, weight, logits, bias, beta, mode):
-        if not self._blockable(weight, logits):
-            return super().linear_forward(x, weight, logits, bias, beta, mode)
+    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None):
+        # The blocked kernel computes the deterministic masks; a sampled mask
+        # is one C++ element-wise pass (sampled family) around ATen's GEMM.
+        if noise is not None or not self._blockable(weight, logits):
+            return super().linear_forward(x, weight, logits, bias, beta, mode, noise)
         n, k = weight.shape
         x2 = x.reshape(-1, k)
         rows = block_rows_for(x2.shape[0], n, k, weight.element_size())
@@ -70,9 +72,9 @@ class CpuBackend(CompiledBackend):
                                             scratch)
         return y.reshape(*x.shape[:-1], n)
 
-    def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
-        if not self._blockable(weight, logits):
-            return super().linear_backward(grad, x, weight, logits, beta, mode, needs)
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None):
+        if noise is not None or not self._blockable(weight, logits):
+            return super().linear_backward(grad, x, weight, logits, beta, mode, needs, noise)
         need_x, need_w, need_s, need_b = needs
         n, k = weight.shape
         g2 = grad.reshape(-1, n)

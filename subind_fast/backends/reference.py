@@ -8,7 +8,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import noise as noise_lib
+from .._validation import SAMPLED_MODES, TRAINING_MODES
 from .base import FAMILIES, ComposedBackend, empty_like_marker
+
+#: the hard-concrete stretch ε: (γ, ζ) = (−ε, 1 + ε) (Louizos et al.'s −0.1, 1.1);
+#: csrc/include/subind/mask_math.h has the same constant
+STRETCH = 0.1
 
 
 def _opmath(logits: Tensor) -> torch.dtype:
@@ -20,9 +26,28 @@ def beta_like(beta: Tensor, like: Tensor) -> Tensor:
     return beta.to(device=like.device, dtype=like.dtype).reshape(())
 
 
-def mask_and_slope(logits: Tensor, beta: Tensor, mode: str) -> tuple[Tensor, Tensor | None]:
-    """m = σ(βs) and m(1−m) = σ(βs)σ(−βs) (soft); 1[s>0] (hard); 1 (none)."""
+def sampled_mask_and_slope(s: Tensor, beta: Tensor, mode: str, noise: Tensor
+                           ) -> tuple[Tensor, Tensor]:
+    """Given the logistic noise L (shaped like s): z = β(s + L), y = σ(z);
+    concrete: m = clamp(y(1+2ε) − ε, 0, 1), slope = 1[0 < t < 1]·(1+2ε)·y(1−y);
+    gumbel: m = 1[z > 0], slope = y(1−y) (straight-through);  ∂s = g·θ·β·slope."""
+    z = beta_like(beta, s) * (s + noise)
+    y, dy = torch.sigmoid(z), torch.sigmoid(z) * torch.sigmoid(-z)
+    if mode == "concrete":
+        t = y * (1 + 2 * STRETCH) - STRETCH
+        inside = (t > 0) & (t < 1)
+        return t.clamp(0, 1), torch.where(inside, (1 + 2 * STRETCH) * dy, torch.zeros_like(dy))
+    return (z > 0).to(s.dtype), dy
+
+
+def mask_and_slope(logits: Tensor, beta: Tensor, mode: str,
+                   noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """m = σ(βs) and m(1−m) = σ(βs)σ(−βs) (soft); 1[s>0] (hard); 1 (none);
+    a sampled mask and its slope (sampled modes; ``noise`` is the key)."""
     s = logits.to(_opmath(logits))
+    if mode in SAMPLED_MODES:
+        return sampled_mask_and_slope(
+            s, beta, mode, noise_lib.logistic(noise, noise_lib.element_offsets(logits), s.dtype))
     if mode == "soft":
         z = beta_like(beta, s) * s
         return torch.sigmoid(z), torch.sigmoid(z) * torch.sigmoid(-z)
@@ -50,20 +75,28 @@ class ReferenceBackend(ComposedBackend):
     devices = None  # any device
     families = frozenset(FAMILIES)
 
-    def mask_weight(self, weight, logits, beta, mode):
-        m, _ = mask_and_slope(logits, beta, mode)
+    def mask_weight(self, weight, logits, beta, mode, noise=None):
+        m, _ = mask_and_slope(logits, beta, mode, noise)
         return _into_layout_of(weight, weight.to(m.dtype) * m, weight.dtype)
 
+    def sampled_mask_weight(self, weight, logits, beta, mode, noise):
+        return self.mask_weight(weight, logits, beta, mode, noise)
+
+    def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
+                                     need_weff, need_weight_grad, need_logits_grad):
+        return self.mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
+                                         need_weight_grad, need_logits_grad, noise)
+
     def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
-                             need_weight_grad, need_logits_grad):
-        m, slope = mask_and_slope(logits, beta, mode)
+                             need_weight_grad, need_logits_grad, noise=None):
+        m, slope = mask_and_slope(logits, beta, mode, noise)
         g = grad_weff.to(m.dtype)
         theta = weight.to(m.dtype)
         weff = (_into_layout_of(weight, theta * m, weight.dtype) if need_weff
                 else empty_like_marker(weight))
         gw = (_into_layout_of(weight, g * m, weight.dtype) if need_weight_grad
               else empty_like_marker(weight))
-        if need_logits_grad and mode == "soft":
+        if need_logits_grad and mode in TRAINING_MODES:
             gs = _into_layout_of(logits, g * theta * beta_like(beta, g) * slope, logits.dtype)
         else:
             gs = empty_like_marker(logits)

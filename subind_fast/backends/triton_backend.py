@@ -9,7 +9,7 @@ import torch
 import triton
 
 from . import triton_kernels as K
-from .base import FAMILIES, ComposedBackend, empty_like_marker
+from .base import FAMILIES, ComposedBackend, UnsupportedOpError, empty_like_marker
 
 _MODE = {"soft": K.MODE_SOFT, "hard": K.MODE_HARD, "none": K.MODE_NONE}
 
@@ -23,6 +23,14 @@ def _check_gemm_dtype(t: torch.Tensor) -> None:
     if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"the triton backend computes in fp32/bf16/fp16, got {t.dtype}; "
                         "use SUBIND_BACKEND=reference for float64")
+
+
+def _no_sampled_masks(noise) -> None:
+    """The fused GEMMs compute the deterministic masks only (dispatch sends
+    the sampled modes to the backend of the ``sampled`` family)."""
+    if noise is not None:
+        raise UnsupportedOpError("the triton backend has no sampled-mask kernels (the sampled "
+                                 "op family); unset SUBIND_BACKEND to use the default")
 
 
 def _device_beta(beta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -59,7 +67,7 @@ def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, beta, bias=
 class TritonBackend(ComposedBackend):
     name = "triton"
     devices = frozenset({"cuda"})
-    families = frozenset(FAMILIES)
+    families = frozenset(FAMILIES) - {"sampled"}
 
     def __init__(self, forward_variant: str | None = None):
         variant = forward_variant or os.environ.get("SUBIND_TRITON_FWD", "prepass")
@@ -112,7 +120,8 @@ class TritonBackend(ComposedBackend):
         return out
 
     # -- fused masked linear ----------------------------------------------------
-    def linear_forward(self, x, weight, logits, bias, beta, mode):
+    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None):
+        _no_sampled_masks(noise)
         _check_gemm_dtype(x)
         n_out, n_in = weight.shape
         x2 = x.reshape(-1, n_in)
@@ -128,7 +137,8 @@ class TritonBackend(ComposedBackend):
                 logits=logits if prologue else None, mode=mode, prologue=prologue)
         return y.reshape(*x.shape[:-1], n_out)
 
-    def linear_backward(self, grad, x, weight, logits, beta, mode, needs):
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None):
+        _no_sampled_masks(noise)
         _check_gemm_dtype(x)
         need_x, need_w, need_s, need_b = needs
         need_s = need_s and mode == "soft"

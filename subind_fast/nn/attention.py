@@ -47,23 +47,29 @@ class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAtten
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim=None, vdim=None,
                  batch_first: bool = False, *, init: MaskInit = DEFAULT_MASK_INIT,
                  beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                 device=None, dtype=None):
+                 method=None, device=None, dtype=None):
         nn.MultiheadAttention.__init__(self, embed_dim, num_heads, dropout, bias, add_bias_kv,
                                        add_zero_attn, kdim, vdim, batch_first, device=device,
                                        dtype=dtype)
-        self._setup_mask(init, beta, mode, freeze_weight)
+        self._setup_mask(init, beta, mode, freeze_weight, method)
 
     @property
     def masked_weights(self):
         return _PACKED if self._qkv_same_embed_dim else _SEPARATE
 
-    def _setup_mask(self, init, beta, mode, freeze_weight):
+    def _setup_mask(self, init, beta, mode, freeze_weight, method=None):
+        from .methods import as_method
         from .registry import masked_class_for
 
-        super()._setup_mask(init, beta, mode, freeze_weight)
+        super()._setup_mask(init, beta, mode, freeze_weight, method)
+        if self.mask_method.n_samples > 1:
+            # The projections are formed once per forward (one mask sample each).
+            raise ValueError("MaskedMultiheadAttention draws one mask sample per forward; "
+                             "use n_samples=1 (or exclude the attention module)")
         if not isinstance(self.out_proj, MaskedWeightMixin):
             self.out_proj = masked_class_for(type(self.out_proj)).from_module(
-                self.out_proj, init=init, beta=beta, mode=mode, freeze_weight=freeze_weight)
+                self.out_proj, init=init, beta=beta, mode=mode, freeze_weight=freeze_weight,
+                method=as_method(self.mask_method))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,

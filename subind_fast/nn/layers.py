@@ -1,12 +1,15 @@
 """Drop-in masked layers.  Each holds the (frozen by default) weight θ of the
 layer it replaces, mask logits s (fp32, the trainable mask parameter), the
-scale β and the mode (nn/mask_state.py), and computes its GEMM with
-W_eff = θ ⊙ m where
+scale β, the mode and the mask method (nn/mask_state.py, nn/methods.py), and
+computes its GEMM with W_eff = θ ⊙ m where
 
-    m = σ(β·s) in mode "soft", 1[s > 0] in "hard", 1 in "none".
+    m = σ(β·s) in mode "soft", 1[s > 0] in "hard", 1 in "none",
+        a hard-concrete or Gumbel straight-through sample in "concrete"/"gumbel".
 
-``mode=None`` (the default) follows train()/eval(): soft while training, hard
-in eval — the paper's test-time binary mask.
+``mode=None`` (the default) follows train()/eval(): the method's training
+mask while training, hard in eval — the paper's test-time binary mask.
+``method=`` picks the method ("continuous", "hard_concrete", "gumbel", …, or a
+MaskMethod with granularity and samples per batch).
 """
 from __future__ import annotations
 
@@ -26,25 +29,30 @@ class _FromModule:
 
     @classmethod
     def from_module(cls, module: nn.Module, init: MaskInit = DEFAULT_MASK_INIT,
-                    beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True):
+                    beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
+                    method=None):
         """Wrap ``module``'s weight and bias (shared Parameters, not copies)."""
-        return cls._wrapping(module, init, beta, mode, freeze_weight)
+        return cls._wrapping(module, init, beta, mode, freeze_weight, method)
 
 
 class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
     """nn.Linear with a continuous-sparsification weight mask."""
 
     _plain = nn.Linear
+    _unit_axis = 0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
-                 mode: Optional[str] = None, freeze_weight: bool = True, device=None, dtype=None):
+                 mode: Optional[str] = None, freeze_weight: bool = True, method=None,
+                 device=None, dtype=None):
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        self._setup_mask(init, beta, mode, freeze_weight)
+        self._setup_mask(init, beta, mode, freeze_weight, method)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._note_mask_ran()
-        return SF.masked_linear(x, self.weight, self.logits, self.beta, self.bias, self.mode)
+        return self._masked_output(
+            x, self.weight, self.logits, self.bias,
+            lambda x, w, s, b, mode, noise: SF.masked_linear(x, w, s, self.beta, b, mode, noise),
+            F.linear)
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self._mask_repr()}"
@@ -53,14 +61,24 @@ class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
 class _MaskedConvNd(_FromModule, MaskedWeightMixin):
     """Shared forward/conversion of MaskedConv1d/2d/3d."""
 
+    _unit_axis = 0
+    _output_unit_dim = 1
+
     def forward(self, x: Tensor) -> Tensor:
-        self._note_mask_ran()
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return SF.masked_conv(x, self.weight, self.logits, self.beta, self.bias, self.stride,
-                              padding, self.dilation, self.groups, self.mode)
+
+        def op(x, w, s, b, mode, noise):
+            return SF.masked_conv(x, w, s, self.beta, b, self.stride, padding, self.dilation,
+                                  self.groups, mode, noise)
+
+        def gemm(x, w):
+            conv = (F.conv1d, F.conv2d, F.conv3d)[w.dim() - 3]
+            return conv(x, w, None, self.stride, padding, self.dilation, self.groups)
+
+        return self._masked_output(x, self.weight, self.logits, self.bias, op, gemm)
 
     def extra_repr(self) -> str:
         return f"{self._plain.extra_repr(self)}, {self._mask_repr()}"
@@ -70,10 +88,10 @@ def _conv_class(plain: type, name: str) -> type:
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", *, init: MaskInit = DEFAULT_MASK_INIT,
                  beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                 device=None, dtype=None):
+                 method=None, device=None, dtype=None):
         plain.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                        groups, bias, padding_mode, device=device, dtype=dtype)
-        self._setup_mask(init, beta, mode, freeze_weight)
+        self._setup_mask(init, beta, mode, freeze_weight, method)
 
     doc = f"nn.{plain.__name__} with a continuous-sparsification weight mask."
     return type(name, (_MaskedConvNd, plain),
@@ -91,14 +109,17 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
     weight mask.  The masked GEMM runs on transposed views of W and s, so no
     weight-sized copy is made."""
 
+    _unit_axis = 1  # the weight is stored in × out
+
     def __init__(self, nf: int, nx: int, *, init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
-                 mode: Optional[str] = None, freeze_weight: bool = True, device=None, dtype=None):
+                 mode: Optional[str] = None, freeze_weight: bool = True, method=None,
+                 device=None, dtype=None):
         super().__init__()
         self.nf, self.nx = nf, nx
         self.weight = nn.Parameter(torch.empty(nx, nf, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(nf, device=device, dtype=dtype))
         nn.init.normal_(self.weight, std=0.02)
-        self._setup_mask(init, beta, mode, freeze_weight)
+        self._setup_mask(init, beta, mode, freeze_weight, method)
 
     @classmethod
     def _plain_class(cls) -> type:
@@ -107,8 +128,11 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
         return Conv1D
 
     def forward(self, x: Tensor) -> Tensor:
-        self._note_mask_ran()
-        return SF.masked_linear(x, self.weight.t(), self.logits.t(), self.beta, self.bias, self.mode)
+        return self._masked_output(
+            x, self.weight, self.logits, self.bias,
+            lambda x, w, s, b, mode, noise: SF.masked_linear(x, w.t(), s.t(), self.beta, b, mode,
+                                                             noise),
+            lambda x, w: x @ w)
 
     def extra_repr(self) -> str:
         return f"nx={self.nx}, nf={self.nf}, {self._mask_repr()}"

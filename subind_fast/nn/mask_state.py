@@ -18,6 +18,11 @@ one scale β and one mode:
 * ``mask_ran`` records that the layer's mask was applied since the last reset,
   so a model that bypasses the layer (reads ``.weight`` directly) is detected
   (nn/coverage.py).
+* ``mask_method`` (nn/methods.py) says how the mask is trained or chosen
+  (continuous sparsification by default, hard-concrete, Gumbel-sigmoid,
+  magnitude, lottery ticket) and at which granularity: per weight, or per
+  output unit (the logits then have the weight's shape with every axis but
+  the unit axis of size 1, and broadcast over the unit's weights).
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ from torch import Tensor, nn
 
 from .. import functional as SF
 from .. import sharded
-from .._validation import MODE_CODES, check_beta, check_mode
+from .._validation import MODE_CODES, SAMPLED_MODES, check_beta, check_mode
+from .methods import MaskMethod, as_method, noise_keys, penalty, unit_mask
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -42,15 +48,17 @@ _MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 _FULL_PRECISION = (torch.float32, torch.float64)
 
 
-def _initial_logits(weight: Tensor, init: MaskInit) -> Tensor:
-    logits = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+def _initial_logits(weight: Tensor, init: MaskInit, shape=None) -> Tensor:
+    """Logits of ``shape`` (default: the weight's) filled from ``init``."""
+    shape = weight.shape if shape is None else torch.Size(shape)
+    logits = torch.empty(shape, dtype=torch.float32, device=weight.device)
     if callable(init) and not isinstance(init, Tensor):
         with torch.no_grad():
             init(logits)
     elif isinstance(init, Tensor):
-        if init.shape != weight.shape:
-            raise ValueError(f"init tensor shape {tuple(init.shape)} must equal weight shape "
-                             f"{tuple(weight.shape)}")
+        if init.shape != shape:
+            raise ValueError(f"init tensor shape {tuple(init.shape)} must equal the logits' "
+                             f"shape {tuple(shape)}")
         logits.copy_(init)
     elif isinstance(init, (int, float)) and not isinstance(init, bool) and math.isfinite(init):
         logits.fill_(float(init))
@@ -64,14 +72,25 @@ class MaskedWeightMixin:
 
     #: (weight attribute, logits attribute) for each masked weight of the layer
     masked_weights: tuple[tuple[str, str], ...] = (("weight", "logits"),)
+    #: the weight axis that indexes output units (None: no neuron granularity)
+    _unit_axis: Optional[int] = None
+    #: the output axis of those units
+    _output_unit_dim: int = -1
 
     # ------------------------------------------------------------ set-up
     def _setup_mask(self, init: MaskInit, beta: float, mode: Optional[str],
-                    freeze_weight: bool) -> None:
+                    freeze_weight: bool, method=None) -> None:
+        method = as_method(method or "continuous")
+        if method.granularity == "neuron" and self._unit_axis is None:
+            raise ValueError(f"{type(self).__name__} has no neuron granularity; use "
+                             "granularity='weight'")
+        self.__dict__["mask_method"] = method
         device = None
         for weight_name, logits_name in self.masked_weights:
             weight = getattr(self, weight_name)
-            setattr(self, logits_name, nn.Parameter(_initial_logits(weight, init)))
+            logits = nn.Parameter(_initial_logits(weight, init, self._logits_shape(weight)),
+                                  requires_grad=method.trained)
+            setattr(self, logits_name, logits)
             if freeze_weight:
                 weight.requires_grad_(False)
             device = weight.device
@@ -82,9 +101,16 @@ class MaskedWeightMixin:
         self.mode = mode
         self.__dict__["mask_ran"] = False
 
+    def _logits_shape(self, weight: Tensor) -> torch.Size:
+        """The weight's shape, or (neuron granularity) 1 on every axis but the unit axis."""
+        if self.mask_method.granularity == "weight":
+            return weight.shape
+        return torch.Size(n if axis == self._unit_axis else 1
+                          for axis, n in enumerate(weight.shape))
+
     @classmethod
     def _wrapping(cls, module: nn.Module, init: MaskInit, beta: float, mode: Optional[str],
-                  freeze_weight: bool):
+                  freeze_weight: bool, method=None):
         """A layer of this class that takes over ``module``'s state: the same
         Parameter objects (shared, not copied), buffers, submodules, attributes
         and hooks; the original module is left as it was."""
@@ -92,7 +118,7 @@ class MaskedWeightMixin:
         for key, value in module.__dict__.items():
             # Containers are copied so registering the logits leaves ``module`` alone.
             layer.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
-        layer._setup_mask(init, beta, mode, freeze_weight)
+        layer._setup_mask(init, beta, mode, freeze_weight, method)
         return layer
 
     @torch.no_grad()
@@ -106,7 +132,7 @@ class MaskedWeightMixin:
                     and math.isfinite(init)):
                 logits.fill_(float(init))  # in place: no weight-sized temporary
             else:
-                logits.copy_(_initial_logits(getattr(self, weight_name), init))
+                logits.copy_(_initial_logits(getattr(self, weight_name), init, logits.shape))
 
     # ------------------------------------------------------------ β and mode
     def __setattr__(self, name, value):
@@ -129,10 +155,12 @@ class MaskedWeightMixin:
 
     @property
     def mode(self) -> str:
-        """The mode forward uses now: the pinned one, else soft/hard by training."""
+        """The mode forward uses now: the pinned one, else the method's training
+        mode (soft, concrete, gumbel; hard for the selection methods) while
+        training and hard in eval."""
         if self._mode is not None:
             return self._mode
-        return "soft" if self.training else "hard"
+        return self.mask_method.training_mode if self.training else "hard"
 
     @mode.setter
     def mode(self, value: Optional[str]) -> None:
@@ -177,15 +205,21 @@ class MaskedWeightMixin:
         return [getattr(self, s) for _, s in self.masked_weights]
 
     def l0(self) -> Tensor:
-        """Σσ(β·s) over the layer's logits: the expected number of kept weights
-        (over all shards of sharded logits; see subind_fast/sharded.py)."""
-        terms = [sharded.shard_sum(SF.l0(sharded.local(s), self.beta), s)
-                 for s in self._logits()]
+        """The method's sparsity penalty over the layer's logits (methods.py):
+        for continuous sparsification Σσ(β·s), the expected number of kept
+        weights; a unit's term counts its weights (over all shards of sharded
+        logits; see subind_fast/sharded.py)."""
+        terms = []
+        for weight, s in self.masked_parameters().values():
+            term = sharded.shard_sum(penalty(self.mask_method, sharded.local(s), self.beta), s)
+            fan = weight.numel() // s.numel()
+            terms.append(term * fan if fan != 1 else term)
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
     def hard_masks(self) -> dict[str, Tensor]:
         """{weight attribute: 1[s > 0] as a bool tensor shaped like θ}."""
-        return {w: sharded.whole(s.detach()) > 0 for w, (_, s) in self.masked_parameters().items()}
+        return {w: (sharded.whole(s.detach()) > 0).expand(weight.shape)
+                for w, (weight, s) in self.masked_parameters().items()}
 
     def hard_mask(self) -> Tensor:
         """The binary mask 1[s > 0] of the layer's (single) masked weight."""
@@ -194,16 +228,56 @@ class MaskedWeightMixin:
                              "use hard_masks()")
         return next(iter(self.hard_masks().values()))
 
+    def kept_and_total(self) -> tuple[int, int]:
+        """(weights the hard mask keeps, masked weights) over the layer."""
+        kept = total = 0
+        for weight, s in self.masked_parameters().values():
+            kept += sharded.count_positive(s) * (weight.numel() // s.numel())
+            total += weight.numel()
+        return kept, total
+
     def density(self) -> float:
         """Fraction of the layer's masked weights the hard mask keeps."""
-        kept = sum(sharded.count_positive(s) for s in self._logits())
-        return kept / max(1, sum(s.numel() for s in self._logits()))
+        kept, total = self.kept_and_total()
+        return kept / max(1, total)
 
     def _mask_weight(self, weight_name: str) -> Tensor:
-        """W_eff of one masked weight in the current mode (marks the mask as run)."""
+        """W_eff of one masked weight in the current mode (marks the mask as
+        run); a sampled mode draws one sample per call."""
         self._note_mask_ran()
         weight, logits = self.masked_parameters()[weight_name]
-        return SF.mask_weight(weight, logits, self.beta, self.mode)
+        mode = self.mode
+        noise = None
+        if mode in SAMPLED_MODES:
+            noise = noise_keys(logits, 1, self.mask_method.generator)[0]
+        return SF.mask_weight(weight, logits, self.beta, mode, noise)
+
+    def _masked_output(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                       op: Callable, gemm: Callable) -> Tensor:
+        """The layer's output in the current mode: ``op(x, θ, s, b, mode,
+        noise)`` (the fused masked op) at weight granularity; at neuron
+        granularity ``gemm(x, θ)`` scaled by the units' mask, plus b.  A
+        sampled mode with n samples applies sample k to the k-th slice of the
+        batch (dim 0)."""
+        self._note_mask_ran()
+        mode, method = self.mode, self.mask_method
+        n = method.n_samples if mode in SAMPLED_MODES else 1
+        keys = noise_keys(logits, n, method.generator) if mode in SAMPLED_MODES else [None]
+        parts = _batch_slices(x, n)
+        if method.granularity == "weight":
+            outs = [op(part, weight, logits, bias, mode, key) for part, key in zip(parts, keys)]
+        else:
+            outs = [self._scaled_units(gemm(part, weight), unit_mask(logits, self.beta, mode, key),
+                                       bias) for part, key in zip(parts, keys)]
+        return outs[0] if n == 1 else torch.cat(outs, 0)
+
+    def _scaled_units(self, y: Tensor, unit_mask_values: Tensor, bias: Optional[Tensor]) -> Tensor:
+        def along_units(t: Tensor) -> Tensor:
+            t = t.reshape(-1).to(y.dtype)
+            return t if self._output_unit_dim == -1 else t.view(-1, *[1] * (y.dim() - 2))
+
+        y = y * along_units(unit_mask_values)
+        return y if bias is None else y + along_units(bias)
 
     def masked_weight(self) -> Tensor:
         """W_eff = θ ⊙ m of the layer's (single) masked weight in the current mode."""
@@ -263,10 +337,25 @@ class MaskedWeightMixin:
             del out._parameters[logits_name]
         for buffer in ("beta", "mask_mode"):
             del out._buffers[buffer]
-        for attribute in ("mask_ran", "_mode"):
+        for attribute in ("mask_ran", "_mode", "mask_method"):
             out.__dict__.pop(attribute, None)
         out.__class__ = plain
         return out
 
     def _mask_repr(self) -> str:
-        return f"beta={float(self.beta):g}, mode={self._mode or 'auto'}"
+        method = self.mask_method
+        extra = "" if method == MaskMethod() else (
+            f", method={method.name}" + (f", granularity={method.granularity}"
+                                         if method.granularity != "weight" else "")
+            + (f", n_samples={method.n_samples}" if method.n_samples > 1 else ""))
+        return f"beta={float(self.beta):g}, mode={self._mode or 'auto'}{extra}"
+
+
+def _batch_slices(x: Tensor, n: int) -> list[Tensor]:
+    """x split into n slices along dim 0 (the batch)."""
+    if n == 1:
+        return [x]
+    if x.dim() < 2 or x.shape[0] < n:
+        raise ValueError(f"n_samples={n} mask samples need a batched input with at least {n} "
+                         f"entries along dim 0, got shape {tuple(x.shape)}")
+    return list(torch.tensor_split(x, n, dim=0))

@@ -15,6 +15,7 @@ from .. import sharded
 from . import coverage
 from .compat import apply_compatibility_fixes
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .methods import as_method
 from .registry import masked_class_for
 
 Patterns = Optional[Union[str, Iterable[str]]]
@@ -128,7 +129,10 @@ def select_modules(model: nn.Module, include: Patterns = None, exclude: Patterns
 
 def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
                init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
-               mode: Optional[str] = None, check_coverage: str = "first") -> MaskReport:
+               mode: Optional[str] = None, check_coverage: str = "first", method="continuous",
+               granularity: Optional[str] = None, n_samples: Optional[int] = None,
+               generator: Optional[torch.Generator] = None, density: Optional[float] = None,
+               scope: str = "layer", pretrained: Optional[nn.Module] = None) -> MaskReport:
     """Replace every supported module (nn/registry.py: Linear, Conv1d/2d/3d,
     MultiheadAttention, GPT-2 Conv1D and their subclasses) whose name matches
     ``include`` (glob patterns on module names; all when None) and no
@@ -140,10 +144,18 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     grad.  A pattern matching no maskable module is an error (almost always a
     typo).  Modules that would bypass a masked layer are fixed where known
     (nn/compat.py), and ``check_coverage`` (nn/coverage.py) raises if a masked
-    layer does not run in the model's forward.  Returns a :class:`MaskReport`."""
+    layer does not run in the model's forward.  Returns a :class:`MaskReport`.
+
+    ``method`` (nn/methods.py) with ``granularity``, ``n_samples`` and
+    ``generator``: how the masks are trained.  The selection methods set the
+    masks at once and freeze them: ``magnitude`` keeps the ``density`` fraction
+    of the largest |θ| per layer or globally (``scope``), ``lottery_ticket``
+    the weights that moved most from ``pretrained`` (subind_fast/selection.py)."""
     if check_coverage not in coverage.POLICIES:
         raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
                          f"got {check_coverage!r}")
+    method = as_method(method, granularity, n_samples, generator)
+    chosen = _selection(model, method, density, scope, pretrained, include, exclude)
     modules, names, selected = select_modules(model, include, exclude)
     if freeze_base:
         for p in model.parameters():
@@ -152,17 +164,53 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     for key in selected:
         module = modules[key]
         layer = masked_class_for(type(module)).from_module(module, init=init, beta=beta,
-                                                           mode=mode, freeze_weight=freeze_base)
+                                                           mode=mode, freeze_weight=freeze_base,
+                                                           method=method)
         for name in names[key]:
             _set_child(model, name, layer)
         replaced[names[key][0]] = layer
 
+    if chosen is not None:
+        _load_selection(model, chosen)
     report = _report(model, replaced, apply_compatibility_fixes(model))
     if include is None:
         _warn_unmaskable(model)
     log.info("mask_model:\n%s", report.summary())
     coverage.install_check(model, check_coverage)
     return report
+
+
+def _selection(model, method, density, scope, pretrained, include, exclude):
+    """The Subnetwork a selection method picks (None for the trained methods)."""
+    if method.trained:
+        if density is not None or pretrained is not None:
+            raise ValueError(f"density and pretrained are for the selection methods "
+                             f"(magnitude, lottery_ticket), not {method.name!r}")
+        return None
+    from .. import selection
+
+    if method.granularity != "weight":
+        raise ValueError(f"{method.name} selects individual weights: use granularity='weight'")
+    if density is None:
+        raise ValueError(f"method {method.name!r} needs density= (the fraction to keep)")
+    if method.name == "magnitude":
+        return selection.magnitude(model, density, scope, include, exclude)
+    if pretrained is None:
+        raise ValueError("method 'lottery_ticket' needs pretrained= (the model before "
+                         "fine-tuning)")
+    return selection.lottery_ticket(model, pretrained, density, scope, include, exclude)
+
+
+@torch.no_grad()
+def _load_selection(model: nn.Module, chosen) -> None:
+    """Logits +1 on the chosen weights, −1 elsewhere (hard mask = the selection)."""
+    from ..naming import parameter_names
+
+    table = parameter_names(model)
+    for layer in masked_layers(model).values():
+        for weight, logits in layer.masked_parameters().values():
+            mask = chosen.mask(table.name_of(weight), device=logits.device)
+            logits.copy_(mask.to(logits.dtype) * 2 - 1)
 
 
 def _report(model: nn.Module, replaced: dict, fixes: list[str]) -> MaskReport:
@@ -224,7 +272,8 @@ def set_mode(model: nn.Module, mode: Optional[str]) -> None:
 
 
 def l0_penalty(model: nn.Module) -> Tensor:
-    """Σ over masked layers of Σσ(β·s): the expected number of kept weights."""
+    """Σ over masked layers of their method's sparsity penalty; for continuous
+    sparsification Σσ(β·s), the expected number of kept weights (nn/methods.py)."""
     return torch.stack([layer.l0() for layer in _require_masked(model).values()]).sum()
 
 
@@ -233,9 +282,8 @@ def density(model: nn.Module) -> float:
     shards when the logits are sharded)."""
     kept = total = 0
     for layer in _require_masked(model).values():
-        for _, logits in layer.masked_parameters().values():
-            kept += sharded.count_positive(logits)
-            total += logits.numel()
+        layer_kept, layer_total = layer.kept_and_total()
+        kept, total = kept + layer_kept, total + layer_total
     return kept / max(1, total)
 
 

@@ -62,7 +62,7 @@ def test_layer_rejects_bad_beta_mode_and_init():
         layer.beta = float("nan")
     with pytest.raises(ValueError, match="mode"):
         layer.mode = "sometimes"
-    with pytest.raises(ValueError, match=r"init tensor shape \(3,\) must equal weight shape"):
+    with pytest.raises(ValueError, match=r"init tensor shape \(3,\) must equal the logits. shape"):
         MaskedLinear(3, 2, init=torch.zeros(3))
     with pytest.raises(TypeError, match="init must be"):
         MaskedLinear(3, 2, init="paper")

@@ -30,10 +30,14 @@
 
 namespace subind {
 
-enum MaskMode : int { kSoft = 0, kHard = 1, kNone = 2 };
+enum MaskMode : int { kSoft = 0, kHard = 1, kNone = 2, kConcrete = 3, kGumbel = 4 };
 
 SUBIND_HD bool mode_is_valid(long long mode) {
   return mode == kSoft || mode == kHard || mode == kNone;
+}
+
+SUBIND_HD bool sampled_mode_is_valid(long long mode) {
+  return mode == kConcrete || mode == kGumbel;
 }
 
 // exp(x) for x <= 0 in fp32.  On the CPU a branch-free polynomial (Cody-Waite
@@ -106,6 +110,67 @@ SUBIND_HD void mask_backward_element(T g, T theta, T s, T beta, int mode,
   grad_s = g * theta * beta * slope;
   grad_theta = g * m;
   w_eff = theta * m;
+}
+
+// ---------------------------------------------------------------- sampled masks
+// Hard-concrete (Louizos et al.) and Gumbel-sigmoid with a straight-through
+// estimator (Csordas et al.), from logistic noise L of element i:
+//
+//   z = beta * (s + L),  y = sigmoid(z),  y' = y * (1 - y)
+//   concrete: t = y * (1 + 2 eps) - eps,  m = clamp(t, 0, 1)   (eps = kStretch)
+//             slope = 1[0 < t < 1] * (1 + 2 eps) * y'
+//   gumbel:   m = 1[z > 0]  (= 1[y > 1/2]),  slope = y'  (straight through)
+//
+// with ds = g * theta * beta * slope as in soft mode.  The noise is a pure
+// function of (seed, stream, i) -- subind_fast/noise.py states the hash --
+// so backward regenerates it instead of storing it.
+constexpr double kStretch = 0.1;
+
+SUBIND_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+SUBIND_HD uint32_t noise_key_hash(int64_t seed, int64_t stream) {
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const uint32_t k = mix32(mix32(static_cast<uint32_t>(s)) ^ static_cast<uint32_t>(s >> 32));
+  return mix32(k ^ static_cast<uint32_t>(static_cast<uint64_t>(stream)));
+}
+
+SUBIND_HD float log_of(float x) { return ::logf(x); }
+SUBIND_HD double log_of(double x) { return ::log(x); }
+SUBIND_HD float log1p_of(float x) { return ::log1pf(x); }
+SUBIND_HD double log1p_of(double x) { return ::log1p(x); }
+
+// u in (0, 1) of element i, then the logistic noise log u - log(1 - u).
+template <typename T>
+SUBIND_HD T logistic_noise(uint32_t key, int64_t i) {
+  const uint64_t index = static_cast<uint64_t>(i);
+  const uint32_t h = mix32(mix32(key ^ static_cast<uint32_t>(index)) ^
+                           static_cast<uint32_t>(index >> 32));
+  const T u = (static_cast<T>(h >> 8) + T(0.5)) * T(5.9604644775390625e-08);  // 2^-24
+  return log_of(u) - log1p_of(-u);
+}
+
+template <typename T>
+SUBIND_HD void sampled_mask_and_slope(T s, T beta, T noise, int mode, T& m, T& slope) {
+  const T z = beta * (s + noise);
+  T y, dy;
+  sigmoid_and_slope(z, y, dy);
+  if (mode == kConcrete) {
+    const T stretch = T(1) + T(2) * T(kStretch);
+    const T t = y * stretch - T(kStretch);
+    const bool inside = t > T(0) && t < T(1);
+    m = t <= T(0) ? T(0) : (t >= T(1) ? T(1) : t);
+    slope = inside ? stretch * dy : T(0);
+  } else {
+    m = z > T(0) ? T(1) : T(0);
+    slope = dy;
+  }
 }
 
 }  // namespace subind
