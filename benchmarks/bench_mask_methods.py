@@ -2,7 +2,7 @@
 
 For each method (continuous sparsification, hard-concrete, Gumbel straight-through):
 
-  plain       F.linear with a frozen weight (the floor: the same GEMMs, no mask)
+  plain       F.linear training its weight (the floor: the same three GEMMs, no mask)
   ours        sf.masked_linear in the method's training mode on the default backend
               (CPU: the compiled C++ mask pass; the sampled modes regenerate their noise
               from a 16-byte key in backward)
@@ -72,8 +72,9 @@ def providers(x, w, s, beta, mode):
         with backend("reference"):
             ours()
 
+    w_plain = w.detach().clone().requires_grad_()
     return {
-        "plain": lambda: F.linear(x, w).sum().backward(),
+        "plain": lambda: F.linear(x, w_plain).sum().backward(),
         "ours": ours,
         "reference": reference,
         "eager": lambda: F.linear(x, w * eager_mask(s, beta, mode)).sum().backward(),

@@ -101,22 +101,63 @@ NoiseKey noise_key(const char* op, const at::Tensor& noise) {
   return {subind::noise_key_hash(k[0], k[1])};
 }
 
-template <typename weight_t, typename logit_t>
-void sampled_range(const weight_t* g, const weight_t* theta, const logit_t* s, logit_t beta,
-                   int mode, uint32_t key, logit_t* grad_s, weight_t* grad_theta,
-                   weight_t* w_eff, int64_t begin, int64_t end) {
+// Branch-free with the outputs fixed at compile time, so GCC vectorises it
+// (the hash is 32-bit integer arithmetic, the log and exp are polynomials).
+template <typename weight_t, typename logit_t, int kMode, bool kWantS, bool kWantTheta,
+          bool kWantWeff>
+void sampled_range(const weight_t* g, const weight_t* __restrict__ theta,
+                   const logit_t* __restrict__ s, logit_t beta, uint32_t key,
+                   logit_t* __restrict__ grad_s, weight_t* __restrict__ grad_theta,
+                   weight_t* __restrict__ w_eff, int64_t begin, int64_t end) {
+#pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
     logit_t m, slope;
-    subind::sampled_mask_and_slope(s[i], beta, subind::logistic_noise<logit_t>(key, i), mode,
+    subind::sampled_mask_and_slope(s[i], beta, subind::logistic_noise<logit_t>(key, i), kMode,
                                    m, slope);
     const logit_t ti = static_cast<logit_t>(theta[i]);
-    if (w_eff) w_eff[i] = static_cast<weight_t>(ti * m);
-    if (g) {
+    if constexpr (kWantWeff) w_eff[i] = static_cast<weight_t>(ti * m);
+    if constexpr (kWantS || kWantTheta) {
       const logit_t gi = static_cast<logit_t>(g[i]);
-      if (grad_s) grad_s[i] = gi * ti * beta * slope;
-      if (grad_theta) grad_theta[i] = static_cast<weight_t>(gi * m);
+      if constexpr (kWantS) grad_s[i] = gi * ti * beta * slope;
+      if constexpr (kWantTheta) grad_theta[i] = static_cast<weight_t>(gi * m);
     }
   }
+}
+
+template <typename weight_t, typename logit_t, int kMode>
+void sampled_dispatch(const weight_t* g, const weight_t* theta, const logit_t* s, logit_t beta,
+                      uint32_t key, logit_t* grad_s, weight_t* grad_theta, weight_t* w_eff,
+                      int64_t begin, int64_t end) {
+  const int which = (grad_s ? 4 : 0) | (grad_theta ? 2 : 0) | (w_eff ? 1 : 0);
+#define SUBIND_SAMPLED(S, T, W)                                                      \
+  sampled_range<weight_t, logit_t, kMode, S, T, W>(g, theta, s, beta, key, grad_s, \
+                                                   grad_theta, w_eff, begin, end)
+  switch (which) {
+    case 7: SUBIND_SAMPLED(true, true, true); break;
+    case 6: SUBIND_SAMPLED(true, true, false); break;
+    case 5: SUBIND_SAMPLED(true, false, true); break;
+    case 4: SUBIND_SAMPLED(true, false, false); break;
+    case 3: SUBIND_SAMPLED(false, true, true); break;
+    case 2: SUBIND_SAMPLED(false, true, false); break;
+    case 1: SUBIND_SAMPLED(false, false, true); break;
+    default: break;
+  }
+#undef SUBIND_SAMPLED
+}
+
+template <typename weight_t, typename logit_t>
+void sampled_pass(const weight_t* g, const weight_t* theta, const logit_t* s, logit_t beta,
+                  int mode, uint32_t key, logit_t* grad_s, weight_t* grad_theta,
+                  weight_t* w_eff, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    if (mode == subind::kConcrete) {
+      sampled_dispatch<weight_t, logit_t, subind::kConcrete>(g, theta, s, beta, key, grad_s,
+                                                             grad_theta, w_eff, begin, end);
+    } else {
+      sampled_dispatch<weight_t, logit_t, subind::kGumbel>(g, theta, s, beta, key, grad_s,
+                                                           grad_theta, w_eff, begin, end);
+    }
+  });
 }
 
 void check_sampled(const char* op, const at::Tensor& weight, const at::Tensor& logits,
@@ -141,11 +182,9 @@ at::Tensor sampled_mask_weight(const at::Tensor& weight, const at::Tensor& logit
     const weight_t* th = theta.data_ptr<weight_t>();
     const logit_t* sp = s.data_ptr<logit_t>();
     weight_t* o = out.data_ptr<weight_t>();
-    const auto b = static_cast<logit_t>(beta);
-    at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      sampled_range<weight_t, logit_t>(nullptr, th, sp, b, static_cast<int>(mode), key,
-                                       nullptr, nullptr, o, begin, end);
-    });
+    sampled_pass<weight_t, logit_t>(nullptr, th, sp, static_cast<logit_t>(beta),
+                                    static_cast<int>(mode), key, nullptr, nullptr, o,
+                                    out.numel());
   });
   return out;
 }
@@ -173,11 +212,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sampled_mask_weight_backward(
     logit_t* gs = need_logits_grad ? grad_s.data_ptr<logit_t>() : nullptr;
     weight_t* gw = need_weight_grad ? grad_w.data_ptr<weight_t>() : nullptr;
     weight_t* we = need_weff ? w_eff.data_ptr<weight_t>() : nullptr;
-    const auto b = static_cast<logit_t>(beta);
-    at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      sampled_range<weight_t, logit_t>(gp, th, sp, b, static_cast<int>(mode), key, gs, gw, we,
-                                       begin, end);
-    });
+    sampled_pass<weight_t, logit_t>(gp, th, sp, static_cast<logit_t>(beta),
+                                    static_cast<int>(mode), key, gs, gw, we, g.numel());
   });
   return {w_eff, grad_w, grad_s};
 }

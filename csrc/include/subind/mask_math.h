@@ -141,19 +141,48 @@ SUBIND_HD uint32_t noise_key_hash(int64_t seed, int64_t stream) {
   return mix32(k ^ static_cast<uint32_t>(static_cast<uint64_t>(stream)));
 }
 
-SUBIND_HD float log_of(float x) { return ::logf(x); }
-SUBIND_HD double log_of(double x) { return ::log(x); }
-SUBIND_HD float log1p_of(float x) { return ::log1pf(x); }
-SUBIND_HD double log1p_of(double x) { return ::log1p(x); }
+// log(x) for a normal positive fp32 x.  On the CPU branch-free (exponent
+// from the bits, the mantissa folded into [sqrt(1/2), sqrt(2)), a degree-9
+// polynomial in t = m - 1; ~1 ulp) so the sampled loops vectorise.
+SUBIND_HD float log_positive(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::logf(x);
+#else
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);  // x = m * 2^e, m in [1/2, 1)
+  bits = (bits & 0x007fffff) | 0x3f000000;
+  float m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const bool fold = m < 0.70710678f;
+  e = fold ? e - 1.0f : e;
+  const float t = fold ? m + m - 1.0f : m - 1.0f;
+  const float z = t * t;
+  float p = 7.0376836292e-2f;
+  p = p * t - 1.1514610310e-1f;
+  p = p * t + 1.1676998740e-1f;
+  p = p * t - 1.2420140846e-1f;
+  p = p * t + 1.4249322787e-1f;
+  p = p * t - 1.6668057665e-1f;
+  p = p * t + 2.0000714765e-1f;
+  p = p * t - 2.4999993993e-1f;
+  p = p * t + 3.3333331174e-1f;
+  float r = p * t * z + e * -2.12194440e-4f - 0.5f * z;
+  return t + r + e * 0.693359375f;
+#endif
+}
 
-// u in (0, 1) of element i, then the logistic noise log u - log(1 - u).
+SUBIND_HD double log_positive(double x) { return ::log(x); }
+
+// u in (0, 1) of element i (an odd multiple of 2^-25), then the logistic
+// noise log(u / (1 - u)).
 template <typename T>
 SUBIND_HD T logistic_noise(uint32_t key, int64_t i) {
   const uint64_t index = static_cast<uint64_t>(i);
   const uint32_t h = mix32(mix32(key ^ static_cast<uint32_t>(index)) ^
                            static_cast<uint32_t>(index >> 32));
   const T u = (static_cast<T>(h >> 8) + T(0.5)) * T(5.9604644775390625e-08);  // 2^-24
-  return log_of(u) - log1p_of(-u);
+  return log_positive(u) - log_positive(T(1) - u);
 }
 
 template <typename T>
@@ -164,9 +193,9 @@ SUBIND_HD void sampled_mask_and_slope(T s, T beta, T noise, int mode, T& m, T& s
   if (mode == kConcrete) {
     const T stretch = T(1) + T(2) * T(kStretch);
     const T t = y * stretch - T(kStretch);
-    const bool inside = t > T(0) && t < T(1);
-    m = t <= T(0) ? T(0) : (t >= T(1) ? T(1) : t);
-    slope = inside ? stretch * dy : T(0);
+    const T low = t > T(0) ? t : T(0);
+    m = low < T(1) ? low : T(1);
+    slope = (m == t) ? stretch * dy : T(0);  // zero where the clamp is active
   } else {
     m = z > T(0) ? T(1) : T(0);
     slope = dy;
