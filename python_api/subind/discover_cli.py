@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+import subind_fast as sf
+
 from . import experiments
 from .engine import manifest
 from .engine.cli import float_list
@@ -67,6 +69,11 @@ class DiscoverConfig:
     dtype: str = "fp32"
     autocast: Optional[str] = None
     bn_stats: str = "frozen"
+    method: str = "continuous"
+    granularity: str = "weight"
+    n_samples: int = 1
+    anneal_temperature: bool = False
+    density: Optional[float] = None
 
 
 def register(subparsers) -> None:
@@ -95,6 +102,16 @@ def register(subparsers) -> None:
     g.add_argument("--mask-lr", type=float, default=1e-3)
     g.add_argument("--mask-init", type=float, default=-0.1)
     g.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
+    g.add_argument("--method", choices=[m for m in sf.nn.METHODS if m != "lottery_ticket"],
+                   default="continuous", help="how the mask is trained or chosen "
+                   "(subind_fast/nn/methods.py); magnitude needs --density")
+    g.add_argument("--granularity", choices=sf.nn.GRANULARITIES, default="weight",
+                   help="one mask logit per weight or per output unit")
+    g.add_argument("--n-samples", type=int, default=1,
+                   help="mask samples per batch (hard_concrete, gumbel), each on a batch slice")
+    g.add_argument("--anneal-temperature", action="store_true",
+                   help="sampled methods: anneal β = 1/τ to --beta-final (default: fixed)")
+    g.add_argument("--density", type=float, help="the fraction a selection method keeps")
     g.add_argument("--batch-size", type=int, default=64, help="global batch (over all ranks)")
     g.add_argument("--eval-batch-size", type=int, default=128, help="per rank")
     g.add_argument("--seed", type=int, default=0)
@@ -128,7 +145,10 @@ def config_of(args) -> DiscoverConfig:
         exclude=args.exclude, lambdas=args.lambdas, epochs=args.epochs,
         beta_final=args.beta_final, mask_lr=args.mask_lr, mask_init=args.mask_init,
         optimizer=args.optimizer, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
-        autocast=args.autocast, bn_stats=args.bn_stats)
+        autocast=args.autocast, bn_stats=args.bn_stats, method=args.method,
+        granularity=args.granularity, n_samples=args.n_samples,
+        anneal_temperature=args.anneal_temperature, density=args.density)
+    sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples)  # argument errors, named
     if not cfg.lambdas or any(lam <= 0 for lam in cfg.lambdas):
         raise ValueError(f"--lambdas must be positive numbers, got {cfg.lambdas}")
     for name in ("epochs", "batch_size"):
@@ -223,7 +243,9 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
         train_mode=set_training_mode(cfg.bn_stats),
         in_place=True, prepare=prepare, before_epoch=sampler.set_epoch,
         state=CheckpointedDiscovery(args.out, ranks), fused=not args.no_fused,
-        sum_over_ranks=ranks.sum)
+        sum_over_ranks=ranks.sum,
+        method=sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples),
+        anneal_temperature=cfg.anneal_temperature, density=cfg.density)
     if ranks.is_main:
         _write_results(args.out, cfg, result, ranks, notes, time.time() - started)
     ranks.barrier()

@@ -3,12 +3,13 @@ from .attention import MaskedMultiheadAttention
 from .coverage import MaskCoverageError
 from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin
+from .methods import GRANULARITIES, METHODS, MaskMethod, as_method
 from .model import (MaskReport, density, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
                     unmask_model)
 from .pretrained import masked_from_pretrained
 from .registry import masked_class_for
 
-__all__ = ["DEFAULT_MASK_INIT", "MaskCoverageError", "MaskReport", "MaskedConv1d", "MaskedConv2d",
+__all__ = ["GRANULARITIES", "METHODS", "MaskMethod", "as_method", "DEFAULT_MASK_INIT", "MaskCoverageError", "MaskReport", "MaskedConv1d", "MaskedConv2d",
            "MaskedConv3d", "MaskedGPT2Conv1D", "MaskedLinear", "MaskedMultiheadAttention",
            "MaskedWeightMixin", "density", "l0_penalty", "mask_model", "masked_class_for",
            "masked_from_pretrained", "masked_layers", "set_beta", "set_mode", "unmask_model"]

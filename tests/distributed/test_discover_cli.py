@@ -207,6 +207,25 @@ def test_arithmetic_rows_and_task_from_the_experiment(tmp_path):
     assert len(_log(out, "1e-07")) == 1
 
 
+@pytest.mark.parametrize("method", [["--method", "gumbel", "--n-samples", "2"],
+                                    ["--method", "hard_concrete", "--granularity", "neuron"],
+                                    ["--method", "magnitude", "--density", "0.3"]])
+def test_discover_with_each_mask_method(tmp_path, method):
+    out = tmp_path / "run"
+    assert main(["discover", "--model",
+                 "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
+                 "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
+                 "--lambdas", "1e-7", "--epochs", "1", "--batch-size", "500", "--out", str(out),
+                 "--no-progress", *method]) == 0
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    assert sub.metadata["method"] == method[1]
+    if method[1] == "magnitude":
+        assert sub.density() == pytest.approx(0.3, abs=1e-3)
+    if "neuron" in method:  # whole output units: every kept column of a Conv1D weight is full
+        mask = sub.mask("transformer.h.0.mlp.c_fc.weight")
+        assert torch.equal(mask.all(0), mask.any(0))
+
+
 def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys):
     import discover_entries
 

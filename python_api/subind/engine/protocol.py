@@ -39,9 +39,23 @@ class DiscoveryResult:
     candidates: list = field(default_factory=list)  # (λ, accuracy, density) for every λ tried
 
 
-def beta_schedule(epoch: int, epochs: int, beta_final: float) -> float:
-    """Algorithm 1: β starts at 1 and grows by β_final^(1/n) after each epoch."""
-    return beta_final ** (epoch / epochs)
+def beta_schedule(epoch: int, epochs: int, beta_final: float, beta_start: float = 1.0) -> float:
+    """Algorithm 1: β starts at 1 and grows by β_final^(1/n) after each epoch
+    (from ``beta_start`` to β_final geometrically in general)."""
+    return beta_start * (beta_final / beta_start) ** (epoch / epochs)
+
+
+def method_beta(method: "sf.nn.MaskMethod", epoch: int, epochs: int, beta_final: float,
+                anneal_temperature: bool) -> float:
+    """β (the inverse temperature) of an epoch: continuous sparsification anneals
+    1 → β_final (the paper); the sampled methods keep their default 1/τ, or
+    anneal it to β_final with ``anneal_temperature``."""
+    from subind_fast.nn.methods import DEFAULT_BETA
+
+    start = DEFAULT_BETA.get(method.name, 1.0)
+    if method.name == "continuous" or anneal_temperature:
+        return beta_schedule(epoch, epochs, beta_final, start)
+    return start
 
 
 def _mask_optimizer(name: str, logits: list, lr: float, fused: Optional[bool]
@@ -79,8 +93,9 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
              in_place: bool = False, prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
              before_epoch: Callable[[int], None] = lambda epoch: None,
              state: Optional[DiscoveryState] = None, fused: Optional[bool] = None,
-             sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x
-             ) -> DiscoveryResult:
+             sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x,
+             method="continuous", anneal_temperature: bool = False,
+             density: Optional[float] = None) -> DiscoveryResult:
     """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
     (see module docstring).  ``model`` is masked in place when ``in_place``
     (no copy: large models), else a copy is and ``model`` is unchanged.
@@ -90,14 +105,25 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     mode, where they apply the soft mask).  ``prepare`` wraps the masked model
     once (DDP, FSDP2, activation checkpointing); ``before_epoch`` runs at each
     epoch's start (``sampler.set_epoch``); ``state`` saves and restores
-    progress; ``log_dir`` None writes nothing (ranks other than the first)."""
+    progress; ``log_dir`` None writes nothing (ranks other than the first).
+    ``method`` (a name or sf.nn.MaskMethod: continuous, hard_concrete, gumbel
+    with their granularity and samples per batch) trains the masks; the
+    selection methods (magnitude, lottery_ticket: pass ``density``) choose
+    them without training, so the λ values do not apply."""
+    method = sf.nn.as_method(method)
+    if not method.trained:
+        return _select(model, task, eval_data, method, density, include, exclude, in_place,
+                       prepare)
+    if density is not None:
+        raise ValueError("density= is for the selection methods; the trained methods find "
+                         "their density through λ")
     if not lambdas:
         raise ValueError("lambdas must name at least one L0 penalty")
     if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
         raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
                          f"{beta_final}, {mask_lr})")
     probe = model if in_place else copy.deepcopy(model)
-    sf.mask_model(probe, include=include, exclude=exclude, init=mask_init)
+    sf.mask_model(probe, include=include, exclude=exclude, init=mask_init, method=method)
     probe = prepare(probe)
     layers = sf.masked_layers(probe)
     # After prepare: FSDP2 has replaced the logits by sharded parameters.
@@ -115,7 +141,7 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         first = state.restore(probe, opt, lam) if state is not None else 0
 
         def epoch_start(e, lam=lam):
-            sf.set_beta(probe, beta_schedule(e, epochs, beta_final))
+            sf.set_beta(probe, method_beta(method, e, epochs, beta_final, anneal_temperature))
             before_epoch(e)
 
         def epoch_end(e, metrics, lam=lam, opt=opt):
@@ -138,13 +164,31 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         accuracy = task.evaluate(probe, eval_data).accuracy
         sub = sf.Subnetwork.from_model(probe, metadata={
             "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
-            "mask_init": mask_init, "subtask_accuracy": accuracy})
+            "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict()})
         if state is not None:
             state.record(lam, accuracy, sub)
         candidates.append((lam, accuracy, sub.density(), sub))
     lam, accuracy, density, sub = max(candidates, key=lambda c: (round(c[1], 3), -c[2]))
     return DiscoveryResult(sub, accuracy, density, lam, sub.layer_density(),
                            [(c[0], c[1], c[2]) for c in candidates])
+
+
+def _select(model, task, eval_data, method, density, include, exclude, in_place, prepare):
+    """Discovery by a selection method: mask, score the hard mask, done."""
+    if method.name == "lottery_ticket":
+        raise ValueError("lottery_ticket needs the model before fine-tuning: call "
+                         "sf.mask_model(model, method='lottery_ticket', pretrained=...) or "
+                         "subind_fast.selection.lottery_ticket directly")
+    probe = model if in_place else copy.deepcopy(model)
+    sf.mask_model(probe, include=include, exclude=exclude, method=method, density=density)
+    probe = prepare(probe)
+    probe.eval()
+    accuracy = task.evaluate(probe, eval_data).accuracy
+    sub = sf.Subnetwork.from_model(probe, metadata={"subtask_accuracy": accuracy,
+                                                    "density_target": density,
+                                                    **method.as_dict()})
+    return DiscoveryResult(sub, accuracy, sub.density(), 0.0, sub.layer_density(),
+                           [(0.0, accuracy, sub.density())])
 
 
 # ----------------------------------------------------------------- transfer
