@@ -152,3 +152,83 @@ def group_counts(subnetwork: Subnetwork, group) -> dict[str, tuple[int, int]]:
         k, t = out.get(key, (0, 0))
         out[key] = (k + kept, t + total)
     return out
+
+
+# ------------------------------------------------------------ attention heads
+@dataclass(frozen=True)
+class HeadSlicing:
+    """Where one attention weight holds its heads: along ``axis`` of the
+    stored weight, ``chunks`` equal parts (3 for a packed q|k|v projection,
+    else 1), each split into ``heads`` equal runs of rows or columns."""
+    parameter: str
+    axis: int
+    chunks: int
+    heads: int
+
+
+# (path under the attention module, axis of the stored weight, chunks)
+_HEAD_PROJECTIONS = (
+    ("c_attn.weight", 1, 3), ("c_proj.weight", 0, 1),          # GPT-2 Conv1D (in × out)
+    ("qkv.weight", 0, 3), ("proj.weight", 1, 1),               # timm Attention
+    ("in_proj_weight", 0, 3), ("out_proj.weight", 1, 1),       # nn.MultiheadAttention
+    ("q_proj.weight", 0, 1), ("k_proj.weight", 0, 1), ("v_proj.weight", 0, 1),
+    ("o_proj.weight", 1, 1),                                   # LLaMA-style
+    ("query.weight", 0, 1), ("key.weight", 0, 1), ("value.weight", 0, 1),  # BERT/ViT (HF)
+)
+_HEAD_COUNT_ATTRIBUTES = ("num_heads", "n_head", "num_attention_heads")
+
+
+def attention_heads(model) -> dict[str, list[HeadSlicing]]:
+    """{attention module name: where each of its weights holds its heads} for
+    the attention modules of ``model`` that state a head count (timm, GPT-2 and
+    other transformers, nn.MultiheadAttention), keyed by canonical weight
+    names as Subnetworks use them."""
+    from .naming import parameter_names
+
+    table = parameter_names(model)
+    found: dict[str, list[HeadSlicing]] = {}
+    for name, module in model.named_modules():
+        heads = next((getattr(module, a) for a in _HEAD_COUNT_ATTRIBUTES
+                      if isinstance(getattr(module, a, None), int)), None)
+        if not heads:
+            continue
+        slices = []
+        for path, axis, chunks in _HEAD_PROJECTIONS:
+            owner_path, _, attribute = path.rpartition(".")
+            try:
+                owner = module.get_submodule(owner_path) if owner_path else module
+            except AttributeError:
+                continue
+            weight = getattr(owner, attribute, None)
+            if weight is None or weight.dim() != 2 or weight.shape[axis] % (chunks * heads):
+                continue
+            slices.append(HeadSlicing(table.name_of(weight), axis, chunks, heads))
+        if slices:
+            found[name] = slices
+    return found
+
+
+def _per_head(mask, slicing: HeadSlicing):
+    """Counts of kept entries per head of one weight's bool mask."""
+    moved = mask.movedim(slicing.axis, 0)
+    return moved.reshape(slicing.chunks, slicing.heads, -1).sum(dim=(0, 2))
+
+
+def head_overlap(a: Subnetwork, b: Subnetwork, heads: Mapping[str, Sequence[HeadSlicing]]
+                 ) -> dict[tuple[str, int], Overlap]:
+    """{(attention module, head): Overlap of A and B over that head's weights in
+    every projection of the module}.  Pass the same subnetwork twice for one
+    subnetwork's per-head density."""
+    out: dict[tuple[str, int], Overlap] = {}
+    for module, slices in heads.items():
+        for slicing in slices:
+            if slicing.parameter not in a or slicing.parameter not in b:
+                continue  # a weight the subnetworks do not cover
+            ma, mb = a.mask(slicing.parameter), b.mask(slicing.parameter)
+            size = ma.numel() // slicing.heads
+            counts = [_per_head(m, slicing) for m in (ma, mb, ma & mb, ma | mb)]
+            for head in range(slicing.heads):
+                row = Overlap(size, *(int(c[head]) for c in counts))
+                key = (module, head)
+                out[key] = out[key] + row if key in out else row
+    return out

@@ -53,6 +53,25 @@ void binary_backward_range(const weight_t* g, const weight_t* __restrict__ theta
   }
 }
 
+// Calls f(S, T, W) with std::bool_constant arguments for which of the three
+// outputs (logits gradient, weight gradient, w_eff) are wanted, so each
+// combination is its own branch-free, vectorisable instantiation.
+template <typename F>
+void with_outputs(bool want_s, bool want_theta, bool want_weff, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  switch ((want_s ? 4 : 0) | (want_theta ? 2 : 0) | (want_weff ? 1 : 0)) {
+    case 7: f(Y{}, Y{}, Y{}); break;
+    case 6: f(Y{}, Y{}, N{}); break;
+    case 5: f(Y{}, N{}, Y{}); break;
+    case 4: f(Y{}, N{}, N{}); break;
+    case 3: f(N{}, Y{}, Y{}); break;
+    case 2: f(N{}, Y{}, N{}); break;
+    case 1: f(N{}, N{}, Y{}); break;
+    default: break;
+  }
+}
+
 // beta's value for the CPU loops (reading a CPU scalar costs nothing).
 inline double host_beta(const char* op, const at::Tensor& beta) {
   TORCH_CHECK(beta.numel() == 1 && beta.is_floating_point() && beta.device().is_cpu(), op,
@@ -95,21 +114,11 @@ struct CpuKernels {
                        int64_t n) {
     at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
       if (mode == subind::kSoft) {
-        const int which = (grad_s ? 4 : 0) | (grad_theta ? 2 : 0) | (w_eff ? 1 : 0);
-#define SUBIND_SOFT(S, T, W)                                              \
-  soft_backward_range<weight_t, logit_t, S, T, W>(g, theta, s, beta, grad_s, \
-                                                  grad_theta, w_eff, begin, end)
-        switch (which) {
-          case 7: SUBIND_SOFT(true, true, true); break;
-          case 6: SUBIND_SOFT(true, true, false); break;
-          case 5: SUBIND_SOFT(true, false, true); break;
-          case 4: SUBIND_SOFT(true, false, false); break;
-          case 3: SUBIND_SOFT(false, true, true); break;
-          case 2: SUBIND_SOFT(false, true, false); break;
-          case 1: SUBIND_SOFT(false, false, true); break;
-          default: break;
-        }
-#undef SUBIND_SOFT
+        with_outputs(grad_s, grad_theta, w_eff, [&](auto S, auto T, auto W) {
+          soft_backward_range<weight_t, logit_t, decltype(S)::value, decltype(T)::value,
+                              decltype(W)::value>(g, theta, s, beta, grad_s, grad_theta,
+                                                  w_eff, begin, end);
+        });
       } else {
         const bool hard = mode == subind::kHard;
         if (grad_theta && w_eff) {

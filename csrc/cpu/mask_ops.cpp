@@ -128,21 +128,11 @@ template <typename weight_t, typename logit_t, int kMode>
 void sampled_dispatch(const weight_t* g, const weight_t* theta, const logit_t* s, logit_t beta,
                       uint32_t key, logit_t* grad_s, weight_t* grad_theta, weight_t* w_eff,
                       int64_t begin, int64_t end) {
-  const int which = (grad_s ? 4 : 0) | (grad_theta ? 2 : 0) | (w_eff ? 1 : 0);
-#define SUBIND_SAMPLED(S, T, W)                                                      \
-  sampled_range<weight_t, logit_t, kMode, S, T, W>(g, theta, s, beta, key, grad_s, \
-                                                   grad_theta, w_eff, begin, end)
-  switch (which) {
-    case 7: SUBIND_SAMPLED(true, true, true); break;
-    case 6: SUBIND_SAMPLED(true, true, false); break;
-    case 5: SUBIND_SAMPLED(true, false, true); break;
-    case 4: SUBIND_SAMPLED(true, false, false); break;
-    case 3: SUBIND_SAMPLED(false, true, true); break;
-    case 2: SUBIND_SAMPLED(false, true, false); break;
-    case 1: SUBIND_SAMPLED(false, false, true); break;
-    default: break;
-  }
-#undef SUBIND_SAMPLED
+  subind_cpu::with_outputs(grad_s, grad_theta, w_eff, [&](auto S, auto T, auto W) {
+    sampled_range<weight_t, logit_t, kMode, decltype(S)::value, decltype(T)::value,
+                  decltype(W)::value>(g, theta, s, beta, key, grad_s, grad_theta, w_eff, begin,
+                                      end);
+  });
 }
 
 template <typename weight_t, typename logit_t>

@@ -1,9 +1,12 @@
-"""`subind analyze A.safetensors B.safetensors [C …] --out DIR`: how
+"""`subind analyze A.safetensors [B.safetensors …] --out DIR`: how
 subnetworks of one model compare (subind_fast.analysis): per-parameter and
 per-block density and overlap (IoU, intersection over minimum, shared
 fractions), each mask's share of weights in the union of the others, P_reuse
 and P_specialize for the first two, and seed stability (pairwise IoU) with
---stability.  Writes overlap.csv, sharing.csv, summary.md and PNG plots.
+--stability.  One file gives its per-block density.  With --model, the same
+per attention head (for models whose attention modules state their head
+count), and with --eval-data the inverse-mask test.  Writes overlap.csv,
+sharing.csv, heads.csv, summary.md and PNG plots.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from subind_fast import analysis as A
 
 from .engine.cli import str_list
 from .engine.files import atomic_write, atomic_write_text
+from .engine.models import build_model
 
 _BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
 
@@ -32,14 +36,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("analyze", help="compare subnetworks (overlap, sharing, reuse)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("subnetworks", nargs="+", type=Path, help="subnetwork files (2 or more)")
+    p.add_argument("subnetworks", nargs="+", type=Path, help="subnetwork files (1 or more)")
     p.add_argument("--labels", type=str_list, help="one label per file (default: file names)")
     p.add_argument("--stability", action="store_true",
                    help="the files are one subtask found with different seeds")
     p.add_argument("--out", type=Path, required=True)
-    g = p.add_argument_group("inverse-mask test (optional): score the model with each "
+    g = p.add_argument_group("the model (optional): per-head density and overlap; with "
+                                 "--eval-data the inverse-mask test (the model scored with each "
                                  "subnetwork removed, and same-size random and complement "
-                                 "removals as controls")
+                                 "removals as controls)")
     g.add_argument("--model", help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as discover)")
     g.add_argument("--weights", help="the trained model's weights")
     g.add_argument("--hf-class", default="causal-lm")
@@ -50,8 +55,6 @@ def register(subparsers) -> None:
 
 
 def _load(args) -> dict[str, sf.Subnetwork]:
-    if len(args.subnetworks) < 2:
-        raise ValueError("subind analyze needs at least two subnetwork files")
     labels = args.labels or [p.stem if p.stem != "subnetwork" else p.parent.name
                              for p in args.subnetworks]
     if len(labels) != len(args.subnetworks) or len(set(labels)) != len(labels):
@@ -69,60 +72,94 @@ def _csv(header, rows) -> str:
 def run(args, argv=None) -> int:
     masks = _load(args)
     labels = list(masks)
-    first, second = masks[labels[0]], masks[labels[1]]
+    if len(masks) == 1 and args.stability:
+        raise ValueError("--stability needs the subnetworks of at least two seeds")
+    first = masks[labels[0]]
+    second = masks[labels[1]] if len(labels) > 1 else first  # one file: overlap with itself
     table = A.overlap(first, second)  # also checks that the files fit one model
     for label in labels[2:]:
         A.overlap(first, masks[label])
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [[name, row.size, row.a, row.b, row.both, f"{row.iou:.6f}", f"{row.iom:.6f}",
-             f"{row.shared_a:.6f}", f"{row.shared_b:.6f}"] for name, row in table.items()]
-    atomic_write_text(args.out / "overlap.csv", _csv(
-        ["parameter", "size", labels[0], labels[1], "both", "iou", "iom",
-         f"shared_{labels[0]}", f"shared_{labels[1]}"], rows))
-    sharing = A.shared_with_others(masks)
-    atomic_write_text(args.out / "sharing.csv", _csv(
-        ["parameter", *labels], [[name, *(f"{sharing[l][name]:.6f}" for l in labels)]
-                                 for name in [*first.names(), A.TOTAL]]))
+    pair = labels[:2]
+    if len(pair) == 1:
+        atomic_write_text(args.out / "density.csv", _csv(
+            ["parameter", "size", "kept", "density"],
+            [[name, row.size, row.a, f"{row.a / row.size:.6f}"] for name, row in table.items()]))
+    else:
+        rows = [[name, row.size, row.a, row.b, row.both, f"{row.iou:.6f}", f"{row.iom:.6f}",
+                 f"{row.shared_a:.6f}", f"{row.shared_b:.6f}"] for name, row in table.items()]
+        atomic_write_text(args.out / "overlap.csv", _csv(
+            ["parameter", "size", labels[0], labels[1], "both", "iou", "iom",
+             f"shared_{labels[0]}", f"shared_{labels[1]}"], rows))
+        sharing = A.shared_with_others(masks)
+        atomic_write_text(args.out / "sharing.csv", _csv(
+            ["parameter", *labels], [[name, *(f"{sharing[l][name]:.6f}" for l in labels)]
+                                     for name in [*first.names(), A.TOTAL]]))
     total = table[A.TOTAL]
     lines = [f"# {' vs '.join(labels)}", "",
              "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
              "| density | " + " | ".join(f"{m.density():.4f}" for m in masks.values()) + " |",
-             "| shared with the others | " + " | ".join(
+             *(["| shared with the others | " + " | ".join(
                  f"{sharing[l][A.TOTAL]:.4f}" for l in labels) + " |", "",
-             f"{labels[0]} vs {labels[1]}: IoU {total.iou:.4f}, intersection over minimum "
-             f"{total.iom:.4f}; P_reuse (same function) {A.p_reuse(first, second):.4f}, "
-             f"P_specialize (different functions) {A.p_specialize(first, second):.4f}", "",
-             "| block | " + " | ".join(f"density {l}" for l in labels[:2]) + " | IoU | IoM |",
-             "|---|---|---|---|---|"]
-    for block, (a, b, iou, iom) in _by_block(first, second).items():
-        lines.append(f"| {block} | {a:.4f} | {b:.4f} | {iou:.4f} | {iom:.4f} |")
+                f"{labels[0]} vs {labels[1]}: IoU {total.iou:.4f}, intersection over minimum "
+                f"{total.iom:.4f}; P_reuse (same function) {A.p_reuse(first, second):.4f}, "
+                f"P_specialize (different functions) {A.p_specialize(first, second):.4f}"]
+               if len(labels) > 1 else []), "",
+             *_group_table("block", _by_block(first, second), pair)]
+    figures = []
     if args.model:
-        lines += ["", *_inverse_mask_tables(args, masks)]
+        model = build_model(args.model, args.weights, args.hf_class).eval()
+        heads = A.head_overlap(first, second, A.attention_heads(model))
+        if heads:
+            rows = {f"{module}/{head}": _fractions(row) for (module, head), row in heads.items()}
+            lines += ["", *_group_table("attention head", rows, pair)]
+            atomic_write_text(args.out / "heads.csv", _csv(
+                ["module", "head", *(f"density_{l}" for l in pair),
+                 *(["iou", "iom"] if len(pair) > 1 else [])],
+                [[module, head, *(f"{v:.6f}" for v in rows[f"{module}/{head}"][:len(pair)]),
+                  *(f"{v:.6f}" for v in rows[f"{module}/{head}"][2:] if len(pair) > 1)]
+                 for module, head in heads]))
+            figures.append(_head_plot(heads, pair, args.out))
+        if args.eval_data:
+            lines += ["", *_inverse_mask_tables(args, model, masks)]
+    elif args.eval_data:
+        raise ValueError("--eval-data needs --model (the model to score)")
     if args.stability:
         result = A.stability(list(masks.values()))
         lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
                       f"{result['mean']:.4f}, min {result['min']:.4f}"]
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "summary.md", text)
-    figures = _plots(masks, args.out)
+    figures = _plots(masks, args.out) + figures
     print(text)
     for path in figures:
         print(f"figure: {path}")
     return 0
 
 
-def _inverse_mask_tables(args, masks: dict) -> list[str]:
+def _fractions(row: A.Overlap) -> tuple[float, float, float, float]:
+    return row.a / row.size, row.b / row.size, row.iou, row.iom
+
+
+def _group_table(kind: str, groups: dict, labels: list) -> list[str]:
+    """Markdown: density of each subnetwork per group, and IoU/IoM for two."""
+    pair = len(labels) > 1
+    header = [kind, *(f"density {l}" for l in labels), *(["IoU", "IoM"] if pair else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, (a, b, iou, iom) in groups.items():
+        values = (a, b, iou, iom) if pair else (a,)
+        lines.append(f"| {group} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    return lines
+
+
+def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     """Markdown rows: for each subnetwork and each removal, the accuracy on
     every --eval-data set."""
     from torch.utils.data import DataLoader
 
     from .discover_cli import data_for
     from .engine.data_sources import Classification
-    from .engine.models import build_model
 
-    if not args.eval_data:
-        raise ValueError("--model needs at least one --eval-data set to score on")
-    model = build_model(args.model, args.weights, args.hf_class).eval()
     sets = {}
     for spec in args.eval_data:
         data = data_for(spec, model)
@@ -151,7 +188,39 @@ def _by_block(a: sf.Subnetwork, b: sf.Subnetwork) -> dict:
             continue
         key = block_of(name)
         groups[key] = groups[key] + row if key in groups else row
-    return {k: (r.a / r.size, r.b / r.size, r.iou, r.iom) for k, r in groups.items()}
+    return {k: _fractions(r) for k, r in groups.items()}
+
+
+def _head_plot(heads: dict, labels: list, out: Path) -> Path:
+    """Heat maps, attention module × head: density of each subnetwork, and IoU for two."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modules = list(dict.fromkeys(module for module, _ in heads))
+    n_heads = 1 + max(head for _, head in heads)
+    panels = [(f"density {l}", i) for i, l in enumerate(labels)]
+    if len(labels) > 1:
+        panels.append(("IoU", 2))
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(2.2 + 0.45 * n_heads * len(panels), 1.2 + 0.3 * len(modules)))
+    for ax, (title, index) in zip(axes[0], panels):
+        grid = np.full((len(modules), n_heads), np.nan)
+        for (module, head), row in heads.items():
+            grid[modules.index(module), head] = _fractions(row)[index]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("head", fontsize=7)
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(len(modules)), modules if ax is axes[0][0] else [""] * len(modules),
+                      fontsize=6)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03)
+    path = out / "heads.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
 
 
 def _plots(masks: dict, out: Path) -> list[Path]:
@@ -161,22 +230,27 @@ def _plots(masks: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     labels = list(masks)
-    blocks = _by_block(masks[labels[0]], masks[labels[1]])
+    pair = labels[:2]
+    blocks = _by_block(masks[pair[0]], masks[pair[-1]])
     names = list(blocks)
+    series = [(f"density {label}", i) for i, label in enumerate(pair)]
+    if len(pair) > 1:
+        series.append(("IoU", 2))
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 3.6))
-    width = 0.27
-    xs = range(len(names))
-    ax.bar([x - width for x in xs], [blocks[n][0] for n in names], width, label=f"density {labels[0]}")
-    ax.bar(list(xs), [blocks[n][1] for n in names], width, label=f"density {labels[1]}")
-    ax.bar([x + width for x in xs], [blocks[n][2] for n in names], width, label="IoU")
-    ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=7)
+    width = 0.8 / len(series)
+    for k, (label, index) in enumerate(series):
+        ax.bar([x + (k - (len(series) - 1) / 2) * width for x in range(len(names))],
+               [blocks[n][index] for n in names], width, label=label)
+    ax.set_xticks(list(range(len(names))), names, rotation=45, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    ax.set_title(f"{labels[0]} vs {labels[1]} by block")
+    ax.set_title(f"{' vs '.join(pair)} by block")
     fig.tight_layout()
     path = out / "blocks.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+    if len(labels) == 1:
+        return [path]
     sharing = A.shared_with_others(masks)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar(labels, [sharing[l][A.TOTAL] for l in labels])
