@@ -10,8 +10,8 @@ and families it serves; the defaults are
     cpu    → cpu      (compiled C++; raises MissingKernelError if not built)
     cuda   → linear: triton (fused masked GEMMs);  conv, mask: cuda (compiled
              element-wise kernels + cuDNN) when built, else triton's
-             element-wise kernels;  l0, optim: triton;
-             sampled: reference (no CUDA or Triton sampled-mask kernel yet)
+             element-wise kernels;  l0, optim: triton;  sampled: cuda
+             (compiled sampled-mask pass + cuBLAS/cuDNN) when built, else reference
     other  → reference
 
 ``SUBIND_BACKEND=<name>`` (reference | cpu | triton | cuda) forces one backend
@@ -84,7 +84,7 @@ def backend_name(device_type: str, family: str) -> str:
         return "cpu"
     if device_type == "cuda":
         if family == "sampled":
-            return "reference"
+            return "cuda" if _extension.available("_C_cuda") else "reference"
         if family in ("conv", "mask") and _extension.available("_C_cuda"):
             return "cuda"
         return "triton"

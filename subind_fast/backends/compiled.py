@@ -28,21 +28,21 @@ class CompiledBackend(ComposedBackend):
             need_logits_grad))
 
     def sampled_mask_weight(self, weight, logits, beta, mode, noise):
-        return self._lib.sampled_mask_weight(weight, logits, beta, noise.cpu(), MODE_CODES[mode])
+        return self._lib.sampled_mask_weight(weight, logits, beta, noise, MODE_CODES[mode])
 
     def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
                                      need_weff, need_weight_grad, need_logits_grad):
         return tuple(self._lib.sampled_mask_weight_backward(
-            grad_weff, weight, logits, beta, noise.cpu(), MODE_CODES[mode], need_weff,
+            grad_weff, weight, logits, beta, noise, MODE_CODES[mode], need_weff,
             need_weight_grad, need_logits_grad))
 
 
 class CudaBackend(CompiledBackend):
-    """csrc/cuda: the element-wise mask passes around cuDNN / cuBLAS.  It has
-    no L0, optimizer or sampled-mask kernels; on CUDA the first two run on
-    the triton backend, the sampled masks on the reference backend."""
+    """csrc/cuda: the element-wise mask passes (deterministic and sampled)
+    around cuDNN / cuBLAS.  It has no L0 or optimizer kernels; on CUDA those
+    run on the triton backend."""
 
     name = "cuda"
     extension = "_C_cuda"
     devices = frozenset({"cuda"})
-    families = frozenset({"mask", "linear", "conv"})
+    families = frozenset({"mask", "linear", "conv", "sampled"})

@@ -88,7 +88,8 @@ def test_capability_table_is_declared_by_each_backend():
     table = sf.backend_info()["capabilities"]
     assert table["reference"] == {"devices": "any", "families": sorted(dispatch.FAMILIES)}
     assert table["cpu"]["families"] == sorted(dispatch.FAMILIES)
-    assert table["cuda"] == {"devices": ["cuda"], "families": ["conv", "linear", "mask"]}
+    assert table["cuda"] == {"devices": ["cuda"], "families": ["conv", "linear", "mask", "sampled"]}
+    assert table["triton"]["families"] == sorted(set(dispatch.FAMILIES) - {"sampled"})
 
 
 def test_an_undeclared_family_raises_unsupported_op_error():

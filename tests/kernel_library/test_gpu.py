@@ -66,3 +66,27 @@ def test_opcheck_and_compile_on_cuda():
     layer = sf.nn.MaskedLinear(32, 16, beta=2.0).cuda()
     compiled = torch.compile(layer, fullgraph=True)
     torch.testing.assert_close(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("mode", ["concrete", "gumbel"])
+def test_sampled_modes_on_cuda_match_the_float64_oracle(mode):
+    from tests.kernel_library.test_mask_methods import composite_sampled_weight
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 96, generator=gen), torch.randn(80, 96, generator=gen) / 10
+    s, b = torch.randn(80, 96, generator=gen), torch.randn(80, generator=gen)
+    key = torch.tensor([2 ** 40 + 3, 1])
+    ours, ours_g = run_with_grads(
+        lambda *t: sf.masked_linear(t[0], t[1], t[2], 1.5, t[3], mode, key.cuda()),
+        [leaf(t.cuda()) for t in (x, w, s, b)])
+    want, want_g = run_with_grads(
+        lambda *t: torch.nn.functional.linear(
+            t[0], composite_sampled_weight(t[1], t[2], 1.5, mode, key), t[3]),
+        [leaf(t, torch.float64) for t in (x, w, s, b)])
+    cpu_weff = sf.mask_weight(w, s, 1.5, mode, key)
+    cuda_weff = sf.mask_weight(w.cuda(), s.cuda(), 1.5, mode, key.cuda()).cpu()
+    assert ((cpu_weff != 0) != (cuda_weff != 0)).sum() <= 2  # the same noise on both devices
+    if mode == "concrete":
+        assert_matches_oracle(ours.cpu(), want, None, torch.float32, "y")
+        for name, g, o in zip(("dx", "dw", "ds", "db"), ours_g, want_g):
+            assert_matches_oracle(g.cpu(), o, None, torch.float32, name)
