@@ -211,6 +211,11 @@ def _head_plot(heads: dict, labels: list, out: Path) -> Path:
         for (module, head), row in heads.items():
             grid[modules.index(module), head] = _fractions(row)[index]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        if grid.size <= 256:  # small models: the numbers themselves
+            for (r, c), value in np.ndenumerate(grid):
+                if not np.isnan(value):
+                    ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if value < 0.6 else "black")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("head", fontsize=7)
         ax.set_xticks(range(n_heads))
@@ -218,7 +223,7 @@ def _head_plot(heads: dict, labels: list, out: Path) -> Path:
                       fontsize=6)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03)
     path = out / "heads.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path
 
