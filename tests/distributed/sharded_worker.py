@@ -36,33 +36,48 @@ def forward(m, x):
     return m[4](m[3](m[2](m[1](m[0](x)).unsqueeze(-1))))
 
 
+# Continuous sparsification per weight, and the other trained methods and the
+# neuron granularity (logits of shape (units, 1, …) sharded along their units).
+METHODS = (sf.nn.MaskMethod(), sf.nn.MaskMethod("continuous", "neuron"),
+           sf.nn.MaskMethod("hard_concrete"), sf.nn.MaskMethod("gumbel", "neuron", 2))
+
+
 def main():
     dist.init_process_group("gloo")
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for method in METHODS:
+        check_model_apis(method, x)
+    check_optimizers(x)
+    dist.barrier()
+
+
+def check_model_apis(method, x):
     torch.manual_seed(0)
     plain = model()
-    sf.mask_model(plain, check_coverage="off", init=lambda s: s.normal_())
+    sf.mask_model(plain, check_coverage="off", init=lambda s: s.normal_(), method=method)
     plain.double()  # the logits too (mask_model makes them fp32)
     sharded = shard(copy.deepcopy(plain))
-    x = torch.randn(4, 6, dtype=torch.float64)
 
     # L0: value and gradient
     for m in (plain, sharded):
         sf.set_beta(m, 3.0)
     l0_plain, l0_sharded = sf.l0_penalty(plain), sf.l0_penalty(sharded)
-    check(torch.allclose(l0_plain, l0_sharded, rtol=1e-14), f"l0 {l0_plain} vs {l0_sharded}")
+    check(torch.allclose(l0_plain, l0_sharded, rtol=1e-14),
+          f"{method}: l0 {l0_plain} vs {l0_sharded}")
     l0_plain.backward()
     l0_sharded.backward()
     for i in (0, 2, 4):
         check(torch.allclose(plain[i].logits.grad, sharded[i].logits.grad.full_tensor()),
               f"l0 gradient of layer {i}")
 
-    # a soft forward/backward through the sharded model
+    # a training forward/backward through the sharded model (the same noise seeds)
     for m in (plain, sharded):
         m.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
         forward(m, x).square().sum().backward()
     for i in (0, 2, 4):
         check(torch.allclose(plain[i].logits.grad, sharded[i].logits.grad.full_tensor(),
-                             rtol=1e-12), f"soft-mask gradient of layer {i}")
+                             rtol=1e-12), f"{method}: training gradient of layer {i}")
 
     # density, hard masks, Subnetwork.from_model, to_module
     check(sf.nn.density(plain) == sf.nn.density(sharded), "density")
@@ -74,6 +89,8 @@ def main():
               and torch.equal(a.bias, b.bias), f"layer {i} to_module")
     check(sf.Subnetwork.from_model(plain) == sf.Subnetwork.from_model(sharded), "from_model")
 
+
+def check_optimizers(x):
     # MaskedAdamW / MaskedSGD on sharded trainable weights with per-shard frozen bits
     for optimizer, kwargs in ((sf.MaskedAdamW, dict(lr=0.1, weight_decay=0.1)),
                               (sf.MaskedSGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1))):
@@ -97,7 +114,6 @@ def main():
             mask = frozen_masks[name]
             check(torch.equal(whole[mask], start[name][mask]),
                   f"{optimizer.__name__}: frozen entries of {name} moved")
-    dist.barrier()
 
 
 if __name__ == "__main__":
