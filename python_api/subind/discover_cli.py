@@ -74,6 +74,7 @@ class DiscoverConfig:
     n_samples: int = 1
     anneal_temperature: bool = False
     density: Optional[float] = None
+    pretrained_weights: Optional[str] = None
 
 
 def register(subparsers) -> None:
@@ -102,9 +103,9 @@ def register(subparsers) -> None:
     g.add_argument("--mask-lr", type=float, default=1e-3)
     g.add_argument("--mask-init", type=float, default=-0.1)
     g.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
-    g.add_argument("--method", choices=[m for m in sf.nn.METHODS if m != "lottery_ticket"],
-                   default="continuous", help="how the mask is trained or chosen "
-                   "(subind_fast/nn/methods.py); magnitude needs --density")
+    g.add_argument("--method", choices=sf.nn.METHODS, default="continuous",
+                   help="how the mask is trained or chosen (subind_fast/nn/methods.py); "
+                   "magnitude needs --density, lottery_ticket also --pretrained-weights")
     g.add_argument("--granularity", choices=sf.nn.GRANULARITIES, default="weight",
                    help="one mask logit per weight or per output unit")
     g.add_argument("--n-samples", type=int, default=1,
@@ -112,6 +113,8 @@ def register(subparsers) -> None:
     g.add_argument("--anneal-temperature", action="store_true",
                    help="sampled methods: anneal β = 1/τ to --beta-final (default: fixed)")
     g.add_argument("--density", type=float, help="the fraction a selection method keeps")
+    g.add_argument("--pretrained-weights",
+                   help="lottery_ticket: the model's weights before fine-tuning (--weights: after)")
     g.add_argument("--batch-size", type=int, default=64, help="global batch (over all ranks)")
     g.add_argument("--eval-batch-size", type=int, default=128, help="per rank")
     g.add_argument("--seed", type=int, default=0)
@@ -147,7 +150,11 @@ def config_of(args) -> DiscoverConfig:
         optimizer=args.optimizer, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
         autocast=args.autocast, bn_stats=args.bn_stats, method=args.method,
         granularity=args.granularity, n_samples=args.n_samples,
-        anneal_temperature=args.anneal_temperature, density=args.density)
+        anneal_temperature=args.anneal_temperature, density=args.density,
+        pretrained_weights=args.pretrained_weights)
+    if (cfg.method == "lottery_ticket") != (cfg.pretrained_weights is not None):
+        raise ValueError("--pretrained-weights goes with --method lottery_ticket (and it needs "
+                         "them: the weights before fine-tuning)")
     sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples)  # argument errors, named
     if not cfg.lambdas or any(lam <= 0 for lam in cfg.lambdas):
         raise ValueError(f"--lambdas must be positive numbers, got {cfg.lambdas}")
@@ -245,7 +252,9 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
         state=CheckpointedDiscovery(args.out, ranks), fused=not args.no_fused,
         sum_over_ranks=ranks.sum,
         method=sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples),
-        anneal_temperature=cfg.anneal_temperature, density=cfg.density)
+        anneal_temperature=cfg.anneal_temperature, density=cfg.density,
+        pretrained=(build_model(cfg.model, cfg.pretrained_weights, cfg.hf_class,
+                                cfg.model_kwargs) if cfg.pretrained_weights else None))
     if ranks.is_main:
         _write_results(args.out, cfg, result, ranks, notes, time.time() - started)
     ranks.barrier()

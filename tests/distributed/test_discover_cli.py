@@ -209,16 +209,30 @@ def test_arithmetic_rows_and_task_from_the_experiment(tmp_path):
 
 @pytest.mark.parametrize("method", [["--method", "gumbel", "--n-samples", "2"],
                                     ["--method", "hard_concrete", "--granularity", "neuron"],
-                                    ["--method", "magnitude", "--density", "0.3"]])
+                                    ["--method", "magnitude", "--density", "0.3"],
+                                    ["--method", "lottery_ticket", "--density", "0.1"]])
 def test_discover_with_each_mask_method(tmp_path, method):
     out = tmp_path / "run"
+    if method[1] == "lottery_ticket":  # "fine-tuned": the random model with a few weights moved
+        from subind.experiments.arithmetic.discovery_sets import quick_gpt2
+
+        before, after = quick_gpt2(), quick_gpt2()
+        with torch.no_grad():
+            after.transformer.h[0].mlp.c_fc.weight[:5] += 1.0
+        torch.save(before.state_dict(), tmp_path / "before.pt")
+        torch.save(after.state_dict(), tmp_path / "after.pt")
+        method = [*method, "--pretrained-weights", str(tmp_path / "before.pt")]
     assert main(["discover", "--model",
                  "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
                  "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
                  "--lambdas", "1e-7", "--epochs", "1", "--batch-size", "500", "--out", str(out),
-                 "--no-progress", *method]) == 0
+                 "--no-progress", *method]
+                + (["--weights", str(tmp_path / "after.pt")] if "lottery_ticket" in method
+                   else [])) == 0
     sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
     assert sub.metadata["method"] == method[1]
+    if method[1] == "lottery_ticket":  # the moved weights are the most-moved ones
+        assert sub.mask("transformer.h.0.mlp.c_fc.weight")[:5].all()
     if method[1] == "magnitude":
         assert sub.density() == pytest.approx(0.3, abs=1e-3)
     if "neuron" in method:  # whole output units: every kept column of a Conv1D weight is full

@@ -95,7 +95,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
              state: Optional[DiscoveryState] = None, fused: Optional[bool] = None,
              sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x,
              method="continuous", anneal_temperature: bool = False,
-             density: Optional[float] = None) -> DiscoveryResult:
+             density: Optional[float] = None, pretrained: Optional[nn.Module] = None
+             ) -> DiscoveryResult:
     """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
     (see module docstring).  ``model`` is masked in place when ``in_place``
     (no copy: large models), else a copy is and ``model`` is unchanged.
@@ -108,12 +109,13 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     progress; ``log_dir`` None writes nothing (ranks other than the first).
     ``method`` (a name or sf.nn.MaskMethod: continuous, hard_concrete, gumbel
     with their granularity and samples per batch) trains the masks; the
-    selection methods (magnitude, lottery_ticket: pass ``density``) choose
+    selection methods (magnitude, lottery_ticket: pass ``density``, and for
+    the lottery ticket the model before fine-tuning as ``pretrained``) choose
     them without training, so the λ values do not apply."""
     method = sf.nn.as_method(method)
     if not method.trained:
-        return _select(model, task, eval_data, method, density, include, exclude, in_place,
-                       prepare)
+        return _select(model, task, eval_data, method, density, pretrained, include, exclude,
+                       in_place, prepare)
     if density is not None:
         raise ValueError("density= is for the selection methods; the trained methods find "
                          "their density through λ")
@@ -173,14 +175,12 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
                            [(c[0], c[1], c[2]) for c in candidates])
 
 
-def _select(model, task, eval_data, method, density, include, exclude, in_place, prepare):
+def _select(model, task, eval_data, method, density, pretrained, include, exclude, in_place,
+            prepare):
     """Discovery by a selection method: mask, score the hard mask, done."""
-    if method.name == "lottery_ticket":
-        raise ValueError("lottery_ticket needs the model before fine-tuning: call "
-                         "sf.mask_model(model, method='lottery_ticket', pretrained=...) or "
-                         "subind_fast.selection.lottery_ticket directly")
     probe = model if in_place else copy.deepcopy(model)
-    sf.mask_model(probe, include=include, exclude=exclude, method=method, density=density)
+    sf.mask_model(probe, include=include, exclude=exclude, method=method, density=density,
+                  pretrained=pretrained)
     probe = prepare(probe)
     probe.eval()
     accuracy = task.evaluate(probe, eval_data).accuracy
