@@ -214,7 +214,7 @@ def _mask_weight_impl(weight: Tensor, logits: Tensor, beta: Tensor, mode: str,
                       noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
     if mode in SAMPLED_MODES:
-        return _serving(weight.device, "mask", mode).sampled_mask_weight(weight, logits, beta,
+        return backend_for(weight.device, "sampled").sampled_mask_weight(weight, logits, beta,
                                                                         mode, noise)
     return backend_for(weight.device, "mask").mask_weight(weight, logits, beta, mode)
 
@@ -233,7 +233,7 @@ def _mask_weight_backward_impl(grad_weff: Tensor, weight: Tensor, logits: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
     if mode in SAMPLED_MODES:
-        return _serving(weight.device, "mask", mode).sampled_mask_weight_backward(
+        return backend_for(weight.device, "sampled").sampled_mask_weight_backward(
             grad_weff, weight, logits, beta, mode, noise, need_weff, need_weight_grad,
             need_logits_grad)
     return backend_for(weight.device, "mask").mask_weight_backward(
@@ -274,9 +274,8 @@ MASK_WEIGHT = DifferentiableOp(mask_weight, _mask_weight_impl, mask_weight_backw
 def _masked_linear_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
                   beta: Tensor, mode: str, noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
-    backend = _serving(x.device, "linear", mode)
-    y = (backend.linear_forward(x, weight, logits, bias, beta, mode, noise) if noise is not None
-         else backend.linear_forward(x, weight, logits, bias, beta, mode))
+    y = _serving(x.device, "linear", mode).linear_forward(x, weight, logits, bias, beta, mode,
+                                                          noise)
     # Backends reshape a 2-D GEMM result to x's batch shape: a view of an
     # internal tensor, which autograd forbids modifying in place (timm's
     # `qkv += bias`).  detach() gives the same memory, not marked as a view.
@@ -296,10 +295,8 @@ def _masked_linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits
                            noise: Optional[Tensor] = None
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
-    backend = _serving(x.device, "linear", mode)
-    extra = (noise,) if noise is not None else ()
-    gx, gw, gs, gb = backend.linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
-                                             needs, *extra)
+    gx, gw, gs, gb = _serving(x.device, "linear", mode).linear_backward(
+        grad.contiguous(), x, weight, logits, beta, mode, needs, noise)
     return gx.contiguous(), gw, gs, gb
 
 
@@ -345,9 +342,8 @@ def _masked_conv_impl(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[
                 mode: str, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, noise: Optional[Tensor] = None) -> Tensor:
     weight, logits = _aligned(weight, logits)
-    extra = (noise,) if noise is not None else ()
     return _serving(x.device, "conv", mode).conv_forward(
-        x, weight, logits, bias, beta, mode, stride, padding, dilation, groups, *extra)
+        x, weight, logits, bias, beta, mode, stride, padding, dilation, groups, noise)
 
 
 masked_conv = torch.library.custom_op("subind::masked_conv", _masked_conv_impl, mutates_args=())
@@ -366,9 +362,8 @@ def _masked_conv_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, logits: 
                          noise: Optional[Tensor] = None
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     weight, logits = _aligned(weight, logits)
-    extra = (noise,) if noise is not None else ()
     gx, gw, gs, gb = _serving(x.device, "conv", mode).conv_backward(
-        grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs, *extra)
+        grad, x, weight, logits, beta, mode, stride, padding, dilation, groups, needs, noise)
     return gx.contiguous(), gw, gs, gb
 
 

@@ -32,6 +32,7 @@ weights so λ means the same at both granularities).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,6 +46,8 @@ TRAINED = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"
 SELECTED = ("magnitude", "lottery_ticket")
 METHODS = (*TRAINED, *SELECTED)
 GRANULARITIES = ("weight", "neuron")
+#: −log(−γ/ζ) = −log(ε/(1+ε)): a hard-concrete gate is non-zero with probability σ(s + this·τ)
+_LOG_ODDS_OF_ZERO_GATE = -math.log(STRETCH / (1 + STRETCH))
 #: a default inverse temperature per trained method (continuous anneals β itself)
 DEFAULT_BETA = {"continuous": 1.0, "hard_concrete": 1.5, "gumbel": 1.0}
 
@@ -156,8 +159,7 @@ def penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
         return SF.l0(logits, beta)
     if method.name == "hard_concrete":
         # P(m ≠ 0) = σ(s − τ·log(−γ/ζ)), τ = 1/β
-        shift = -torch.log(torch.tensor(STRETCH / (1 + STRETCH), dtype=torch.float64)) / \
-            beta.to(device=logits.device, dtype=torch.float64)
+        shift = _LOG_ODDS_OF_ZERO_GATE / beta.to(device=logits.device, dtype=torch.float64)
         return _ShiftedSigmoidSum.apply(logits, shift.reshape(()))
     if method.name == "gumbel":
         return logits.sum()
