@@ -28,6 +28,10 @@ def _report(args, argv) -> int:
     from .engine import manifest
 
     name = manifest.read(args.out)["experiment"]
+    if name != discover_cli.EXPERIMENT and name not in experiments.EXPERIMENTS:
+        raise ValueError(f"{args.out} holds the results of `subind {name}`, which wrote its "
+                         f"tables and figures itself (see {args.out / 'summary.*'}); `subind "
+                         "report` covers the experiments and `subind discover`")
     source = discover_cli if name == discover_cli.EXPERIMENT else experiments.load(name)
     text, figures = source.report(args.out)
     print(text)
@@ -40,9 +44,14 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args, argv)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: a missing extra
+    except (ValueError, OSError, ImportError) as err:  # ImportError: a missing extra
         print(f"subind: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = ("; run the same command again to resume (finished work is kept)"
+                  if getattr(args, "resumable", False) else "")
+        print(f"subind: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

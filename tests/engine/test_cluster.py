@@ -53,8 +53,17 @@ def test_submitit_shards(tmp_path, capsys):
     (["--submitit", "2", "--shard", "0/2"], "--shard and --submitit"),
     (["--slurm", "0"], "positive"),
     (["--slurm", "2", "--sbatch=gres=gpu:1"], "--name=value"),
+    (["--slurm", "2", "--sbatch=--time=1\nrm -rf ~"], "without spaces or line breaks"),
     (["--submitit", "1", "--submitit-param", "timeout_min"], "key=value"),
 ])
 def test_launcher_errors_name_the_option(tmp_path, capsys, extra, message):
     assert main(_vision(tmp_path / "x", *extra)) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before the directory is claimed
+
+
+def test_a_results_path_with_spaces_is_refused_for_slurm(tmp_path, capsys):
+    """An #SBATCH directive ends at the first space: such a path is refused, not cut."""
+    assert main(_vision(tmp_path / "with space", "--slurm", "2")) == 2
+    assert "holds whitespace" in capsys.readouterr().err
+    assert not (tmp_path / "with space").exists()

@@ -55,7 +55,40 @@ def test_a_lock_held_by_another_process_is_seen(tmp_path):
     holder.join(30)
     with files.locked(tmp_path / "run.json", wait=False) as mine:
         assert mine  # released when the holder ended
-    assert (tmp_path / ".run.json.lock").exists() and not (tmp_path / "run.json").exists()
+    # The holder removes its lock file before letting go: nothing is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_files_written_atomically_take_the_umask_not_0600(tmp_path):
+    files.atomic_write_text(tmp_path / "a.txt", "x")
+    files.create_exclusively(tmp_path / "b.txt", "y")
+    expected = 0o666 & ~files._umask()
+    for name in ("a.txt", "b.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected
+
+
+def _lock_and_count(path, counter, rounds):
+    for _ in range(rounds):
+        with files.locked(path):
+            value = int(counter.read_text() or 0)
+            counter.write_text(str(value + 1))
+
+
+def test_locks_that_remove_their_files_still_exclude_each_other(tmp_path):
+    """Each holder deletes the lock file on release; a waiter that locked the
+    deleted file must notice and lock the new one, or two would hold it."""
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    ctx = mp.get_context("fork")
+    workers = [ctx.Process(target=_lock_and_count, args=(tmp_path / "x", counter, 200))
+               for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0] * 4
+    assert counter.read_text() == "800"
+    assert not (tmp_path / ".x.lock").exists()
 
 
 def test_manifest_refuses_other_configurations_and_experiments(tmp_path):
@@ -234,3 +267,16 @@ def test_transfer_conditions_choose_and_freeze_as_the_paper_defines():
     assert len(frozen) == 0 and fraction == 0.0 and torch.equal(target.weight, source.weight)
     assert set(CONDITIONS) >= {"subtask_induction", "scratch", "random", "complement",
                                "full_model"}
+
+
+def test_report_and_imagenet16_name_a_missing_path(tmp_path, capsys):
+    from subind.cli import main
+
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert f"results directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert main(["imagenet16", str(tmp_path / "imagenet"), str(tmp_path / "in16")]) == 2
+    assert f"ImageNet folder {tmp_path / 'imagenet'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "in16").exists()
+    manifest.claim(tmp_path / "sb", "shape-bias", {})
+    assert main(["report", str(tmp_path / "sb")]) == 2
+    assert "holds the results of `subind shape-bias`" in capsys.readouterr().err

@@ -78,11 +78,16 @@ def without_option(argv: list[str], flag: str) -> list[str]:
 
 
 def config_from_preset(config_class, presets: dict, preset: str, **overrides_given):
-    """``config_class`` with the preset's values, then every override that is not None."""
+    """``config_class`` with the preset's values, then every override that is
+    not None; a configuration with ``check_given(names)`` is asked whether it
+    ignores any override the user gave."""
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(presets)}")
-    values = {**presets[preset], **{k: v for k, v in overrides_given.items() if v is not None}}
-    return config_class(**values).validate()
+    given = {k: v for k, v in overrides_given.items() if v is not None}
+    cfg = config_class(**{**presets[preset], **given}).validate()
+    if hasattr(cfg, "check_given"):
+        cfg.check_given(set(given))
+    return cfg
 
 
 def add_sweep_command(subparsers, name: str, help_text: str, options,
@@ -102,7 +107,7 @@ def add_sweep_command(subparsers, name: str, help_text: str, options,
             args, argv, lambda: experiment_class(cfg, args.out, progress=not args.no_progress),
             cfg.device)
 
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, resumable=True)
 
 
 def run_sweep_command(args, argv, make_experiment: Callable[[], object], device: str) -> int:
@@ -118,24 +123,30 @@ def run_sweep_command(args, argv, make_experiment: Callable[[], object], device:
         raise ValueError(f"choose one of --jobs, --shard, --slurm, --submitit (got "
                          f"{' and '.join(chosen)})")
     start = time.time()
-    experiment = make_experiment()  # checks every argument and claims the directory first
     child = list(argv if argv is not None else sys.argv[1:])
     if args.slurm is not None:
-        from .cluster import write_slurm_script
+        from .cluster import slurm_array_script, write_slurm_script
 
         clean = without_option(without_option(child, "--slurm"), "--sbatch")
+        slurm_array_script(clean, args.slurm, args.out, args.sbatch)  # its errors, before the claim
+    if args.submitit is not None:
+        from .cluster import parse_parameters
+
+        parameters = parse_parameters(args.submitit_param)
+    experiment = make_experiment()  # checks every argument and claims the directory first
+    if args.slurm is not None:
         path = write_slurm_script(clean, args.slurm, args.out, args.sbatch)
         print(f"wrote {path}: submit it with `sbatch {path}`")
         return 0
     if args.submitit is not None:
-        from .cluster import parse_parameters, submit_shards
+        from .cluster import submit_shards
 
         clean = child
         for flag in ("--submitit", "--submitit-param", "--submitit-cluster"):
             clean = without_option(clean, flag)
         wait = args.submitit_cluster in ("local", "debug")
         jobs = submit_shards(clean, args.submitit, args.out, args.submitit_cluster,
-                             parse_parameters(args.submitit_param), wait=wait)
+                             parameters, wait=wait)
         print(f"{len(jobs)} submitit jobs {'finished' if wait else 'submitted'}: "
               f"{', '.join(str(j.job_id) for j in jobs)}; logs in {args.out / 'logs' / 'submitit'}")
         return 0

@@ -20,12 +20,20 @@ def slurm_array_script(argv: list[str], shards: int, out: Path,
     if shards < 1:
         raise ValueError(f"--slurm needs a positive number of shards, got {shards}")
     logs = Path(out).resolve() / "logs"
+    # sbatch reads a directive up to the first whitespace and a script line
+    # up to its newline: a value with either would cut the directive short or
+    # add a line of its own, so such values are refused rather than written.
+    for what, value in (("the working directory", str(Path.cwd())), ("--out", str(logs))):
+        if any(c.isspace() for c in value):
+            raise ValueError(f"{what} {value!r} holds whitespace, which an #SBATCH line cannot "
+                             "carry; use a path without spaces")
     lines = ["#!/bin/bash", f"#SBATCH --job-name=subind-{Path(out).name}",
              f"#SBATCH --array=0-{shards - 1}", f"#SBATCH --chdir={Path.cwd()}",
              f"#SBATCH --output={logs}/slurm-%A_%a.out"]
     for option in sbatch_options or []:
-        if not option.startswith("--"):
-            raise ValueError(f"--sbatch options look like --name=value, got {option!r}")
+        if not option.startswith("--") or any(c.isspace() for c in option):
+            raise ValueError(f"--sbatch options look like --name=value, one word without "
+                             f"spaces or line breaks, got {option!r}")
         lines.append(f"#SBATCH {option}")
     command = [sys.executable, "-m", "subind.cli", *argv, "--shard",
                f"$SLURM_ARRAY_TASK_ID/{shards}", "--no-progress"]

@@ -5,21 +5,50 @@ locks so concurrent shards never write the same file.
 
 Locks are ``fcntl.flock`` on a hidden ``.<name>.lock`` file beside the
 target: the kernel releases them when the holding process dies, so a killed
-shard leaves no stale lock.  The files stay (removing a lock file another
-process may be opening would break the lock); they are empty.  On NFS flock
-needs the lock daemon, as any flock use does.
+shard leaves no stale lock.  The holder removes the file before it lets go;
+a process that locked a file meanwhile removed checks that the path still
+names the file it holds, and otherwise tries again.  On NFS flock needs the
+lock daemon, as any flock use does.
+
+Files written here get the permissions of any file the process creates
+(0666 less the umask), not the 0600 of a temporary file.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (what a results manifest records of an input
+    file, so that another file at the same path is another configuration)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read {path}: {err.strerror}") from None
+    return "sha256:" + digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -30,6 +59,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,8 +71,21 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _finite_or_null(value):
+    """JSON has no NaN or infinity: a number that is not finite is written as
+    null (Python's json would write a bare NaN that strict readers reject)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def atomic_write_json(path: Path, record: dict) -> Path:
-    return atomic_write_text(path, json.dumps(record, indent=2, default=str))
+    return atomic_write_text(path, json.dumps(_finite_or_null(record), indent=2, default=str,
+                                              allow_nan=False))
 
 
 def create_exclusively(path: Path, text: str) -> bool:
@@ -54,6 +97,7 @@ def create_exclusively(path: Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, _FILE_MODE)
         os.link(tmp, path)  # fails if path exists: the first writer wins
         return True
     except FileExistsError:
@@ -78,13 +122,27 @@ def locked(path: Path, wait: bool = True) -> Iterator[bool]:
     ``wait=False`` it yields False at once when another process holds it."""
     lock_path = Path(path).with_name(f".{Path(path).name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    while True:
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                if not _still_names(lock_path, handle):
+                    continue  # its holder removed it while we waited: lock the new one
+                try:
+                    yield True
+                finally:
+                    lock_path.unlink(missing_ok=True)  # before letting go, so no one reuses it
+                return
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _still_names(path: Path, handle) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False

@@ -11,10 +11,12 @@ same experiment — and neither are execution settings (the device).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
-from .files import create_exclusively, locked
+from .files import content_hash, create_exclusively, locked
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -28,6 +30,8 @@ def _describe(value) -> str:
 def read(out: Path) -> dict:
     """The manifest of ``out`` (FileNotFoundError / ValueError naming the file)."""
     path = Path(out) / MANIFEST
+    if not Path(out).is_dir():
+        raise FileNotFoundError(f"results directory {out} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{out}: no {MANIFEST} (not a results directory of this tool)")
     try:
@@ -39,12 +43,29 @@ def read(out: Path) -> dict:
         raise ValueError(f"{path}: damaged or unknown manifest ({err})") from err
 
 
-def claim(out: Path, experiment: str, identity: dict) -> None:
-    """Record ``experiment`` and its ``identity`` config in ``out``, or check
-    that the directory already holds exactly this configuration."""
+SWEEP_HINT = ("use another --out (only the grid — conditions, layers, sample sizes, seeds — "
+              "may change)")
+
+
+def check_out(out: Path) -> None:
+    """``out`` can be a results directory: absent, or a directory (a file of
+    that name is an error).  Call before any work, so a mistake costs nothing."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; name a new directory")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+
+
+def claim(out: Path, experiment: str, identity: dict, hint: str = SWEEP_HINT) -> None:
+    """Record ``experiment`` and its ``identity`` config in ``out``, or check
+    that the directory already holds exactly this configuration (``hint``
+    says what to do when it does not)."""
+    out = Path(out)
+    check_out(out)
     text = json.dumps({"format": FORMAT_VERSION, "experiment": experiment, "config": identity},
-                      indent=2, default=str, sort_keys=True)
+                      indent=2, default=str, sort_keys=True, allow_nan=False)
     out.mkdir(parents=True, exist_ok=True)
     # Under the manifest's lock, so two sweeps starting on one empty directory
     # cannot see each other's lock or temp file as "foreign files".
@@ -67,5 +88,24 @@ def claim(out: Path, experiment: str, identity: dict) -> None:
         details = "; ".join(f"{k}: directory {_describe(stored.get(k))}, now "
                             f"{_describe(wanted.get(k))}" for k in differing)
         raise ValueError(f"{out} holds results of a different configuration "
-                         f"({len(differing)} field(s) differ: {details}); use another --out "
-                         "(only the grid — conditions, layers, sample sizes, seeds — may change)")
+                         f"({len(differing)} field(s) differ: {details}); {hint}")
+
+
+def content_of(**files) -> dict:
+    """{name: SHA-256 of the file} for each named input file that is a file
+    (None, 'random' and package specs are left out): recorded in a manifest's
+    identity, so another file at the same path is another configuration."""
+    return {name: content_hash(Path(path)) for name, path in files.items()
+            if path is not None and Path(path).is_file()}
+
+
+@contextlib.contextmanager
+def running(out: Path, command: str) -> Iterator[None]:
+    """Hold ``out`` for one process of ``command`` (a lock the kernel releases
+    when the process dies): a second process started on the same directory is
+    refused at once instead of interleaving its writes with the first's."""
+    with locked(Path(out) / "run", wait=False) as held:
+        if not held:
+            raise ValueError(f"{out} is in use by another {command} process; wait for it to "
+                             "end (or stop it), then rerun this command to continue")
+        yield

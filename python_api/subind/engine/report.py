@@ -11,7 +11,10 @@ from .files import atomic_write
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value); a record's null
+    (a number that was not defined, e.g. a shape bias without decisive
+    images) counts as NaN, so the cell shows nan rather than a made-up value."""
+    values = [math.nan if v is None else v for v in values]
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)

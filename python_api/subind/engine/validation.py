@@ -57,3 +57,34 @@ def device(value: str) -> None:
                              "CUDA device(s)")
     elif dev.type not in ("cpu", "mps", "xpu"):
         raise ValueError(f"device {value!r}: use cpu or cuda[:index]")
+
+
+def finite(name: str, value) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def non_negative_int(name: str, value) -> None:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def unique_positive_numbers(name: str, values) -> None:
+    """A non-empty list of finite positive numbers, none twice (λ lists)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must list at least one number, got {values!r}")
+    bad = [v for v in values if not _is_number(v) or v <= 0]
+    if bad:
+        raise ValueError(f"{name} must be finite positive numbers, got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} lists a value twice: {values}")
+
+
+def rgb(name: str, values, positive: bool = False) -> None:
+    """Three finite numbers, one per colour channel (normalisation mean/std)."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3:
+        raise ValueError(f"{name} needs three numbers (R,G,B), got {values}")
+    bad = [v for v in values if not _is_number(v) or (positive and v <= 0)]
+    if bad:
+        raise ValueError(f"{name} must be three finite{' positive' if positive else ''} "
+                         f"numbers, got {values}")

@@ -39,6 +39,8 @@ def _images(folder: Path) -> list[Path]:
 def find_layout(root: Path) -> dict:
     """{'train': dir of WNID folders, 'val': [(path, wnid)]} for either layout."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet folder {root} does not exist")
     kaggle = root / "ILSVRC" / "Data" / "CLS-LOC"
     if (root / "train").is_dir():
         val = []
