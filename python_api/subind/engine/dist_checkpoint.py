@@ -104,9 +104,17 @@ class CheckpointedDiscovery:
         epoch = int(json.loads(latest.read_text())["epoch"])
         model_state, optim_state = self._logits_state(model, optimizer)
         state = {"logits": model_state, "optimizer": optim_state}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
-            dcp.load(state, checkpoint_id=str(latest.parent / f"epoch-{epoch}"))
+        folder = latest.parent / f"epoch-{epoch}"
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+                dcp.load(state, checkpoint_id=str(folder))
+        except (Exception, dcp.api.CheckpointException) as err:  # the latter: a BaseException
+            raise ValueError(
+                f"the checkpoint {folder} is damaged or incomplete ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); remove "
+                f"{latest.parent} to restart λ={lam:g} from its first epoch (finished λ "
+                "values are kept)") from err
         set_state_dict(model, optimizer, model_state_dict=state["logits"],
                        optim_state_dict=state["optimizer"],
                        options=StateDictOptions(strict=False))

@@ -32,11 +32,15 @@ def load_state_dict_file(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, pickle and zip each raise their own kind
+        raise ValueError(f"weights file {path} cannot be read: it is damaged, truncated or not "
+                         f"a state dict ({type(err).__name__}: {err})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -52,7 +56,10 @@ def load_weights(model: nn.Module, path: Path, origin: str) -> None:
     from subind_fast.naming import parameter_names
 
     state = load_state_dict_file(Path(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of another shape: torch lists each one
+        raise ValueError(f"{path} does not fit {origin}: {err}") from None
     canonical = parameter_names(model).canonical_of
     stored = {canonical.get(k, k) for k in state}
     missing = [m for m in missing if canonical.get(m, m) not in stored]
@@ -63,13 +70,44 @@ def load_weights(model: nn.Module, path: Path, origin: str) -> None:
 
 def entry_point(spec: str) -> nn.Module:
     """'package.module:function' → function() (a model)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"an entry point must look like 'package.module:function', got {spec!r}")
-    model = getattr(importlib.import_module(module_name), attr)()
+    model = call_entry_point(spec, "a model")
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def call_entry_point(spec: str, what: str):
+    """'package.module:function' → function(), with errors that name the spec."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"an entry point must look like 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"entry point {spec}: cannot import {module_name!r} ({err})") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"entry point {spec}: {module_name} has no function {attr!r} "
+                         f"(it should return {what})")
+    return function()
+
+
+def timm_model(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model(name)`` without weights; an unknown name is an error
+    listing the names that come closest."""
+    import difflib
+
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"timm has no model {name!r}" + (
+            f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"))
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:  # a keyword the architecture does not take
+        raise ValueError(f"timm model {name!r} does not take these --model-kwargs "
+                         f"{kwargs}: {err}") from None
 
 
 def _hf_model(directory: Path, weights: Optional[str], hf_class: str, kwargs: dict) -> nn.Module:
@@ -82,7 +120,11 @@ def _hf_model(directory: Path, weights: Optional[str], hf_class: str, kwargs: di
                                 "transformers model directory)")
     auto = getattr(transformers, HF_CLASSES[hf_class])
     has_weights = any(directory.glob("*.safetensors")) or any(directory.glob("*.bin"))
-    if weights is None and has_weights:
+    if weights is None:
+        if not has_weights:
+            raise ValueError(f"hf:{directory} holds a config.json but no weights "
+                             "(*.safetensors, *.bin): pass --weights FILE, or --weights "
+                             f"{RANDOM_WEIGHTS} to use the random initialisation on purpose")
         return auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
     config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True,
                                                      **kwargs)
@@ -100,9 +142,7 @@ def build_model(spec: str, weights: Optional[str] = None, hf_class: str = "causa
             load_weights(model, Path(weights), spec)
         return model
     if kind == "timm":
-        import timm
-
-        model = timm.create_model(rest, pretrained=False, **kwargs)
+        model = timm_model(rest, **kwargs)
     elif kind == "hf":
         model = _hf_model(Path(rest), weights, hf_class, kwargs)
         if weights is None:

@@ -15,6 +15,7 @@ unfrozen variants (App. B.3).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Protocol, Sequence
@@ -27,6 +28,10 @@ import subind_fast as sf
 from .training import EpochLog, Task, train
 
 PAPER_LAMBDAS = (1e-7, 5e-7, 1e-8)
+
+
+class EmptySubnetworkWarning(UserWarning):
+    """A discovery that kept no weight: its transfer would copy nothing."""
 
 
 @dataclass
@@ -171,6 +176,11 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
             state.record(lam, accuracy, sub)
         candidates.append((lam, accuracy, sub.density(), sub))
     lam, accuracy, density, sub = max(candidates, key=lambda c: (round(c[1], 3), -c[2]))
+    if density == 0:
+        warnings.warn(
+            f"the discovered subnetwork is empty (every λ in {list(lambdas)} ended with no "
+            "weight kept): lower λ, train the masks longer or faster (epochs, mask_lr), or "
+            "start them positive (mask_init > 0)", EmptySubnetworkWarning, stacklevel=2)
     return DiscoveryResult(sub, accuracy, density, lam, sub.layer_density(),
                            [(c[0], c[1], c[2]) for c in candidates])
 
