@@ -69,7 +69,7 @@ def test_mean_pool_folder_is_lossless_with_preview_and_masks(tmp_path):
                                           data.masks[i:i + 1])[0]
         assert (written * 255 - (expected * 255).round()).abs().max() <= 1  # PNG: 8 bit, lossless
     assert (tmp_path / "pooled" / "preview.png").is_file()
-    with pytest.raises(ValueError, match="another folder"):
+    with pytest.raises(ValueError, match="overlap"):
         P.mean_pool_folder(tmp_path / "images", tmp_path / "images", method)
 
 

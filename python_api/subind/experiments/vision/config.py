@@ -40,6 +40,9 @@ CONDITIONS = {
     "random_init_discovery": VisionCondition("subtask_induction", source="random_init"),
 }
 BN_STATS = ("train", "frozen")
+# Options only one data source reads (VisionConfig.check_given).
+FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
+SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation")
 
 
 @dataclass
@@ -135,10 +138,7 @@ class VisionConfig:
                              f"{self.object_scale}")
         check.in_range("contrast", self.contrast, 0, 0.5)
         check.in_range("base_untextured", self.base_untextured, 0, 1)
-        if not self.lambdas:
-            raise ValueError("lambdas must name at least one L0 penalty")
-        for lam in self.lambdas:
-            check.positive("lambdas", lam)
+        check.unique_positive_numbers("lambdas", self.lambdas)
         if self.mask_optimizer not in ("adam", "adamw"):
             raise ValueError(f"mask_optimizer must be adam or adamw, got {self.mask_optimizer!r}")
         if self.transfer_optimizer not in ("sgd", "adamw"):
@@ -150,6 +150,25 @@ class VisionConfig:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         check.device(self.device)
         return self
+
+    def check_given(self, given: set) -> None:
+        """Options the user gave that this configuration's data source would
+        ignore: an error naming each (a folder-data option on the synthetic
+        data, or a synthetic-data option on a folder)."""
+        wrong = [name for name in (FOLDER_ONLY if self.data == "synthetic" else SYNTHETIC_ONLY)
+                 if name in given]
+        if self.data != "synthetic":
+            wrong += [f"{arch}_weights" for arch in arch_lib.ARCHITECTURES
+                      if f"{arch}_weights" in given and arch not in self.archs]
+        if wrong:
+            flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+            source = ("the synthetic data (--data synthetic, the default)"
+                      if self.data == "synthetic" else f"folder data (--data {self.data})"
+                      f" with --archs {','.join(self.archs)}")
+            raise ValueError(f"{flags} would be ignored by {source}; leave "
+                             f"{'it' if len(wrong) == 1 else 'them'} out"
+                             + (" or pass --data DIR (a 16-class ImageNet folder)"
+                                if self.data == "synthetic" else ""))
 
     def identity(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}

@@ -196,8 +196,12 @@ class FolderData:
         return _StimulusBatches(stimuli, self.class_names, self.cfg.image_size), stimuli
 
     def training_set_size(self, condition_data: str, n_disambiguation: int) -> int:
-        count = lambda split: sum(1 for p in (self.root / split).rglob("*")  # noqa: E731
-                                  if p.is_file() or p.is_symlink())
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        # Images only, as ImageFolder reads them (a pooled folder also holds
+        # its manifest and, perhaps, a preview at the top level).
+        count = lambda split: sum(1 for p in (self.root / split).glob("*/**/*")  # noqa: E731
+                                  if p.suffix.lower() in IMG_EXTENSIONS)
         return count("train") + (count("discovery-pooled") if condition_data == "mixture" else 0)
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...engine.models import entry_point, load_state_dict_file, load_weights
+from ...engine.models import entry_point, load_state_dict_file, load_weights, timm_model
 
 __all__ = ["PACKAGED_WEIGHTS", "Preprocessing", "entry_point", "load_by_position",
            "load_classifier", "load_state_dict_file", "packaged_efficientnet_lite0",
@@ -94,7 +94,11 @@ def load_classifier(model_name: Optional[str] = None, weights: Optional[str] = N
     elif checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-        model = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+        try:
+            model = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+        except Exception as err:  # pickle, zip and torch each raise their own kind
+            raise ValueError(f"checkpoint {checkpoint} cannot be read ({type(err).__name__}: "
+                             f"{err})") from None
         if not isinstance(model, nn.Module):
             raise ValueError(f"{checkpoint} holds a {type(model).__name__}; pass a state dict "
                              f"with --model NAME --weights FILE instead")
@@ -104,12 +108,10 @@ def load_classifier(model_name: Optional[str] = None, weights: Optional[str] = N
                              f"{model_name}")
         model = packaged_efficientnet_lite0()
     else:
-        import timm
-
         if weights is None:
             raise ValueError(f"--model {model_name} needs --weights FILE (no downloads here); "
                              f"a randomly initialised model has no shape bias to measure")
         kwargs = {"num_classes": num_classes} if num_classes else {}
-        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        model = timm_model(model_name, **kwargs)
         load_weights(model, Path(weights), model_name)
     return model.eval()

@@ -142,21 +142,50 @@ def mean_pool_folder(source: Path, target: Path, labels_of: Callable[[Path, np.n
     from .stimuli import IMAGE_SUFFIXES, read_image
 
     source, target = Path(source), Path(target)
-    if not source.is_dir():
-        raise FileNotFoundError(f"image folder {source} does not exist")
-    if target.resolve() == source.resolve():
-        raise ValueError("the pooled images must go to another folder than the originals")
-    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise FileNotFoundError(f"no images under {source}")
+    outputs = pooled_paths(source, target, preview)
     pairs = []
-    for path in tqdm(paths, disable=not progress, desc="mean pooling"):
+    for path, output in tqdm(outputs.items(), disable=not progress, desc="mean pooling"):
         image = read_image(path)
         labels = labels_of(path, image.permute(1, 2, 0).numpy())
         pooled = fill_segments(image, torch.from_numpy(np.asarray(labels)))
-        write_png(pooled, (target / path.relative_to(source)).with_suffix(".png"))
+        write_png(pooled, output)
         if len(pairs) < preview:
             pairs.append((image, pooled))
     if pairs:
-        preview_grid(pairs, target / "preview.png")
-    return len(paths)
+        preview_grid(pairs, target / PREVIEW)
+    return len(outputs)
+
+
+PREVIEW = "preview.png"
+
+
+def pooled_paths(source: Path, target: Path, preview: int) -> dict[Path, Path]:
+    """{source image: its PNG under ``target``}, checked before anything is
+    written: the folders do not overlap (the originals are never overwritten
+    or pooled twice), and no two images — ``x.jpg`` and ``x.png`` — nor an
+    image and the preview map to one file."""
+    from .stimuli import IMAGE_SUFFIXES
+
+    source, target = Path(source), Path(target)
+    if not source.is_dir():
+        raise FileNotFoundError(f"image folder {source} does not exist")
+    inside = [(a, b) for a, b in ((target, source), (source, target))
+              if a.resolve() == b.resolve() or b.resolve() in a.resolve().parents]
+    if inside:
+        raise ValueError(f"target {target} and source {source} overlap; the pooled images must "
+                         "go to a folder outside the originals (and not around them)")
+    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images under {source}")
+    outputs, claimed = {}, {}
+    if preview:
+        claimed[target / PREVIEW] = "the preview (--preview)"
+    for path in paths:
+        output = (target / path.relative_to(source)).with_suffix(".png")
+        if output in claimed:
+            raise ValueError(f"{path} and {claimed[output]} would both be written to {output}; "
+                             "rename one" + (" or pass --preview 0"
+                                             if output.name == PREVIEW else ""))
+        claimed[output] = path
+        outputs[path] = output
+    return outputs

@@ -23,11 +23,25 @@ def register(subparsers) -> None:
 
 
 def run(args, argv) -> int:
-    from .pooling import mask_labels, mean_pool_folder, segmenter
+    from ...engine import manifest
+    from .pooling import mask_labels, mean_pool_folder, pooled_paths, segmenter
 
+    given = {flag for flag, value in (("--masks", args.masks), ("--sam-checkpoint",
+                                                                  args.sam_checkpoint))
+             if value is not None}
+    applies = {"masks": {"--masks"}, "sam": {"--sam-checkpoint"}}.get(args.method, set())
+    if given - applies:
+        raise ValueError(f"{', '.join(sorted(given - applies))} would be ignored by --method "
+                         f"{args.method}")
+    if args.preview < 0:
+        raise ValueError(f"--preview must be >= 0, got {args.preview}")
+    manifest.check_out(args.target)
+    pooled_paths(args.source, args.target, args.preview)  # every collision, before any work
     if args.method == "masks":
         if args.masks is None:
             raise ValueError("--method masks needs --masks DIR")
+        if not args.masks.is_dir():
+            raise FileNotFoundError(f"--masks folder {args.masks} does not exist")
         root = args.source
 
         def labels_of(path, image):
@@ -44,7 +58,17 @@ def run(args, argv) -> int:
         def labels_of(path, image):
             return segment(image)
 
-    count = mean_pool_folder(args.source, args.target, labels_of, args.preview, progress=True)
+    identity = {"source": str(args.source.resolve()), "method": args.method,
+                "masks": str(args.masks.resolve()) if args.masks else None,
+                "segments": args.segments if args.method == "slic" else None,
+                "sam_model": args.sam_model if args.method == "sam" else None,
+                "preview": args.preview,
+                "content": manifest.content_of(sam_checkpoint=args.sam_checkpoint)}
+    manifest.claim(args.target, "mean-pool", identity,
+                   hint="a pooled folder holds one source pooled one way: use another target")
+    with manifest.running(args.target, "subind mean-pool"):
+        count = mean_pool_folder(args.source, args.target, labels_of, args.preview,
+                                 progress=True)
     print(f"{count} images mean-pooled ({args.method}) → {args.target}"
           + (f"; preview {args.target / 'preview.png'}" if args.preview else ""))
     return 0

@@ -77,21 +77,46 @@ def register(subparsers) -> None:
 
 
 def run(args, argv) -> int:
-    from ...engine.protocol import discover
-    from .classify import decide
-    from ...engine.training import set_training_mode
+    from ...engine import manifest
+    from ...engine import validation as check
     from .models import load_classifier, preprocessing_of
-    from .shape_bias import plot_per_category, summarize, write_decisions
     from .stimuli import scan
 
-    if args.epochs < 1 or args.batch_size < 1 or args.mask_lr <= 0:
-        raise ValueError("--epochs and --batch-size must be >= 1 and --mask-lr > 0")
+    check.positive_int("--epochs", args.epochs)
+    check.positive_int("--batch-size", args.batch_size)
+    check.positive("--mask-lr", args.mask_lr)
+    check.finite("--mask-init", args.mask_init)
+    check.unique_positive_numbers("--lambdas", args.lambdas)
+    check.device(args.device)
+    manifest.check_out(args.out)
     start = time.time()
+    stimuli = scan(args.cue_conflict, G.CATEGORIES)  # every folder read before anything is written
     model = load_classifier(args.model, args.weights).to(args.device)
     pre = preprocessing_of(model)
     task = ImageNetCategoryTask(mean=pre.mean, std=pre.std)
     train_x, train_y = _load_folders(args.train, pre.size)
     select_x, select_y = _load_folders(args.select, pre.size)
+    identity = {name: getattr(args, name) for name in (
+        "model", "weights", "epochs", "lambdas", "mask_lr", "batch_size", "mask_head",
+        "mask_init", "bn_stats")}
+    identity.update({name: [str(Path(f).resolve()) for f in getattr(args, name)]
+                     for name in ("train", "select")},
+                    cue_conflict=str(args.cue_conflict.resolve()),
+                    content=manifest.content_of(weights=args.weights))
+    manifest.claim(args.out, "shape-subnetwork", identity,
+                   hint="a shape-subnetwork folder holds one discovery: use another --out")
+    with manifest.running(args.out, "subind shape-subnetwork"):
+        return _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y,
+                                     select_x, select_y, start)
+
+
+def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, select_x,
+                          select_y, start) -> int:
+    from ...engine.protocol import discover
+    from ...engine.training import set_training_mode
+    from .classify import decide
+    from .shape_bias import plot_per_category, summarize, write_decisions
+
     train_data = TensorBatches(train_x, train_y, batch_size=args.batch_size, shuffle=True)
     select_data = TensorBatches(select_x, select_y, batch_size=64)
     full_accuracy = {"train": task.evaluate(model, TensorBatches(train_x, train_y,
@@ -104,11 +129,9 @@ def run(args, argv) -> int:
                       mask_init=args.mask_init,
                       log_dir=args.out / "discovery-logs", progress=True,
                       train_mode=set_training_mode(args.bn_stats))
-    args.out.mkdir(parents=True, exist_ok=True)
     result.subnetwork.save(args.out / "subnetwork.safetensors")
 
     masked = result.subnetwork.ablate(copy.deepcopy(model), "keep").eval()  # θ ⊙ 1[s > 0]
-    stimuli = scan(args.cue_conflict, G.CATEGORIES)
     summaries = {}
     for label, net in (("full model", model), ("shape subnetwork", masked)):
         decisions = decide(net, stimuli, pre, G.CATEGORIES, args.device)

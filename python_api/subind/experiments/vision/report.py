@@ -141,7 +141,7 @@ def density_figure(layers: dict, path: Path):
 
 
 def _nanmean(values):
-    kept = [v for v in values if v == v]
+    kept = [v for v in values if v is not None and v == v]  # null: NaN as JSON writes it
     return sum(kept) / len(kept) if kept else float("nan")
 
 

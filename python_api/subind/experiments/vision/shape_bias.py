@@ -62,11 +62,17 @@ def shape_bias_of(decisions: Sequence[Decision]) -> float:
     return _ratio(shape, shape + texture)
 
 
+# Fewer decisive images (a shape or a texture hit) than this give no interval:
+# resampling one or two decisions yields a "95 % interval" that means nothing.
+MIN_INTERVAL_DECISIONS = 10
+
+
 def bootstrap_interval(decisions: Sequence[Decision], samples: int = 1000, level: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap of the shape bias over the conflict images."""
+    """Percentile bootstrap of the shape bias over the conflict images; NaN
+    (written as null) with fewer than MIN_INTERVAL_DECISIONS decisive images."""
     conflict = conflicting(decisions)
-    if not conflict:
+    if sum(d.shape_hit or d.texture_hit for d in conflict) < MIN_INTERVAL_DECISIONS:
         return float("nan"), float("nan")
     rng = random.Random(seed)
     values = sorted(v for v in (shape_bias_of(rng.choices(conflict, k=len(conflict)))

@@ -34,7 +34,25 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
+def set_names(folders) -> list[str]:
+    """A distinct output name per stimulus folder: its own name, or as many of
+    its parent folders as it takes to tell it from the others
+    (``A/cue-conflict``, ``B/cue-conflict`` → ``A-cue-conflict``, ``B-cue-conflict``)."""
+    resolved = [Path(f).resolve() for f in folders]
+    twice = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if twice:
+        raise ValueError(f"stimulus folder {twice[0]} is given twice")
+    depth = 1
+    while True:
+        names = ["-".join(p.parts[-depth:]).lstrip("/") or "root" for p in resolved]
+        if len(set(names)) == len(names):
+            return names
+        depth += 1
+
+
 def run(args, argv) -> int:
+    from ...engine import manifest
+    from ...engine import validation as check
     from . import categories as G
     from .classify import decide
     from .models import load_classifier, preprocessing_of
@@ -42,38 +60,55 @@ def run(args, argv) -> int:
     from .stimuli import scan
 
     for name in ("mean", "std"):
-        value = getattr(args, name)
-        if value is not None and len(value) != 3:
-            raise ValueError(f"--{name} needs three numbers (R,G,B), got {value}")
+        if getattr(args, name) is not None:
+            check.rgb(f"--{name}", getattr(args, name), positive=name == "std")
     if args.batch_size < 1 or args.bootstrap < 0:
         raise ValueError("--batch-size must be >= 1 and --bootstrap >= 0")
+    if args.input_size is not None:
+        check.positive_int("--input-size", args.input_size)
+    manifest.check_out(args.out)
     names = tuple(args.class_names) if args.class_names else G.CATEGORIES
+    sets = dict(zip(set_names(args.stimuli), args.stimuli))
+    scanned = {set_name: scan(folder, names) for set_name, folder in sets.items()}
     model = load_classifier(args.model, args.weights, args.checkpoint, args.entry_point,
                             args.num_classes)
     preprocess = preprocessing_of(model, args.input_size, args.mean, args.std)
     label = args.label or args.model or (args.checkpoint.stem if args.checkpoint
                                          else args.entry_point)
-    args.out.mkdir(parents=True, exist_ok=True)
+    identity = {"model": args.model, "weights": args.weights, "checkpoint": args.checkpoint,
+                "entry_point": args.entry_point, "num_classes": args.num_classes,
+                "class_names": list(names), "preprocessing": vars(preprocess), "label": label,
+                "stimuli": {n: str(Path(f).resolve()) for n, f in sets.items()},
+                "bootstrap": args.bootstrap,
+                "content": manifest.content_of(weights=args.weights,
+                                               checkpoint=args.checkpoint)}
+    manifest.claim(args.out, "shape-bias", identity,
+                   hint="a shape-bias folder holds one model's results on one list of stimulus "
+                        "sets: use another --out")
     summary = {"model": label, "preprocessing": vars(preprocess), "sets": {}}
-    for folder in args.stimuli:
-        stimuli = scan(folder, names)
-        decisions = decide(model, stimuli, preprocess, names, args.device, args.batch_size)
-        set_name = folder.resolve().name
-        write_decisions(decisions, args.out / f"decisions-{set_name}.csv", root=folder)
-        if any(s.texture is not None for s in stimuli):
-            result = summarize(decisions, names, args.bootstrap)
-            figure = plot_per_category({label: result}, list(result["per_category"]),
-                                       args.out / f"shape-bias-{set_name}.png", title=set_name)
-            low, high = result["shape_bias_interval"]
-            interval = f" [{low:.3f}, {high:.3f}]" if args.bootstrap else ""
-            print(f"{set_name}: shape bias {result['shape_bias']:.3f}{interval} over {result['conflict_images']} conflict images "
-                  f"(+{result['same_class_images']} same-class excluded); shape accuracy "
-                  f"{result['shape_accuracy']:.3f}, texture rate {result['texture_rate']:.3f}, "
-                  f"robustness {result['robustness']:.3f}; plot {figure}")
-        else:
-            result = {"images": len(decisions), "accuracy": single_cue_accuracy(decisions)}
-            print(f"{set_name}: accuracy {result['accuracy']:.3f} over {len(decisions)} images")
-        summary["sets"][set_name] = result
-    atomic_write_json(args.out / "summary.json", summary)
+    with manifest.running(args.out, "subind shape-bias"):
+        for set_name, folder in sets.items():
+            stimuli = scanned[set_name]
+            decisions = decide(model, stimuli, preprocess, names, args.device, args.batch_size)
+            write_decisions(decisions, args.out / f"decisions-{set_name}.csv", root=folder)
+            if any(s.texture is not None for s in stimuli):
+                result = summarize(decisions, names, args.bootstrap)
+                figure = plot_per_category({label: result}, list(result["per_category"]),
+                                           args.out / f"shape-bias-{set_name}.png",
+                                           title=set_name)
+                low, high = result["shape_bias_interval"]
+                interval = f" [{low:.3f}, {high:.3f}]" if low == low else ""
+                print(f"{set_name}: shape bias {result['shape_bias']:.3f}{interval} over "
+                      f"{result['conflict_images']} conflict images "
+                      f"(+{result['same_class_images']} same-class excluded); shape accuracy "
+                      f"{result['shape_accuracy']:.3f}, texture rate "
+                      f"{result['texture_rate']:.3f}, robustness {result['robustness']:.3f}; "
+                      f"plot {figure}")
+            else:
+                result = {"images": len(decisions), "accuracy": single_cue_accuracy(decisions)}
+                print(f"{set_name}: accuracy {result['accuracy']:.3f} over {len(decisions)} "
+                      "images")
+            summary["sets"][set_name] = result
+        atomic_write_json(args.out / "summary.json", summary)
     print(f"summary: {args.out / 'summary.json'}")
     return 0
