@@ -8,7 +8,8 @@ Every count is exact integer arithmetic on the packed bits (popcount of the
 bytes; padding bits are 0), per parameter and over all parameters:
 
     IoU(A, B) = |A ∩ B| / |A ∪ B|           (1 when both are empty)
-    IoM(A, B) = |A ∩ B| / min(|A|, |B|)      (intersection over minimum; 0 if one is empty)
+    IoM(A, B) = |A ∩ B| / min(|A|, |B|)      (intersection over minimum; 1 when both
+                                             are empty, like IoU; 0 when only one is)
     shared(A → B) = |A ∩ B| / |A|            (the fraction of A's weights also in B)
 
 P_reuse of two masks of the same function (e.g. found in two contexts) is
@@ -43,7 +44,9 @@ class Overlap:
     @property
     def iom(self) -> float:
         smaller = min(self.a, self.b)
-        return self.both / smaller if smaller else 0.0
+        if not smaller:  # two empty masks are the same mask, as IoU says
+            return 1.0 if self.a == self.b else 0.0
+        return self.both / smaller
 
     @property
     def shared_a(self) -> float:
@@ -124,9 +127,11 @@ def removal_controls(subnetwork: Subnetwork, seed: int = 0) -> dict[str, Subnetw
     controls, a random set and a sample of its complement of the same size
     per parameter (zero them with ``Subnetwork.ablate(model, "keep")`` applied
     to the complement, i.e. ``(~s).ablate(model, "keep")``, or
-    ``s.ablate(model, "zero")``)."""
+    ``s.ablate(model, "zero")``).  In the parameters where the subnetwork keeps
+    more than half (``Subnetwork.complement_shortfall``) the complement control
+    is not size-matched: it removes that parameter's whole complement."""
     return {"subnetwork": subnetwork, "random": subnetwork.random_like(seed),
-            "complement": subnetwork.complement_sample(seed)}
+            "complement": subnetwork.complement_sample(seed, where_short="whole")}
 
 
 def inverse_mask_test(model, subnetwork: Subnetwork, evaluate, seed: int = 0) -> dict[str, float]:
@@ -159,23 +164,40 @@ def group_counts(subnetwork: Subnetwork, group) -> dict[str, tuple[int, int]]:
 class HeadSlicing:
     """Where one attention weight holds its heads: along ``axis`` of the
     stored weight, ``chunks`` equal parts (3 for a packed q|k|v projection,
-    else 1), each split into ``heads`` equal runs of rows or columns."""
+    else 1), each split into ``heads`` equal runs of rows or columns.  Under
+    grouped-query attention a key/value projection holds fewer heads than the
+    queries: each of its runs serves ``group`` consecutive query heads, and
+    counts towards each of them (the weights every one of those heads reads)."""
     parameter: str
     axis: int
     chunks: int
     heads: int
+    group: int = 1
 
 
-# (path under the attention module, axis of the stored weight, chunks)
+# (path under the attention module, axis of the stored weight, chunks, key/value)
 _HEAD_PROJECTIONS = (
-    ("c_attn.weight", 1, 3), ("c_proj.weight", 0, 1),          # GPT-2 Conv1D (in × out)
-    ("qkv.weight", 0, 3), ("proj.weight", 1, 1),               # timm Attention
-    ("in_proj_weight", 0, 3), ("out_proj.weight", 1, 1),       # nn.MultiheadAttention
-    ("q_proj.weight", 0, 1), ("k_proj.weight", 0, 1), ("v_proj.weight", 0, 1),
-    ("o_proj.weight", 1, 1),                                   # LLaMA-style
-    ("query.weight", 0, 1), ("key.weight", 0, 1), ("value.weight", 0, 1),  # BERT/ViT (HF)
+    ("c_attn.weight", 1, 3, False), ("c_proj.weight", 0, 1, False),  # GPT-2 Conv1D (in × out)
+    ("qkv.weight", 0, 3, False), ("proj.weight", 1, 1, False),       # timm Attention
+    ("in_proj_weight", 0, 3, False), ("out_proj.weight", 1, 1, False),  # nn.MultiheadAttention
+    ("q_proj.weight", 0, 1, False), ("k_proj.weight", 0, 1, True),
+    ("v_proj.weight", 0, 1, True), ("o_proj.weight", 1, 1, False),  # LLaMA/Qwen2/Gemma-style
+    ("query.weight", 0, 1, False), ("key.weight", 0, 1, True),
+    ("value.weight", 0, 1, True),                                    # BERT/ViT (HF)
 )
 _HEAD_COUNT_ATTRIBUTES = ("num_heads", "n_head", "num_attention_heads")
+_KV_HEAD_COUNT_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads", "n_kv_head")
+
+
+def _count(module, attributes) -> int | None:
+    """The first of ``attributes`` that ``module`` states as an int, on the
+    module itself or (transformers ≥ 4.48 attention classes) on its config."""
+    for owner in (module, getattr(module, "config", None)):
+        for attribute in attributes:
+            value = getattr(owner, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
 
 
 def attention_heads(model) -> dict[str, list[HeadSlicing]]:
@@ -188,21 +210,25 @@ def attention_heads(model) -> dict[str, list[HeadSlicing]]:
     table = parameter_names(model)
     found: dict[str, list[HeadSlicing]] = {}
     for name, module in model.named_modules():
-        heads = next((getattr(module, a) for a in _HEAD_COUNT_ATTRIBUTES
-                      if isinstance(getattr(module, a, None), int)), None)
+        heads = _count(module, _HEAD_COUNT_ATTRIBUTES)
         if not heads:
             continue
+        kv_heads = _count(module, _KV_HEAD_COUNT_ATTRIBUTES) or heads
+        if heads % kv_heads:
+            raise ValueError(f"{name}: {heads} query heads cannot share {kv_heads} key/value "
+                             "heads evenly")
         slices = []
-        for path, axis, chunks in _HEAD_PROJECTIONS:
+        for path, axis, chunks, is_kv in _HEAD_PROJECTIONS:
             owner_path, _, attribute = path.rpartition(".")
             try:
                 owner = module.get_submodule(owner_path) if owner_path else module
             except AttributeError:
                 continue
             weight = getattr(owner, attribute, None)
-            if weight is None or weight.dim() != 2 or weight.shape[axis] % (chunks * heads):
+            runs = kv_heads if is_kv else heads
+            if weight is None or weight.dim() != 2 or weight.shape[axis] % (chunks * runs):
                 continue
-            slices.append(HeadSlicing(table.name_of(weight), axis, chunks, heads))
+            slices.append(HeadSlicing(table.name_of(weight), axis, chunks, runs, heads // runs))
         if slices:
             found[name] = slices
     return found
@@ -227,8 +253,8 @@ def head_overlap(a: Subnetwork, b: Subnetwork, heads: Mapping[str, Sequence[Head
             ma, mb = a.mask(slicing.parameter), b.mask(slicing.parameter)
             size = ma.numel() // slicing.heads
             counts = [_per_head(m, slicing) for m in (ma, mb, ma & mb, ma | mb)]
-            for head in range(slicing.heads):
-                row = Overlap(size, *(int(c[head]) for c in counts))
+            for head in range(slicing.heads * slicing.group):
+                row = Overlap(size, *(int(c[head // slicing.group]) for c in counts))
                 key = (module, head)
                 out[key] = out[key] + row if key in out else row
     return out

@@ -32,6 +32,15 @@ def _check_seed(seed) -> int:
     return seed
 
 
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
 class Subnetwork:
     """Parameter name → packed mask bits (1 = in the subnetwork) and shape."""
 
@@ -205,9 +214,24 @@ class Subnetwork:
             masks[name] = mask.view(self._shapes[name])
         return Subnetwork.from_masks(masks, {"control": "random_like", "seed": seed})
 
-    def complement_sample(self, seed: int) -> "Subnetwork":
+    def complement_shortfall(self) -> dict[str, tuple[int, int]]:
+        """{parameter: (entries kept, entries outside)} for every parameter
+        where the subnetwork keeps more than half, so that no same-size sample
+        of its complement exists."""
+        out = {}
+        for name, (kept, total) in self.counts().items():
+            if kept > total - kept:
+                out[name] = (kept, total - kept)
+        return out
+
+    def complement_sample(self, seed: int, where_short: str = "raise") -> "Subnetwork":
         """Same number of entries per parameter, drawn only from outside the
-        subnetwork (App. B.2)."""
+        subnetwork (App. B.2).  Where a parameter keeps more than half its
+        entries (``complement_shortfall``) no such sample exists:
+        ``where_short="raise"`` refuses, ``"whole"`` takes that parameter's whole
+        complement (a smaller control there, which the caller reports)."""
+        if where_short not in ("raise", "whole"):
+            raise ValueError(f"where_short must be 'raise' or 'whole', got {where_short!r}")
         gen = torch.Generator().manual_seed(_check_seed(seed))
         masks = {}
         for name in self._bits:
@@ -215,8 +239,11 @@ class Subnetwork:
             outside = (~inside).nonzero().squeeze(1)
             kept = int(inside.sum())
             if kept > outside.numel():
-                raise ValueError(f"{name}: the subnetwork holds {kept} entries but only "
-                                 f"{outside.numel()} lie outside it; cannot complement-sample")
+                if where_short == "raise":
+                    raise ValueError(f"{name}: the subnetwork holds {kept} entries but only "
+                                     f"{outside.numel()} lie outside it; cannot complement-"
+                                     "sample (where_short='whole' takes the whole complement)")
+                kept = outside.numel()
             mask = torch.zeros_like(inside)
             mask[outside[torch.randperm(outside.numel(), generator=gen)[:kept]]] = True
             masks[name] = mask.view(self._shapes[name])
@@ -276,6 +303,7 @@ class Subnetwork:
         os.close(fd)
         try:
             save_file({n: b for n, b in self._bits.items()}, tmp, metadata=meta)
+            os.chmod(tmp, _FILE_MODE)  # a temporary file is 0600; the result is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -307,6 +335,14 @@ class Subnetwork:
             metadata = json.loads(meta.get("metadata", "{}"))
         except (KeyError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: damaged subnetwork metadata ({err})") from err
+        if not isinstance(shapes, dict) or not all(
+                isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                for shape in shapes.values()):
+            raise ValueError(f"{path}: damaged subnetwork metadata (shapes must map each "
+                             "parameter to a list of sizes >= 0)")
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{path}: damaged subnetwork metadata (metadata must be a JSON "
+                             f"object, got {type(metadata).__name__})")
         try:
             return cls(bits, shapes, metadata)
         except ValueError as err:

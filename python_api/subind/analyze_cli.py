@@ -14,14 +14,17 @@ import argparse
 import csv
 import io
 import re
+import warnings
 from pathlib import Path
 
 import subind_fast as sf
 from subind_fast import analysis as A
 
+from .engine import manifest
+from .engine import validation as check
 from .engine.cli import str_list
 from .engine.files import atomic_write, atomic_write_text
-from .engine.models import build_model
+from .engine.models import HF_CLASSES, build_model, parse_kwargs
 
 _BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
 
@@ -47,10 +50,12 @@ def register(subparsers) -> None:
                                  "removals as controls)")
     g.add_argument("--model", help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as discover)")
     g.add_argument("--weights", help="the trained model's weights")
-    g.add_argument("--hf-class", default="causal-lm")
+    g.add_argument("--hf-class", choices=sorted(HF_CLASSES), help="hf: models (default: "
+                                                                   "causal-lm)")
+    g.add_argument("--model-kwargs", help='JSON keyword arguments, e.g. \'{"num_classes": 16}\'')
     g.add_argument("--eval-data", action="append", metavar="SPEC",
                    help="data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'")
-    g.add_argument("--seed", type=int, default=0, help="seed of the control removals")
+    g.add_argument("--seed", type=int, help="seed of the control removals (default: 0)")
     p.set_defaults(handler=run)
 
 
@@ -69,32 +74,71 @@ def _csv(header, rows) -> str:
     return buffer.getvalue()
 
 
+def _check_options(args) -> None:
+    """Options that need another one, named, before anything is loaded."""
+    model_options = [flag for flag, value in (
+        ("--weights", args.weights), ("--hf-class", args.hf_class),
+        ("--model-kwargs", args.model_kwargs), ("--eval-data", args.eval_data)) if value]
+    if model_options and not args.model:
+        raise ValueError(f"{', '.join(model_options)} need{'s' if len(model_options) == 1 else ''}"
+                         " --model (the model the subnetworks were found in)")
+    if args.seed is not None and not args.eval_data:
+        raise ValueError("--seed draws the inverse-mask test's controls: it needs --eval-data")
+    if args.seed is not None:
+        check.non_negative_int("--seed", args.seed)
+    if args.hf_class and not args.model.startswith("hf:"):
+        raise ValueError(f"--hf-class applies to hf:DIR models, not --model {args.model}")
+    if len(args.subnetworks) == 1 and args.stability:
+        raise ValueError("--stability needs the subnetworks of at least two seeds")
+
+
+def _model_for(args, masks: dict) -> "nn.Module":
+    """--model with its weights, checked against every subnetwork (the same
+    parameter names and shapes), so that heads and ablations read the right weights."""
+    model = build_model(args.model, args.weights, args.hf_class or "causal-lm",
+                        parse_kwargs(args.model_kwargs)).eval()
+    for label, sub in masks.items():
+        try:
+            sub.matching_parameters(model)
+        except ValueError as err:
+            raise ValueError(f"subnetwork {label} does not fit --model {args.model}: "
+                             f"{str(err).removeprefix('subnetwork does not match the model: ')}"
+                             ) from None
+    return model
+
+
 def run(args, argv=None) -> int:
+    _check_options(args)
+    manifest.check_out(args.out)
     masks = _load(args)
     labels = list(masks)
-    if len(masks) == 1 and args.stability:
-        raise ValueError("--stability needs the subnetworks of at least two seeds")
+    for label, sub in masks.items():
+        if sub.density() == 0:
+            warnings.warn(f"subnetwork {label} is empty: its overlaps and removals say nothing",
+                          stacklevel=2)
     first = masks[labels[0]]
     second = masks[labels[1]] if len(labels) > 1 else first  # one file: overlap with itself
     table = A.overlap(first, second)  # also checks that the files fit one model
     for label in labels[2:]:
         A.overlap(first, masks[label])
-    args.out.mkdir(parents=True, exist_ok=True)
     pair = labels[:2]
+    # Everything is computed before the first file is written: a failure
+    # (a model that does not fit, data that cannot be read) leaves --out as it was.
+    outputs: dict[str, str] = {}
     if len(pair) == 1:
-        atomic_write_text(args.out / "density.csv", _csv(
+        outputs["density.csv"] = _csv(
             ["parameter", "size", "kept", "density"],
-            [[name, row.size, row.a, f"{row.a / row.size:.6f}"] for name, row in table.items()]))
+            [[name, row.size, row.a, f"{row.a / row.size:.6f}"] for name, row in table.items()])
     else:
         rows = [[name, row.size, row.a, row.b, row.both, f"{row.iou:.6f}", f"{row.iom:.6f}",
                  f"{row.shared_a:.6f}", f"{row.shared_b:.6f}"] for name, row in table.items()]
-        atomic_write_text(args.out / "overlap.csv", _csv(
+        outputs["overlap.csv"] = _csv(
             ["parameter", "size", labels[0], labels[1], "both", "iou", "iom",
-             f"shared_{labels[0]}", f"shared_{labels[1]}"], rows))
+             f"shared_{labels[0]}", f"shared_{labels[1]}"], rows)
         sharing = A.shared_with_others(masks)
-        atomic_write_text(args.out / "sharing.csv", _csv(
+        outputs["sharing.csv"] = _csv(
             ["parameter", *labels], [[name, *(f"{sharing[l][name]:.6f}" for l in labels)]
-                                     for name in [*first.names(), A.TOTAL]]))
+                                     for name in [*first.names(), A.TOTAL]])
     total = table[A.TOTAL]
     lines = [f"# {' vs '.join(labels)}", "",
              "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
@@ -106,31 +150,43 @@ def run(args, argv=None) -> int:
                 f"P_specialize (different functions) {A.p_specialize(first, second):.4f}"]
                if len(labels) > 1 else []), "",
              *_group_table("block", _by_block(first, second), pair)]
-    figures = []
+    heads = {}
     if args.model:
-        model = build_model(args.model, args.weights, args.hf_class).eval()
+        model = _model_for(args, masks)
         heads = A.head_overlap(first, second, A.attention_heads(model))
         if heads:
             rows = {f"{module}/{head}": _fractions(row) for (module, head), row in heads.items()}
             lines += ["", *_group_table("attention head", rows, pair)]
-            atomic_write_text(args.out / "heads.csv", _csv(
+            outputs["heads.csv"] = _csv(
                 ["module", "head", *(f"density_{l}" for l in pair),
                  *(["iou", "iom"] if len(pair) > 1 else [])],
                 [[module, head, *(f"{v:.6f}" for v in rows[f"{module}/{head}"][:len(pair)]),
                   *(f"{v:.6f}" for v in rows[f"{module}/{head}"][2:] if len(pair) > 1)]
-                 for module, head in heads]))
-            figures.append(_head_plot(heads, pair, args.out))
+                 for module, head in heads])
         if args.eval_data:
             lines += ["", *_inverse_mask_tables(args, model, masks)]
-    elif args.eval_data:
-        raise ValueError("--eval-data needs --model (the model to score)")
     if args.stability:
         result = A.stability(list(masks.values()))
         lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
                       f"{result['mean']:.4f}, min {result['min']:.4f}"]
     text = "\n".join(lines) + "\n"
-    atomic_write_text(args.out / "summary.md", text)
-    figures = _plots(masks, args.out) + figures
+    identity = {"subnetworks": {label: str(path.resolve()) for label, path
+                                in zip(labels, args.subnetworks)},
+                **{name: getattr(args, name) for name in ("stability", "model", "weights",
+                                                          "hf_class", "model_kwargs",
+                                                          "eval_data", "seed")},
+                "content": manifest.content_of(
+                    weights=args.weights if args.model else None,
+                    **{f"subnetwork {label}": path for label, path
+                       in zip(labels, args.subnetworks)})}
+    manifest.claim(args.out, "analyze", identity,
+                   hint="an analysis folder holds one comparison: use another --out")
+    with manifest.running(args.out, "subind analyze"):
+        for name, content in outputs.items():
+            atomic_write_text(args.out / name, content)
+        atomic_write_text(args.out / "summary.md", text)
+        figures = _plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads
+                                              else [])
     print(text)
     for path in figures:
         print(f"figure: {path}")
@@ -169,16 +225,28 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
     lines = ["inverse-mask test (accuracy with the weights removed)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    seed = args.seed or 0
+    notes = []
     for label, sub in masks.items():
         per_set = {name: A.inverse_mask_test(model, sub, lambda m, t=task, d=data:
-                                             t.evaluate(m, d).accuracy, seed=args.seed)
+                                             t.evaluate(m, d).accuracy, seed=seed)
                    for name, (task, data) in sets.items()}
+        short = sub.complement_shortfall()
+        if short:
+            notes.append(f"{label}: the complement control is not size-matched (not applicable) "
+                         f"in {len(short)} of {len(sub.names())} parameters, where the "
+                         "subnetwork keeps more than half; there it removes the whole "
+                         "complement: " + ", ".join(
+                             f"{name} (keeps {kept}, {outside} outside)"
+                             for name, (kept, outside) in list(short.items())[:6])
+                         + (" …" if len(short) > 6 else ""))
         for removal in next(iter(per_set.values())):
             if removal == "intact" and label != next(iter(masks)):
                 continue
-            lines.append(f"| {label if removal != 'intact' else '–'} | {removal} | "
+            marked = f"{removal} *" if removal == "without complement" and short else removal
+            lines.append(f"| {label if removal != 'intact' else '–'} | {marked} | "
                          + " | ".join(f"{per_set[n][removal]:.4f}" for n in sets) + " |")
-    return lines
+    return lines + ([""] + [f"\\* {note}" for note in notes] if notes else [])
 
 
 def _by_block(a: sf.Subnetwork, b: sf.Subnetwork) -> dict:

@@ -75,3 +75,106 @@ def test_head_level_density_and_overlap_of_gpt2_attention(tmp_path, capsys):
         assert abs(float(row["density_x"]) - x.double().mean().item()) < 1e-6
         assert abs(float(row["iou"]) - (x & y).sum().item() / (x | y).sum().item()) < 1e-6
     assert (out / "heads.png").stat().st_size > 0
+
+
+def _random_masks(model, names, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(model.get_parameter(n).shape, generator=g) < density for n in names}
+
+
+def test_heads_of_grouped_query_attention_in_llama_and_qwen2(tmp_path, capsys):
+    """Defect 12: transformers 5 attention classes state their head counts in
+    their config; under grouped-query attention k/v hold fewer heads, each
+    shared by a group of query heads."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    from subind_fast import analysis as A
+
+    for config_class, model_class in ((LlamaConfig, LlamaForCausalLM),
+                                      (Qwen2Config, Qwen2ForCausalLM)):
+        config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
+        model = model_class(config)
+        heads = A.attention_heads(model)
+        assert list(heads) == ["model.layers.0.self_attn"]
+        slices = {s.parameter.rpartition(".")[0].rpartition(".")[2]: s
+                  for s in heads["model.layers.0.self_attn"]}
+        assert set(slices) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+        assert (slices["k_proj"].heads, slices["k_proj"].group) == (2, 2)
+        assert (slices["q_proj"].heads, slices["q_proj"].group) == (4, 1)
+        prefix = "model.layers.0.self_attn"
+        names = [f"{prefix}.{p}.weight" for p in slices]
+        a = _random_masks(model, names, 0.3, 0)
+        table = A.head_overlap(*(sf.Subnetwork.from_masks(a),) * 2, heads)
+        d = 32 // 4
+        for head in range(4):  # query head h reads k/v head h // 2
+            kv = head // 2
+            entries = torch.cat([a[f"{prefix}.q_proj.weight"][head * d:(head + 1) * d].reshape(-1),
+                                 a[f"{prefix}.k_proj.weight"][kv * d:(kv + 1) * d].reshape(-1),
+                                 a[f"{prefix}.v_proj.weight"][kv * d:(kv + 1) * d].reshape(-1),
+                                 a[f"{prefix}.o_proj.weight"][:, head * d:(head + 1) * d]
+                                 .reshape(-1)])
+            row = table[(prefix, head)]
+            assert (row.size, row.a) == (entries.numel(), int(entries.sum()))
+
+
+def test_analyze_model_options_are_checked(tmp_path, capsys):
+    """Defect 13: --model-kwargs reaches the model; a model that does not fit
+    the subnetworks, and model options without --model, are refused."""
+    import json
+
+    import timm
+
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=4)
+    model = timm.create_model("vit_tiny_patch16_224", **kwargs)
+    names = ["blocks.0.attn.qkv.weight", "blocks.1.mlp.fc1.weight"]
+    files = [_save(tmp_path / "a.safetensors", _random_masks(model, names, 0.3, 0))]
+    out = tmp_path / "out"
+    vit = ["--model", "timm:vit_tiny_patch16_224", "--weights", "random"]
+    assert main(["analyze", *files, "--out", str(out), *vit]) == 2  # the default ViT-Tiny
+    err = capsys.readouterr().err
+    assert "does not fit --model timm:vit_tiny_patch16_224" in err and "qkv" in err
+    assert not out.exists()
+    assert main(["analyze", *files, "--out", str(out), *vit, "--model-kwargs",
+                 json.dumps(kwargs)]) == 0
+    assert (out / "heads.csv").read_text().count("\n") == 1 + 2  # block 0's 2 heads
+    for extra, message in ((["--weights", "w.pt"], "--weights needs --model"),
+                           (["--model-kwargs", "{}"], "--model-kwargs needs --model"),
+                           (["--seed", "3"], "--seed draws"),
+                           ([*vit, "--hf-class", "causal-lm"], "--hf-class applies")):
+        assert main(["analyze", *files, "--out", str(tmp_path / "o2"), *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_inverse_mask_test_of_a_dense_subnetwork_reports_the_complement_as_unmatched(
+        tmp_path, capsys):
+    """Defect 9: a layer that keeps more than half its weights has no same-size
+    complement sample; the control is marked, not fatal, and nothing is half written."""
+    from subind.experiments.arithmetic.discovery_sets import quick_gpt2
+
+    model = quick_gpt2()
+    names = [f"transformer.h.{i}.mlp.c_fc.weight" for i in range(2)]
+    masks = _random_masks(model, names, 0.3, 0)
+    masks[names[0]] = _random_masks(model, names[:1], 0.9, 1)[names[0]]  # dense layer
+    files = [_save(tmp_path / "dense.safetensors", masks)]
+    out = tmp_path / "out"
+    assert main(["analyze", *files, "--out", str(out), "--model",
+                 "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2",
+                 "--weights", "random", "--eval-data", "experiment:arithmetic/a*b"]) == 0
+    text = (out / "summary.md").read_text()
+    assert "| without complement * |" in text
+    assert f"not size-matched (not applicable) in 1 of 2 parameters" in text
+    assert names[0] in text.split("not size-matched")[1] and names[1] not in \
+        text.split("not size-matched")[1]
+    capsys.readouterr()
+
+
+def test_empty_masks_have_iom_one_like_iou(tmp_path):
+    """Low item: two empty masks are identical — IoU 1, IoM 1 (P_reuse 1)."""
+    from subind_fast import analysis as A
+
+    empty = sf.Subnetwork.from_masks({"w": torch.zeros(4, dtype=torch.bool)})
+    row = A.overlap(empty, empty)[A.TOTAL]
+    assert (row.iou, row.iom, A.p_reuse(empty, empty)) == (1.0, 1.0, 1.0)
+    full = sf.Subnetwork.from_masks({"w": torch.ones(4, dtype=torch.bool)})
+    assert (A.overlap(empty, full)[A.TOTAL].iou, A.iom(empty, full)) == (0.0, 0.0)

@@ -162,3 +162,28 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         sub.save(tmp_path / "sub.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value", [
+    ("shapes", '{"w": [3, -5]}'), ("shapes", '{"w": "abc"}'), ("shapes", "[1, 2]"),
+    ("shapes", '{"w": [1e20]}'), ("shapes", '{"w": [true, 15]}'), ("metadata", "[1]"),
+    ("metadata", '"x"')])
+def test_load_rejects_crafted_metadata_naming_the_file(tmp_path, field, value):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    Subnetwork.from_masks({"w": torch.ones(3, 5, dtype=torch.bool)}).save(tmp_path / "s.st")
+    with safe_open(str(tmp_path / "s.st"), "pt") as handle:
+        meta, bits = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(bits, str(tmp_path / "crafted.st"), metadata={**meta, field: value})
+    with pytest.raises(ValueError, match=r"crafted\.st: damaged subnetwork metadata"):
+        Subnetwork.load(tmp_path / "crafted.st")
+
+
+def test_saved_files_take_the_umask_not_0600(tmp_path):
+    import os
+
+    Subnetwork.from_masks({"w": torch.ones(3, dtype=torch.bool)}).save(tmp_path / "s.st")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "s.st").stat().st_mode & 0o777 == 0o666 & ~mask
