@@ -8,6 +8,7 @@ and torch.compile — without a GPU (engine/memory_plan.py).
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 import torch
 
@@ -31,7 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--input-shape", type=int_list,
                    help="one sample's shape, e.g. 3,224,224 (default: the model's input size; "
                         "token models: --seq-len tokens)")
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--seq-len", type=int,
+                   help="tokens per sample of a token model (default: its maximum length, "
+                        "at most 1024)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                    help="storage of the frozen weights and activations (logits stay fp32)")
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
@@ -45,11 +48,26 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
+def _positions(model) -> Optional[int]:
+    config = getattr(model, "config", None)
+    return next((getattr(config, name) for name in ("max_position_embeddings", "n_positions")
+                 if isinstance(getattr(config, name, None), int)), None)
+
+
 def _input_maker(model, args, dtype):
+    tokens = getattr(model, "main_input_name", None) == "input_ids"  # transformers LMs
+    if args.seq_len is not None and not tokens:
+        raise ValueError(f"--seq-len is for token models; {args.model} takes "
+                         f"{getattr(model, 'main_input_name', 'tensors')} (use --input-shape)")
     if args.input_shape:
         shape = tuple(args.input_shape)
-    elif args.model.startswith("hf:") and args.hf_class != "image-classification":
-        return lambda b: torch.zeros(b, args.seq_len, dtype=torch.long, device="meta")
+    elif tokens:
+        most = _positions(model)
+        length = args.seq_len or min(most or 1024, 1024)
+        if length < 1 or (most is not None and length > most):
+            raise ValueError(f"--seq-len must be in [1, {most}] for {args.model} (its "
+                             f"positions), got {length}")
+        return lambda b: torch.zeros(b, length, dtype=torch.long, device="meta")
     else:
         shape = input_size(model)
         if shape is None:

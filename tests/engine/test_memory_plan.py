@@ -97,3 +97,36 @@ def test_largest_batch_fits_and_one_more_does_not():
     fits, g = mp.plan("ours", s, best)
     over, _ = mp.plan("ours", s, best + 1)
     assert fits.peak(g) <= budget * 1.02 and over.peak(g) > budget * 0.98
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "entry"])
+def test_plan_memory_runs_on_transformers_causal_lms(family, tmp_path, capsys):
+    """Defect 8: the default providers (ours, eager, compile) on GPT-2, Llama
+    and Qwen2 directories (grouped-query attention) and the arithmetic entry point."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    from subind.cli import main
+
+    if family == "entry":
+        spec = "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2"
+    else:
+        config = {"gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64,
+                                             n_positions=32, bos_token_id=0, eos_token_id=0),
+                  "llama": lambda: LlamaConfig(hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, vocab_size=64,
+                                               max_position_embeddings=32),
+                  "qwen2": lambda: Qwen2Config(hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, vocab_size=64,
+                                               max_position_embeddings=32)}[family]()
+        config.save_pretrained(tmp_path / family)
+        spec = f"hf:{tmp_path / family}"
+    assert main(["plan-memory", "--model", spec, "--batch", "4", "--dtype", "fp32"]) == 0
+    captured = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in captured.out.splitlines()[3:]}
+    assert set(rows) == {"ours", "eager", "compile"}
+    assert all(int(row[-1]) >= 4 for row in rows.values())  # batch 4 fits in 80 GiB
+    assert "Exception ignored" not in captured.err
+    assert main(["plan-memory", "--model", spec, "--batch", "4", "--seq-len", "10000"]) == 2
+    assert "--seq-len must be in [1, " in capsys.readouterr().err

@@ -89,10 +89,12 @@ class Usage:
         return self.static + max(self.activations, logits_grads) + self.working
 
 
-def _storage_key(t: Tensor):
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    return StorageWeakRef(t.untyped_storage())
+def _storage_key(t: Tensor) -> int:
+    # The StorageImpl's address: unique while the storage lives, and autograd
+    # (or the model) keeps every storage counted here alive for the whole
+    # forward.  A plain int, because dynamo copies the hook's closure, and a
+    # copied StorageWeakRef fails in its destructor.
+    return t.untyped_storage()._cdata
 
 
 @dataclass
@@ -162,6 +164,18 @@ def _model_for(provider: str, spec: PlanInputs) -> nn.Module:
 
 def _forward(provider: str, model: nn.Module, spec: PlanInputs, batch: int) -> Callable:
     inputs = spec.make_input(batch)
+    # A training step keeps no KV cache; a transformers LM builds one unless told.
+    kwargs = ({"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None)
+              is not None else {})
+    if getattr(model, "main_input_name", None) == "input_ids":
+        # transformers inspects a 2-D attention mask's values (and, without one,
+        # the position ids): data-dependent branches that meta tensors cannot
+        # take.  A ready 4-D causal mask is used as it is; expanded from one
+        # L × L matrix it costs no memory per sample.
+        length = inputs.shape[-1]
+        kwargs["attention_mask"] = torch.ones(length, length, dtype=torch.bool,
+                                              device=inputs.device).tril()[None, None].expand(
+                                                  inputs.shape[0], 1, length, length)
     if provider == "compile":
         compiled = torch.compile(model, backend="aot_eager_decomp_partition", dynamic=False)
 
@@ -169,9 +183,9 @@ def _forward(provider: str, model: nn.Module, spec: PlanInputs, batch: int) -> C
             # The parametrization gives every layer its own class: one graph
             # each, more than dynamo's default limit of recompilations.
             with torch._dynamo.config.patch(cache_size_limit=4096):
-                return _as_tensor(compiled(inputs))
+                return _as_tensor(compiled(inputs, **kwargs))
         return run
-    return lambda: _as_tensor(model(inputs))
+    return lambda: _as_tensor(model(inputs, **kwargs))
 
 
 def _as_tensor(out) -> Tensor:

@@ -101,10 +101,7 @@ class ArithmeticConfig:
             check.positive(name, getattr(self, name))
         check.in_range("base_fraction", self.base_fraction, 0, 1, low_open=True)
         check.in_range("base_target_accuracy", self.base_target_accuracy, 0, 1)
-        if not self.lambdas:
-            raise ValueError("lambdas must name at least one L0 penalty")
-        for lam in self.lambdas:
-            check.positive("lambdas", lam)
+        check.unique_positive_numbers("lambdas", self.lambdas)
         if self.reinit not in REINIT_POLICIES:
             raise ValueError(f"reinit must be 'all' or 'masked', got {self.reinit!r}")
         check.device(self.device)
@@ -123,7 +120,8 @@ PRESETS = {
     "smoke": dict(n_numbers=50, layers=[1], n_disambiguation=[0, 50], seeds=[0],
                   conditions=["subtask_induction", "scratch", "random"], n_embd=32, n_inner=64,
                   base_fraction=0.5, base_test_samples=500, base_max_epochs=15,
-                  subtask_samples=1000, discovery_epochs=3, lambdas=[1e-7], transfer_epochs=5,
+                  subtask_samples=1000, discovery_epochs=3, lambdas=[1e-7], mask_lr=5e-2,
+                  transfer_epochs=5,
                   batch_size=128, base_lr=3e-3),
     # the demo: the paper's numbers 0..999 (10⁶ pairs, so N = 1000 is the paper's 0.1 %), a
     # 2-layer model and a reduced grid; ≤ 15 min on 2 CPU cores
@@ -176,7 +174,9 @@ def make_model(cfg: ArithmeticConfig, n_layer: int, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
-    return model.to(cfg.device)
+    # Built where torch's default device says (the CPU, or the meta device for
+    # `subind plan-memory`); moved only when the configuration asks for another.
+    return model if cfg.device == "cpu" else model.to(cfg.device)
 
 
 def _save_model(model: nn.Module, path: Path) -> None:
