@@ -65,11 +65,12 @@ def _after_forward(module, args, output, policy: str):
     if missing:
         raise MaskCoverageError(
             f"{len(missing)} masked layer(s) did not run during the forward: "
-            f"{missing[:8]}{' …' if len(missing) > 8 else ''}.  Their parent module computes "
-            "with their weight directly (e.g. F.linear(x, self.qkv.weight)), so the mask "
-            "would be ignored.  mask_model fixes the cases it knows (timm EVA/BEiT/SwinV2 "
-            "attention, nn.TransformerEncoderLayer); otherwise exclude these layers, or pass "
-            "check_coverage='off' if they are legitimately unused in this forward.")
+            f"{missing[:8]}{' …' if len(missing) > 8 else ''}.  Either this forward does not "
+            "use them (a branch not taken, a head that is not called: exclude them, or pass "
+            "check_coverage='off' or 'always' if later forwards use them), or their parent "
+            "module computes with their weight directly (e.g. F.linear(x, self.qkv.weight)), "
+            "so their mask would be ignored: mask_model fixes the cases it knows (timm "
+            "EVA/BEiT/SwinV2 attention, nn.TransformerEncoderLayer); exclude any other.")
 
 
 def install_check(model: nn.Module, policy: str = "first") -> None:

@@ -78,6 +78,14 @@ class MaskedWeightMixin:
     _output_unit_dim: int = -1
 
     # ------------------------------------------------------------ set-up
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it;
+        # TorchScript cannot call the mask's custom autograd functions.
+        raise TypeError(f"{type(self).__name__} cannot be compiled by torch.jit.script (deprecated "
+                        "in PyTorch, and unable to call the mask's custom autograd ops): use "
+                        "torch.compile or torch.export, or sf.unmask_model(model) first to script "
+                        "the plain model with the hard mask baked in")
+
     def _setup_mask(self, init: MaskInit, beta: float, mode: Optional[str],
                     freeze_weight: bool, method=None) -> None:
         method = as_method(method or "continuous")

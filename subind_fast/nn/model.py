@@ -157,8 +157,16 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     method = as_method(method, granularity, n_samples, generator)
     chosen = _selection(model, method, density, scope, pretrained, include, exclude)
     modules, names, selected = select_modules(model, include, exclude)
+    empty = [names[key][0] for key in selected
+             if any(p.numel() == 0 for p in modules[key].parameters(recurse=False))]
+    if empty:  # no weight to mask, and the kernels need at least one
+        raise ValueError(f"layer(s) {empty[:8]} have zero-size weights: nothing to mask; "
+                         "exclude them (exclude=[...])")
     if freeze_base:
-        for p in model.parameters():
+        # unmask_model gives each parameter back the flag it had before masking.
+        before = model.__dict__.setdefault(_REQUIRES_GRAD, {})
+        for name, p in model.named_parameters():
+            before.setdefault(name, p.requires_grad)
             p.requires_grad_(False)
     replaced = {}
     for key in selected:
@@ -287,8 +295,13 @@ def density(model: nn.Module) -> float:
     return kept / max(1, total)
 
 
+_REQUIRES_GRAD = "_subind_requires_grad_before_masking"
+
+
 def unmask_model(model: nn.Module) -> nn.Module:
-    """Replace every masked layer by its plain module with θ ⊙ 1[s > 0] baked in."""
+    """Replace every masked layer by its plain module with θ ⊙ 1[s > 0] baked
+    in; every parameter that mask_model froze requires grad again as it did
+    before masking."""
     layers = _require_masked(model)
     outermost = {n: l for n, l in layers.items()
                  if not any(n.startswith(f"{other}.") for other in layers if other != n)}
@@ -298,4 +311,8 @@ def unmask_model(model: nn.Module) -> nn.Module:
         for name in names[id(layer)]:
             _set_child(model, name, plain)
     coverage.remove_check(model)
+    before = model.__dict__.pop(_REQUIRES_GRAD, {})
+    for name, p in model.named_parameters():
+        if name in before:
+            p.requires_grad_(before[name])
     return model

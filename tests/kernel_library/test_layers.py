@@ -171,3 +171,39 @@ def test_mask_model_errors_and_helpers():
     assert list(sf.masked_layers(model)) == ["0"]
     with pytest.raises(ValueError, match="beta must be a positive finite number"):
         set_beta(model, 0.0)
+
+
+def test_unmask_model_gives_back_the_requires_grad_flags_masking_took():
+    """mask_model freezes the base (only the logits train); unmasking brings the
+    model back to what it was, trainable parameters included."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    model[1].bias.requires_grad_(False)  # frozen by the user: stays frozen
+    sf.mask_model(model, include=["0"])
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "logits" not in n)
+    sf.unmask_model(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert flags == {"0.weight": True, "0.bias": True, "1.weight": True, "1.bias": False,
+                     "2.weight": True, "2.bias": True}
+    assert isinstance(model[0], nn.Linear) and not isinstance(model[0], MaskedLinear)
+
+
+def test_a_zero_size_layer_is_named_not_crashed_on():
+    model = nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"\['0'\] have zero-size weights"):
+        sf.mask_model(model)
+    assert not isinstance(model[1], MaskedLinear)  # refused before anything was replaced
+    sf.mask_model(model, exclude=["0"])
+    assert model(torch.randn(3, 0)).shape == (3, 2)
+
+
+def test_torch_jit_script_is_refused_with_what_to_do_instead():
+    import warnings
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    sf.mask_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        with pytest.raises(TypeError, match="MaskedLinear cannot be compiled by torch.jit.script"):
+            torch.jit.script(model)
+        sf.unmask_model(model)
+        assert torch.jit.script(model)(torch.randn(2, 4)).shape == (2, 4)
