@@ -206,3 +206,29 @@ def test_local_launcher_runs_the_grid_as_parallel_shards(tmp_path, capsys):
     assert logs == ["shard-0-of-2.log", "shard-1-of-2.log"]
     assert _smoke(out, "--jobs", "2", "--shard", "0/2") == 2
     assert "--jobs and --shard" in capsys.readouterr().err
+
+
+def _records(out):
+    """Every JSON record of a results directory, without what a clock says."""
+    timing = {"seconds", "versions"}
+    return {str(p.relative_to(out)): {k: v for k, v in json.loads(p.read_text()).items()
+                                      if k not in timing}
+            for p in sorted(out.rglob("*.json"))}
+
+
+def test_the_same_command_twice_gives_identical_records(finished, tmp_path):
+    """Defect 16: a run is reproducible on one machine (same command, same
+    thread count): every record and the subnetwork, bit for bit — and the
+    smoke preset's subnetwork is not empty."""
+    import subind_fast as sf
+
+    again = tmp_path / "again"
+    assert _smoke(again) == 0
+    first, second = _records(finished), _records(again)
+    assert first.keys() == second.keys() and len(first) >= 8
+    for name in first:
+        assert first[name] == second[name], name
+    subnetwork = json.loads((finished / "subnetworks" / "L1.json").read_text())
+    assert subnetwork["density"] > 0.05
+    assert sf.Subnetwork.load(finished / "subnetworks" / "L1.safetensors") == \
+        sf.Subnetwork.load(again / "subnetworks" / "L1.safetensors")
