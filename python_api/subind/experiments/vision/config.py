@@ -42,7 +42,8 @@ CONDITIONS = {
 BN_STATS = ("train", "frozen")
 # Options only one data source reads (VisionConfig.check_given).
 FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
-SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation")
+SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation", "train_samples",
+                  "pooled_samples", "base_epochs")
 
 
 @dataclass
