@@ -215,3 +215,24 @@ def test_an_empty_discovery_warns(tmp_path):
         assert main(["discover", *_vit(), "--data", "experiment:vision/pooled", "--lambdas",
                      "1e-5", "--epochs", "1", "--batch-size", "64", "--mask-init", "-5",
                      "--no-progress", "--out", str(tmp_path / "run")]) == 0
+
+
+def test_mean_and_std_need_three_finite_numbers(tmp_path, capsys):
+    images = _folder(tmp_path / "images", ["a", "b", "c"])
+    for extra, message in ((["--mean", "1,2"], "--mean needs three numbers (R,G,B)"),
+                           (["--std", "0.5,0,0.5"], "--std must be three finite positive")):
+        assert _discover(tmp_path / "run", *extra, model=_vit(3),
+                         data=f"imagefolder:{images}") == 2
+        assert message in _error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import subind.discover_cli as discover_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(discover_cli, "_run", interrupted)
+    assert _discover(tmp_path / "run") == 130
+    assert "run the same command again to resume" in _error(capsys)
