@@ -154,7 +154,7 @@ def test_two_processes_on_one_grid_do_each_run_once(tmp_path):
     (["--transfer-lr", "0"], "transfer_lr must be a positive number"),
     (["--base-epochs", "0"], "base_max_epochs must be a positive integer"),
     (["--numbers", "5"], "n_numbers must be an integer >= p"),
-    (["--lambdas=-1e-7"], "lambdas must be a positive number"),
+    (["--lambdas=-1e-7"], "lambdas must be finite positive numbers"),
     (["--layers", "0"], "layers must be integers >= 1"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, args, message, capsys):
