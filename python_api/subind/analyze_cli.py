@@ -179,9 +179,8 @@ def run(args, argv=None) -> int:
                     weights=args.weights if args.model else None,
                     **{f"subnetwork {label}": path for label, path
                        in zip(labels, args.subnetworks)})}
-    manifest.claim(args.out, "analyze", identity,
-                   hint="an analysis folder holds one comparison: use another --out")
-    with manifest.running(args.out, "subind analyze"):
+    with manifest.held(args.out, "analyze", identity,
+                       hint="an analysis folder holds one comparison: use another --out"):
         for name, content in outputs.items():
             atomic_write_text(args.out / name, content)
         atomic_write_text(args.out / "summary.md", text)

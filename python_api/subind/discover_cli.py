@@ -301,8 +301,8 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
     eval_batches = eval_loader(eval_set, args.eval_batch_size, ranks, args.workers)
     with contextlib.ExitStack() as claimed:
         if ranks.is_main:
-            manifest.claim(args.out, EXPERIMENT, _identity(cfg), hint=RERUN_HINT)
-            claimed.enter_context(manifest.running(args.out, "subind discover"))
+            claimed.enter_context(manifest.held(args.out, EXPERIMENT, _identity(cfg),
+                                                hint=RERUN_HINT))
         ranks.barrier()
         notes = []
 

@@ -100,12 +100,15 @@ def content_of(**files) -> dict:
 
 
 @contextlib.contextmanager
-def running(out: Path, command: str) -> Iterator[None]:
-    """Hold ``out`` for one process of ``command`` (a lock the kernel releases
-    when the process dies): a second process started on the same directory is
-    refused at once instead of interleaving its writes with the first's."""
-    with locked(Path(out) / "run", wait=False) as held:
-        if not held:
-            raise ValueError(f"{out} is in use by another {command} process; wait for it to "
-                             "end (or stop it), then rerun this command to continue")
+def held(out: Path, command: str, identity: dict, hint: str) -> Iterator[None]:
+    """What a single-run command (``subind <command>``) does once its checks
+    pass: claim ``out`` for ``identity`` (see ``claim``; the manifest names the
+    command as its experiment), then hold it while the body runs — a lock the
+    kernel releases when the process dies, so a second process started on the
+    same directory is refused at once instead of interleaving its writes."""
+    claim(out, command, identity, hint=hint)
+    with locked(Path(out) / "run", wait=False) as mine:
+        if not mine:
+            raise ValueError(f"{out} is in use by another subind {command} process; wait for "
+                             "it to end (or stop it), then rerun this command to continue")
         yield

@@ -64,9 +64,8 @@ def run(args, argv) -> int:
                 "sam_model": args.sam_model if args.method == "sam" else None,
                 "preview": args.preview,
                 "content": manifest.content_of(sam_checkpoint=args.sam_checkpoint)}
-    manifest.claim(args.target, "mean-pool", identity,
-                   hint="a pooled folder holds one source pooled one way: use another target")
-    with manifest.running(args.target, "subind mean-pool"):
+    with manifest.held(args.target, "mean-pool", identity,
+                       hint="a pooled folder holds one source pooled one way: use another target"):
         count = mean_pool_folder(args.source, args.target, labels_of, args.preview,
                                  progress=True)
     print(f"{count} images mean-pooled ({args.method}) → {args.target}"

@@ -103,9 +103,8 @@ def run(args, argv) -> int:
                      for name in ("train", "select")},
                     cue_conflict=str(args.cue_conflict.resolve()),
                     content=manifest.content_of(weights=args.weights))
-    manifest.claim(args.out, "shape-subnetwork", identity,
-                   hint="a shape-subnetwork folder holds one discovery: use another --out")
-    with manifest.running(args.out, "subind shape-subnetwork"):
+    with manifest.held(args.out, "shape-subnetwork", identity,
+                       hint="a shape-subnetwork folder holds one discovery: use another --out"):
         return _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y,
                                      select_x, select_y, start)
 

@@ -82,11 +82,10 @@ def run(args, argv) -> int:
                 "bootstrap": args.bootstrap,
                 "content": manifest.content_of(weights=args.weights,
                                                checkpoint=args.checkpoint)}
-    manifest.claim(args.out, "shape-bias", identity,
-                   hint="a shape-bias folder holds one model's results on one list of stimulus "
-                        "sets: use another --out")
     summary = {"model": label, "preprocessing": vars(preprocess), "sets": {}}
-    with manifest.running(args.out, "subind shape-bias"):
+    with manifest.held(args.out, "shape-bias", identity,
+                       hint="a shape-bias folder holds one model's results on one list of "
+                            "stimulus sets: use another --out"):
         for set_name, folder in sets.items():
             stimuli = scanned[set_name]
             decisions = decide(model, stimuli, preprocess, names, args.device, args.batch_size)
