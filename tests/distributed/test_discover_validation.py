@@ -51,8 +51,8 @@ def test_eval_folders_with_other_class_folders_are_refused(tmp_path, capsys):
     train = _folder(tmp_path / "train", ["cat", "dog", "eel"])
     evald = _folder(tmp_path / "eval", ["cat", "eel", "fox"], seed=1)
     out = tmp_path / "run"
-    assert _discover(out, "--eval-data", f"imagefolder:{evald}", model=_vit(3),
-                     data=f"imagefolder:{train}") == 2
+    assert _discover(out, "--eval-data", f"imagefolder:{evald}", "--batch-size", "4",
+                     model=_vit(3), data=f"imagefolder:{train}") == 2
     err = _error(capsys)
     assert "different classes" in err and "'dog'" in err and "'fox'" in err
     assert not out.exists()
