@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
 from .naming import parameter_names
 from .sharded import whole
@@ -31,15 +30,6 @@ def _check_seed(seed) -> int:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     return seed
 
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
 
 class Subnetwork:
     """Parameter name → packed mask bits (1 = in the subnetwork) and shape."""
@@ -298,17 +288,8 @@ class Subnetwork:
                 "shapes": json.dumps({n: list(s) for n, s in self._shapes.items()}),
                 "density": json.dumps(self.layer_density()),
                 "metadata": json.dumps(self.metadata, default=str)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({n: b for n, b in self._bits.items()}, tmp, metadata=meta)
-            os.chmod(tmp, _FILE_MODE)  # a temporary file is 0600; the result is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: save_file(dict(self._bits), str(tmp),
+                                                        metadata=meta))
 
     @classmethod
     def load(cls, path) -> "Subnetwork":

@@ -24,7 +24,7 @@ from .engine import manifest
 from .engine import validation as check
 from .engine.cli import str_list
 from .engine.files import atomic_write, atomic_write_text
-from .engine.models import HF_CLASSES, build_model, parse_kwargs
+from .engine.models import HF_CLASSES, build_model, check_hf_class_applies, parse_kwargs
 
 _BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
 
@@ -86,8 +86,8 @@ def _check_options(args) -> None:
         raise ValueError("--seed draws the inverse-mask test's controls: it needs --eval-data")
     if args.seed is not None:
         check.non_negative_int("--seed", args.seed)
-    if args.hf_class and not args.model.startswith("hf:"):
-        raise ValueError(f"--hf-class applies to hf:DIR models, not --model {args.model}")
+    if args.hf_class:
+        check_hf_class_applies(args.model)
     if len(args.subnetworks) == 1 and args.stability:
         raise ValueError("--stability needs the subnetworks of at least two seeds")
 

@@ -36,7 +36,7 @@ from .engine.dist_checkpoint import CheckpointedDiscovery
 from .engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
 from .engine.files import atomic_write_json, atomic_write_text
-from .engine.models import HF_CLASSES, build_model, parse_kwargs
+from .engine.models import HF_CLASSES, build_model, check_hf_class_applies, parse_kwargs
 from .engine.protocol import PAPER_LAMBDAS, discover
 from .engine.training import set_training_mode
 
@@ -202,8 +202,8 @@ def config_of(args) -> DiscoverConfig:
         raise ValueError("--eval-batch-size must be >= 1 and --workers >= 0")
     if cfg.autocast and cfg.dtype == "fp64":
         raise ValueError("--autocast bf16 with --dtype fp64 makes no sense")
-    if "hf_class" in given and not cfg.model.startswith("hf:"):
-        raise ValueError(f"--hf-class applies to hf:DIR models, not --model {cfg.model}")
+    if "hf_class" in given:
+        check_hf_class_applies(cfg.model)
     images = [spec for spec in (cfg.data, cfg.eval_data) if spec and
               spec.startswith("imagefolder:")]
     for name in ("image_size", "mean", "std"):

@@ -10,8 +10,9 @@ a process that locked a file meanwhile removed checks that the path still
 names the file it holds, and otherwise tries again.  On NFS flock needs the
 lock daemon, as any flock use does.
 
-Files written here get the permissions of any file the process creates
-(0666 less the umask), not the 0600 of a temporary file.
+``atomic_write`` is the kernel library's (subind_fast.atomic): files written
+here get the permissions of any file the process creates (0666 less the
+umask), not the 0600 of a temporary file.
 """
 from __future__ import annotations
 
@@ -24,16 +25,9 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
+from subind_fast.atomic import FILE_MODE, atomic_write
 
 
 def content_hash(path: Path) -> str:
@@ -49,22 +43,6 @@ def content_hash(path: Path) -> str:
     except OSError as err:
         raise FileNotFoundError(f"cannot read {path}: {err.strerror}") from None
     return "sha256:" + digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)``, then rename the result onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -97,7 +75,7 @@ def create_exclusively(path: Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.link(tmp, path)  # fails if path exists: the first writer wins
         return True
     except FileExistsError:

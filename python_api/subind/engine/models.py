@@ -157,6 +157,12 @@ def build_model(spec: str, weights: Optional[str] = None, hf_class: str = "causa
     return model
 
 
+def check_hf_class_applies(model_spec: str) -> None:
+    """--hf-class chooses a transformers auto class: only ``hf:`` models have one."""
+    if not model_spec.startswith("hf:"):
+        raise ValueError(f"--hf-class applies to hf:DIR models, not --model {model_spec}")
+
+
 def parse_kwargs(text: Optional[str]) -> dict:
     """--model-kwargs as a JSON object (e.g. '{"num_classes": 16}')."""
     if not text:

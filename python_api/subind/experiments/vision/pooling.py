@@ -137,12 +137,19 @@ def mean_pool_folder(source: Path, target: Path, labels_of: Callable[[Path, np.n
                      np.ndarray], preview: int = 8, progress: bool = False) -> int:
     """Every image under ``source`` → its mean-pooled PNG at the same relative
     path under ``target``; ``preview`` pairs in ``target/preview.png``."""
+    return mean_pool(pooled_paths(source, target, preview), target, labels_of, preview,
+                     progress)
+
+
+def mean_pool(outputs: dict[Path, Path], target: Path,
+              labels_of: Callable[[Path, np.ndarray], np.ndarray], preview: int = 8,
+              progress: bool = False) -> int:
+    """Each image of ``outputs`` ({source image: PNG}, from ``pooled_paths``)
+    mean-pooled into its PNG; ``preview`` pairs in ``target/preview.png``."""
     from tqdm.auto import tqdm
 
-    from .stimuli import IMAGE_SUFFIXES, read_image
+    from .stimuli import read_image
 
-    source, target = Path(source), Path(target)
-    outputs = pooled_paths(source, target, preview)
     pairs = []
     for path, output in tqdm(outputs.items(), disable=not progress, desc="mean pooling"):
         image = read_image(path)
@@ -152,7 +159,7 @@ def mean_pool_folder(source: Path, target: Path, labels_of: Callable[[Path, np.n
         if len(pairs) < preview:
             pairs.append((image, pooled))
     if pairs:
-        preview_grid(pairs, target / PREVIEW)
+        preview_grid(pairs, Path(target) / PREVIEW)
     return len(outputs)
 
 

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args, argv) -> int:
     from ...engine import manifest
-    from .pooling import mask_labels, mean_pool_folder, pooled_paths, segmenter
+    from .pooling import mask_labels, mean_pool, pooled_paths, segmenter
 
     given = {flag for flag, value in (("--masks", args.masks), ("--sam-checkpoint",
                                                                   args.sam_checkpoint))
@@ -36,7 +36,7 @@ def run(args, argv) -> int:
     if args.preview < 0:
         raise ValueError(f"--preview must be >= 0, got {args.preview}")
     manifest.check_out(args.target)
-    pooled_paths(args.source, args.target, args.preview)  # every collision, before any work
+    outputs = pooled_paths(args.source, args.target, args.preview)  # collisions, before work
     if args.method == "masks":
         if args.masks is None:
             raise ValueError("--method masks needs --masks DIR")
@@ -66,8 +66,7 @@ def run(args, argv) -> int:
                 "content": manifest.content_of(sam_checkpoint=args.sam_checkpoint)}
     with manifest.held(args.target, "mean-pool", identity,
                        hint="a pooled folder holds one source pooled one way: use another target"):
-        count = mean_pool_folder(args.source, args.target, labels_of, args.preview,
-                                 progress=True)
+        count = mean_pool(outputs, args.target, labels_of, args.preview, progress=True)
     print(f"{count} images mean-pooled ({args.method}) → {args.target}"
           + (f"; preview {args.target / 'preview.png'}" if args.preview else ""))
     return 0
