@@ -1,7 +1,8 @@
 """Build of the compiled parts of subind_fast.
 
-* ``subind_fast._C`` (CPU, C++/OpenMP) always builds.
-* ``subind_fast._C_cuda`` (CUDA element-wise kernels) is optional.  It builds
+* ``subind_fast._C`` always builds: the ``torch.ops.subind`` schemas and their
+  Meta, Autograd, Autocast and CPU (C++/OpenMP) kernels.
+* ``subind_fast._C_cuda`` (the ops' CUDA kernels) is optional.  It builds
   when a complete CUDA toolkit whose version matches ``torch.version.cuda`` is
   found: ``CUDA_HOME``, else pip's packages under ``site-packages/nvidia/cu<major>``
   (``nvidia-cuda-nvcc``, ``-crt``, ``nvidia-nvvm`` and ``nvidia-cuda-cccl``, whose
@@ -103,7 +104,9 @@ def extensions():
     exts = [
         CppExtension(
             "subind_fast._C",
-            ["csrc/cpu/mask_ops.cpp", "csrc/cpu/masked_linear.cpp", "csrc/cpu/optim.cpp"],
+            ["csrc/ops/schemas.cpp", "csrc/ops/meta.cpp", "csrc/ops/autograd.cpp",
+             "csrc/ops/autocast.cpp", "csrc/ops/module.cpp", "csrc/cpu/mask_ops.cpp",
+             "csrc/cpu/masked_linear.cpp", "csrc/cpu/optim.cpp"],
             include_dirs=[INCLUDE],
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],

@@ -56,6 +56,9 @@ class Case:
 
 
 CPU_CASES = [
+    # The fixed cost of one call (Python, dispatch, autograd): on a GPU, where
+    # a ViT-B MLP GEMM takes tens of µs, this overhead is the step time.
+    Case("per-call M=8 16→16", "linear", (8, 16, 16)),
     Case("tiny-GPT-2 M=2048 128→512", "linear", (2048, 128, 512)),
     Case("tiny-GPT-2 M=2048 512→128", "linear", (2048, 512, 128)),
     Case("GPT-2 M=1024 768→3072", "linear", (1024, 768, 3072)),
@@ -66,6 +69,7 @@ CPU_CASES = [
     Case("ResNet18 layer4 3×3 512→512 @7 b8", "conv", (8, 512, 512, 7, 3, 1)),
 ]
 GPU_CASES = [
+    Case("per-call M=8 16→16", "linear", (8, 16, 16)),
     Case("ViT-B MLP M=6304 768→3072", "linear", (6304, 768, 3072)),
     Case("ViT-L MLP M=6304 1024→4096", "linear", (6304, 1024, 4096)),
     Case("ViT-H MLP M=8224 1280→5120", "linear", (8224, 1280, 5120)),

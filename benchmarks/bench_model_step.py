@@ -7,6 +7,8 @@ the mask logits), side by side in one process:
   neurosurgeon  NeuroSurgeon's CircuitModel (continuous sparsification)
   compile       torch.compile of the eager composite
   ours          subind_fast.mask_model
+  ours+compile  torch.compile of the model with our masked layers inside (our ops
+                are opaque nodes of the graph; Inductor fuses what lies between)
 
 Models: the arithmetic experiment's GPT-2 (2 layers, batch 256), timm resnet18
 (112 px, batch 8) and a small ViT (vit_tiny_patch16_224, batch 8); with
@@ -38,7 +40,7 @@ import subind_fast as sf  # noqa: E402
 from subind.engine.memory_plan import eager_composite  # noqa: E402
 
 BETA, LAMBDA, MASK_INIT = 5.0, 1e-7, 0.05
-PROVIDERS = ("plain", "eager", "neurosurgeon", "compile", "ours")
+PROVIDERS = ("plain", "eager", "neurosurgeon", "compile", "ours", "ours+compile")
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,11 @@ def build(provider: str, case: ModelCase, device, dtype):
             if name in names:
                 module.weight.requires_grad_(True)
         return model.to(device, dtype), None
-    if provider == "ours":
+    if provider in ("ours", "ours+compile"):
         sf.mask_model(model, include=include, init=MASK_INIT, beta=BETA)
         model = model.to(device, dtype)
-        return model, lambda: sf.l0_penalty(model)
+        l0 = lambda: sf.l0_penalty(model)  # noqa: E731 (over the uncompiled model's layers)
+        return (torch.compile(model) if provider == "ours+compile" else model), l0
     if provider in ("eager", "compile"):
         eager_composite(model, include)
         for module in model.modules():

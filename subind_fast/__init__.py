@@ -7,9 +7,9 @@ subnetworks, transfer into a fresh model, and fused optimizers that leave the
 frozen subnetwork untouched.
 Importing never touches CUDA and never fails for a missing compiled part.
 """
-from . import _ops  # registers the torch.library ops
+from . import _ops  # loads the compiled library: registers the torch.ops.subind ops
 from ._extension import MissingKernelError
-from .dispatch import backend_info
+from .dispatch import backend_info, kernels, set_kernels, use_kernels
 from .functional import (l0, mask_weight, masked_conv, masked_conv1d, masked_conv2d,
                          masked_conv3d, masked_linear)
 from .nn import (l0_penalty, mask_model, masked_layers, set_beta, set_mode, unmask_model)
@@ -23,6 +23,6 @@ from .transfer import FrozenMasks, transfer
 __version__ = "0.1.0"
 
 __all__ = ["analysis", "selection", "FrozenMasks", "MaskedAdamW", "MaskedSGD", "Subnetwork", "pack_bits", "transfer",
-           "unpack_bits", "MissingKernelError", "backend_info", "l0", "l0_penalty", "mask_model", "mask_weight",
+           "unpack_bits", "MissingKernelError", "backend_info", "kernels", "set_kernels", "use_kernels", "l0", "l0_penalty", "mask_model", "mask_weight",
            "masked_conv", "masked_conv1d", "masked_conv2d", "masked_conv3d", "masked_layers",
            "masked_linear", "nn", "sharded", "set_beta", "set_mode", "unmask_model"]

@@ -11,10 +11,11 @@ from functools import lru_cache
 from types import ModuleType
 
 _BUILD_HINT = {
-    "_C": "the CPU extension is built by `pip install --no-build-isolation -e .` "
-          "(or `make build`); SUBIND_BACKEND=reference runs the pure-PyTorch reference instead",
+    "_C": "the compiled library is built by `pip install --no-build-isolation -e .` "
+          "(or `make build`); the eager kernels (plain PyTorch ops) need no build: "
+          "subind_fast.set_kernels('eager'), SUBIND_KERNELS=eager or --kernels eager",
     "_C_cuda": "the CUDA extension builds when a CUDA toolkit matching torch.version.cuda is "
-               "found at install time (see setup.py); SUBIND_BACKEND=triton or reference avoids it",
+               "found at install time (see setup.py); without it the Triton kernels serve CUDA",
 }
 
 

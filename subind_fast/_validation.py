@@ -7,9 +7,12 @@ import math
 import torch
 
 #: soft σ(βs), hard 1[s>0], none 1, and the two sampled training masks
-#: (hard-concrete, Gumbel-sigmoid straight-through; subind_fast/noise.py)
+#: (hard-concrete, Gumbel-sigmoid straight-through; subind_fast/noise.py), in
+#: the order of their codes.  The kernels' own table (csrc/include/subind/
+#: mask_math.h) is the definition; loading the compiled library checks this
+#: copy against it (subind_fast/_ops.py), which Python needs without a build.
 MODES = ("soft", "hard", "none", "concrete", "gumbel")
-MODE_CODES = {"soft": 0, "hard": 1, "none": 2, "concrete": 3, "gumbel": 4}
+MODE_CODES = {name: code for code, name in enumerate(MODES)}
 SAMPLED_MODES = ("concrete", "gumbel")
 #: modes whose mask passes a gradient to the logits
 TRAINING_MODES = ("soft", "concrete", "gumbel")
@@ -93,7 +96,8 @@ def check_input(x, weight, bias, in_dim: int, expected_in: int, op: str) -> None
         raise TypeError(f"{op}: input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{op}: input has dtype {x.dtype}; a floating-point input is required")
-    if x.dtype != weight.dtype:
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        # (under autocast the op casts x, θ and the bias alike, as F.linear does)
         raise TypeError(f"{op}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
     if x.device != weight.device:
         raise ValueError(f"{op}: input is on {x.device} but weight is on {weight.device}")
@@ -102,7 +106,8 @@ def check_input(x, weight, bias, in_dim: int, expected_in: int, op: str) -> None
                          f"{tuple(weight.shape)} (expected size {expected_in} at dim {in_dim})")
     if bias is not None:
         _check_tensor("bias", bias, WEIGHT_DTYPES)
-        if bias.dtype != weight.dtype or bias.device != weight.device:
+        if bias.device != weight.device or (bias.dtype != weight.dtype
+                                            and not torch.is_autocast_enabled(x.device.type)):
             raise TypeError(f"{op}: bias ({bias.dtype}, {bias.device}) must match weight "
                             f"({weight.dtype}, {weight.device})")
         if bias.shape != (weight.shape[0],):

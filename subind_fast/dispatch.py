@@ -1,132 +1,86 @@
-"""The one place that decides which backend serves an op on a device.
+"""The one place that decides which kernels serve the masked ops.
 
-Op families (backends/base.py): ``mask`` (mask_weight on its own), ``linear``
-(masked_linear), ``conv`` (masked_conv*), ``l0`` (Σσ(βs)), ``optim`` (the
-fused frozen-mask optimizer steps) and ``sampled`` (every masked op in a
-sampled mode — hard-concrete, Gumbel straight-through: the sampled mask pass
-composed with ATen's GEMMs).  Each backend class declares the devices
-and families it serves; the defaults are
+Two choices (``--kernels`` on the command line):
 
-    cpu    → cpu      (compiled C++; raises MissingKernelError if not built)
-    cuda   → linear: triton (fused masked GEMMs);  conv, mask: cuda (compiled
-             element-wise kernels + cuDNN) when built, else triton's
-             element-wise kernels;  l0, optim: triton;  sampled: cuda
-             (compiled sampled-mask pass + cuBLAS/cuDNN) when built, else reference
-    other  → reference
+* ``fused`` (the default): our ops, ``torch.ops.subind`` — C++ kernels on the
+  CPU (csrc/cpu), on CUDA the CUDA extension's element-wise kernels around
+  cuDNN for convolutions and the Triton fused GEMMs for linear layers
+  (subind_fast/_ops.py says which serves which op).  Only the inputs are
+  saved for backward: nothing weight-sized is kept between the passes.
+* ``eager``: the same math written with plain PyTorch ops and differentiated
+  by PyTorch (subind_fast/eager.py), as NeuroSurgeon computes it.  It is also
+  what a device without our kernels gets (e.g. Apple MPS): the fused kernels
+  exist for CPU and CUDA tensors only.
 
-``SUBIND_BACKEND=<name>`` (reference | cpu | triton | cuda) forces one backend
-for every family on every device; a forced backend that does not serve the
-device or the family is a ValueError naming both, raised before any kernel is
-touched.  :func:`backend_info` reports the resulting table.
+``SUBIND_KERNELS=fused|eager`` sets the choice for a process;
+:func:`set_kernels` and :func:`use_kernels` change it in code.  A fused choice
+without the compiled library raises MissingKernelError at the first call,
+naming how to build it — never a silent switch to the eager kernels.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from functools import lru_cache
 
 import torch
 
-from . import _extension
-from .backends.base import FAMILIES, Backend
+from . import _extension, _ops
 
-BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
-
-
-@lru_cache(maxsize=None)
-def backend_class(name: str) -> type[Backend]:
-    """The class of a backend (its capability declaration), imported on demand."""
-    if name == "reference":
-        from .backends.reference import ReferenceBackend
-        return ReferenceBackend
-    if name == "cpu":
-        from .backends.cpu import CpuBackend
-        return CpuBackend
-    if name == "cuda":
-        from .backends.compiled import CudaBackend
-        return CudaBackend
-    if name == "triton":
-        if not _extension.triton_available():
-            raise _extension.MissingKernelError("the triton backend needs `pip install triton`")
-        from .backends.triton_backend import TritonBackend
-        return TritonBackend
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+KERNEL_CHOICES = ("fused", "eager")
+#: devices our kernels serve (meta: shapes only, for memory planning)
+FUSED_DEVICE_TYPES = ("cpu", "cuda", "meta")
 
 
-@lru_cache(maxsize=None)
-def get_backend(name: str) -> Backend:
-    return backend_class(name)()
+def _check_choice(choice: str, source: str) -> str:
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{source}={choice!r} is not one of {KERNEL_CHOICES}")
+    return choice
 
 
-def _forced() -> str | None:
-    name = os.environ.get("SUBIND_BACKEND", "").strip()
-    if not name:
-        return None
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"SUBIND_BACKEND={name!r} is not one of {BACKEND_NAMES}")
-    return name
+_choice = _check_choice(os.environ.get("SUBIND_KERNELS", "").strip() or "fused", "SUBIND_KERNELS")
 
 
-def backend_name(device_type: str, family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown op family {family!r}; families are {FAMILIES}")
-    forced = _forced()
-    if forced is not None:
-        cls = backend_class(forced)
-        if cls.devices is not None and device_type not in cls.devices:
-            raise ValueError(f"SUBIND_BACKEND={forced} cannot serve {device_type} tensors "
-                             f"(it serves {sorted(cls.devices)})")
-        if family not in cls.families:
-            raise ValueError(f"SUBIND_BACKEND={forced} does not implement the {family} op family "
-                             f"(it implements {sorted(cls.families)}); unset SUBIND_BACKEND to "
-                             "use the default backend for each family")
-        return forced
-    if device_type == "cpu":
-        return "cpu"
-    if device_type == "cuda":
-        if family == "sampled":
-            return "cuda" if _extension.available("_C_cuda") else "reference"
-        if family in ("conv", "mask") and _extension.available("_C_cuda"):
-            return "cuda"
-        return "triton"
-    return "reference"
+def kernels() -> str:
+    """The kernel choice in force: "fused" or "eager"."""
+    return _choice
 
 
-def backend_for(device: torch.device, family: str) -> Backend:
-    return get_backend(backend_name(device.type, family))
+def set_kernels(choice: str) -> None:
+    """Use the ``choice`` kernels ("fused" or "eager") from now on."""
+    global _choice
+    _choice = _check_choice(choice, "kernels")
 
 
-def capabilities() -> dict:
-    """{backend: {"devices": [...] or "any", "families": [...]}} as declared."""
-    table = {}
-    for name in BACKEND_NAMES:
-        try:
-            cls = backend_class(name)
-        except _extension.MissingKernelError as err:
-            table[name] = {"unavailable": str(err)}
-            continue
-        table[name] = {"devices": "any" if cls.devices is None else sorted(cls.devices),
-                       "families": sorted(cls.families)}
-    return table
+@contextlib.contextmanager
+def use_kernels(choice: str):
+    """The ``choice`` kernels inside the block, the previous choice after it."""
+    before = kernels()
+    set_kernels(choice)
+    try:
+        yield
+    finally:
+        set_kernels(before)
+
+
+def fused_for(t: torch.Tensor) -> bool:
+    """Whether an op on ``t``'s device runs our fused kernels."""
+    return _choice == "fused" and t.device.type in FUSED_DEVICE_TYPES
 
 
 def backend_info() -> dict:
-    """Which backend serves which op family on which device, what each backend
-    declares, and what is built."""
-    table = {}
-    for device_type in ("cpu", "cuda"):
-        row = {}
-        for family in FAMILIES:
-            try:
-                row[family] = backend_name(device_type, family)
-            except ValueError as err:
-                row[family] = f"error: {err}"
-        table[device_type] = row
+    """The kernel choice, which implementation serves each op on each device,
+    and what is built."""
+    built = _extension.available("_C")
+    cpu = "cpu (C++)" if built else "not built"
     return {
-        "devices": table,
-        "other devices": "reference",
-        "override": os.environ.get("SUBIND_BACKEND") or None,
-        "capabilities": capabilities(),
-        "compiled": {"_C (cpu)": _extension.available("_C"),
+        "kernels": _choice,
+        "devices": {
+            "cpu": {name: cpu for name in _ops.OP_NAMES},
+            "cuda": {name: _ops.cuda_kernel_source(name) if built else "not built"
+                     for name in _ops.OP_NAMES},
+        },
+        "other devices": "eager",
+        "compiled": {"_C (schemas, cpu)": built,
                      "_C_cuda (cuda)": _extension.available("_C_cuda"),
                      "triton": _extension.triton_available()},
         "cuda_device": torch.cuda.is_available(),

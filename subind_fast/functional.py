@@ -3,8 +3,10 @@ m = σ(β·s) ("soft", continuous sparsification), 1[s>0] ("hard") or 1
 ("none"), or a sampled training mask — "concrete" (hard-concrete) and
 "gumbel" (Gumbel-sigmoid, straight-through), which take ``noise``, an int64
 key [seed, stream] naming the draw (subind_fast/noise.py); W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
-the bias, and θ when it requires grad.  See subind_fast/_ops.py for the
-formulas and design.md §1 for their derivation.
+the bias, and θ when it requires grad (csrc/ops/schemas.cpp has the formulas).
+Each function validates its arguments, then calls the fused op
+(``torch.ops.subind``) or, with the eager kernels or on a device without
+ours, the same math in plain PyTorch ops (subind_fast/dispatch.py decides).
 
 β is a positive number or a one-element tensor (a layer passes its buffer).
 Under ``torch.autocast`` masked_linear / masked_conv* compute in the autocast
@@ -17,51 +19,45 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, eager
 from ._validation import beta_tensor, check_input, check_masked_weight, check_mode
+from .dispatch import fused_for
 from .noise import check_key
 
 IntOrTuple = Union[int, Sequence[int]]
 
 
-def _checked(weight, logits, mode, noise) -> tuple:
-    """The trailing op arguments for ``noise``: none for the deterministic modes."""
+def _checked(weight, logits, mode, noise) -> None:
     check_masked_weight(weight, logits, mode)
     check_key(noise, mode, logits)
-    return () if noise is None else (noise,)
 
 
 def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft",
                 noise: Optional[Tensor] = None) -> Tensor:
     """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
-    extra = _checked(weight, logits, mode, noise)
-    return _ops.MASK_WEIGHT(weight, logits, beta_tensor(beta, logits), mode, *extra)
+    _checked(weight, logits, mode, noise)
+    kernels = _ops if fused_for(weight) else eager
+    return kernels.mask_weight(weight, logits, beta_tensor(beta, logits), mode, noise)
 
 
 def l0(logits: Tensor, beta: float) -> Tensor:
     """Expected mask size Σσ(β·s) (the continuous L0 penalty), gradient β·m(1−m)."""
     if not isinstance(logits, torch.Tensor) or logits.dtype not in (torch.float32, torch.float64):
         raise TypeError("logits must be a float32 or float64 tensor")
-    return _ops.SIGMOID_SUM(logits, beta_tensor(beta, logits))
+    kernels = _ops if fused_for(logits) else eager
+    return kernels.sigmoid_sum(logits, beta_tensor(beta, logits))
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
                   bias: Optional[Tensor] = None, mode: str = "soft",
                   noise: Optional[Tensor] = None) -> Tensor:
     """y = x · (weight ⊙ m(logits))ᵀ + bias for x of shape (..., in_features)."""
-    extra = _checked(weight, logits, mode, noise)
+    _checked(weight, logits, mode, noise)
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
-    x, weight, bias = _autocast(x, weight, bias)
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
-    return _ops.MASKED_LINEAR(x, weight, logits, bias, beta_tensor(beta, logits), mode, *extra)
-
-
-def _autocast(x, weight, bias):
-    """(x, θ, bias) in the autocast dtype when autocast is on for x's device."""
-    if not isinstance(x, torch.Tensor):
-        return x, weight, bias
-    return _ops.autocast_inputs((x, weight, bias), (0, 1, 2), x.device.type)
+    kernels = _ops if fused_for(x) else eager
+    return kernels.masked_linear(x, weight, logits, bias, beta_tensor(beta, logits), mode, noise)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
@@ -91,7 +87,7 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
                 padding: Union[str, IntOrTuple] = 0, dilation: IntOrTuple = 1, groups: int = 1,
                 mode: str = "soft", noise: Optional[Tensor] = None) -> Tensor:
     """N-d convolution (N = weight.dim() − 2) with W_eff = weight ⊙ m(logits)."""
-    extra = _checked(weight, logits, mode, noise)
+    _checked(weight, logits, mode, noise)
     nd = weight.dim() - 2
     if nd < 1:
         raise ValueError(f"masked_conv: weight must be (out, in/groups, *kernel), got {tuple(weight.shape)}")
@@ -101,7 +97,6 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     if not isinstance(x, torch.Tensor) or x.dim() not in (nd + 1, nd + 2):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{op}: input must have {nd + 1} (unbatched) or {nd + 2} dims, got {shape}")
-    x, weight, bias = _autocast(x, weight, bias)
     check_input(x, weight, bias, -nd - 1, weight.shape[1] * groups, op)
     stride = _tuple(stride, nd, "stride")
     dilation = _tuple(dilation, nd, "dilation")
@@ -109,9 +104,10 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
         raise ValueError(f"stride {stride} and dilation {dilation} must be >= 1")
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
-    out = _ops.MASKED_CONV(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
-                           beta_tensor(beta, logits), mode, stride, padding, dilation, groups,
-                           *extra)
+    kernels = _ops if fused_for(x) else eager
+    out = kernels.masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
+                              beta_tensor(beta, logits), mode, stride, padding, dilation, groups,
+                              noise)
     return out.squeeze(0) if unbatched else out
 
 

@@ -152,7 +152,7 @@ class MaskedAdamW(_FrozenMaskOptimizer):
         step_size = group["lr"] / (1 - beta1 ** t)
         inv_sqrt_bias2 = 1 / math.sqrt(1 - beta2 ** t)
         vmax = state["max_exp_avg_sq"] if group["amsgrad"] else p.new_empty(0)
-        kernel = _ops.ADAMW_STEP
+        kernel = _ops.adamw_step
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, state["exp_avg"], state["exp_avg_sq"], vmax, bits, group["lr"], beta1, beta2,
             group["eps"], group["weight_decay"], step_size, inv_sqrt_bias2))
@@ -180,7 +180,7 @@ class MaskedSGD(_FrozenMaskOptimizer):
             # Frozen entries keep this zero; free ones take g on the first step.
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         buf = state["momentum_buffer"] if group["momentum"] != 0 else p.new_empty(0)
-        kernel = _ops.SGD_STEP
+        kernel = _ops.sgd_step
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, buf, bits, group["lr"], group["momentum"], group["dampening"],
             group["weight_decay"], group["nesterov"], first_step))

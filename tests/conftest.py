@@ -47,14 +47,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_env(monkeypatch):
+def _seed_and_kernels():
+    import subind_fast as sf
+
     torch.manual_seed(0)
-    monkeypatch.delenv("SUBIND_BACKEND", raising=False)
-    yield
+    with sf.use_kernels("fused"):
+        yield
 
 
 @pytest.fixture
-def backend(request, monkeypatch):
-    """Run the test under SUBIND_BACKEND=<param>."""
-    monkeypatch.setenv("SUBIND_BACKEND", request.param)
-    return request.param
+def kernels(request):
+    """Run the test with the <param> kernels ("fused" or "eager")."""
+    import subind_fast as sf
+
+    with sf.use_kernels(request.param):
+        yield request.param

@@ -1,5 +1,6 @@
-// The CPU element-wise loops, shared by the mask ops (mask_ops.cpp) and the
-// blocked masked linear (masked_linear.cpp).  Math: subind/mask_math.h.
+// The CPU element-wise mask loop, shared by the mask ops and convolutions
+// (through the host driver, subind/mask_driver.h) and by the blocked masked
+// linear (masked_linear.cpp).  Math: subind/mask_math.h.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -10,69 +11,20 @@
 
 namespace subind_cpu {
 
+using subind::MaskPass;
+
 constexpr int64_t kGrain = 16384;
 
-// The loops below are kept branch-free (selects, unconditional loads, store
-// choices fixed at compile time) so GCC vectorises them; with a data-dependent
-// branch on sign(s) they ran ~10x slower on random logits.  The gradient
-// pointers may alias g (the blocked linear writes ds or dtheta over dW_eff in
-// place); every iteration reads g[i] before writing index i, and `omp simd`
-// states there is no dependence across iterations.
-template <typename weight_t, typename logit_t, bool kWantS, bool kWantTheta,
-          bool kWantWeff>
-void soft_backward_range(const weight_t* g, const weight_t* __restrict__ theta,
-                         const logit_t* __restrict__ s, logit_t beta,
-                         logit_t* grad_s, weight_t* grad_theta,
-                         weight_t* __restrict__ w_eff, int64_t begin,
-                         int64_t end) {
-#pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    logit_t m, slope;
-    subind::sigmoid_and_slope(beta * s[i], m, slope);
-    const logit_t gi = static_cast<logit_t>(g[i]);
-    const logit_t ti = static_cast<logit_t>(theta[i]);
-    if constexpr (kWantS) grad_s[i] = gi * ti * beta * slope;
-    if constexpr (kWantTheta) grad_theta[i] = static_cast<weight_t>(gi * m);
-    if constexpr (kWantWeff) w_eff[i] = static_cast<weight_t>(ti * m);
-  }
-}
+// beta, the mode and the hashed noise key as values (reading a CPU scalar
+// costs nothing); made once per op call.
+template <typename logit_t>
+struct MaskParams {
+  int mode;
+  logit_t beta;
+  uint32_t key;
+};
 
-// Hard (m = 1[s > 0]) and none (m = 1): no logits gradient.
-template <typename weight_t, typename logit_t, bool kWantTheta, bool kWantWeff>
-void binary_backward_range(const weight_t* g, const weight_t* __restrict__ theta,
-                           const logit_t* __restrict__ s, bool hard,
-                           weight_t* grad_theta, weight_t* __restrict__ w_eff,
-                           int64_t begin, int64_t end) {
-#pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    const bool keep = !hard || s[i] > logit_t(0);
-    const weight_t gi = g[i];
-    const weight_t ti = theta[i];
-    if constexpr (kWantTheta) grad_theta[i] = keep ? gi : weight_t(0);
-    if constexpr (kWantWeff) w_eff[i] = keep ? ti : weight_t(0);
-  }
-}
-
-// Calls f(S, T, W) with std::bool_constant arguments for which of the three
-// outputs (logits gradient, weight gradient, w_eff) are wanted, so each
-// combination is its own branch-free, vectorisable instantiation.
-template <typename F>
-void with_outputs(bool want_s, bool want_theta, bool want_weff, F&& f) {
-  using Y = std::true_type;
-  using N = std::false_type;
-  switch ((want_s ? 4 : 0) | (want_theta ? 2 : 0) | (want_weff ? 1 : 0)) {
-    case 7: f(Y{}, Y{}, Y{}); break;
-    case 6: f(Y{}, Y{}, N{}); break;
-    case 5: f(Y{}, N{}, Y{}); break;
-    case 4: f(Y{}, N{}, N{}); break;
-    case 3: f(N{}, Y{}, Y{}); break;
-    case 2: f(N{}, Y{}, N{}); break;
-    case 1: f(N{}, N{}, Y{}); break;
-    default: break;
-  }
-}
-
-// beta's value for the CPU loops (reading a CPU scalar costs nothing).
+// beta's value for a CPU loop outside the mask pass (the L0 penalty).
 inline double host_beta(const char* op, const at::Tensor& beta) {
   TORCH_CHECK(beta.numel() == 1 && beta.is_floating_point() && beta.device().is_cpu(), op,
               ": beta must be a one-element floating CPU tensor, got shape ", beta.sizes(),
@@ -80,59 +32,116 @@ inline double host_beta(const char* op, const at::Tensor& beta) {
   return beta.item<double>();
 }
 
-struct CpuKernels {
-  template <typename logit_t>
-  static logit_t beta_arg(const at::Tensor& beta) {
-    return beta.item<logit_t>();
-  }
+inline uint32_t key_hash(const at::Tensor& key) {
+  if (!key.defined()) return 0;
+  const int64_t* k = key.data_ptr<int64_t>();
+  return subind::noise_key_hash(k[0], k[1]);
+}
 
-  template <typename weight_t, typename logit_t>
-  static void forward(const weight_t* theta, const logit_t* s, weight_t* out,
-                      logit_t beta, int mode, int64_t n) {
-    at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-      if (mode == subind::kSoft) {
-        const weight_t* __restrict__ th = theta;
-        const logit_t* __restrict__ sp = s;
-        weight_t* __restrict__ o = out;
+template <typename logit_t>
+MaskParams<logit_t> params_of(const subind::MaskArgs& args) {
+  return {args.mode, args.beta.item<logit_t>(), key_hash(args.key)};
+}
+
+// The loops below are kept branch-free (selects, unconditional loads, store
+// choices fixed at compile time) so GCC vectorises them; with a data-dependent
+// branch on sign(s) they ran ~10x slower on random logits.  The gradient
+// pointers may alias g (the blocked linear writes ds or dtheta over dW_eff in
+// place); every iteration reads g[i] before writing index i, and `omp simd`
+// states there is no dependence across iterations.
+template <typename weight_t, typename logit_t, int kMode, bool kWantS, bool kWantTheta,
+          bool kWantWeff>
+void range_loop(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
+                int64_t begin, int64_t end) {
+  const weight_t* g = p.g;
+  const weight_t* __restrict__ theta = p.theta;
+  const logit_t* __restrict__ s = p.s;
+  logit_t* grad_s = p.grad_s;
+  weight_t* grad_theta = p.grad_theta;
+  weight_t* __restrict__ w_eff = p.w_eff;
+  const logit_t beta = c.beta;
+  const uint32_t key = c.key;
+  const int64_t offset = p.offset;
 #pragma omp simd
-        for (int64_t i = begin; i < end; ++i) {
-          logit_t m, slope;
-          subind::sigmoid_and_slope(beta * sp[i], m, slope);
-          o[i] = static_cast<weight_t>(static_cast<logit_t>(th[i]) * m);
-        }
-      } else {
-        binary_backward_range<weight_t, logit_t, false, true>(
-            theta, theta, s, mode == subind::kHard, nullptr, out, begin, end);
-      }
-    });
+  for (int64_t i = begin; i < end; ++i) {
+    logit_t m, slope;
+    if constexpr (kMode == subind::kSoft) {
+      subind::sigmoid_and_slope(beta * s[i], m, slope);
+    } else if constexpr (kMode == subind::kHard) {
+      m = s[i] > logit_t(0) ? logit_t(1) : logit_t(0);
+      slope = logit_t(0);
+    } else if constexpr (kMode == subind::kNone) {
+      m = logit_t(1);
+      slope = logit_t(0);
+    } else {
+      subind::sampled_mask_and_slope(s[i], beta,
+                                     subind::logistic_noise<logit_t>(key, offset + i), kMode,
+                                     m, slope);
+    }
+    const logit_t ti = static_cast<logit_t>(theta[i]);
+    if constexpr (kWantS || kWantTheta) {
+      const logit_t gi = static_cast<logit_t>(g[i]);
+      if constexpr (kWantS) grad_s[i] = gi * ti * beta * slope;
+      if constexpr (kWantTheta) grad_theta[i] = static_cast<weight_t>(gi * m);
+    }
+    if constexpr (kWantWeff) w_eff[i] = static_cast<weight_t>(ti * m);
   }
+}
 
+// Calls f(Mode, S, T, W) with compile-time constants for the mode and for
+// which outputs (logits gradient, weight gradient, w_eff) are wanted, so each
+// combination is its own branch-free, vectorisable instantiation.  A logits
+// gradient exists only in the training modes.
+template <typename F>
+void with_mode_and_outputs(int mode, bool want_s, bool want_theta, bool want_weff, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  auto outputs = [&](auto M) {
+    constexpr bool kTraining = subind::mode_is_training(decltype(M)::value);
+    const int which = ((want_s && kTraining) ? 4 : 0) | (want_theta ? 2 : 0) | (want_weff ? 1 : 0);
+    switch (which) {
+      case 7: if constexpr (kTraining) f(M, Y{}, Y{}, Y{}); break;
+      case 6: if constexpr (kTraining) f(M, Y{}, Y{}, N{}); break;
+      case 5: if constexpr (kTraining) f(M, Y{}, N{}, Y{}); break;
+      case 4: if constexpr (kTraining) f(M, Y{}, N{}, N{}); break;
+      case 3: f(M, N{}, Y{}, Y{}); break;
+      case 2: f(M, N{}, Y{}, N{}); break;
+      case 1: f(M, N{}, N{}, Y{}); break;
+      default: break;
+    }
+  };
+  switch (mode) {
+    case subind::kSoft: outputs(std::integral_constant<int, subind::kSoft>{}); break;
+    case subind::kHard: outputs(std::integral_constant<int, subind::kHard>{}); break;
+    case subind::kNone: outputs(std::integral_constant<int, subind::kNone>{}); break;
+    case subind::kConcrete: outputs(std::integral_constant<int, subind::kConcrete>{}); break;
+    case subind::kGumbel: outputs(std::integral_constant<int, subind::kGumbel>{}); break;
+    default: TORCH_CHECK(false, "mask pass: unknown mode code ", mode);
+  }
+}
+
+// Elements [begin, end) of the pass on the calling thread.
+template <typename weight_t, typename logit_t>
+void pass_range(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
+                int64_t begin, int64_t end) {
+  with_mode_and_outputs(c.mode, p.grad_s != nullptr, p.grad_theta != nullptr,
+                        p.w_eff != nullptr, [&](auto M, auto S, auto T, auto W) {
+                          range_loop<weight_t, logit_t, decltype(M)::value, decltype(S)::value,
+                                     decltype(T)::value, decltype(W)::value>(p, c, begin, end);
+                        });
+}
+
+// The whole pass, split over the intra-op threads.
+template <typename weight_t, typename logit_t>
+void pass_parallel(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c) {
+  at::parallel_for(0, p.n, kGrain,
+                   [&](int64_t begin, int64_t end) { pass_range(p, c, begin, end); });
+}
+
+struct CpuKernels {
   template <typename weight_t, typename logit_t>
-  static void backward(const weight_t* g, const weight_t* theta,
-                       const logit_t* s, logit_t beta, int mode,
-                       logit_t* grad_s, weight_t* grad_theta, weight_t* w_eff,
-                       int64_t n) {
-    at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-      if (mode == subind::kSoft) {
-        with_outputs(grad_s, grad_theta, w_eff, [&](auto S, auto T, auto W) {
-          soft_backward_range<weight_t, logit_t, decltype(S)::value, decltype(T)::value,
-                              decltype(W)::value>(g, theta, s, beta, grad_s, grad_theta,
-                                                  w_eff, begin, end);
-        });
-      } else {
-        const bool hard = mode == subind::kHard;
-        if (grad_theta && w_eff) {
-          binary_backward_range<weight_t, logit_t, true, true>(
-              g, theta, s, hard, grad_theta, w_eff, begin, end);
-        } else if (grad_theta) {
-          binary_backward_range<weight_t, logit_t, true, false>(
-              g, theta, s, hard, grad_theta, nullptr, begin, end);
-        } else if (w_eff) {
-          binary_backward_range<weight_t, logit_t, false, true>(
-              g, theta, s, hard, nullptr, w_eff, begin, end);
-        }
-      }
-    });
+  static void pass(const MaskPass<weight_t, logit_t>& p, const subind::MaskArgs& args) {
+    pass_parallel(p, params_of<logit_t>(args));
   }
 };
 

@@ -1,165 +1,274 @@
-// Masked linear on the CPU with the mask passes blocked over weight rows.
+// subind::masked_linear and its backward on the CPU: the mask passes blocked
+// over the rows of the weight as it is stored, for every mode and layout.
 //
 // Math (W_eff = theta ⊙ m(s), G = dL/dy):
 //   forward   y  = x · W_effᵀ + b
 //   backward  dW = Gᵀ · x            (never kept beyond one block)
-//             ds = dW ⊙ theta ⊙ beta·m(1−m),  dtheta = dW ⊙ m
+//             ds = dW ⊙ theta ⊙ beta·slope,  dtheta = dW ⊙ m
 //             dx = G · W_eff
 //
 // Why blocks.  The GEMMs are ATen's; what the mask adds is element-wise
 // traffic over the N×K weight.  Done on whole matrices, W_eff and dW_eff each
 // make a round trip to DRAM and land in freshly allocated (page-faulting)
 // memory, which costs as much as the GEMMs when M is small.  Here the weight
-// is processed `block_rows` rows at a time: the block of W_eff (or dW_eff) is
-// formed, then consumed by its GEMM while still in L2.  dW_eff is computed
-// straight into the block of ds (or dtheta) and transformed in place.  With
-// block_rows == N the same code is the unblocked schedule, with W_eff in the
-// caller's reusable scratch buffer.
+// is processed a block of stored rows at a time: the block of W_eff (or
+// dW_eff) is formed, then consumed by its GEMM while still in L2.  dW_eff is
+// computed straight into the block of ds (or dtheta) and transformed in place.
+// With one block the same code is the unblocked schedule, W_eff in a
+// per-thread scratch buffer reused across calls.
 //
-// The caller (subind_fast/backends/cpu.py) picks block_rows and owns the
-// scratch buffers; weight and logits must be contiguous (N, K).
-#include <torch/extension.h>
+// Layouts.  An nn.Linear weight is stored N×K (rows = outputs); GPT-2's
+// Conv1D stores it K×N and hands us the transposed view (rows = inputs).
+// Both are blocked along their stored rows, so neither is copied: with rows =
+// outputs, y's column blocks are independent and dx accumulates over blocks;
+// with rows = inputs, y accumulates and dx's column blocks are independent.
+// Row-sliced weights (a row stride larger than the row) are walked row by row.
+// Anything else (both strides > 1) is copied to the row layout first.
+#include <torch/library.h>
+
+#include <unordered_map>
 
 #include "cpu_kernels.h"
 
 namespace {
 
-using subind_cpu::CpuKernels;
+using subind::MaskPass;
+using subind_cpu::MaskParams;
 
-void check_operands(const char* op, const at::Tensor& x2, const at::Tensor& weight,
-                    const at::Tensor& logits, int64_t block_rows) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && logits.is_contiguous() &&
-                  logits.sizes() == weight.sizes(),
-              op, ": contiguous (N, K) weight and logits expected, got ", weight.sizes(),
-              " and ", logits.sizes());
-  TORCH_CHECK(x2.dim() == 2 && x2.size(1) == weight.size(1), op, ": input ", x2.sizes(),
-              " does not match weight ", weight.sizes());
-  TORCH_CHECK(block_rows > 0, op, ": block_rows must be positive");
+// A block of W_eff plus the matching rows of θ, s and ∂W_eff should sit in a
+// 1 MiB L2 together: 256 KiB per array.
+constexpr int64_t kBlockBytes = 256 * 1024;
+
+// Stored rows per block.  Blocking makes one side accumulate across blocks
+// (one extra pass over an M-row operand per block), which only pays while M
+// is no larger than the block.
+int64_t block_rows_for(int64_t m, int64_t rows, int64_t row_length, int64_t itemsize) {
+  int64_t block = (kBlockBytes / std::max<int64_t>(1, row_length * itemsize)) / 16 * 16;
+  block = std::max<int64_t>(16, block);
+  return (m <= block && block < rows) ? block : std::max<int64_t>(rows, 1);
 }
 
-at::Tensor block_view(const at::Tensor& scratch, int64_t rows, int64_t cols) {
-  TORCH_CHECK(scratch.numel() >= rows * cols, "scratch buffer too small: ", scratch.numel(),
-              " < ", rows * cols);
-  return scratch.narrow(0, 0, rows * cols).view({rows, cols});
-}
-
-at::Tensor masked_linear_forward(const at::Tensor& x2, const at::Tensor& weight,
-                                 const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
-                                 const at::Tensor& beta_tensor, int64_t mode, int64_t block_rows,
-                                 const at::Tensor& scratch) {
-  check_operands("masked_linear_forward", x2, weight, logits, block_rows);
-  const double beta = subind_cpu::host_beta("masked_linear_forward", beta_tensor);
-  const int64_t n = weight.size(0), k = weight.size(1);
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (block_rows >= n) {
-    // One block: let ATen allocate the output (measured ~1% faster than
-    // addmm_out into a preallocated tensor at tiny-GPT-2 shapes).
-    auto weff = block_view(scratch, n, k);
-    SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, "masked_linear_forward", [&] {
-      CpuKernels::forward<weight_t, logit_t>(
-          weight.data_ptr<weight_t>(), logits.data_ptr<logit_t>(), weff.data_ptr<weight_t>(),
-          static_cast<logit_t>(beta), static_cast<int>(mode), n * k);
-    });
-    return has_bias ? at::addmm(*bias, x2, weff.t()) : at::mm(x2, weff.t());
+// Per-thread scratch, grown to the largest layer seen and reused, so no step
+// pays for page-faulting fresh weight-sized memory.
+at::Tensor scratch(int slot, at::ScalarType dtype, int64_t numel) {
+  thread_local std::unordered_map<int, at::Tensor> buffers;
+  auto& buf = buffers[slot * 64 + static_cast<int>(dtype)];
+  if (!buf.defined() || buf.numel() < numel) {
+    buf = at::empty({std::max<int64_t>(numel, 1)}, at::TensorOptions().dtype(dtype));
   }
-  auto y = at::empty({x2.size(0), n}, x2.options());
-  for (int64_t n0 = 0; n0 < n; n0 += block_rows) {
-    const int64_t rows = std::min(block_rows, n - n0);
-    auto weff = block_view(scratch, rows, k);
-    SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, "masked_linear_forward", [&] {
-      CpuKernels::forward<weight_t, logit_t>(
-          weight.data_ptr<weight_t>() + n0 * k, logits.data_ptr<logit_t>() + n0 * k,
-          weff.data_ptr<weight_t>(), static_cast<logit_t>(beta), static_cast<int>(mode),
-          rows * k);
-    });
-    auto out = y.narrow(1, n0, rows);  // strided column block: BLAS writes it in place
-    if (has_bias) {
-      at::addmm_out(out, bias->narrow(0, n0, rows), x2, weff.t());
-    } else {
-      at::mm_out(out, x2, weff.t());
+  return buf;
+}
+
+// The weight and logits as stored rows: row r of θ at theta + r*ld_theta.
+struct Stored {
+  at::Tensor theta, s;
+  bool rows_are_inputs;  // GPT-2 Conv1D: stored K×N
+  int64_t rows, row_length, ld_theta, ld_s;
+};
+
+Stored stored_rows(const at::Tensor& weight, const at::Tensor& logits) {
+  // Stored K×N only when both are dense in that one layout: the noise of a
+  // sampled mode is then numbered in memory order, as mask_driver.h states,
+  // and the gradients keep the weight's layout (subind::like_weight).
+  if (subind::same_dense_layout(weight, logits) && weight.stride(0) == 1 &&
+      weight.stride(1) != 1) {
+    return {weight, logits, true, weight.size(1), weight.size(0), weight.stride(1),
+            logits.stride(1)};
+  }
+  // Otherwise row by row, numbered as the contiguous copy would be; only a
+  // weight or logits without unit stride along a row is copied.
+  const auto unit_rows = [](const at::Tensor& t) {
+    return t.stride(1) == 1 || t.size(1) == 1 ? t : t.contiguous();
+  };
+  auto theta = unit_rows(weight), s = unit_rows(logits);
+  const int64_t k = weight.size(1);
+  const bool one_row = weight.size(0) == 1;
+  return {theta, s, false, weight.size(0), k, one_row ? k : theta.stride(0),
+          one_row ? k : s.stride(0)};
+}
+
+// One mask pass over stored rows [r0, r0 + nr).  `pass` holds pointers to
+// row r0 of every array; outputs and g are packed rows of row_length.
+template <typename weight_t, typename logit_t>
+void block_pass(MaskPass<weight_t, logit_t> pass, const MaskParams<logit_t>& c,
+                const Stored& w, int64_t r0, int64_t nr) {
+  const int64_t len = w.row_length;
+  if (w.ld_theta == len && w.ld_s == len) {
+    pass.n = nr * len;
+    pass.offset = r0 * len;
+    subind_cpu::pass_parallel(pass, c);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, subind_cpu::kGrain / std::max<int64_t>(len, 1));
+  at::parallel_for(0, nr, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      MaskPass<weight_t, logit_t> row = pass;
+      row.theta = pass.theta + r * w.ld_theta;
+      row.s = pass.s + r * w.ld_s;
+      if (row.g) row.g = pass.g + r * len;
+      if (row.grad_s) row.grad_s = pass.grad_s + r * len;
+      if (row.grad_theta) row.grad_theta = pass.grad_theta + r * len;
+      if (row.w_eff) row.w_eff = pass.w_eff + r * len;
+      row.n = len;
+      row.offset = (r0 + r) * len;
+      subind_cpu::pass_range(row, c, 0, len);
     }
+  });
+}
+
+// A new weight-shaped tensor whose stored rows are packed like w's.
+at::Tensor like_stored(const Stored& w, const at::Tensor& weight, at::ScalarType dtype) {
+  auto opts = weight.options().dtype(dtype);
+  if (w.rows_are_inputs) return at::empty({weight.size(1), weight.size(0)}, opts).t();
+  return at::empty(weight.sizes(), opts);
+}
+
+at::Tensor stored_block(const Stored& w, const at::Tensor& t, int64_t r0, int64_t nr) {
+  return w.rows_are_inputs ? t.t().narrow(0, r0, nr) : t.narrow(0, r0, nr);
+}
+
+at::Tensor packed(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+bool small_or_empty(const at::Tensor& weight) { return weight.numel() == 0; }
+
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
+                             const at::Tensor& beta, c10::string_view mode,
+                             const c10::optional<at::Tensor>& noise) {
+  const char* op = "subind::masked_linear";
+  subind::check_pair(op, weight, logits);
+  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": input ",
+              x.sizes(), " does not match weight ", weight.sizes());
+  if (small_or_empty(weight)) {
+    return subind::linear_forward<subind_cpu::CpuKernels>(x, weight, logits, bias, beta, mode,
+                                                          noise);
   }
+  const auto args = subind::mask_args(op, mode, beta, logits, noise);
+  const Stored w = stored_rows(weight, logits);
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const auto x2 = x.reshape({-1, k});
+  const int64_t m = x2.size(0);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = n;
+  auto y = at::empty(out_sizes, x.options());
+  auto y2 = y.view({m, n});
+  const bool has_bias = bias.has_value() && bias->defined();
+  const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
+  SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
+    const auto c = subind_cpu::params_of<logit_t>(args);
+    const auto buffer = scratch(0, weight.scalar_type(), std::min(block, w.rows) * w.row_length);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
+      const int64_t nr = std::min(block, w.rows - r0);
+      auto weff = packed(buffer, nr, w.row_length);
+      MaskPass<weight_t, logit_t> pass;
+      pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
+      pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
+      pass.w_eff = weff.data_ptr<weight_t>();
+      block_pass(pass, c, w, r0, nr);
+      if (!w.rows_are_inputs) {
+        auto out = y2.narrow(1, r0, nr);  // a strided column block: BLAS writes it in place
+        if (has_bias) {
+          at::addmm_out(out, bias->narrow(0, r0, nr), x2, weff.t());
+        } else {
+          at::mm_out(out, x2, weff.t());
+        }
+      } else if (r0 == 0) {
+        if (has_bias) {
+          at::addmm_out(y2, *bias, x2.narrow(1, 0, nr), weff);
+        } else {
+          at::mm_out(y2, x2.narrow(1, 0, nr), weff);
+        }
+      } else {
+        y2.addmm_(x2.narrow(1, r0, nr), weff);
+      }
+    }
+  });
   return y;
 }
 
-// Returns (dx, dtheta, ds); what was not asked for is an empty [0] tensor.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
-    const at::Tensor& g2, const at::Tensor& x2, const at::Tensor& weight,
-    const at::Tensor& logits, const at::Tensor& beta_tensor, int64_t mode, bool need_x,
-    bool need_weight, bool need_logits, int64_t block_rows, const at::Tensor& scratch_weff,
-    const at::Tensor& scratch_grad) {
-  check_operands("masked_linear_backward", x2, weight, logits, block_rows);
-  const double beta = subind_cpu::host_beta("masked_linear_backward", beta_tensor);
-  TORCH_CHECK(g2.dim() == 2 && g2.size(0) == x2.size(0) && g2.size(1) == weight.size(0),
-              "masked_linear_backward: grad ", g2.sizes(), " does not match input ", x2.sizes(),
-              " and weight ", weight.sizes());
-  const int64_t m = x2.size(0), n = weight.size(0), k = weight.size(1);
-  need_logits = need_logits && mode == subind::kSoft;
-  const bool want_dw = need_weight || need_logits;
-  // dW_eff lands where it will be transformed in place: in dtheta when that
-  // is wanted, else in ds when ds has the weight's dtype, else in scratch.
-  const bool dw_in_theta = need_weight;
-  const bool dw_in_s = !need_weight && need_logits && logits.scalar_type() == weight.scalar_type();
-  // Accumulating dx block by block re-reads dx (M×K) once per block; that
-  // beats a full W_eff round trip only while M is at most the block height.
-  const bool blocked = block_rows < n;
-
-  auto grad_s = need_logits ? at::empty_like(logits) : at::empty({0}, logits.options());
-  auto grad_w = need_weight ? at::empty_like(weight) : at::empty({0}, weight.options());
-  auto grad_x = need_x ? at::empty({m, k}, x2.options()) : at::empty({0}, x2.options());
-  if (!want_dw && !need_x) return {grad_x, grad_w, grad_s};
-
-  for (int64_t n0 = 0; n0 < n; n0 += block_rows) {
-    const int64_t rows = std::min(block_rows, n - n0);
-    at::Tensor dw;
-    if (want_dw) {
-      dw = dw_in_theta ? grad_w.narrow(0, n0, rows)
-           : dw_in_s   ? grad_s.narrow(0, n0, rows)
-                       : block_view(scratch_grad, rows, k);
-      at::mm_out(dw, g2.narrow(1, n0, rows).t(), x2);
-    }
-    at::Tensor weff;
-    if (need_x) {
-      weff = blocked ? block_view(scratch_weff, rows, k)
-                     : block_view(scratch_weff, n, k).narrow(0, n0, rows);
-    }
-    SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, "masked_linear_backward", [&] {
-      const weight_t* theta = weight.data_ptr<weight_t>() + n0 * k;
-      const logit_t* s = logits.data_ptr<logit_t>() + n0 * k;
-      weight_t* weff_ptr = need_x ? weff.data_ptr<weight_t>() : nullptr;
-      if (!want_dw) {
-        CpuKernels::forward<weight_t, logit_t>(theta, s, weff_ptr, static_cast<logit_t>(beta),
-                                               static_cast<int>(mode), rows * k);
-        return;
-      }
-      CpuKernels::backward<weight_t, logit_t>(
-          dw.data_ptr<weight_t>(), theta, s, static_cast<logit_t>(beta), static_cast<int>(mode),
-          need_logits ? grad_s.data_ptr<logit_t>() + n0 * k : nullptr,
-          need_weight ? grad_w.data_ptr<weight_t>() + n0 * k : nullptr, weff_ptr, rows * k);
-    });
-    if (need_x && blocked) {
-      auto g_block = g2.narrow(1, n0, rows);
-      if (n0 == 0) {
-        at::mm_out(grad_x, g_block, weff);
-      } else {
-        grad_x.addmm_(g_block, weff);
-      }
-    }
+// (dx, dtheta, ds, db); what was not asked for is an empty [0] tensor.
+subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                              const at::Tensor& weight, const at::Tensor& logits,
+                                              const at::Tensor& beta, c10::string_view mode,
+                                              std::array<bool, 4> needs,
+                                              const c10::optional<at::Tensor>& noise) {
+  const char* op = "subind::masked_linear_backward";
+  subind::check_pair(op, weight, logits);
+  if (small_or_empty(weight)) {
+    return subind::linear_backward<subind_cpu::CpuKernels>(grad, x, weight, logits, beta, mode,
+                                                           needs, noise);
   }
-  if (need_x && !blocked) at::mm_out(grad_x, g2, block_view(scratch_weff, n, k));
-  return {grad_x, grad_w, grad_s};
+  const auto args = subind::mask_args(op, mode, beta, logits, noise);
+  const Stored w = stored_rows(weight, logits);
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const auto x2 = x.reshape({-1, k});
+  const int64_t m = x2.size(0);
+  TORCH_CHECK(grad.numel() == m * n && grad.size(-1) == n, op, ": grad ", grad.sizes(),
+              " does not match input ", x.sizes(), " and weight ", weight.sizes());
+  const auto g2 = grad.reshape({m, n});
+  const bool need_x = needs[0], need_w = needs[1], need_b = needs[3];
+  const bool need_s = needs[2] && subind::mode_is_training(args.mode);
+  const bool want_dw = need_w || need_s;
+
+  auto grad_w = need_w ? like_stored(w, weight, weight.scalar_type()) : subind::empty_marker(weight);
+  auto grad_s = need_s ? like_stored(w, weight, logits.scalar_type()) : subind::empty_marker(logits);
+  auto grad_x = need_x ? at::empty(x.sizes(), x.options()) : subind::empty_marker(x);
+  auto grad_b = need_b ? g2.sum(0) : subind::empty_marker(grad);
+  if (!want_dw && !need_x) return {grad_x, grad_w, grad_s, grad_b};
+  auto dx2 = need_x ? grad_x.view({m, k}) : grad_x;
+
+  // dW_eff lands where it is transformed in place: in dtheta when that is
+  // wanted, else in ds when ds has the weight's dtype, else in scratch.
+  const bool dw_in_s = !need_w && need_s && logits.scalar_type() == weight.scalar_type();
+  const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
+  const int64_t block_numel = std::min(block, w.rows) * w.row_length;
+  SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
+    const auto c = subind_cpu::params_of<logit_t>(args);
+    const auto weff_buffer = need_x ? scratch(0, weight.scalar_type(), block_numel) : at::Tensor();
+    const auto grad_buffer = (want_dw && !need_w && !dw_in_s)
+                                 ? scratch(1, weight.scalar_type(), block_numel)
+                                 : at::Tensor();
+    for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
+      const int64_t nr = std::min(block, w.rows - r0);
+      at::Tensor dw;
+      if (want_dw) {
+        dw = need_w ? stored_block(w, grad_w, r0, nr)
+             : dw_in_s ? stored_block(w, grad_s, r0, nr)
+                       : packed(grad_buffer, nr, w.row_length);
+        if (w.rows_are_inputs) {
+          at::mm_out(dw, x2.narrow(1, r0, nr).t(), g2);
+        } else {
+          at::mm_out(dw, g2.narrow(1, r0, nr).t(), x2);
+        }
+      }
+      at::Tensor weff = need_x ? packed(weff_buffer, nr, w.row_length) : at::Tensor();
+      MaskPass<weight_t, logit_t> pass;
+      pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
+      pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
+      pass.g = want_dw ? dw.data_ptr<weight_t>() : nullptr;
+      pass.grad_s = need_s ? grad_s.data_ptr<logit_t>() + r0 * w.row_length : nullptr;
+      pass.grad_theta = need_w ? grad_w.data_ptr<weight_t>() + r0 * w.row_length : nullptr;
+      pass.w_eff = need_x ? weff.data_ptr<weight_t>() : nullptr;
+      block_pass(pass, c, w, r0, nr);
+      if (!need_x) continue;
+      if (w.rows_are_inputs) {
+        auto dx_block = dx2.narrow(1, r0, nr);  // strided: BLAS writes it in place
+        at::mm_out(dx_block, g2, weff.t());
+      } else if (r0 == 0) {
+        at::mm_out(dx2, g2.narrow(1, 0, nr), weff);
+      } else {
+        dx2.addmm_(g2.narrow(1, r0, nr), weff);
+      }
+    }
+  });
+  return {grad_x, grad_w, grad_s, grad_b};
 }
 
 }  // namespace
 
-void register_masked_linear(pybind11::module& m) {
-  m.def("masked_linear_forward", &masked_linear_forward,
-        "y = x · (theta ⊙ m(s))ᵀ + b, mask formed block by block", py::arg("x2"),
-        py::arg("weight"), py::arg("logits"), py::arg("bias"), py::arg("beta"), py::arg("mode"),
-        py::arg("block_rows"), py::arg("scratch"));
-  m.def("masked_linear_backward", &masked_linear_backward,
-        "(dx, dtheta, ds) with dW_eff turned into ds/dtheta block by block", py::arg("g2"),
-        py::arg("x2"), py::arg("weight"), py::arg("logits"), py::arg("beta"), py::arg("mode"),
-        py::arg("need_x"), py::arg("need_weight"), py::arg("need_logits"),
-        py::arg("block_rows"), py::arg("scratch_weff"), py::arg("scratch_grad"));
+TORCH_LIBRARY_IMPL(subind, CPU, m) {
+  m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_backward", &masked_linear_backward_cpu);
 }

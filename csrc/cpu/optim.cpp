@@ -1,7 +1,8 @@
 // Fused frozen-mask optimizer steps on the CPU: one pass per parameter reads
 // the gradient, the state and the packed frozen bits and writes parameter and
 // state in place.  Math: csrc/include/subind/optim_math.h.
-#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 
 #include "subind/optim_math.h"
@@ -88,11 +89,11 @@ void sgd_loop(T* p, const T* g, T* buf, const uint8_t* bits, const subind::SGDSc
   });
 }
 
-void adamw_step(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
-                at::Tensor exp_avg_sq, at::Tensor max_exp_avg_sq, const at::Tensor& frozen_bits,
+void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                const at::Tensor& exp_avg_sq, const at::Tensor& max_exp_avg_sq, const at::Tensor& frozen_bits,
                 double lr, double beta1, double beta2, double eps, double weight_decay,
                 double step_size, double inv_sqrt_bias2) {
-  const char* op = "masked_adamw_step";
+  const char* op = "subind::adamw_step";
   TORCH_CHECK(param.is_contiguous(), op, ": the parameter must be contiguous");
   check_same(op, param, grad, "grad");
   check_same(op, param, exp_avg, "exp_avg");
@@ -102,7 +103,7 @@ void adamw_step(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
   const uint8_t* bits = frozen_ptr(op, param, frozen_bits);
   const subind::AdamWScalars c{float(lr), float(beta1), float(beta2), float(eps),
                                float(weight_decay), float(step_size), float(inv_sqrt_bias2)};
-  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "masked_adamw_step", [&] {
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "subind::adamw_step", [&] {
     adamw_loop<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                          exp_avg.data_ptr<scalar_t>(), exp_avg_sq.data_ptr<scalar_t>(),
                          amsgrad ? max_exp_avg_sq.data_ptr<scalar_t>() : nullptr, bits, c,
@@ -110,10 +111,10 @@ void adamw_step(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
   });
 }
 
-void sgd_step(at::Tensor param, const at::Tensor& grad, at::Tensor momentum_buffer,
+void sgd_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& momentum_buffer,
               const at::Tensor& frozen_bits, double lr, double momentum, double dampening,
               double weight_decay, bool nesterov, bool first_step) {
-  const char* op = "masked_sgd_step";
+  const char* op = "subind::sgd_step";
   TORCH_CHECK(param.is_contiguous(), op, ": the parameter must be contiguous");
   check_same(op, param, grad, "grad");
   const bool has_buf = momentum_buffer.numel() > 0;
@@ -121,7 +122,7 @@ void sgd_step(at::Tensor param, const at::Tensor& grad, at::Tensor momentum_buff
   const uint8_t* bits = frozen_ptr(op, param, frozen_bits);
   const subind::SGDScalars c{float(lr), float(momentum), float(dampening), float(weight_decay),
                              nesterov, first_step};
-  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "masked_sgd_step", [&] {
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "subind::sgd_step", [&] {
     sgd_loop<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                        has_buf ? momentum_buffer.data_ptr<scalar_t>() : nullptr, bits, c,
                        param.numel());
@@ -130,14 +131,7 @@ void sgd_step(at::Tensor param, const at::Tensor& grad, at::Tensor momentum_buff
 
 }  // namespace
 
-void register_optim(pybind11::module& m) {
-  m.def("adamw_step", &adamw_step, "fused AdamW step leaving frozen elements untouched",
-        py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
-        py::arg("max_exp_avg_sq"), py::arg("frozen_bits"), py::arg("lr"), py::arg("beta1"),
-        py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step_size"),
-        py::arg("inv_sqrt_bias2"));
-  m.def("sgd_step", &sgd_step, "fused SGD step leaving frozen elements untouched",
-        py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("frozen_bits"),
-        py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-        py::arg("nesterov"), py::arg("first_step"));
+TORCH_LIBRARY_IMPL(subind, CPU, m) {
+  m.impl("adamw_step", &adamw_step);
+  m.impl("sgd_step", &sgd_step);
 }

@@ -28,6 +28,7 @@ from torch import nn
 import subind_fast as sf
 
 from . import experiments
+from .engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options
 from .engine import manifest
 from .engine import validation as check
 from .engine.cli import float_list
@@ -151,6 +152,11 @@ def register(subparsers) -> None:
                    help="recompute each block's activations in backward")
     g.add_argument("--no-fused", action="store_true",
                    help="the logits' optimizer without its fused kernel")
+    g.add_argument("--kernels", choices=KERNEL_CHOICES, default="fused",
+                   help="the masked layers' kernels: fused (ours) or eager (plain PyTorch ops)")
+    g.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                   help="torch.compile the masked model: auto (on for CUDA, off on the CPU, "
+                        "as measured fastest), on, off")
     g.add_argument("--strategy", choices=STRATEGIES, default="none",
                    help="under torchrun: ddp (replicated) or fsdp2 (sharded, fully_shard)")
     g.add_argument("--blocks", help="glob naming the blocks to shard/checkpoint one by one "
@@ -326,7 +332,8 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
             sum_over_ranks=ranks.sum,
             method=sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples),
             anneal_temperature=cfg.anneal_temperature, density=cfg.density,
-            pretrained=pretrained)
+            pretrained=pretrained,
+            compile_model=apply_speed_options(args.kernels, args.compile, args.device))
         if ranks.is_main:
             _write_results(args.out, cfg, result, ranks, notes, time.time() - started)
         ranks.barrier()

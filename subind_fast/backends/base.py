@@ -45,7 +45,10 @@ from torch import Tensor
 
 from .._validation import SAMPLED_MODES, TRAINING_MODES
 
-EMPTY = (0,)
+#: the shape of the placeholder an op returns for an output that was not
+#: requested (a custom op cannot return None); the C++ kernels use the same
+#: (csrc/include/subind/mask_driver.h: empty_marker)
+NOT_REQUESTED_SHAPE = (0,)
 
 FAMILY_METHODS: dict[str, tuple[str, ...]] = {
     "mask": ("mask_weight", "mask_weight_backward"),
@@ -62,9 +65,9 @@ class UnsupportedOpError(NotImplementedError):
     """A backend was asked for an op family it does not declare."""
 
 
-def empty_like_marker(t: Tensor) -> Tensor:
+def not_requested(t: Tensor) -> Tensor:
     """The placeholder an op returns for an output that was not requested."""
-    return t.new_empty(EMPTY)
+    return t.new_empty(NOT_REQUESTED_SHAPE)
 
 
 def _abstract(family: str):
@@ -193,7 +196,7 @@ class ComposedBackend(Backend):
         need_logits = need_logits and mode in TRAINING_MODES
         if grad_w is None or not (need_weight or need_logits):
             weff = self._mask(weight, logits, beta, mode, noise) if need_x else None
-            return weff, empty_like_marker(weight), empty_like_marker(logits)
+            return weff, not_requested(weight), not_requested(logits)
         weff, gw, gs = self._mask_backward(grad_w, weight, logits, beta, mode, noise,
                                            need_x, need_weight, need_logits)
         return (weff if need_x else None), gw, gs
@@ -220,8 +223,8 @@ class ComposedBackend(Backend):
                 grad_w = g2.t() @ x2
         weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, noise, need_x,
                                          need_w, need_s)
-        gx = (g2 @ weff).reshape(x.shape) if need_x else empty_like_marker(x)
-        gb = g2.sum(0) if need_b else empty_like_marker(grad)
+        gx = (g2 @ weff).reshape(x.shape) if need_x else not_requested(x)
+        gb = g2.sum(0) if need_b else not_requested(grad)
         return gx, gw, gs, gb
 
     # -- convolution (any spatial rank torch.convolution supports) -----------
@@ -244,7 +247,7 @@ class ComposedBackend(Backend):
                 grad, x, w, bias_sizes, stride, padding, dilation, False, zeros, groups, mask)
 
         want_grad_w = need_w or (need_s and mode in TRAINING_MODES)
-        grad_w, gb = None, empty_like_marker(grad)
+        grad_w, gb = None, not_requested(grad)
         if want_grad_w or need_b:
             # ∂W and ∂b do not read the weight's values, so θ stands in for W_eff.
             _, grad_w, gb_ = conv_grads(weight, [False, want_grad_w, need_b])
@@ -252,5 +255,5 @@ class ComposedBackend(Backend):
             grad_w = grad_w if want_grad_w else None
         weff, gw, gs = self._weight_side(grad_w, weight, logits, beta, mode, noise, need_x,
                                          need_w, need_s)
-        gx = conv_grads(weff, [True, False, False])[0] if need_x else empty_like_marker(x)
+        gx = conv_grads(weff, [True, False, False])[0] if need_x else not_requested(x)
         return gx, gw, gs, gb

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import noise as noise_lib
 from .._validation import SAMPLED_MODES, TRAINING_MODES
-from .base import FAMILIES, ComposedBackend, empty_like_marker
+from .base import FAMILIES, ComposedBackend, not_requested
 
 #: the hard-concrete stretch ε: (γ, ζ) = (−ε, 1 + ε) (Louizos et al.'s −0.1, 1.1);
 #: csrc/include/subind/mask_math.h has the same constant
@@ -93,13 +93,13 @@ class ReferenceBackend(ComposedBackend):
         g = grad_weff.to(m.dtype)
         theta = weight.to(m.dtype)
         weff = (_into_layout_of(weight, theta * m, weight.dtype) if need_weff
-                else empty_like_marker(weight))
+                else not_requested(weight))
         gw = (_into_layout_of(weight, g * m, weight.dtype) if need_weight_grad
-              else empty_like_marker(weight))
+              else not_requested(weight))
         if need_logits_grad and mode in TRAINING_MODES:
             gs = _into_layout_of(logits, g * theta * beta_like(beta, g) * slope, logits.dtype)
         else:
-            gs = empty_like_marker(logits)
+            gs = not_requested(logits)
         return weff, gw, gs
 
     def sigmoid_sum(self, logits, beta):

@@ -9,9 +9,9 @@ import torch
 import triton
 
 from . import triton_kernels as K
-from .base import FAMILIES, ComposedBackend, UnsupportedOpError, empty_like_marker
+from .base import FAMILIES, ComposedBackend, UnsupportedOpError, not_requested
 
-_MODE = {"soft": K.MODE_SOFT, "hard": K.MODE_HARD, "none": K.MODE_NONE}
+from .._validation import MODE_CODES as _MODE
 
 
 def _ieee(dtype: torch.dtype) -> bool:
@@ -91,9 +91,9 @@ class TritonBackend(ComposedBackend):
         g = grad_weff
         if g.stride() != weight.stride() or g.dtype != weight.dtype:
             g = torch.empty_like(weight).copy_(grad_weff)  # the kernel walks θ's memory order
-        gs = torch.empty_like(logits) if need_logits_grad else empty_like_marker(logits)
-        gw = torch.empty_like(weight) if need_weight_grad else empty_like_marker(weight)
-        weff = torch.empty_like(weight) if need_weff else empty_like_marker(weight)
+        gs = torch.empty_like(logits) if need_logits_grad else not_requested(logits)
+        gw = torch.empty_like(weight) if need_weight_grad else not_requested(weight)
+        weff = torch.empty_like(weight) if need_weff else not_requested(weight)
         n = weight.numel()
         if n:
             K.mask_backward_kernel[_elementwise_grid(n)](
@@ -158,15 +158,15 @@ class TritonBackend(ComposedBackend):
         else:
             gs = gw = None
             weff = self.mask_weight(weight, logits, beta, mode) if need_x else None
-        gx = empty_like_marker(x)
+        gx = not_requested(x)
         if need_x:
             gx = torch.empty((M, n_in), dtype=x.dtype, device=x.device)
             _matmul(g2, weff, gx, M, n_in, n_out, g2.stride(), weff.stride(), gx.stride(),
                     beta=_device_beta(beta, logits))
             gx = gx.reshape(x.shape)
-        gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else empty_like_marker(grad)
-        return (gx, gw if gw is not None else empty_like_marker(weight),
-                gs if gs is not None else empty_like_marker(logits), gb)
+        gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else not_requested(grad)
+        return (gx, gw if gw is not None else not_requested(weight),
+                gs if gs is not None else not_requested(logits), gb)
 
     # -- fused frozen-mask optimizer steps ---------------------------------------
     def adamw_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, frozen_bits, lr, beta1,

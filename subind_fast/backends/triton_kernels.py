@@ -35,8 +35,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validation import MODE_CODES
+
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-MODE_SOFT, MODE_HARD, MODE_NONE = 0, 1, 2
+MODE_SOFT, MODE_HARD, MODE_NONE = MODE_CODES["soft"], MODE_CODES["hard"], MODE_CODES["none"]
 ELEMENTWISE_BLOCK = 1024
 
 

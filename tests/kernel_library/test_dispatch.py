@@ -1,5 +1,8 @@
-"""The single dispatch point, the SUBIND_BACKEND override and missing kernels."""
+"""The one kernel choice (fused | eager), the C++ op registration and missing kernels."""
+import glob
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -7,97 +10,103 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind_fast import dispatch
+from subind_fast import _ops, dispatch
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_override_to_reference(monkeypatch):
-    x, w, s = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5)
-    compiled = sf.masked_linear(x, w, s, 2.0)
-    monkeypatch.setenv("SUBIND_BACKEND", "reference")
-    info = sf.backend_info()
-    assert info["override"] == "reference"
-    assert info["devices"]["cpu"] == {f: "reference" for f in dispatch.FAMILIES}
-    torch.testing.assert_close(sf.masked_linear(x, w, s, 2.0), compiled)
+def test_every_op_is_defined_in_cpp_with_cpu_meta_and_autograd_kernels():
+    for name in _ops.OP_NAMES:
+        qualified = f"subind::{name}"
+        for key in ("CPU", "Meta"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key), (name, key)
+        assert getattr(torch.ops.subind, name).default._schema.name == qualified
+    for name in ("mask_weight", "masked_linear", "masked_conv", "sigmoid_sum"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"subind::{name}", "Autograd")
+    for name in ("masked_linear", "masked_conv"):
+        for key in ("AutocastCPU", "AutocastCUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"subind::{name}", key)
 
 
-def test_bad_override_names_the_variable(monkeypatch):
-    monkeypatch.setenv("SUBIND_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="SUBIND_BACKEND='fastest' is not one of"):
-        sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)
-
-
-def test_gpu_backend_cannot_be_forced_onto_cpu_tensors(monkeypatch):
-    monkeypatch.setenv("SUBIND_BACKEND", "triton")
-    with pytest.raises(ValueError, match="SUBIND_BACKEND=triton cannot serve cpu tensors"):
-        sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)
-
-
-def test_cuda_defaults_are_reported_without_touching_a_gpu():
+def test_every_op_has_a_cuda_kernel_registered_without_touching_a_gpu():
+    for name in _ops.OP_NAMES:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"subind::{name}", "CUDA"), name
     cuda = sf.backend_info()["devices"]["cuda"]
-    assert cuda["linear"] == "triton" and cuda["l0"] == "triton"
-    assert cuda["conv"] in ("cuda", "triton")
+    assert cuda["masked_linear"] == "triton" and cuda["sigmoid_sum"] == "triton"
+    assert cuda["masked_conv"] in ("cuda (C++ extension)", "triton")
+
+
+def test_no_python_string_names_a_cpp_function():
+    """Python reaches compiled code only through torch.ops.subind (schemas in C++)."""
+    sources = [p for p in (REPO / "subind_fast").rglob("*.py")]
+    pattern = re.compile(r"\._lib\.|\b_C\.(?!MODE_NAMES)\w+|\b_C_cuda\.\w+|load\(\"_C\w*\"\)\.(?!MODE_NAMES)")
+    offenders = [f"{p}:{n}" for p in sources
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_python_spells_the_modes_as_the_kernels_parse_them():
+    from subind_fast import _C
+    from subind_fast._validation import MODE_CODES, MODES
+
+    assert tuple(_C.MODE_NAMES) == MODES
+    assert [MODE_CODES[m] for m in MODES] == list(range(len(MODES)))
+    with pytest.raises(RuntimeError, match="unknown mask mode 'fuzzy'"):
+        torch.ops.subind.mask_weight(torch.randn(3), torch.randn(3), torch.tensor(1.0), "fuzzy")
+
+
+def test_eager_kernels_compute_the_same_as_the_fused_ones():
+    x, w, s, b = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5), torch.randn(4)
+    fused = sf.masked_linear(x, w, s, 2.0, b)
+    with sf.use_kernels("eager"):
+        assert sf.backend_info()["kernels"] == "eager"
+        eager = sf.masked_linear(x, w, s, 2.0, b)
+    assert sf.backend_info()["kernels"] == "fused"
+    torch.testing.assert_close(eager, fused)
+
+
+def test_a_bad_kernel_choice_names_the_variable():
+    with pytest.raises(ValueError, match="kernels='fastest' is not one of"):
+        sf.set_kernels("fastest")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SUBIND_KERNELS": "fastest"}
+    out = subprocess.run([sys.executable, "-c", "import subind_fast"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode != 0 and "SUBIND_KERNELS='fastest' is not one of" in out.stderr
 
 
 def test_missing_extension_import_works_and_use_raises_clearly():
     code = (
         "import sys; sys.modules['subind_fast._C'] = None\n"
         "import torch, subind_fast as sf\n"
-        "assert sf.backend_info()['compiled']['_C (cpu)'] is False\n"
+        "assert sf.backend_info()['compiled']['_C (schemas, cpu)'] is False\n"
         "try:\n"
         "    sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), 1.0)\n"
         "except sf.MissingKernelError as e:\n"
         "    print('RAISED', e)\n"
+        "sf.set_kernels('eager')\n"
+        "print('EAGER', tuple(sf.masked_linear(torch.randn(2, 3), torch.randn(2, 3),\n"
+        "                                      torch.randn(2, 3), 1.0).shape))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("SUBIND_BACKEND", None)
+    env.pop("SUBIND_KERNELS", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "RAISED subind_fast._C is not available" in out.stdout
-    assert "SUBIND_BACKEND=reference" in out.stdout
+    assert "set_kernels('eager')" in out.stdout or "--kernels eager" in out.stdout
+    assert "EAGER (2, 2)" in out.stdout
 
 
 def test_cuda_extension_links_and_rejects_cpu_tensors_when_built():
     """The only check CUDA code gets without a GPU: it compiled, linked, loads,
-    and its host-side checks answer clearly."""
-    import glob
-    import pathlib
-
+    registered its kernels, and its host-side checks answer clearly."""
     package = pathlib.Path(sf.__file__).parent
     if not glob.glob(str(package / "_C_cuda*.so")):
         pytest.skip("the CUDA extension was not built on this machine")
-    from subind_fast import _C_cuda
-
-    assert {"mask_weight", "mask_weight_backward"} <= set(dir(_C_cuda))
-    with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
-        _C_cuda.mask_weight(torch.randn(3), torch.randn(3), torch.tensor(1.0), 0)
-
-
-def test_forcing_a_backend_without_an_op_family_is_a_clear_error(monkeypatch):
-    """The cuda backend has no L0 or optimizer kernels: say so, before any call."""
-    monkeypatch.setenv("SUBIND_BACKEND", "cuda")
-    for family in ("l0", "optim"):
-        with pytest.raises(ValueError, match=f"SUBIND_BACKEND=cuda does not implement the {family}"):
-            dispatch.backend_name("cuda", family)
-    assert dispatch.backend_name("cuda", "conv") == "cuda"
-    info = sf.backend_info()
-    assert info["devices"]["cuda"]["l0"].startswith("error: SUBIND_BACKEND=cuda does not")
-
-
-def test_capability_table_is_declared_by_each_backend():
-    table = sf.backend_info()["capabilities"]
-    assert table["reference"] == {"devices": "any", "families": sorted(dispatch.FAMILIES)}
-    assert table["cpu"]["families"] == sorted(dispatch.FAMILIES)
-    assert table["cuda"] == {"devices": ["cuda"], "families": ["conv", "linear", "mask", "sampled"]}
-    assert table["triton"]["families"] == sorted(set(dispatch.FAMILIES) - {"sampled"})
-
-
-def test_an_undeclared_family_raises_unsupported_op_error():
-    from subind_fast.backends.base import UnsupportedOpError
-
-    cuda = dispatch.get_backend("cuda")  # constructing it touches no GPU and no extension
-    with pytest.raises(UnsupportedOpError, match="cuda backend does not implement the l0"):
-        cuda.sigmoid_sum(torch.randn(3), torch.tensor(1.0))
+    assert sf.backend_info()["compiled"]["_C_cuda (cuda)"]
+    assert sf.backend_info()["devices"]["cuda"]["masked_conv"] == "cuda (C++ extension)"
+    kernel = torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
+    assert "subind::mask_weight" in kernel
 
 
 def test_a_backend_must_implement_every_family_it_declares():

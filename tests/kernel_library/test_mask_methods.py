@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import subind_fast as sf
 from subind_fast import noise as noise_lib
-from subind_fast.dispatch import backend_info, get_backend
+from subind_fast.backends.reference import ReferenceBackend
+from subind_fast.dispatch import backend_info
 from subind_fast.nn.methods import MaskMethod
 from tests.kernel_library.test_memory import extra_saved_bytes
 from tests.oracle import assert_matches_oracle, leaf, run_with_grads
@@ -100,8 +101,8 @@ def test_cpu_kernels_and_reference_backend_agree_on_a_transposed_layout(mode):
     # GPT-2's Conv1D: the op receives transposed views; both backends walk memory order.
     w, s = torch.randn(33, 20), torch.randn(33, 20)
     key, beta = torch.tensor([5, 9]), torch.tensor(2.0)
-    cpu = get_backend("cpu").sampled_mask_weight(w.t(), s.t(), beta, mode, key)
-    ref = get_backend("reference").sampled_mask_weight(w.t(), s.t(), beta, mode, key)
+    cpu = torch.ops.subind.mask_weight(w.t(), s.t(), beta, mode, key)
+    ref = ReferenceBackend().sampled_mask_weight(w.t(), s.t(), beta, mode, key)
     assert cpu.stride() == w.t().stride()
     if mode == "gumbel":
         assert ((cpu != 0) != (ref != 0)).sum() <= 1
@@ -342,9 +343,8 @@ def test_bad_method_arguments_are_named():
         sf.mask_weight(torch.randn(4, 3), torch.randn(4, 3), 1.0, "soft", torch.tensor([1, 2]))
 
 
-def test_dispatch_names_the_sampled_family():
+def test_sampled_modes_are_served_by_the_same_ops():
     info = backend_info()
-    assert info["devices"]["cpu"]["sampled"] == "cpu"
-    assert info["devices"]["cuda"]["sampled"] == (
-        "cuda" if info["compiled"]["_C_cuda (cuda)"] else "reference")
-    assert "sampled" in info["capabilities"]["cpu"]["families"]
+    assert info["devices"]["cpu"]["masked_linear"] == "cpu (C++)"
+    assert info["devices"]["cuda"]["mask_weight"] == (
+        "cuda (C++ extension)" if info["compiled"]["_C_cuda (cuda)"] else "triton")

@@ -6,10 +6,10 @@ import subind_fast as sf
 from oracle import assert_matches_oracle, effective_weight, leaf, run_with_grads
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
 @pytest.mark.parametrize("shape", [(1,), (7,), (127, 3), (4097,), (2, 3, 5, 7)])
-def test_mask_weight_and_its_gradients(backend, mode, shape):
+def test_mask_weight_and_its_gradients(kernels, mode, shape):
     w = torch.randn(shape, dtype=torch.float64)
     s = torch.randn(shape, dtype=torch.float64)
     want, want_g = run_with_grads(lambda w_, s_: effective_weight(w_, s_, 4.0, mode),
@@ -24,20 +24,23 @@ def test_mask_weight_and_its_gradients(backend, mode, shape):
         assert got_g[1] is None
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("beta", [1.0, 100.0, 1e4])
 @pytest.mark.parametrize("n", [1, 7, 513, 100_003])
-def test_l0_value_and_gradient(backend, beta, n):
+def test_l0_value_and_gradient(kernels, beta, n):
     s = torch.randn(n, dtype=torch.float64) * 0.05
     want, (want_g,) = run_with_grads(lambda s_: torch.sigmoid(beta * s_).sum(), [leaf(s)])
     got, (got_g,) = run_with_grads(lambda s_: sf.l0(s_, beta), [leaf(s, torch.float32)])
     assert got.dtype == torch.float32 and got.dim() == 0
     assert abs(got.item() - want.item()) <= 1e-6 * max(1.0, want.item())
-    assert_matches_oracle(got_g, want_g, None, torch.float32, "d_logits")
+    # The eager kernels are PyTorch's autograd of σ: within 2x its own fp32 error.
+    torch_g = run_with_grads(lambda s_: torch.sigmoid(beta * s_).sum(),
+                             [leaf(s, torch.float32)])[1][0] if kernels == "eager" else None
+    assert_matches_oracle(got_g, want_g, torch_g, torch.float32, "d_logits")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
-def test_mask_saturates_without_nan(backend):
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
+def test_mask_saturates_without_nan(kernels):
     s = torch.tensor([-1e4, -100.0, -1e-3, 0.0, 1e-3, 100.0, 1e4], requires_grad=True)
     w = torch.ones(7)
     weff = sf.mask_weight(w, s, 1e4)

@@ -53,25 +53,25 @@ def check_conv(x, w, s, b, beta, mode, dtype, geometry, x_layout=lambda t: t):
             assert_matches_oracle(g, o, t, dtype, name)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_conv_fp32(backend, mode, case):
+def test_conv_fp32(kernels, mode, case):
     nd, x_shape, w_shape, geometry = CASES[case]
     x, w, s, b = _problem(x_shape, w_shape)
     check_conv(x, w, s, b, 3.0, mode, torch.float32, geometry)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_conv_dtypes(backend, dtype):
+def test_conv_dtypes(kernels, dtype):
     nd, x_shape, w_shape, geometry = CASES[2]
     x, w, s, b = _problem(x_shape, w_shape, seed=3)
     check_conv(x, w, s, b, 2.0, "soft", dtype, geometry)
 
 
-@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
-def test_conv_channels_last_input_and_weight(backend):
+@pytest.mark.parametrize("kernels", ["fused"], indirect=True)
+def test_conv_channels_last_input_and_weight(kernels):
     x, w, s, b = _problem((2, 5, 8, 8), (4, 5, 3, 3))
     check_conv(x, w, s, b, 1.0, "soft", torch.float32,
                dict(stride=1, padding=1, dilation=1, groups=1),

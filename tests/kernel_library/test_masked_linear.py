@@ -57,31 +57,31 @@ SHAPES = [((1, 1), 1), ((7, 7), 7), ((5, 127), 3), ((3, 4097), 5), ((2, 3, 33), 
           ((2, 1, 4, 9), 127)]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("x_shape,n_out", SHAPES)
-def test_fp32_and_fp64_shapes(backend, mode, x_shape, n_out):
+def test_fp32_and_fp64_shapes(kernels, mode, x_shape, n_out):
     for dtype in (torch.float32, torch.float64):
         x, w, s, b = make_problem(x_shape, n_out)
         check_linear(x, w, s, b, 3.0, mode, dtype)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", MODES)
-def test_dtypes(backend, dtype, mode):
+def test_dtypes(kernels, dtype, mode):
     x, w, s, b = make_problem((6, 40), 24, seed=1)
     check_linear(x, w, s, b, 2.5, mode, dtype)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
-def test_without_bias_and_frozen_weight(backend):
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
+def test_without_bias_and_frozen_weight(kernels):
     x, w, s, _ = make_problem((9, 31), 13)
     check_linear(x, w, s, None, 1.0, "soft", torch.float32, weight_grad=False)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
-def test_non_contiguous_operands(backend):
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
+def test_non_contiguous_operands(kernels):
     x, w, s, b = make_problem((8, 64), 30)
     # A transposed weight/logits pair (GPT-2 Conv1D layout), a strided slice,
     # and a non-contiguous input.
@@ -92,8 +92,8 @@ def test_non_contiguous_operands(backend):
                  x_layout=lambda t: t.t().contiguous().t())
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
-def test_weight_and_logits_with_different_layouts(backend):
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
+def test_weight_and_logits_with_different_layouts(kernels):
     x, w, s, b = make_problem((4, 16), 12)
     xs, ws, ss, bs = [leaf(t, torch.float32) for t in (x, w, s, b)]
     s_t = ss.detach().t().contiguous().t().requires_grad_()
@@ -104,55 +104,62 @@ def test_weight_and_logits_with_different_layouts(backend):
     assert s_t.grad.shape == s_t.shape
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @pytest.mark.parametrize("beta,logit_scale", [(1e4, 1.0), (1.0, 1e4), (1e4, 1e4), (100.0, 1e-3)])
-def test_extreme_beta_and_logits_stay_finite(backend, beta, logit_scale):
+def test_extreme_beta_and_logits_stay_finite(kernels, beta, logit_scale):
     x, w, s, b = make_problem((5, 50), 20, logit_scale=logit_scale)
     s[0, :5] = 0.0  # exactly at the threshold
     check_linear(x, w, s, b, beta, "soft", torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+@pytest.mark.parametrize("kernels", ["fused", "eager"], indirect=True)
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=st.integers(1, 40), k=st.integers(1, 70), n=st.integers(1, 40),
        beta=st.floats(0.05, 200.0), mode=st.sampled_from(MODES), seed=st.integers(0, 10_000))
-def test_random_shapes(backend, m, k, n, beta, mode, seed):
+def test_random_shapes(kernels, m, k, n, beta, mode, seed):
     x, w, s, b = make_problem((m, k), n, seed=seed)
     check_linear(x, w, s, b, beta, mode, torch.float32)
 
 
-def test_compiled_cpu_backend_serves_cpu_by_default():
+def test_compiled_cpu_kernels_serve_cpu_by_default():
     info = sf.backend_info()
-    assert set(info["devices"]["cpu"].values()) == {"cpu"}
-    assert info["compiled"]["_C (cpu)"]
+    assert set(info["devices"]["cpu"].values()) == {"cpu (C++)"}
+    assert info["kernels"] == "fused"
+
+
+# The CPU kernel processes the weight in blocks of stored rows that fit 256 KiB
+# (csrc/cpu/masked_linear.cpp) when the batch is no taller than a block: with
+# rows of 4096 fp32 elements that is 16 rows, so these shapes run several
+# blocks and a partial last one (bf16: 32 rows; fp64: 16).
+BLOCKED = [((3, 4096), 50), ((16, 4096), 17), ((2, 4, 4096), 40)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("weight_grad", [False, True])
-@pytest.mark.parametrize("x_shape,n_out", [((3, 33), 50), ((16, 7), 17), ((2, 4, 9), 64)])
-def test_cpu_blocked_schedule(monkeypatch, dtype, mode, weight_grad, x_shape, n_out):
-    """Force 16-row blocks so the blocked forward/backward (dW_eff transformed
-    in place per block, ∂x accumulated across blocks, partial last block) runs
-    on small shapes."""
-    from subind_fast.backends import cpu
-
-    monkeypatch.setattr(cpu, "BLOCK_BYTES", 1)
-    m = math.prod(x_shape[:-1])
-    assert cpu.block_rows_for(m, n_out, x_shape[-1], 4) == 16
+@pytest.mark.parametrize("x_shape,n_out", BLOCKED)
+def test_cpu_blocked_schedule(dtype, mode, weight_grad, x_shape, n_out):
+    """The blocked forward/backward: dW_eff transformed in place per block, ∂x
+    accumulated across blocks, a partial last block."""
     x, w, s, b = make_problem(x_shape, n_out, seed=5)
     check_linear(x, w, s, b, 2.0, mode, dtype, weight_grad=weight_grad)
 
 
-def test_cpu_unblocked_schedule_reuses_scratch():
-    from subind_fast.backends import cpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("weight_grad", [False, True])
+@pytest.mark.parametrize("m", [3, 40])
+def test_cpu_blocked_schedule_of_a_weight_stored_in_by_out(mode, weight_grad, m):
+    """GPT-2's Conv1D hands over Wᵀ-stored views: blocks of stored rows are
+    input features, y accumulates across blocks and ∂x's columns do not."""
+    x, w, s, b = make_problem((m, 60), 4096, seed=7)
+    check_linear(x, w, s, b, 2.0, mode, torch.float32, weight_grad=weight_grad,
+                 layout=lambda t: t.t().contiguous().t())
 
-    assert cpu.block_rows_for(4096, 3072, 768, 4) == 3072  # large M: one block
-    assert cpu.block_rows_for(64, 3072, 768, 4) == 80      # small M: L2-sized blocks
-    backend = sf.dispatch.get_backend("cpu")
-    x, w, s, b = make_problem((40, 24), 30)
-    check_linear(x, w, s, b, 2.0, "soft", torch.float32)
-    buffer = backend._scratch.buffers[("weff", torch.float32)]
-    check_linear(x, w, s, b, 2.0, "soft", torch.float32)
-    assert backend._scratch.buffers[("weff", torch.float32)] is buffer
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_blocked_schedule_of_sliced_weights(mode):
+    """A row-sliced weight (row stride larger than the row) is walked row by row, uncopied."""
+    x, w, s, b = make_problem((4, 4096), 33, seed=9)
+    check_linear(x, w, s, b, 2.0, mode, torch.float32,
+                 layout=lambda t: torch.cat([t, t[:, :100]], 1)[:, :4096])

@@ -1,41 +1,91 @@
-// Host-side driver shared by the CPU and CUDA extensions: argument checks,
-// memory layout, allocation and dtype dispatch.  A device provides only its
-// loops through a `Kernels` type with three static templates:
+// The host driver every device shares: mode parsing, argument checks, memory
+// layout, allocation, dtype dispatch, and the composition of the mask pass
+// with ATen's GEMMs (convolutions everywhere; linear layers on devices
+// without a fused schedule).  A device provides only its element-wise loop,
+// through a `Kernels` type with one static template:
 //
-//   Kernels::beta_arg<logit_t>(beta)   what the loops take for beta, from a
-//                                      one-element tensor already on the
-//                                      logits' device in their dtype: the
-//                                      value on the CPU, a device pointer on
-//                                      CUDA (so reading it never syncs)
-//   Kernels::forward<weight_t, logit_t>(theta, s, w_eff, beta, mode, n)
-//   Kernels::backward<weight_t, logit_t>(g, theta, s, beta, mode,
-//                                        grad_s|null, grad_theta|null,
-//                                        w_eff|null, n)
+//   Kernels::pass<weight_t, logit_t>(const MaskPass<weight_t, logit_t>&, const MaskArgs&)
 //
-// with the per-element math of subind/mask_math.h.
+// which, for the n elements of the pass, computes m (and its slope) from s,
+// beta, the mode and -- in a sampled mode -- the noise of element offset + i,
+// then writes whichever of w_eff = theta*m, dtheta = g*m and
+// ds = g*theta*beta*slope the pass asks for (subind/mask_math.h).  The same
+// driver serves every mode, deterministic or sampled.
+//
+// An output that was not requested is returned as an empty tensor of shape
+// [0] (`empty_marker`): a custom op cannot return None.  The autograd kernels
+// (csrc/ops/autograd.cpp) turn markers back into undefined gradients.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/string_view.h>
 
+#include <array>
 #include <tuple>
 
 #include "subind/mask_math.h"
 
 namespace subind {
 
-// Dense tensors with identical strides are walked as flat arrays in memory
-// order; anything else is made contiguous first.  A transposed view (GPT-2's
-// Conv1D stores W as in x out) therefore passes through without a copy.
-inline bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
-  return a.is_non_overlapping_and_dense() && a.sizes() == b.sizes() &&
-         a.strides() == b.strides();
+using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using TensorQuad = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+inline int parse_mode(const char* op, c10::string_view name) {
+  for (int code = 0; code < kModeCount; ++code) {
+    if (name == kModeNames[code]) return code;
+  }
+  TORCH_CHECK(false, op, ": unknown mask mode '", std::string(name),
+              "'; the modes are soft, hard, none, concrete and gumbel");
 }
 
-inline std::tuple<at::Tensor, at::Tensor> flat_operands(
-    const at::Tensor& weight, const at::Tensor& logits) {
+// What a mask pass needs besides the arrays: the mode, beta as a one-element
+// tensor on the logits' device in their dtype, and (sampled modes) the noise
+// key [seed, stream] on that device.
+struct MaskArgs {
+  int mode;
+  at::Tensor beta;
+  at::Tensor key;
+};
+
+template <typename weight_t, typename logit_t>
+struct MaskPass {
+  const weight_t* g = nullptr;  // dL/dw_eff; null in a forward pass
+  const weight_t* theta = nullptr;
+  const logit_t* s = nullptr;
+  logit_t* grad_s = nullptr;  // outputs: null where not wanted
+  weight_t* grad_theta = nullptr;
+  weight_t* w_eff = nullptr;
+  int64_t n = 0;
+  int64_t offset = 0;  // the noise index of element 0
+};
+
+inline at::Tensor empty_marker(const at::Tensor& like) {
+  return at::empty({0}, like.options());
+}
+
+// Dense tensors with identical strides are walked as flat arrays in memory
+// order; anything else is made contiguous first.  A transposed view (GPT-2's
+// Conv1D stores W as in x out) therefore passes through without a copy, and
+// the noise of a sampled mode is numbered in that memory order.
+// (Symbolic sizes throughout: the Meta kernels run this on fake tensors.)
+inline bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+  return a.is_non_overlapping_and_dense() && a.sym_sizes() == b.sym_sizes() &&
+         a.sym_strides() == b.sym_strides();
+}
+
+inline std::tuple<at::Tensor, at::Tensor> flat_operands(const at::Tensor& weight,
+                                                        const at::Tensor& logits) {
   if (same_dense_layout(weight, logits)) return {weight, logits};
   return {weight.contiguous(), logits.contiguous()};
+}
+
+// A new tensor shaped like the weight, laid out as the mask pass walks it.
+// Every device (and the Meta kernels) allocates weight-shaped outputs so.
+inline at::Tensor like_weight(const at::Tensor& weight, const at::Tensor& logits,
+                              at::ScalarType dtype) {
+  if (same_dense_layout(weight, logits)) return at::empty_like(weight, weight.options().dtype(dtype));
+  return at::empty_symint(weight.sym_sizes(), weight.options().dtype(dtype));
 }
 
 // `t` re-laid out with the strides of `layout` (a copy only when they differ).
@@ -46,91 +96,202 @@ inline at::Tensor with_layout_of(const at::Tensor& t, const at::Tensor& layout) 
   return out;
 }
 
-inline at::Tensor empty_marker(const at::Tensor& like) {
-  return at::empty({0}, like.options());
+inline void check_pair(const char* op, const at::Tensor& weight, const at::Tensor& logits) {
+  TORCH_CHECK(weight.sym_sizes() == logits.sym_sizes(), op, ": weight shape ",
+              weight.sym_sizes(), " != logits shape ", logits.sym_sizes());
+  TORCH_CHECK(weight.device() == logits.device(), op, ": weight on ", weight.device(),
+              " but logits on ", logits.device());
 }
 
-inline void check_pair(const char* op, const at::Tensor& weight,
-                       const at::Tensor& logits) {
-  TORCH_CHECK(weight.sizes() == logits.sizes(), op, ": weight shape ",
-              weight.sizes(), " != logits shape ", logits.sizes());
-  TORCH_CHECK(weight.device() == logits.device(), op, ": weight on ",
-              weight.device(), " but logits on ", logits.device());
-}
-
-// beta as a one-element tensor on the logits' device in their dtype (a no-op
-// when it already is; a CPU scalar is copied to the device without a sync).
-inline at::Tensor beta_like_logits(const char* op, const at::Tensor& beta,
-                                   const at::Tensor& logits) {
+inline MaskArgs mask_args(const char* op, c10::string_view mode_name, const at::Tensor& beta,
+                          const at::Tensor& logits, const c10::optional<at::Tensor>& noise) {
+  const int mode = parse_mode(op, mode_name);
   TORCH_CHECK(beta.numel() == 1 && beta.is_floating_point(), op,
-              ": beta must be a one-element floating tensor, got shape ",
-              beta.sizes(), " of ", beta.scalar_type());
-  TORCH_CHECK(beta.device() == logits.device() || beta.device().is_cpu(), op,
-              ": beta is on ", beta.device(), " but logits are on ", logits.device());
-  return beta.reshape({}).to(logits.options(), /*non_blocking=*/true);
+              ": beta must be a one-element floating tensor, got shape ", beta.sizes(), " of ",
+              beta.scalar_type());
+  TORCH_CHECK(beta.device() == logits.device() || beta.device().is_cpu(), op, ": beta is on ",
+              beta.device(), " but logits are on ", logits.device());
+  const bool has_noise = noise.has_value() && noise->defined();
+  TORCH_CHECK(has_noise == mode_is_sampled(mode), op, ": mode ", std::string(mode_name),
+              has_noise ? " takes no noise key" : " needs a noise key [seed, stream]");
+  at::Tensor key;
+  if (has_noise) {
+    TORCH_CHECK(noise->scalar_type() == at::kLong && noise->numel() == 2, op,
+                ": noise must be an int64 tensor [seed, stream], got ", noise->sizes(), " of ",
+                noise->scalar_type());
+    key = noise->to(logits.device(), /*non_blocking=*/true).contiguous();
+  }
+  // A CPU scalar goes to the device without a sync.
+  return {mode, beta.reshape({}).to(logits.options(), /*non_blocking=*/true), key};
 }
 
-#define SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, NAME, ...)       \
-  AT_DISPATCH_FLOATING_TYPES_AND2(                                        \
-      at::kHalf, at::kBFloat16, (weight).scalar_type(), NAME, [&] {       \
-        using weight_t = scalar_t;                                         \
-        AT_DISPATCH_FLOATING_TYPES((logits).scalar_type(), NAME, [&] {    \
-          using logit_t = scalar_t;                                        \
-          __VA_ARGS__();                                                   \
-        });                                                                \
+#define SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, NAME, ...)    \
+  AT_DISPATCH_FLOATING_TYPES_AND2(                                     \
+      at::kHalf, at::kBFloat16, (weight).scalar_type(), NAME, [&] {    \
+        using weight_t = scalar_t;                                      \
+        AT_DISPATCH_FLOATING_TYPES((logits).scalar_type(), NAME, [&] { \
+          using logit_t = scalar_t;                                     \
+          __VA_ARGS__();                                                \
+        });                                                             \
       })
 
+// (w_eff, dtheta, ds) over flat operands; g undefined: a forward pass.
 template <class Kernels>
-at::Tensor mask_weight(const at::Tensor& weight, const at::Tensor& logits,
-                       const at::Tensor& beta, int64_t mode) {
-  check_pair("mask_weight", weight, logits);
-  TORCH_CHECK(mode_is_valid(mode), "mask_weight: unknown mode ", mode);
-  at::Tensor theta, s;
-  std::tie(theta, s) = flat_operands(weight, logits);
-  auto out = at::empty_like(theta);
-  if (out.numel() == 0) return out;
-  const auto beta_t = beta_like_logits("mask_weight", beta, s);
-  SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "mask_weight", [&] {
-    Kernels::template forward<weight_t, logit_t>(
-        theta.data_ptr<weight_t>(), s.data_ptr<logit_t>(),
-        out.data_ptr<weight_t>(), Kernels::template beta_arg<logit_t>(beta_t),
-        static_cast<int>(mode), out.numel());
-  });
-  return out;
-}
-
-// (w_eff, grad_weight, grad_logits) from g = dL/dw_eff; an output that was not
-// asked for comes back as an empty tensor of shape [0].
-template <class Kernels>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_weight_backward(
-    const at::Tensor& grad_weff, const at::Tensor& weight,
-    const at::Tensor& logits, const at::Tensor& beta, int64_t mode, bool need_weff,
-    bool need_weight_grad, bool need_logits_grad) {
-  check_pair("mask_weight_backward", weight, logits);
-  TORCH_CHECK(mode_is_valid(mode), "mask_weight_backward: unknown mode ", mode);
-  TORCH_CHECK(grad_weff.sizes() == weight.sizes(),
-              "mask_weight_backward: grad shape ", grad_weff.sizes(),
-              " != weight shape ", weight.sizes());
-  at::Tensor theta, s;
-  std::tie(theta, s) = flat_operands(weight, logits);
-  auto g = with_layout_of(grad_weff.to(theta.scalar_type()), theta);
-  need_logits_grad = need_logits_grad && mode == kSoft;
+TensorTriple run_mask_pass(const at::Tensor& g, const at::Tensor& theta,
+                           const at::Tensor& s, const MaskArgs& args, bool need_weff,
+                           bool need_weight_grad, bool need_logits_grad) {
   auto w_eff = need_weff ? at::empty_like(theta) : empty_marker(theta);
   auto grad_w = need_weight_grad ? at::empty_like(theta) : empty_marker(theta);
   auto grad_s = need_logits_grad ? at::empty_like(s) : empty_marker(s);
-  if (g.numel() > 0 && (need_weff || need_weight_grad || need_logits_grad)) {
-    const auto beta_t = beta_like_logits("mask_weight_backward", beta, s);
-    SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "mask_weight_backward", [&] {
-      Kernels::template backward<weight_t, logit_t>(
-          g.data_ptr<weight_t>(), theta.data_ptr<weight_t>(),
-          s.data_ptr<logit_t>(), Kernels::template beta_arg<logit_t>(beta_t),
-          static_cast<int>(mode),
-          need_logits_grad ? grad_s.data_ptr<logit_t>() : nullptr,
-          need_weight_grad ? grad_w.data_ptr<weight_t>() : nullptr,
-          need_weff ? w_eff.data_ptr<weight_t>() : nullptr, g.numel());
-    });
+  if (theta.numel() == 0 || !(need_weff || need_weight_grad || need_logits_grad)) {
+    return {w_eff, grad_w, grad_s};
   }
+  SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "subind mask pass", [&] {
+    MaskPass<weight_t, logit_t> p;
+    p.g = g.defined() ? g.data_ptr<weight_t>() : nullptr;
+    p.theta = theta.data_ptr<weight_t>();
+    p.s = s.data_ptr<logit_t>();
+    p.grad_s = need_logits_grad ? grad_s.data_ptr<logit_t>() : nullptr;
+    p.grad_theta = need_weight_grad ? grad_w.data_ptr<weight_t>() : nullptr;
+    p.w_eff = need_weff ? w_eff.data_ptr<weight_t>() : nullptr;
+    p.n = theta.numel();
+    Kernels::template pass<weight_t, logit_t>(p, args);
+  });
   return {w_eff, grad_w, grad_s};
+}
+
+// w_eff = theta ⊙ m(s)
+template <class Kernels>
+at::Tensor mask_weight(const at::Tensor& weight, const at::Tensor& logits,
+                       const at::Tensor& beta, c10::string_view mode,
+                       const c10::optional<at::Tensor>& noise) {
+  const char* op = "subind::mask_weight";
+  check_pair(op, weight, logits);
+  const auto args = mask_args(op, mode, beta, logits, noise);
+  at::Tensor theta, s;
+  std::tie(theta, s) = flat_operands(weight, logits);
+  return std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, true, false, false));
+}
+
+// (w_eff, dtheta, ds) from g = dL/dw_eff; ds only in a training mode.
+template <class Kernels>
+TensorTriple mask_weight_backward(const at::Tensor& grad_weff, const at::Tensor& weight,
+                                  const at::Tensor& logits, const at::Tensor& beta,
+                                  c10::string_view mode, bool need_weff, bool need_weight_grad,
+                                  bool need_logits_grad, const c10::optional<at::Tensor>& noise) {
+  const char* op = "subind::mask_weight_backward";
+  check_pair(op, weight, logits);
+  TORCH_CHECK(grad_weff.sizes() == weight.sizes(), op, ": grad shape ", grad_weff.sizes(),
+              " != weight shape ", weight.sizes());
+  const auto args = mask_args(op, mode, beta, logits, noise);
+  at::Tensor theta, s;
+  std::tie(theta, s) = flat_operands(weight, logits);
+  auto g = with_layout_of(grad_weff.to(theta.scalar_type()), theta);
+  return run_mask_pass<Kernels>(g, theta, s, args, need_weff, need_weight_grad,
+                                need_logits_grad && mode_is_training(args.mode));
+}
+
+// The weight side of a composed backward: (W_eff if need_x, dtheta, ds) from
+// G_W = dL/dW_eff (undefined when neither weight gradient is wanted).
+template <class Kernels>
+TensorTriple weight_side(const at::Tensor& grad_w, const at::Tensor& weight,
+                         const at::Tensor& logits, const MaskArgs& args, bool need_x,
+                         bool need_weight, bool need_logits) {
+  at::Tensor theta, s;
+  std::tie(theta, s) = flat_operands(weight, logits);
+  if (!grad_w.defined()) {
+    auto weff = std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, need_x,
+                                                   false, false));
+    return {weff, empty_marker(weight), empty_marker(logits)};
+  }
+  auto g = with_layout_of(grad_w.to(theta.scalar_type()), theta);
+  return run_mask_pass<Kernels>(g, theta, s, args, need_x, need_weight, need_logits);
+}
+
+// ---------------------------------------------------------------- linear
+// y = x · W_effᵀ + b with W_eff formed whole (devices without a fused schedule).
+template <class Kernels>
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
+                          const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
+                          const at::Tensor& beta, c10::string_view mode,
+                          const c10::optional<at::Tensor>& noise) {
+  return at::linear(x, mask_weight<Kernels>(weight, logits, beta, mode, noise), bias);
+}
+
+// (dx, dtheta, ds, db): G_W = Gᵀx, then one mask pass gives W_eff, dtheta, ds.
+template <class Kernels>
+TensorQuad linear_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& logits, const at::Tensor& beta,
+                           c10::string_view mode, std::array<bool, 4> needs,
+                           const c10::optional<at::Tensor>& noise) {
+  const auto args = mask_args("subind::masked_linear_backward", mode, beta, logits, noise);
+  const bool need_x = needs[0], need_w = needs[1], need_b = needs[3];
+  const bool need_s = needs[2] && mode_is_training(args.mode);
+  const int64_t n_out = weight.size(0), n_in = weight.size(1);
+  auto g2 = grad.reshape({-1, n_out});
+  auto x2 = x.reshape({-1, n_in});
+  at::Tensor grad_w;
+  if (need_w || need_s) {
+    // In the weight's own layout, so the mask pass reads it without a copy.
+    const bool transposed = weight.stride(0) == 1 && weight.stride(1) != 1;
+    grad_w = transposed ? at::mm(x2.t(), g2).t() : at::mm(g2.t(), x2);
+  }
+  at::Tensor weff, gw, gs;
+  std::tie(weff, gw, gs) = weight_side<Kernels>(grad_w, weight, logits, args, need_x, need_w,
+                                                need_s);
+  auto gx = need_x ? at::_unsafe_view(at::mm(g2, weff), x.sizes()) : empty_marker(x);
+  auto gb = need_b ? g2.sum(0) : empty_marker(grad);
+  return {gx, gw, gs, gb};
+}
+
+// ---------------------------------------------------------------- convolution
+inline std::vector<int64_t> zeros_for(const at::Tensor& weight) {
+  return std::vector<int64_t>(weight.dim() - 2, 0);
+}
+
+template <class Kernels>
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+                        const c10::optional<at::Tensor>& bias, const at::Tensor& beta,
+                        c10::string_view mode, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups,
+                        const c10::optional<at::Tensor>& noise) {
+  auto weff = mask_weight<Kernels>(weight, logits, beta, mode, noise);
+  return at::convolution(x, weff, bias, stride, padding, dilation, false, zeros_for(weight),
+                         groups);
+}
+
+template <class Kernels>
+TensorQuad conv_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                         const at::Tensor& logits, const at::Tensor& beta, c10::string_view mode,
+                         at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups, std::array<bool, 4> needs,
+                         const c10::optional<at::Tensor>& noise) {
+  const auto args = mask_args("subind::masked_conv_backward", mode, beta, logits, noise);
+  const bool need_x = needs[0], need_w = needs[1], need_b = needs[3];
+  const bool need_s = needs[2] && mode_is_training(args.mode);
+  const auto zeros = zeros_for(weight);
+  const std::vector<int64_t> bias_sizes{weight.size(0)};
+  const bool want_grad_w = need_w || need_s;
+  at::Tensor grad_w, gb = empty_marker(grad);
+  if (want_grad_w || need_b) {
+    // dW and db do not read the weight's values, so theta stands in for W_eff.
+    auto parts = at::convolution_backward(grad, x, weight, at::IntArrayRef(bias_sizes), stride,
+                                          padding, dilation, false, zeros, groups,
+                                          {false, want_grad_w, need_b});
+    if (want_grad_w) grad_w = std::get<1>(parts);
+    if (need_b) gb = std::get<2>(parts);
+  }
+  at::Tensor weff, gw, gs;
+  std::tie(weff, gw, gs) = weight_side<Kernels>(grad_w, weight, logits, args, need_x, need_w,
+                                                need_s);
+  at::Tensor gx = empty_marker(x);
+  if (need_x) {
+    gx = std::get<0>(at::convolution_backward(grad, x, weff, at::IntArrayRef(bias_sizes), stride,
+                                              padding, dilation, false, zeros, groups,
+                                              {true, false, false}))
+             .contiguous();
+  }
+  return {gx, gw, gs, gb};
 }
 
 }  // namespace subind

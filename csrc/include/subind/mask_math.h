@@ -30,15 +30,19 @@
 
 namespace subind {
 
+// The mask mode: one definition for the whole stack.  The op schemas take
+// the name (a `str`), the host driver parses it once per call
+// (mask_driver.h: parse_mode), device loops take the code, and Python reads
+// both from the built extension (subind_fast/_validation.py checks that its
+// table equals this one).
 enum MaskMode : int { kSoft = 0, kHard = 1, kNone = 2, kConcrete = 3, kGumbel = 4 };
+constexpr int kModeCount = 5;
+constexpr const char* kModeNames[kModeCount] = {"soft", "hard", "none", "concrete", "gumbel"};
 
-SUBIND_HD bool mode_is_valid(long long mode) {
-  return mode == kSoft || mode == kHard || mode == kNone;
-}
+SUBIND_HD constexpr bool mode_is_sampled(int mode) { return mode == kConcrete || mode == kGumbel; }
 
-SUBIND_HD bool sampled_mode_is_valid(long long mode) {
-  return mode == kConcrete || mode == kGumbel;
-}
+// Modes whose mask passes a gradient to the logits.
+SUBIND_HD constexpr bool mode_is_training(int mode) { return mode == kSoft || mode_is_sampled(mode); }
 
 // exp(x) for x <= 0 in fp32.  On the CPU a branch-free polynomial (Cody-Waite
 // range reduction, degree-6 minimax) so the compiler can vectorise the

@@ -100,8 +100,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
              state: Optional[DiscoveryState] = None, fused: Optional[bool] = None,
              sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x,
              method="continuous", anneal_temperature: bool = False,
-             density: Optional[float] = None, pretrained: Optional[nn.Module] = None
-             ) -> DiscoveryResult:
+             density: Optional[float] = None, pretrained: Optional[nn.Module] = None,
+             compile_model: bool = False) -> DiscoveryResult:
     """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
     (see module docstring).  ``model`` is masked in place when ``in_place``
     (no copy: large models), else a copy is and ``model`` is unchanged.
@@ -109,7 +109,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     train() with the BatchNorm layers in eval(), to keep a pretrained model's
     statistics when the data are few; masked layers must stay in training
     mode, where they apply the soft mask).  ``prepare`` wraps the masked model
-    once (DDP, FSDP2, activation checkpointing); ``before_epoch`` runs at each
+    once (DDP, FSDP2, activation checkpointing), and ``compile_model`` compiles
+    it in place (nn.Module.compile); ``before_epoch`` runs at each
     epoch's start (``sampler.set_epoch``); ``state`` saves and restores
     progress; ``log_dir`` None writes nothing (ranks other than the first).
     ``method`` (a name or sf.nn.MaskMethod: continuous, hard_concrete, gumbel
@@ -132,6 +133,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     probe = model if in_place else copy.deepcopy(model)
     sf.mask_model(probe, include=include, exclude=exclude, init=mask_init, method=method)
     probe = prepare(probe)
+    if compile_model:
+        probe.compile()
     layers = sf.masked_layers(probe)
     # After prepare: FSDP2 has replaced the logits by sharded parameters.
     logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]

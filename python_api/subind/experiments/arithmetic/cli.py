@@ -27,6 +27,8 @@ OPTIONS = [
     ("--batch-size", "batch_size", int, "batch size of base training and discovery"),
     ("--transfer-batch-size", "transfer_batch_size", int, "batch size of transfer training"),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
+    ("--kernels", "kernels", str, "fused (ours, default) or eager (plain PyTorch ops)"),
+    ("--compile", "compile", str, "torch.compile the discovery model: auto (default), on, off"),
 ]
 
 

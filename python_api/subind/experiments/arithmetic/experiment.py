@@ -26,6 +26,7 @@ from ...engine import manifest
 from ...engine.cli import config_from_preset
 from ...engine import validation as check
 from ...engine.files import atomic_write
+from ...engine.speed import apply_speed_options, check_speed_options
 from ...engine.protocol import CONDITIONS, PAPER_LAMBDAS, discover, needs_subnetwork, \
     transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage, parse_shard  # noqa: F401 (CLI)
@@ -74,9 +75,12 @@ class ArithmeticConfig:
     transfer_batch_size: int = 32  # the transfer sets are small: keep enough steps per epoch
     reinit: str = "all"
     device: str = "cpu"
+    kernels: str = "fused"   # fused (ours) | eager (plain PyTorch ops); engine/speed.py
+    compile: str = "auto"    # torch.compile of the discovery model: auto | on | off
 
     def validate(self) -> "ArithmeticConfig":
         """Every field checked before any training (errors name the field)."""
+        check_speed_options(self.kernels, self.compile)
         for name in ("base", "subtask", "target"):
             parse(getattr(self, name))  # raises ExpressionError naming the symbol
         vocab = A.Vocabulary(self.n_numbers, self.p)
@@ -258,7 +262,9 @@ class ArithmeticExperiment:
                               self._eval(eval_rows), include=GPT2_MASKED_LAYERS,
                               lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
                               beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
-                              log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress)
+                              log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress,
+                              compile_model=apply_speed_options(cfg.kernels, cfg.compile,
+                                                                cfg.device))
             result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
             result.subnetwork.save(path)
             return result.subnetwork, {

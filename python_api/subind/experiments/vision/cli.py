@@ -42,6 +42,8 @@ OPTIONS = [
     ("--class-weighted", "class_weighted", _bool, "class-weighted loss for unbalanced data"),
     ("--batch-size", "batch_size", int, "training batch size"),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
+    ("--kernels", "kernels", str, "fused (ours, default) or eager (plain PyTorch ops)"),
+    ("--compile", "compile", str, "torch.compile the discovery model: auto (default), on, off"),
     ("--data", "data", str, "synthetic (default) or a 16-class ImageNet folder (subind imagenet16)"),
     ("--cue-conflict", "cue_conflict", str, "folder data: cue-conflict stimuli (Geirhos layout)"),
     ("--resnet18-weights", "resnet18_weights", str, "folder data: ImageNet ResNet-18 weights file"),

@@ -10,6 +10,7 @@ from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import validation as check
 from ...engine.cli import config_from_preset
+from ...engine.speed import check_speed_options
 from . import architectures as arch_lib
 
 EXPERIMENT = "vision"
@@ -94,8 +95,11 @@ class VisionConfig:
     class_weighted: bool = False
     bootstrap: int = 200
     device: str = "cpu"
+    kernels: str = "fused"   # fused (ours) | eager (plain PyTorch ops); engine/speed.py
+    compile: str = "auto"    # torch.compile of the discovery model: auto | on | off
 
     def validate(self) -> "VisionConfig":
+        check_speed_options(self.kernels, self.compile)
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown or not self.conditions:
             raise ValueError(f"unknown conditions {unknown or self.conditions}; choose from "

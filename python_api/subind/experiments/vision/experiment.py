@@ -24,6 +24,7 @@ from torch import nn
 
 import subind_fast as sf
 
+from ...engine.speed import apply_speed_options
 from ...engine import manifest
 from ...engine.files import atomic_write
 from ...engine.models import load_weights
@@ -207,7 +208,9 @@ class VisionExperiment:
                               beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
                               optimizer=cfg.mask_optimizer, seed=0,
                               log_dir=path.parent / f"{arch}{suffix}-logs",
-                              progress=self.progress)
+                              progress=self.progress,
+                              compile_model=apply_speed_options(cfg.kernels, cfg.compile,
+                                                                cfg.device))
             result.subnetwork.metadata.update(arch=arch, source=source_kind)
             result.subnetwork.save(path)
             return result.subnetwork, {

@@ -1,0 +1,134 @@
+"""The CUDA kernels of the ``subind`` ops that are written in Python: the
+Triton launchers (triton_backend.py), and the composition of the mask ops
+with cuBLAS/cuDNN where Triton has no kernel (the sampled modes).  They are
+registered under the ops' C++ schemas for the CUDA dispatch key, so eager
+calls, torch.compile and autograd reach them as they reach the C++ kernels.
+
+Importing this module touches neither CUDA nor Triton: a kernel imports the
+Triton backend on its first call."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from .. import _extension
+from .base import ComposedBackend
+
+_REGISTERED: list = []
+
+
+@lru_cache(maxsize=None)
+def _triton():
+    if not _extension.triton_available():
+        raise _extension.MissingKernelError(
+            "CUDA tensors need `pip install triton` for the subind kernels (or the eager "
+            "kernels: subind_fast.set_kernels('eager'))")
+    from .triton_backend import TritonBackend
+
+    return TritonBackend()
+
+
+class _OpsComposed(ComposedBackend):
+    """Linear and convolution composed from the registered mask ops (whichever
+    CUDA kernel serves them) and ATen's GEMMs: the sampled modes' path."""
+
+    name = "composed"
+    devices = frozenset({"cuda"})
+    families = frozenset({"mask", "linear", "conv", "sampled"})
+
+    def mask_weight(self, weight, logits, beta, mode, noise=None):
+        return torch.ops.subind.mask_weight.default(weight, logits, beta, mode, noise)
+
+    def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
+                             need_weight_grad, need_logits_grad, noise=None):
+        return torch.ops.subind.mask_weight_backward.default(
+            grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad,
+            need_logits_grad, noise)
+
+    def sampled_mask_weight(self, weight, logits, beta, mode, noise):
+        return self.mask_weight(weight, logits, beta, mode, noise)
+
+    def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
+                                     need_weff, need_weight_grad, need_logits_grad):
+        return self.mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
+                                         need_weight_grad, need_logits_grad, noise)
+
+
+_COMPOSED = _OpsComposed()
+
+
+def _reference():
+    from .reference import ReferenceBackend
+
+    return ReferenceBackend()
+
+
+def mask_weight(weight, logits, beta, mode, noise=None):
+    if noise is not None:  # no Triton kernel for the sampled masks
+        return _reference().sampled_mask_weight(weight, logits, beta, mode, noise)
+    return _triton().mask_weight(weight, logits, beta, mode)
+
+
+def mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad,
+                         need_logits_grad, noise=None):
+    if noise is not None:
+        return _reference().sampled_mask_weight_backward(
+            grad_weff, weight, logits, beta, mode, noise, need_weff, need_weight_grad,
+            need_logits_grad)
+    return _triton().mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
+                                          need_weight_grad, need_logits_grad)
+
+
+def masked_linear(x, weight, logits, bias, beta, mode, noise=None):
+    backend = _COMPOSED if noise is not None else _triton()
+    y = backend.linear_forward(x, weight, logits, bias, beta, mode, noise)
+    # A reshaped GEMM result is a view, which autograd would forbid modifying
+    # in place (timm's `qkv += bias`); detach() is the same memory, not a view.
+    return y.detach() if y._is_view() else y
+
+
+def masked_linear_backward(grad, x, weight, logits, beta, mode, needs, noise=None):
+    backend = _COMPOSED if noise is not None else _triton()
+    gx, gw, gs, gb = backend.linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
+                                             list(needs), noise)
+    return gx.contiguous(), gw, gs, gb
+
+
+def masked_conv(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups,
+                noise=None):
+    return _COMPOSED.conv_forward(x, weight, logits, bias, beta, mode, stride, padding, dilation,
+                                  groups, noise)
+
+
+def masked_conv_backward(grad, x, weight, logits, beta, mode, stride, padding, dilation, groups,
+                         needs, noise=None):
+    gx, gw, gs, gb = _COMPOSED.conv_backward(grad, x, weight, logits, beta, mode, stride,
+                                             padding, dilation, groups, list(needs), noise)
+    return gx.contiguous(), gw, gs, gb
+
+
+def sigmoid_sum(logits, beta):
+    return _triton().sigmoid_sum(logits, beta)
+
+
+def sigmoid_sum_backward(grad, logits, beta):
+    return _triton().sigmoid_sum_backward(grad, logits, beta)
+
+
+def adamw_step(*args):
+    _triton().adamw_step(*args)
+
+
+def sgd_step(*args):
+    _triton().sgd_step(*args)
+
+
+def register_triton_cuda_kernels(op_names) -> None:
+    """Register the kernels above for the CUDA dispatch key of ``op_names`` (once)."""
+    if _REGISTERED:
+        return
+    library = torch.library.Library("subind", "IMPL")
+    for name in op_names:
+        library.impl(name, globals()[name], "CUDA")
+    _REGISTERED.append(library)  # the registrations live as long as the library object
