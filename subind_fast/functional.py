@@ -56,8 +56,17 @@ def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
+    return linear_kernel(x, weight, logits, bias, beta_tensor(beta, logits), mode, noise)
+
+
+def linear_kernel(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                  beta: Tensor, mode: str, noise: Optional[Tensor] = None) -> Tensor:
+    """masked_linear without the Python checks, for the layers: their θ, s
+    and β were checked when set, and the op checks x and the bias against θ
+    (naming them) at a fraction of the cost — a small layer's call is
+    dominated by fixed costs."""
     kernels = _ops if fused_for(x) else eager
-    return kernels.masked_linear(x, weight, logits, bias, beta_tensor(beta, logits), mode, noise)
+    return kernels.masked_linear(x, weight, logits, bias, beta, mode, noise)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:

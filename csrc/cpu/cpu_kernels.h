@@ -38,9 +38,22 @@ inline uint32_t key_hash(const at::Tensor& key) {
   return subind::noise_key_hash(k[0], k[1]);
 }
 
+// beta's value, read straight from a CPU float or double (item() costs two
+// dispatches, which a small layer notices).
+template <typename logit_t>
+logit_t beta_value(const at::Tensor& beta) {
+  TORCH_CHECK(beta.device().is_cpu(), "subind: beta must be on the CPU with CPU logits, got ",
+              beta.device());
+  if (beta.scalar_type() == at::kFloat) return static_cast<logit_t>(*beta.const_data_ptr<float>());
+  if (beta.scalar_type() == at::kDouble) {
+    return static_cast<logit_t>(*beta.const_data_ptr<double>());
+  }
+  return beta.item<logit_t>();
+}
+
 template <typename logit_t>
 MaskParams<logit_t> params_of(const subind::MaskArgs& args) {
-  return {args.mode, args.beta.item<logit_t>(), key_hash(args.key)};
+  return {args.mode, beta_value<logit_t>(args.beta), key_hash(args.key)};
 }
 
 // The loops below are kept branch-free (selects, unconditional loads, store

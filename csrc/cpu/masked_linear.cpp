@@ -123,12 +123,21 @@ at::Tensor like_stored(const Stored& w, const at::Tensor& weight, at::ScalarType
   return at::empty(weight.sizes(), opts);
 }
 
-at::Tensor stored_block(const Stored& w, const at::Tensor& t, int64_t r0, int64_t nr) {
-  return w.rows_are_inputs ? t.t().narrow(0, r0, nr) : t.narrow(0, r0, nr);
+// Columns [c0, c0 + nc) of a matrix: the matrix itself when that is all of
+// it (a small layer's call is mostly fixed cost: every view op counts).
+at::Tensor columns(const at::Tensor& t, int64_t c0, int64_t nc) {
+  return (c0 == 0 && nc == t.size(1)) ? t : t.narrow(1, c0, nc);
 }
 
+at::Tensor stored_block(const Stored& w, const at::Tensor& t, int64_t r0, int64_t nr) {
+  const auto rows = w.rows_are_inputs ? t.t() : t;
+  return (r0 == 0 && nr == rows.size(0)) ? rows : rows.narrow(0, r0, nr);
+}
+
+// A packed rows × cols view of the start of a scratch buffer (no dispatch:
+// the buffer outlives the call).
 at::Tensor packed(const at::Tensor& buffer, int64_t rows, int64_t cols) {
-  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+  return at::from_blob(buffer.data_ptr(), {rows, cols}, buffer.options());
 }
 
 bool small_or_empty(const at::Tensor& weight) { return weight.numel() == 0; }
@@ -139,8 +148,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& noise) {
   const char* op = "subind::masked_linear";
   subind::check_pair(op, weight, logits);
-  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": input ",
-              x.sizes(), " does not match weight ", weight.sizes());
+  subind::check_linear_operands(op, x, weight, bias);
   if (small_or_empty(weight)) {
     return subind::linear_forward<subind_cpu::CpuKernels>(x, weight, logits, bias, beta, mode,
                                                           noise);
@@ -168,17 +176,17 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
       pass.w_eff = weff.data_ptr<weight_t>();
       block_pass(pass, c, w, r0, nr);
       if (!w.rows_are_inputs) {
-        auto out = y2.narrow(1, r0, nr);  // a strided column block: BLAS writes it in place
+        auto out = columns(y2, r0, nr);  // a strided column block: BLAS writes it in place
         if (has_bias) {
-          at::addmm_out(out, bias->narrow(0, r0, nr), x2, weff.t());
+          at::addmm_out(out, nr == n ? *bias : bias->narrow(0, r0, nr), x2, weff.t());
         } else {
           at::mm_out(out, x2, weff.t());
         }
       } else if (r0 == 0) {
         if (has_bias) {
-          at::addmm_out(y2, *bias, x2.narrow(1, 0, nr), weff);
+          at::addmm_out(y2, *bias, columns(x2, 0, nr), weff);
         } else {
-          at::mm_out(y2, x2.narrow(1, 0, nr), weff);
+          at::mm_out(y2, columns(x2, 0, nr), weff);
         }
       } else {
         y2.addmm_(x2.narrow(1, r0, nr), weff);
@@ -238,9 +246,9 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
              : dw_in_s ? stored_block(w, grad_s, r0, nr)
                        : packed(grad_buffer, nr, w.row_length);
         if (w.rows_are_inputs) {
-          at::mm_out(dw, x2.narrow(1, r0, nr).t(), g2);
+          at::mm_out(dw, columns(x2, r0, nr).t(), g2);
         } else {
-          at::mm_out(dw, g2.narrow(1, r0, nr).t(), x2);
+          at::mm_out(dw, columns(g2, r0, nr).t(), x2);
         }
       }
       at::Tensor weff = need_x ? packed(weff_buffer, nr, w.row_length) : at::Tensor();
@@ -254,10 +262,10 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
       block_pass(pass, c, w, r0, nr);
       if (!need_x) continue;
       if (w.rows_are_inputs) {
-        auto dx_block = dx2.narrow(1, r0, nr);  // strided: BLAS writes it in place
+        auto dx_block = columns(dx2, r0, nr);  // strided: BLAS writes it in place
         at::mm_out(dx_block, g2, weff.t());
       } else if (r0 == 0) {
-        at::mm_out(dx2, g2.narrow(1, 0, nr), weff);
+        at::mm_out(dx2, columns(g2, 0, nr), weff);
       } else {
         dx2.addmm_(g2.narrow(1, r0, nr), weff);
       }

@@ -54,11 +54,15 @@ __global__ void mask_pass_kernel(subind::MaskPass<weight_t, logit_t> p,
 struct CudaKernels {
   template <typename weight_t, typename logit_t>
   static void pass(const subind::MaskPass<weight_t, logit_t>& p, const subind::MaskArgs& args) {
-    TORCH_CHECK(args.beta.is_cuda(), "subind (CUDA): the mask operands must be CUDA tensors");
-    const c10::cuda::CUDAGuard guard(args.beta.device());
+    // The driver has made the operands' device current (run_mask_pass).  beta
+    // in the logits' dtype on it; a CPU scalar is copied without a sync.
+    const auto beta = args.beta.reshape({}).to(
+        at::TensorOptions().dtype(c10::CppTypeToScalarType<logit_t>::value).device(
+            c10::kCUDA, c10::cuda::current_device()),
+        /*non_blocking=*/true);
     mask_pass_kernel<weight_t, logit_t>
         <<<blocks_for(p.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            p, args.beta.data_ptr<logit_t>(),
+            p, beta.data_ptr<logit_t>(),
             args.key.defined() ? args.key.data_ptr<int64_t>() : nullptr, args.mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -28,17 +28,23 @@ c10::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
-// The `needs` flags (x, weight, logits, bias) as saved at forward time.
+// The `needs` flags (x, weight, logits, bias) as saved at forward time, and
+// the mode, packed in one integer (a small layer's call is mostly fixed cost).
 void save_needs(AutogradContext* ctx, std::array<bool, 4> needs, c10::string_view mode) {
-  const bool training = subind::mode_is_training(subind::parse_mode("subind autograd", mode));
-  ctx->saved_data["needs"] = static_cast<int64_t>(needs[0] | needs[1] << 1 |
-                                                  (needs[2] && training) << 2 | needs[3] << 3);
-  ctx->saved_data["mode"] = std::string(mode);
+  const int code = subind::parse_mode("subind autograd", mode);
+  const bool training = subind::mode_is_training(code);
+  ctx->saved_data["state"] = static_cast<int64_t>(needs[0] | needs[1] << 1 |
+                                                  (needs[2] && training) << 2 | needs[3] << 3 |
+                                                  code << 4);
 }
 
 std::array<bool, 4> saved_needs(AutogradContext* ctx) {
-  const int64_t bits = ctx->saved_data["needs"].toInt();
+  const int64_t bits = ctx->saved_data["state"].toInt();
   return {(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
+}
+
+c10::string_view saved_mode(AutogradContext* ctx) {
+  return subind::kModeNames[ctx->saved_data["state"].toInt() >> 4];
 }
 
 at::Tensor if_needed(bool need, const at::Tensor& t) { return need ? t : at::Tensor(); }
@@ -68,7 +74,7 @@ class MaskWeightFunction : public torch::autograd::Function<MaskWeightFunction> 
     const auto saved = ctx->get_saved_variables();
     const auto needs = saved_needs(ctx);
     auto [weff, gw, gs] = op.call(grads[0], saved[0], saved[1], saved[2],
-                                  ctx->saved_data["mode"].toStringRef(), false, needs[1],
+                                  saved_mode(ctx), false, needs[1],
                                   needs[2], optional_of(saved[3]));
     return {if_needed(needs[1], gw), if_needed(needs[2], gs), at::Tensor(), at::Tensor(),
             at::Tensor()};
@@ -110,7 +116,7 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     const auto saved = ctx->get_saved_variables();
     const auto needs = saved_needs(ctx);
     auto [gx, gw, gs, gb] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3],
-                                    ctx->saved_data["mode"].toStringRef(), needs,
+                                    saved_mode(ctx), needs,
                                     optional_of(saved[4]));
     return {if_needed(needs[0], gx), if_needed(needs[1], gw), if_needed(needs[2], gs),
             if_needed(needs[3], gb), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -163,7 +169,7 @@ class MaskedConvFunction : public torch::autograd::Function<MaskedConvFunction> 
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const auto dilation = ctx->saved_data["dilation"].toIntVector();
     auto [gx, gw, gs, gb] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3],
-                                    ctx->saved_data["mode"].toStringRef(), stride, padding,
+                                    saved_mode(ctx), stride, padding,
                                     dilation, ctx->saved_data["groups"].toInt(), needs,
                                     optional_of(saved[4]));
     return {if_needed(needs[0], gx), if_needed(needs[1], gw), if_needed(needs[2], gs),

@@ -45,9 +45,7 @@ at::Tensor masked_linear_meta(const at::Tensor& x, const at::Tensor& weight,
                               const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
                               const at::Tensor& beta, c10::string_view mode,
                               const c10::optional<at::Tensor>& noise) {
-  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.sym_size(-1) == weight.sym_size(1),
-              "subind::masked_linear: input ", x.sym_sizes(), " does not match weight ",
-              weight.sym_sizes());
+  subind::check_linear_operands("subind::masked_linear", x, weight, bias);
   auto sizes = x.sym_sizes().vec();
   sizes.back() = weight.sym_size(0);
   return at::empty_symint(sizes, x.options());

@@ -13,6 +13,7 @@ from functools import lru_cache
 import torch
 
 from .. import _extension
+from .._validation import check_input
 from .base import ComposedBackend
 
 _REGISTERED: list = []
@@ -81,6 +82,8 @@ def mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff, need_
 
 
 def masked_linear(x, weight, logits, bias, beta, mode, noise=None):
+    # The layers call the op unchecked; the CPU kernel checks in C++.
+    check_input(x, weight, bias, -1, weight.shape[1], "subind::masked_linear")
     backend = _COMPOSED if noise is not None else _triton()
     y = backend.linear_forward(x, weight, logits, bias, beta, mode, noise)
     # A reshaped GEMM result is a view, which autograd would forbid modifying

@@ -49,9 +49,12 @@ class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
         self._setup_mask(init, beta, mode, freeze_weight, method)
 
     def forward(self, x: Tensor) -> Tensor:
+        mode = self._deterministic_weight_mode()
+        if mode is not None:  # the common case, kept short: a small layer is mostly fixed cost
+            return SF.linear_kernel(x, *self._operands(), mode)
         return self._masked_output(
             x, self.weight, self.logits, self.bias,
-            lambda x, w, s, b, mode, noise: SF.masked_linear(x, w, s, self.beta, b, mode, noise),
+            lambda x, w, s, b, mode, noise: SF.linear_kernel(x, w, s, b, self.beta, mode, noise),
             F.linear)
 
     def extra_repr(self) -> str:
@@ -128,9 +131,13 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
         return Conv1D
 
     def forward(self, x: Tensor) -> Tensor:
+        mode = self._deterministic_weight_mode()
+        if mode is not None:  # the common case, kept short
+            weight, logits, bias, beta = self._operands()
+            return SF.linear_kernel(x, weight.t(), logits.t(), bias, beta, mode)
         return self._masked_output(
             x, self.weight, self.logits, self.bias,
-            lambda x, w, s, b, mode, noise: SF.masked_linear(x, w.t(), s.t(), self.beta, b, mode,
+            lambda x, w, s, b, mode, noise: SF.linear_kernel(x, w.t(), s.t(), b, self.beta, mode,
                                                              noise),
             lambda x, w: x @ w)
 

@@ -260,6 +260,25 @@ class MaskedWeightMixin:
             noise = noise_keys(logits, 1, self.mask_method.generator)[0]
         return SF.mask_weight(weight, logits, self.beta, mode, noise)
 
+    def _deterministic_weight_mode(self) -> Optional[str]:
+        """The mode, marking the mask as run, when the layer's output is one call
+        of its fused op (weight granularity, a deterministic mode); else None."""
+        mode = self.mode
+        if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES:
+            return None
+        self._note_mask_ran()
+        return mode
+
+    def _operands(self) -> tuple:
+        """(θ, s, bias, β) of a single-weight layer.  Read from the module's
+        dicts: nn.Module.__getattr__ costs ~0.5 µs a name, as much as the rest
+        of a small layer's Python; a parametrized weight (a property) is read
+        the ordinary way."""
+        params = self._parameters
+        if "weight" in params:
+            return params["weight"], params["logits"], params.get("bias"), self._buffers["beta"]
+        return self.weight, self.logits, self.bias, self.beta
+
     def _masked_output(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
                        op: Callable, gemm: Callable) -> Tensor:
         """The layer's output in the current mode: ``op(x, θ, s, b, mode,

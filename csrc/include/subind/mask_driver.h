@@ -19,6 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/string_view.h>
 
 #include <array>
@@ -39,9 +40,10 @@ inline int parse_mode(const char* op, c10::string_view name) {
               "'; the modes are soft, hard, none, concrete and gumbel");
 }
 
-// What a mask pass needs besides the arrays: the mode, beta as a one-element
-// tensor on the logits' device in their dtype, and (sampled modes) the noise
-// key [seed, stream] on that device.
+// What a mask pass needs besides the arrays: the mode, beta (a one-element
+// floating tensor on the logits' device or the CPU; each device reads it its
+// own way) and, in a sampled mode, the noise key [seed, stream] on the
+// logits' device.
 struct MaskArgs {
   int mode;
   at::Tensor beta;
@@ -103,6 +105,30 @@ inline void check_pair(const char* op, const at::Tensor& weight, const at::Tenso
               " but logits on ", logits.device());
 }
 
+// A masked linear's input and bias against its weight.  The layers call the
+// op without Python-side checks, so these name the argument and shapes.
+inline void check_linear_operands(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D (out, in), got shape ",
+                    weight.sym_sizes());
+  TORCH_CHECK_TYPE(x.is_floating_point(), op, ": input has dtype ", x.scalar_type(),
+                   "; a floating-point input is required");
+  TORCH_CHECK_TYPE(x.scalar_type() == weight.scalar_type(), op, ": input dtype ",
+                   x.scalar_type(), " differs from weight dtype ", weight.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == weight.device(), op, ": input is on ", x.device(),
+                    " but weight is on ", weight.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sym_size(-1) == weight.sym_size(1), op, ": input shape ",
+                    x.sym_sizes(), " does not match weight shape ", weight.sym_sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == weight.scalar_type() &&
+                         bias->device() == weight.device(),
+                     op, ": bias (", bias->scalar_type(), ", ", bias->device(),
+                     ") must match weight (", weight.scalar_type(), ", ", weight.device(), ")");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == weight.sym_size(0), op,
+                      ": bias shape ", bias->sym_sizes(), " must be (", weight.sym_size(0), ",)");
+  }
+}
+
 inline MaskArgs mask_args(const char* op, c10::string_view mode_name, const at::Tensor& beta,
                           const at::Tensor& logits, const c10::optional<at::Tensor>& noise) {
   const int mode = parse_mode(op, mode_name);
@@ -121,8 +147,7 @@ inline MaskArgs mask_args(const char* op, c10::string_view mode_name, const at::
                 noise->scalar_type());
     key = noise->to(logits.device(), /*non_blocking=*/true).contiguous();
   }
-  // A CPU scalar goes to the device without a sync.
-  return {mode, beta.reshape({}).to(logits.options(), /*non_blocking=*/true), key};
+  return {mode, beta, key};
 }
 
 #define SUBIND_DISPATCH_WEIGHT_AND_LOGITS(weight, logits, NAME, ...)    \
@@ -146,6 +171,7 @@ TensorTriple run_mask_pass(const at::Tensor& g, const at::Tensor& theta,
   if (theta.numel() == 0 || !(need_weff || need_weight_grad || need_logits_grad)) {
     return {w_eff, grad_w, grad_s};
   }
+  const c10::OptionalDeviceGuard device_guard(theta.device());
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(theta, s, "subind mask pass", [&] {
     MaskPass<weight_t, logit_t> p;
     p.g = g.defined() ? g.data_ptr<weight_t>() : nullptr;
@@ -215,6 +241,7 @@ at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight,
                           const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
                           const at::Tensor& beta, c10::string_view mode,
                           const c10::optional<at::Tensor>& noise) {
+  check_linear_operands("subind::masked_linear", x, weight, bias);
   return at::linear(x, mask_weight<Kernels>(weight, logits, beta, mode, noise), bias);
 }
 
