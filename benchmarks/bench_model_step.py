@@ -158,6 +158,10 @@ def _loss(model, batch) -> torch.Tensor:
 
 
 def step_fn(model, l0, batch):
+    # Every provider trains in training mode, as discovery does (dropout on,
+    # soft masks): NeuroSurgeon's CircuitModel leaves its wrapped model in
+    # eval mode, which would skip dropout and time a different computation.
+    model.train()
     opt = torch.optim.Adam(_logits_of(model), lr=1e-3)
 
     def step():

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <type_traits>
+#include <unordered_map>
 
 #include "subind/mask_driver.h"
 
@@ -151,10 +152,32 @@ void pass_parallel(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_
                    [&](int64_t begin, int64_t end) { pass_range(p, c, begin, end); });
 }
 
+// Per-thread scratch, grown to the largest layer seen and reused, so no step
+// pays for page-faulting fresh weight-sized memory (a fresh multi-MB buffer
+// comes from mmap: every page faults on first touch).  Slots: the blocked
+// linear's W_eff and dW_eff blocks, and transient whole weights.
+enum ScratchSlot : int { kWeffSlot = 0, kGradSlot = 1, kTransientSlot = 2 };
+
+inline at::Tensor scratch(int slot, at::ScalarType dtype, int64_t numel) {
+  thread_local std::unordered_map<int, at::Tensor> buffers;
+  auto& buf = buffers[slot * 64 + static_cast<int>(dtype)];
+  if (!buf.defined() || buf.numel() < numel) {
+    buf = at::empty({std::max<int64_t>(numel, 1)}, at::TensorOptions().dtype(dtype));
+  }
+  return buf;
+}
+
 struct CpuKernels {
   template <typename weight_t, typename logit_t>
   static void pass(const MaskPass<weight_t, logit_t>& p, const subind::MaskArgs& args) {
     pass_parallel(p, params_of<logit_t>(args));
+  }
+
+  // A weight-shaped W_eff that lives only within one op call (a convolution
+  // consumes it): in this thread's scratch.
+  static at::Tensor transient_like(const at::Tensor& dense) {
+    auto buf = scratch(kTransientSlot, dense.scalar_type(), dense.numel());
+    return at::from_blob(buf.data_ptr(), dense.sizes(), dense.strides(), buf.options());
   }
 };
 

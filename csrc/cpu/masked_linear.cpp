@@ -26,8 +26,6 @@
 // Anything else (both strides > 1) is copied to the row layout first.
 #include <torch/library.h>
 
-#include <unordered_map>
-
 #include "cpu_kernels.h"
 
 namespace {
@@ -46,17 +44,6 @@ int64_t block_rows_for(int64_t m, int64_t rows, int64_t row_length, int64_t item
   int64_t block = (kBlockBytes / std::max<int64_t>(1, row_length * itemsize)) / 16 * 16;
   block = std::max<int64_t>(16, block);
   return (m <= block && block < rows) ? block : std::max<int64_t>(rows, 1);
-}
-
-// Per-thread scratch, grown to the largest layer seen and reused, so no step
-// pays for page-faulting fresh weight-sized memory.
-at::Tensor scratch(int slot, at::ScalarType dtype, int64_t numel) {
-  thread_local std::unordered_map<int, at::Tensor> buffers;
-  auto& buf = buffers[slot * 64 + static_cast<int>(dtype)];
-  if (!buf.defined() || buf.numel() < numel) {
-    buf = at::empty({std::max<int64_t>(numel, 1)}, at::TensorOptions().dtype(dtype));
-  }
-  return buf;
 }
 
 // The weight and logits as stored rows: row r of θ at theta + r*ld_theta.
@@ -166,7 +153,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
-    const auto buffer = scratch(0, weight.scalar_type(), std::min(block, w.rows) * w.row_length);
+    const auto buffer = subind_cpu::scratch(subind_cpu::kWeffSlot, weight.scalar_type(), std::min(block, w.rows) * w.row_length);
     for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
       const int64_t nr = std::min(block, w.rows - r0);
       auto weff = packed(buffer, nr, w.row_length);
@@ -234,9 +221,9 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
   const int64_t block_numel = std::min(block, w.rows) * w.row_length;
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
-    const auto weff_buffer = need_x ? scratch(0, weight.scalar_type(), block_numel) : at::Tensor();
+    const auto weff_buffer = need_x ? subind_cpu::scratch(subind_cpu::kWeffSlot, weight.scalar_type(), block_numel) : at::Tensor();
     const auto grad_buffer = (want_dw && !need_w && !dw_in_s)
-                                 ? scratch(1, weight.scalar_type(), block_numel)
+                                 ? subind_cpu::scratch(subind_cpu::kGradSlot, weight.scalar_type(), block_numel)
                                  : at::Tensor();
     for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
       const int64_t nr = std::min(block, w.rows - r0);

@@ -66,6 +66,9 @@ struct CudaKernels {
             args.key.defined() ? args.key.data_ptr<int64_t>() : nullptr, args.mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+
+  // The caching allocator makes a fresh W_eff cheap and stream-ordered.
+  static at::Tensor transient_like(const at::Tensor& dense) { return at::empty_like(dense); }
 };
 
 }  // namespace

@@ -160,12 +160,17 @@ inline MaskArgs mask_args(const char* op, c10::string_view mode_name, const at::
         });                                                             \
       })
 
-// (w_eff, dtheta, ds) over flat operands; g undefined: a forward pass.
+// (w_eff, dtheta, ds) over flat operands; g undefined: a forward pass.  A
+// `transient` W_eff is consumed within the op call (Kernels::transient_like:
+// scratch on the CPU), never returned from it.
 template <class Kernels>
 TensorTriple run_mask_pass(const at::Tensor& g, const at::Tensor& theta,
                            const at::Tensor& s, const MaskArgs& args, bool need_weff,
-                           bool need_weight_grad, bool need_logits_grad) {
-  auto w_eff = need_weff ? at::empty_like(theta) : empty_marker(theta);
+                           bool need_weight_grad, bool need_logits_grad,
+                           bool transient_weff = false) {
+  at::Tensor w_eff = !need_weff   ? empty_marker(theta)
+               : transient_weff ? Kernels::transient_like(theta)
+                                : at::empty_like(theta);
   auto grad_w = need_weight_grad ? at::empty_like(theta) : empty_marker(theta);
   auto grad_s = need_logits_grad ? at::empty_like(s) : empty_marker(s);
   if (theta.numel() == 0 || !(need_weff || need_weight_grad || need_logits_grad)) {
@@ -218,7 +223,8 @@ TensorTriple mask_weight_backward(const at::Tensor& grad_weff, const at::Tensor&
 }
 
 // The weight side of a composed backward: (W_eff if need_x, dtheta, ds) from
-// G_W = dL/dW_eff (undefined when neither weight gradient is wanted).
+// G_W = dL/dW_eff (undefined when neither weight gradient is wanted).  W_eff
+// is transient: the caller consumes it before returning.
 template <class Kernels>
 TensorTriple weight_side(const at::Tensor& grad_w, const at::Tensor& weight,
                          const at::Tensor& logits, const MaskArgs& args, bool need_x,
@@ -227,11 +233,12 @@ TensorTriple weight_side(const at::Tensor& grad_w, const at::Tensor& weight,
   std::tie(theta, s) = flat_operands(weight, logits);
   if (!grad_w.defined()) {
     auto weff = std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, need_x,
-                                                   false, false));
+                                                   false, false, /*transient_weff=*/true));
     return {weff, empty_marker(weight), empty_marker(logits)};
   }
   auto g = with_layout_of(grad_w.to(theta.scalar_type()), theta);
-  return run_mask_pass<Kernels>(g, theta, s, args, need_x, need_weight, need_logits);
+  return run_mask_pass<Kernels>(g, theta, s, args, need_x, need_weight, need_logits,
+                                /*transient_weff=*/true);
 }
 
 // ---------------------------------------------------------------- linear
@@ -282,7 +289,11 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                         c10::string_view mode, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups,
                         const c10::optional<at::Tensor>& noise) {
-  auto weff = mask_weight<Kernels>(weight, logits, beta, mode, noise);
+  const auto args = mask_args("subind::masked_conv", mode, beta, logits, noise);
+  at::Tensor theta, s;
+  std::tie(theta, s) = flat_operands(weight, logits);
+  auto weff = std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, true, false,
+                                                 false, /*transient_weff=*/true));
   return at::convolution(x, weff, bias, stride, padding, dilation, false, zeros_for(weight),
                          groups);
 }
