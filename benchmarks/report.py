@@ -1,8 +1,9 @@
 """The README's benchmark tables and plot, regenerated from
 benchmarks/results/results.csv (no hand-pasted numbers).
 
-For each bench and device (the device names the thread count) the latest run
-is tabulated; the tables replace the text between ``<!-- bench:NAME -->`` and
+For each bench, the machine of its newest run, and each of that machine's
+devices (the device names the thread count), the latest run is tabulated
+(rows from other machines stay in the CSV: the tables describe one machine); the tables replace the text between ``<!-- bench:NAME -->`` and
 ``<!-- /bench:NAME -->`` in README.md, and the model-step plot is written to
 benchmarks/results/model_step.png.
 
@@ -26,14 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PLOT = Path(__file__).parent / "results" / "model_step.png"
 LAYER_PROVIDERS = ("eager", "neurosurgeon", "compile", "ours")
-MODEL_PROVIDERS = ("plain", "eager", "neurosurgeon", "compile", "ours")
+MODEL_PROVIDERS = ("plain", "eager", "neurosurgeon", "compile", "ours", "ours+compile")
+
+
+def _machine(device: str) -> str:
+    return device.split(" (")[0]
 
 
 def latest_runs(rows: list[dict], bench: str) -> dict[str, list[dict]]:
-    """{device: rows of the latest run of ``bench`` on it}."""
+    """{device: rows of the latest run of ``bench`` on it}, for the devices of
+    the machine that ran ``bench`` last."""
+    bench_rows = [r for r in rows if r["bench"] == bench]
+    if not bench_rows:
+        return {}
+    machine = _machine(max(bench_rows, key=lambda r: r["timestamp"])["device"])
     by_device = defaultdict(list)
-    for row in rows:
-        if row["bench"] == bench:
+    for row in bench_rows:
+        if _machine(row["device"]) == machine:
             by_device[row["device"]].append(row)
     out = {}
     for device, device_rows in sorted(by_device.items()):
