@@ -1,15 +1,13 @@
-"""The backend interface, its capability table, and the composition every
-backend with element-wise mask kernels shares.
+"""The interface of the Python kernel backends (triton, reference), and the
+composition of the mask family with ATen's GEMMs they share.
 
 A backend declares the device types it serves (``devices``; ``None`` = any)
 and the op families it implements (``families``).  Each family is a fixed set
 of methods (``FAMILY_METHODS``); a class that declares a family must define
 all of them, which is checked when the class is created, so a backend never
 discovers a missing method at call time and nothing is patched on afterwards.
-:mod:`subind_fast.dispatch` reads the declarations to refuse a forced backend
-that lacks a family.
 
-Families and their math (design.md §1; m = σ(β·s) | 1[s>0] | 1):
+Families and their math (m = σ(β·s) | 1[s>0] | 1):
 
     mask:    mask_weight            W_eff = θ ⊙ m
              mask_weight_backward   from G_W = ∂L/∂W_eff: W_eff (recomputed),
