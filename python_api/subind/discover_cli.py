@@ -319,6 +319,7 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
                 notes.append(_enable_activation_checkpointing(masked, args.blocks))
             return wrap(masked, args.strategy, ranks, blocks_of(masked, args.blocks))
 
+        compiled = apply_speed_options(args.kernels, args.compile, args.device)
         result = discover(
             model, task, train_batches, eval_batches, include=cfg.include,
             exclude=cfg.exclude, lambdas=cfg.lambdas, epochs=cfg.epochs,
@@ -333,9 +334,9 @@ def _run(cfg: DiscoverConfig, args, ranks: Ranks) -> int:
             method=sf.nn.MaskMethod(cfg.method, cfg.granularity, cfg.n_samples),
             anneal_temperature=cfg.anneal_temperature, density=cfg.density,
             pretrained=pretrained,
-            compile_model=apply_speed_options(args.kernels, args.compile, args.device))
+            compile_model=compiled)
         if ranks.is_main:
-            _write_results(args.out, cfg, result, ranks, notes, time.time() - started)
+            _write_results(args.out, cfg, result, ranks, notes, time.time() - started, compiled)
         ranks.barrier()
     return 0
 
@@ -367,7 +368,8 @@ def report(out: Path) -> tuple[str, list]:
     return "\n".join(lines), []
 
 
-def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float) -> None:
+def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
+                   compiled: bool) -> None:
     result.subnetwork.save(out / "subnetwork.safetensors")
     atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
     atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
@@ -375,7 +377,8 @@ def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float) 
     atomic_write_json(out / "summary.json", {
         "l0_lambda": result.l0_lambda, "accuracy": result.accuracy,
         "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
-        "activation_checkpointing": notes[0] if notes else None})
+        "activation_checkpointing": notes[0] if notes else None,
+        "kernels": sf.kernels(), "compiled": compiled})
     print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
           f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
           f"{out / 'subnetwork.safetensors'}")

@@ -263,3 +263,15 @@ def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys)
     x, y = discover_entries.gaussian_data()["eval"].tensors
     intact = float((model(x).argmax(-1) == y).double().mean())
     assert f"| – | intact | {intact:.4f} |" in text
+
+
+def test_kernel_choice_is_recorded_and_finds_the_same_subnetwork(tmp_path):
+    fused, eager = tmp_path / "fused", tmp_path / "eager"
+    assert main(["discover", *ENTRY, "--out", str(fused)]) == 0
+    assert main(["discover", *ENTRY, "--out", str(eager), "--kernels", "eager",
+                 "--compile", "off"]) == 0
+    summary = json.loads((eager / "summary.json").read_text())
+    assert (summary["kernels"], summary["compiled"]) == ("eager", False)
+    assert json.loads((fused / "summary.json").read_text())["kernels"] == "fused"
+    assert sf.Subnetwork.load(fused / "subnetwork.safetensors") == \
+        sf.Subnetwork.load(eager / "subnetwork.safetensors")
