@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from . import _extension, _ops
+from . import _extension, _ops, eager
 
 KERNEL_CHOICES = ("fused", "eager")
 
@@ -65,6 +65,13 @@ def fused_for(t: torch.Tensor) -> bool:
     tensors, and meta ones (shapes only, for memory planning)."""
     # (the is_* flags cost a tenth of building t.device)
     return _choice == "fused" and (t.is_cpu or t.is_cuda or t.is_meta)
+
+
+def kernels_for(t: torch.Tensor):
+    """The module whose op functions serve ``t``: subind_fast._ops (fused) or
+    subind_fast.eager — both have mask_weight, masked_linear, masked_conv and
+    sigmoid_sum with the same signatures."""
+    return _ops if fused_for(t) else eager
 
 
 def backend_info() -> dict:

@@ -19,9 +19,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import _ops, eager
 from ._validation import beta_tensor, check_input, check_masked_weight, check_mode
-from .dispatch import fused_for
+from .dispatch import kernels_for
 from .noise import check_key
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -36,16 +35,14 @@ def mask_weight(weight: Tensor, logits: Tensor, beta: float, mode: str = "soft",
                 noise: Optional[Tensor] = None) -> Tensor:
     """W_eff = weight ⊙ m(logits); differentiable in weight and logits."""
     _checked(weight, logits, mode, noise)
-    kernels = _ops if fused_for(weight) else eager
-    return kernels.mask_weight(weight, logits, beta_tensor(beta, logits), mode, noise)
+    return kernels_for(weight).mask_weight(weight, logits, beta_tensor(beta, logits), mode, noise)
 
 
 def l0(logits: Tensor, beta: float) -> Tensor:
     """Expected mask size Σσ(β·s) (the continuous L0 penalty), gradient β·m(1−m)."""
     if not isinstance(logits, torch.Tensor) or logits.dtype not in (torch.float32, torch.float64):
         raise TypeError("logits must be a float32 or float64 tensor")
-    kernels = _ops if fused_for(logits) else eager
-    return kernels.sigmoid_sum(logits, beta_tensor(beta, logits))
+    return kernels_for(logits).sigmoid_sum(logits, beta_tensor(beta, logits))
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
@@ -65,8 +62,7 @@ def linear_kernel(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tens
     and β were checked when set, and the op checks x and the bias against θ
     (naming them) at a fraction of the cost — a small layer's call is
     dominated by fixed costs."""
-    kernels = _ops if fused_for(x) else eager
-    return kernels.masked_linear(x, weight, logits, bias, beta, mode, noise)
+    return kernels_for(x).masked_linear(x, weight, logits, bias, beta, mode, noise)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
@@ -113,10 +109,9 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
         raise ValueError(f"stride {stride} and dilation {dilation} must be >= 1")
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
-    kernels = _ops if fused_for(x) else eager
-    out = kernels.masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
-                              beta_tensor(beta, logits), mode, stride, padding, dilation, groups,
-                              noise)
+    out = kernels_for(x).masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
+                                     beta_tensor(beta, logits), mode, stride, padding, dilation,
+                                     groups, noise)
     return out.squeeze(0) if unbatched else out
 
 
