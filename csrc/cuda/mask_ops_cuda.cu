@@ -56,13 +56,14 @@ struct CudaKernels {
   static void pass(const subind::MaskPass<weight_t, logit_t>& p, const subind::MaskArgs& args) {
     // The driver has made the operands' device current (run_mask_pass).  beta
     // in the logits' dtype on it; a CPU scalar is copied without a sync.
-    const auto beta = args.beta.reshape({}).to(
-        at::TensorOptions().dtype(c10::CppTypeToScalarType<logit_t>::value).device(
-            c10::kCUDA, c10::cuda::current_device()),
+    constexpr at::ScalarType kLogitType = c10::CppTypeToScalarType<logit_t>::value;
+    const at::Tensor beta = args.beta.reshape({}).to(
+        c10::Device(c10::kCUDA, c10::cuda::current_device()), kLogitType,
         /*non_blocking=*/true);
+    const logit_t* beta_ptr = static_cast<const logit_t*>(beta.const_data_ptr());
     mask_pass_kernel<weight_t, logit_t>
         <<<blocks_for(p.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            p, beta.data_ptr<logit_t>(),
+            p, beta_ptr,
             args.key.defined() ? args.key.data_ptr<int64_t>() : nullptr, args.mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
