@@ -3,11 +3,12 @@
 For each method (continuous sparsification, hard-concrete, Gumbel straight-through):
 
   plain       F.linear training its weight (the floor: the same three GEMMs, no mask)
-  ours        sf.masked_linear in the method's training mode on the default backend
+  ours        sf.masked_linear in the method's training mode with the fused kernels
               (CPU: the compiled C++ mask pass; the sampled modes regenerate their noise
               from a 16-byte key in backward)
-  reference   the same op on the pure-PyTorch reference backend (the mask pass as torch
-              ops, still recomputing) — whether compiling the mask pass pays
+  reference   the same call with the eager kernels (sf.use_kernels("eager"): the same
+              math and counter-based noise as torch ops, differentiated by PyTorch) —
+              whether compiling the mask pass pays
   eager       the composite users write today (NeuroSurgeon's pattern): noise drawn with
               torch.rand, mask formed with autograd ops, F.linear — keeps W_eff, the mask
               and the noise for backward
@@ -19,8 +20,6 @@ Prints ms, the ratio to plain and the bytes saved for backward per weight.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -36,19 +35,6 @@ STRETCH = 0.1
 SHAPES = {"tiny GPT-2 MLP 128→512, M=64": (64, 128, 512),
           "GPT-2 MLP 768→3072, M=64": (64, 768, 3072)}
 MODES = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"}
-
-
-@contextlib.contextmanager
-def backend(name: str):
-    before = os.environ.get("SUBIND_BACKEND")
-    os.environ["SUBIND_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("SUBIND_BACKEND")
-        else:
-            os.environ["SUBIND_BACKEND"] = before
 
 
 def eager_mask(logits, beta, mode):
@@ -69,7 +55,7 @@ def providers(x, w, s, beta, mode):
         sf.masked_linear(x, w, s, beta_t, None, mode, key).sum().backward()
 
     def reference():
-        with backend("reference"):
+        with sf.use_kernels("eager"):
             ours()
 
     w_plain = w.detach().clone().requires_grad_()
@@ -119,7 +105,10 @@ def main(argv=None) -> int:
                     "eager": saved_per_weight(lambda: F.linear(x, w * eager_mask(s, beta, mode)),
                                               [x, w, s], w.numel()),
                 }
-                saved["reference"] = saved["ours"]
+                with sf.use_kernels("eager"):
+                    saved["reference"] = saved_per_weight(
+                        lambda: sf.masked_linear(x, w, s, torch.tensor(beta), None, mode, key),
+                        [x, w, s], w.numel())
                 for name, st in stats.items():
                     rec.add(shape_name, f"{method}/{name}", "fwd+bwd", "ms", st)
                     rows.append([shape_name, method, name, f"{st.p50:.3f}",

@@ -22,7 +22,7 @@ def _ieee(dtype: torch.dtype) -> bool:
 def _check_gemm_dtype(t: torch.Tensor) -> None:
     if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"the triton backend computes in fp32/bf16/fp16, got {t.dtype}; "
-                        "use SUBIND_BACKEND=reference for float64")
+                        "use the eager kernels for float64 (subind_fast.set_kernels('eager'))")
 
 
 def _no_sampled_masks(noise) -> None:
@@ -30,7 +30,8 @@ def _no_sampled_masks(noise) -> None:
     the sampled modes to the backend of the ``sampled`` family)."""
     if noise is not None:
         raise UnsupportedOpError("the triton backend has no sampled-mask kernels (the sampled "
-                                 "op family); unset SUBIND_BACKEND to use the default")
+                                 "op family); backends/cuda_registration.py routes those modes "
+                                 "to the mask ops")
 
 
 def _device_beta(beta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
