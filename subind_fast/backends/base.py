@@ -255,3 +255,16 @@ class ComposedBackend(Backend):
                                          need_w, need_s)
         gx = conv_grads(weff, [True, False, False])[0] if need_x else not_requested(x)
         return gx, gw, gs, gb
+
+
+class NoiseKeyedMaskBackend(ComposedBackend):
+    """A backend whose mask family takes the sampled modes' noise key as an
+    optional last argument: its sampled family is the same two methods."""
+
+    def sampled_mask_weight(self, weight, logits, beta, mode, noise):
+        return self.mask_weight(weight, logits, beta, mode, noise)
+
+    def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
+                                     need_weff, need_weight_grad, need_logits_grad):
+        return self.mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
+                                         need_weight_grad, need_logits_grad, noise)

@@ -14,7 +14,7 @@ import torch
 
 from .. import _extension
 from .._validation import check_input
-from .base import ComposedBackend
+from .base import NoiseKeyedMaskBackend
 
 _REGISTERED: list = []
 
@@ -30,7 +30,7 @@ def _triton():
     return TritonBackend()
 
 
-class _OpsComposed(ComposedBackend):
+class _OpsComposed(NoiseKeyedMaskBackend):
     """Linear and convolution composed from the registered mask ops (whichever
     CUDA kernel serves them) and ATen's GEMMs: the sampled modes' path."""
 
@@ -46,14 +46,6 @@ class _OpsComposed(ComposedBackend):
         return torch.ops.subind.mask_weight_backward.default(
             grad_weff, weight, logits, beta, mode, need_weff, need_weight_grad,
             need_logits_grad, noise)
-
-    def sampled_mask_weight(self, weight, logits, beta, mode, noise):
-        return self.mask_weight(weight, logits, beta, mode, noise)
-
-    def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
-                                     need_weff, need_weight_grad, need_logits_grad):
-        return self.mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
-                                         need_weight_grad, need_logits_grad, noise)
 
 
 _COMPOSED = _OpsComposed()

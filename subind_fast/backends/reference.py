@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import noise as noise_lib
 from .._validation import SAMPLED_MODES, TRAINING_MODES
-from .base import FAMILIES, ComposedBackend, not_requested
+from .base import FAMILIES, NoiseKeyedMaskBackend, not_requested
 
 #: the hard-concrete stretch ε: (γ, ζ) = (−ε, 1 + ε) (Louizos et al.'s −0.1, 1.1);
 #: csrc/include/subind/mask_math.h has the same constant
@@ -70,7 +70,7 @@ def _frozen_mask(frozen_bits: torch.Tensor, like: torch.Tensor):
     return unpack_bits(frozen_bits, like.shape) if frozen_bits.numel() else None
 
 
-class ReferenceBackend(ComposedBackend):
+class ReferenceBackend(NoiseKeyedMaskBackend):
     name = "reference"
     devices = None  # any device
     families = frozenset(FAMILIES)
@@ -78,14 +78,6 @@ class ReferenceBackend(ComposedBackend):
     def mask_weight(self, weight, logits, beta, mode, noise=None):
         m, _ = mask_and_slope(logits, beta, mode, noise)
         return _into_layout_of(weight, weight.to(m.dtype) * m, weight.dtype)
-
-    def sampled_mask_weight(self, weight, logits, beta, mode, noise):
-        return self.mask_weight(weight, logits, beta, mode, noise)
-
-    def sampled_mask_weight_backward(self, grad_weff, weight, logits, beta, mode, noise,
-                                     need_weff, need_weight_grad, need_logits_grad):
-        return self.mask_weight_backward(grad_weff, weight, logits, beta, mode, need_weff,
-                                         need_weight_grad, need_logits_grad, noise)
 
     def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
                              need_weight_grad, need_logits_grad, noise=None):
