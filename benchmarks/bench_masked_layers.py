@@ -1,4 +1,4 @@
-"""Masked linear / conv layers, side by side in one process (design.md §3):
+"""Masked linear / conv layers, side by side in one process:
 
   plain         the unmasked layer doing the same GEMMs (∂x, ∂W, fwd): the floor
   eager         the composite sigmoid → mul → F.linear / conv (what users write)

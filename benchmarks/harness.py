@@ -1,4 +1,4 @@
-"""The one benchmark harness (design.md §5).
+"""The one benchmark harness.
 
 * timing: warm-up, then N timed repeats, reported as p20/p50/p80 in ms; on the
   CPU with a fixed thread count, on a GPU with ``triton.testing.do_bench``;

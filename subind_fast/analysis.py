@@ -1,8 +1,9 @@
-"""Comparing subnetworks (Csordás et al., "Are neural nets modular?"; the
-survey in shared/seeds): how much two masks overlap, which weights a mask
-shares with others, whether a function reuses the same weights in another
-context (P_reuse) or separate functions use separate weights (P_specialize),
-and how stable a mask is across seeds.
+"""Comparing subnetworks (Csordás et al., "Are Neural Nets Modular? Inspecting
+Functional Modularity Through Differentiable Weight Masks", ICLR 2021): how
+much two masks overlap, which weights a mask shares with others, whether a
+function reuses the same weights in another context (P_reuse) or separate
+functions use separate weights (P_specialize), and how stable a mask is
+across seeds.
 
 Every count is exact integer arithmetic on the packed bits (popcount of the
 bytes; padding bits are 0), per parameter and over all parameters:

@@ -2,7 +2,7 @@
 the subnetwork's bit is 1 into a freshly initialised target and return the
 frozen set for the optimizer.
 
-Re-initialisation policy (design.md §8), explicit because the paper's text and
+Re-initialisation policy, explicit because the paper's text and
 the authors' released code differ:
 
 * ``reinit="all"`` — every weight outside the subnetwork keeps the target's

@@ -10,8 +10,9 @@ Here:
   bandwidth-bound pre-pass), then ``masked_matmul_kernel`` computes
   y = x·W_effᵀ + b with the bias in its epilogue.  The same GEMM kernel can
   instead apply the mask while loading its B tiles (``MASK_B_PROLOGUE``),
-  recomputing σ once per M-tile; design.md §2 predicts the special-function
-  units make that slower at large M, so the pre-pass is the default and the
+  recomputing σ once per M-tile — N·K exponentials per M-tile instead of one
+  N·K pass in all, which at large M costs more special-function throughput
+  than the pre-pass costs bandwidth; so the pre-pass is the default and the
   prologue stays selectable (SUBIND_TRITON_FWD=prologue) for measurement.
 * backward: ``masked_matmul_kernel`` computes the N×K tile of ∂W_eff = Gᵀ·x
   in registers and its epilogue (``MASK_GRAD_EPILOGUE``) turns it directly

@@ -1,5 +1,5 @@
 """The memory promise: backward keeps nothing weight-sized besides the
-inputs and parameters themselves (design.md §4: saved_tensors_hooks)."""
+inputs and parameters themselves (counted with saved_tensors_hooks)."""
 import pytest
 import torch
 import torch.nn.functional as F
