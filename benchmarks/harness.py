@@ -126,10 +126,6 @@ def time_gpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = N
     return Stats(p20, p50, p80)
 
 
-def time_fn(device: torch.device, fn, setup=None, **kwargs) -> Stats:
-    return time_gpu(fn, setup) if device.type == "cuda" else time_cpu(fn, setup, **kwargs)
-
-
 def saved_bytes_beyond(fn: Callable[[], torch.Tensor], owned: Iterable[torch.Tensor]) -> tuple[int, torch.Tensor]:
     """Bytes that autograd saves for backward while running ``fn`` and that are
     not the storage of the ``owned`` tensors (inputs, parameters)."""

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._validation import beta_tensor, check_input, check_masked_weight, check_mode
+from ._validation import beta_tensor, check_input, check_masked_weight
 from .dispatch import kernels_for
 from .noise import check_key
 
@@ -135,4 +135,4 @@ masked_conv2d = _conv_of_rank(2)
 masked_conv3d = _conv_of_rank(3)
 
 __all__ = ["mask_weight", "l0", "masked_linear", "masked_conv", "masked_conv1d",
-           "masked_conv2d", "masked_conv3d", "check_mode"]
+           "masked_conv2d", "masked_conv3d"]

@@ -41,17 +41,6 @@ def strip_wrappers(name: str, model: nn.Module | None = None) -> str:
     return ".".join(kept)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside torch.compile / DDP / DataParallel wrappers."""
-    while True:
-        if _is_data_parallel(model):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 @dataclass
 class ParameterNames:
     """A model's parameters under canonical names (see module docstring)."""

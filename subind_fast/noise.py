@@ -95,11 +95,3 @@ def check_key(noise: Optional[Tensor], mode: str, logits: Tensor) -> None:
                          f"{noise.dtype} of shape {tuple(noise.shape)}")
     if noise.device != logits.device and noise.device.type != "cpu":
         raise ValueError(f"noise is on {noise.device} but logits are on {logits.device}")
-
-
-def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-    """A fresh 62-bit seed as a 0-d int64 tensor, from ``generator`` (or torch's
-    default generator for ``device``), drawn on ``device``."""
-    device = torch.device("cpu") if generator is None and device is None else (
-        generator.device if generator is not None else torch.device(device))
-    return torch.randint(0, 2 ** 62, (), generator=generator, device=device, dtype=torch.int64)
