@@ -12,7 +12,8 @@ Both select among the weights ``mask_model`` would mask (linear, convolution,
 attention projections, GPT-2 Conv1D; ``include``/``exclude`` globs on module
 names as there) and keep exactly ⌊density · n⌉ entries of each scope (ties go
 to the earlier entry).  The result is a :class:`Subnetwork` like a discovered
-one: it transfers, ablates and compares the same way.
+one: it transfers, ablates and compares the same way, and
+``mask_model(model, subnetwork=…)`` installs it on the masked layers.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .nn.model import select_modules
 from .subnetwork import Subnetwork
 
 SCOPES = ("layer", "global")
+METHODS = ("magnitude", "lottery_ticket")
 
 
 def maskable_weights(model: nn.Module, include: Optional[Sequence[str]] = None,
@@ -106,3 +108,21 @@ def lottery_ticket(finetuned: nn.Module, pretrained: nn.Module, density: float,
     subnetwork = _top(scores, density, scope)
     subnetwork.metadata.update(method="lottery_ticket", density=density, scope=scope)
     return subnetwork
+
+
+def select(method: str, model: nn.Module, density: float, scope: Optional[str] = None,
+           pretrained: Optional[nn.Module] = None, include: Optional[Sequence[str]] = None,
+           exclude: Optional[Sequence[str]] = None) -> Subnetwork:
+    """The subnetwork selection ``method`` (METHODS) picks in ``model``; its
+    default scope is the method's (magnitude: per layer, lottery ticket:
+    global), and the lottery ticket needs ``pretrained`` (before fine-tuning)."""
+    if method not in METHODS:
+        raise ValueError(f"selection method must be one of {METHODS}, got {method!r}")
+    if method == "magnitude":
+        if pretrained is not None:
+            raise ValueError("magnitude selection reads one model's weights: pretrained= is "
+                             "for lottery_ticket")
+        return magnitude(model, density, scope or "layer", include, exclude)
+    if pretrained is None:
+        raise ValueError("lottery_ticket needs pretrained= (the model before fine-tuning)")
+    return lottery_ticket(model, pretrained, density, scope or "global", include, exclude)

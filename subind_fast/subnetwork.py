@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from .atomic import atomic_write
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
 from .naming import parameter_names
-from .sharded import whole
 
 FORMAT = "subind-subnetwork"
 FORMAT_VERSION = 1
@@ -60,25 +59,6 @@ class Subnetwork:
                                 f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}")
         return cls({n: pack_bits(m.cpu()) for n, m in masks.items()},
                    {n: m.shape for n, m in masks.items()}, metadata)
-
-    @classmethod
-    def from_model(cls, model: nn.Module, metadata: Optional[dict] = None) -> "Subnetwork":
-        """The hard masks 1[s > 0] of every masked layer, keyed by the canonical
-        name of the weight parameter they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``).
-        A weight masked by two layers (tied) gets the union of their masks."""
-        from .nn import masked_layers
-
-        layers = masked_layers(model)
-        if not layers:
-            raise ValueError("the model has no masked layers (call mask_model first)")
-        table = parameter_names(model)
-        masks: dict[str, Tensor] = {}
-        for layer in layers.values():
-            for weight, logits in layer.masked_parameters().values():
-                name = table.name_of(weight)
-                mask = (whole(logits.detach()) > 0).cpu().expand(weight.shape)
-                masks[name] = masks[name] | mask if name in masks else mask
-        return cls.from_masks(masks, metadata)
 
     @classmethod
     def _constant(cls, model: nn.Module, value: bool, names) -> "Subnetwork":

@@ -1,4 +1,4 @@
 """``python -m subind …`` (what torchrun runs: ``torchrun … -m subind discover …``)."""
-from .cli import main
+from .commands import main
 
 raise SystemExit(main())

@@ -5,11 +5,12 @@ from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, 
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method
 from .model import (MaskReport, density, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
-                    unmask_model)
+                    subnetwork_of, unmask_model)
 from .pretrained import masked_from_pretrained
-from .registry import masked_class_for
+from .registry import masked_class_for, masks
 
 __all__ = ["GRANULARITIES", "METHODS", "MaskMethod", "as_method", "DEFAULT_MASK_INIT", "MaskCoverageError", "MaskReport", "MaskedConv1d", "MaskedConv2d",
            "MaskedConv3d", "MaskedGPT2Conv1D", "MaskedLinear", "MaskedMultiheadAttention",
            "MaskedWeightMixin", "density", "l0_penalty", "mask_model", "masked_class_for",
-           "masked_from_pretrained", "masked_layers", "set_beta", "set_mode", "unmask_model"]
+           "masked_from_pretrained", "masked_layers", "masks", "set_beta", "set_mode",
+           "subnetwork_of", "unmask_model"]

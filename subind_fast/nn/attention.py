@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from .layers import _FromModule
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .methods import as_method
+from .registry import masked_class_for, masks
 
 _SEPARATE = (("q_proj_weight", "q_proj_logits"), ("k_proj_weight", "k_proj_logits"),
              ("v_proj_weight", "v_proj_logits"))
@@ -37,6 +39,7 @@ def _sequence_first(query: Tensor, key: Tensor, value: Tensor):
     return transpose(query), transpose(key), transpose(value)
 
 
+@masks(nn.MultiheadAttention)
 class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAttention):
     """nn.MultiheadAttention with continuous-sparsification masks on its
     projection weights (see module docstring)."""
@@ -58,9 +61,6 @@ class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAtten
         return _PACKED if self._qkv_same_embed_dim else _SEPARATE
 
     def _setup_mask(self, init, beta, mode, freeze_weight, method=None):
-        from .methods import as_method
-        from .registry import masked_class_for
-
         super()._setup_mask(init, beta, mode, freeze_weight, method)
         if self.mask_method.n_samples > 1:
             # The projections are formed once per forward (one mask sample each).

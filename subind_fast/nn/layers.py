@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .. import functional as SF
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .registry import masks
 
 
 class _FromModule:
@@ -35,6 +36,7 @@ class _FromModule:
         return cls._wrapping(module, init, beta, mode, freeze_weight, method)
 
 
+@masks(nn.Linear)
 class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
     """nn.Linear with a continuous-sparsification weight mask."""
 
@@ -97,9 +99,9 @@ def _conv_class(plain: type, name: str) -> type:
         self._setup_mask(init, beta, mode, freeze_weight, method)
 
     doc = f"nn.{plain.__name__} with a continuous-sparsification weight mask."
-    return type(name, (_MaskedConvNd, plain),
+    return masks(plain)(type(name, (_MaskedConvNd, plain),
                 {"__init__": __init__, "__doc__": doc, "_plain": plain, "forward": _MaskedConvNd.forward,
-                 "extra_repr": _MaskedConvNd.extra_repr, "__module__": __name__})
+                 "extra_repr": _MaskedConvNd.extra_repr, "__module__": __name__}))
 
 
 MaskedConv1d = _conv_class(nn.Conv1d, "MaskedConv1d")
@@ -107,6 +109,7 @@ MaskedConv2d = _conv_class(nn.Conv2d, "MaskedConv2d")
 MaskedConv3d = _conv_class(nn.Conv3d, "MaskedConv3d")
 
 
+@masks("transformers.pytorch_utils.Conv1D")
 class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
     """transformers' GPT-2 ``Conv1D`` (y = x·W + b with W stored in × out) with a
     weight mask.  The masked GEMM runs on transposed views of W and s, so no

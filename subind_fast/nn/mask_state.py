@@ -18,9 +18,9 @@ one scale β and one mode:
 * ``mask_ran`` records that the layer's mask was applied since the last reset,
   so a model that bypasses the layer (reads ``.weight`` directly) is detected
   (nn/coverage.py).
-* ``mask_method`` (nn/methods.py) says how the mask is trained or chosen
-  (continuous sparsification by default, hard-concrete, Gumbel-sigmoid,
-  magnitude, lottery ticket) and at which granularity: per weight, or per
+* ``mask_method`` (nn/methods.py) says how the mask is trained
+  (continuous sparsification by default, hard-concrete, Gumbel-sigmoid)
+  and at which granularity: per weight, or per
   output unit (the logits then have the weight's shape with every axis but
   the unit axis of size 1, and broadcast over the unit's weights).
 """
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .. import functional as SF
 from .. import sharded
 from .._validation import MODE_CODES, SAMPLED_MODES, check_beta, check_mode
-from .methods import MaskMethod, as_method, noise_keys, penalty, unit_mask
+from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, noise_keys, penalty, unit_mask
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -44,6 +44,8 @@ DEFAULT_MASK_INIT = -0.1
 MaskInit = Union[float, Tensor, Callable[[Tensor], None]]
 
 _AUTO_MODE = -1  # mask_mode value for "follow train()/eval()"
+#: the buffers every masked layer holds besides its logits (saved with it)
+MASK_BUFFERS = ("beta", "mask_mode", "mask_method_code")
 _MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
 _FULL_PRECISION = (torch.float32, torch.float64)
 
@@ -97,7 +99,7 @@ class MaskedWeightMixin:
         for weight_name, logits_name in self.masked_weights:
             weight = getattr(self, weight_name)
             logits = nn.Parameter(_initial_logits(weight, init, self._logits_shape(weight)),
-                                  requires_grad=method.trained)
+                                  requires_grad=True)
             setattr(self, logits_name, logits)
             if freeze_weight:
                 weight.requires_grad_(False)
@@ -106,6 +108,8 @@ class MaskedWeightMixin:
                                                              device=device))
         nn.Module.register_buffer(self, "mask_mode", torch.tensor(_AUTO_MODE, dtype=torch.int8,
                                                                   device=device))
+        # Saved so that a checkpoint reloads with the method and granularity it was trained with.
+        nn.Module.register_buffer(self, "mask_method_code", _method_code(method, device))
         self.mode = mode
         self.__dict__["mask_ran"] = False
 
@@ -168,7 +172,7 @@ class MaskedWeightMixin:
         training and hard in eval."""
         if self._mode is not None:
             return self._mode
-        return self.mask_method.training_mode if self.training else "hard"
+        return self.mask_method.training_op_mode if self.training else "hard"
 
     @mode.setter
     def mode(self, value: Optional[str]) -> None:
@@ -182,6 +186,13 @@ class MaskedWeightMixin:
         if code != _AUTO_MODE and code not in _MODE_NAMES:
             raise ValueError(f"{prefix}mask_mode holds {code}, not a mask mode code")
         self.__dict__["_mode"] = None if code == _AUTO_MODE else _MODE_NAMES[code]
+        saved = method_of_code(self._buffers["mask_method_code"], prefix)
+        mine = self.mask_method
+        if (saved.name, saved.granularity, saved.n_samples) != (
+                mine.name, mine.granularity, mine.n_samples):
+            raise ValueError(f"{prefix or 'the layer'}: the state was saved with mask method "
+                             f"{saved.as_dict()}, this layer uses {mine.as_dict()}; mask the "
+                             "model with the saved method (sf.nn.masked_from_pretrained reads it)")
 
     # ------------------------------------------------------------ casting
     def _apply(self, fn, recurse=True):
@@ -204,6 +215,10 @@ class MaskedWeightMixin:
     def _note_mask_ran(self) -> None:
         if not torch.compiler.is_compiling():
             self.__dict__["mask_ran"] = True
+
+    def mask_state_names(self) -> list[str]:
+        """The layer's own state_dict keys that masking added: logits and MASK_BUFFERS."""
+        return [logits for _, logits in self.masked_weights] + list(MASK_BUFFERS)
 
     def masked_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
         """{weight attribute: (θ, logits)} for each masked weight."""
@@ -362,7 +377,7 @@ class MaskedWeightMixin:
             out._parameters[weight_name] = nn.Parameter(self._dense_weight(weight_name),
                                                         weight.requires_grad)
             del out._parameters[logits_name]
-        for buffer in ("beta", "mask_mode"):
+        for buffer in MASK_BUFFERS:
             del out._buffers[buffer]
         for attribute in ("mask_ran", "_mode", "mask_method"):
             out.__dict__.pop(attribute, None)
@@ -376,6 +391,20 @@ class MaskedWeightMixin:
                                          if method.granularity != "weight" else "")
             + (f", n_samples={method.n_samples}" if method.n_samples > 1 else ""))
         return f"beta={float(self.beta):g}, mode={self._mode or 'auto'}{extra}"
+
+
+def _method_code(method: MaskMethod, device) -> Tensor:
+    return torch.tensor([METHODS.index(method.name), GRANULARITIES.index(method.granularity),
+                         method.n_samples], dtype=torch.int32, device=device)
+
+
+def method_of_code(code: Tensor, where: str = "") -> MaskMethod:
+    """The MaskMethod a saved ``mask_method_code`` buffer names."""
+    values = [int(v) for v in code.reshape(-1).tolist()]
+    if len(values) != 3 or not (0 <= values[0] < len(METHODS)
+                                and 0 <= values[1] < len(GRANULARITIES) and values[2] >= 1):
+        raise ValueError(f"{where}mask_method_code holds {values}, not a mask method code")
+    return MaskMethod(METHODS[values[0]], GRANULARITIES[values[1]], values[2])
 
 
 def _batch_slices(x: Tensor, n: int) -> list[Tensor]:

@@ -1,4 +1,4 @@
-"""Mask methods: how a masked layer's mask is trained (or chosen), at which
+"""Mask methods: how a masked layer's mask is trained, at which
 granularity, and its sparsity penalty.  One layer API serves them all
 (``method=`` on the masked layers and on ``mask_model``).
 
@@ -21,9 +21,9 @@ user's torch.Generator, or torch's default one — seeded by torch.manual_seed
 and restored by activation checkpointing) and the kernels expand it into
 per-element noise that backward regenerates (subind_fast/noise.py).
 
-Selection methods (no training; the logits hold ±1 and are frozen, mode hard):
-``magnitude`` (|θ| top-k per layer or global) and ``lottery_ticket``
-(|θ_finetuned − θ_pretrained| top-k), from subind_fast/selection.py.
+Subnetworks chosen without training (magnitude, lottery ticket) are not
+mask methods: subind_fast/selection.py returns them as Subnetworks, and
+``mask_model(model, subnetwork=…)`` installs one (frozen ±1 logits, hard mode).
 
 Granularity: ``weight`` (one logit per weight) or ``neuron`` (one logit per
 output unit — a row of a Linear weight, an output channel of a convolution;
@@ -43,8 +43,7 @@ from .. import functional as SF
 from ..backends.reference import STRETCH, mask_and_slope
 
 TRAINED = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"}
-SELECTED = ("magnitude", "lottery_ticket")
-METHODS = (*TRAINED, *SELECTED)
+METHODS = tuple(TRAINED)
 GRANULARITIES = ("weight", "neuron")
 #: −log(−γ/ζ) = −log(ε/(1+ε)): a hard-concrete gate is non-zero with probability σ(s + this·τ)
 _LOG_ODDS_OF_ZERO_GATE = -math.log(STRETCH / (1 + STRETCH))
@@ -79,17 +78,13 @@ class MaskMethod:
                             f"{type(self.generator).__name__}")
 
     @property
-    def trained(self) -> bool:
-        return self.name in TRAINED
-
-    @property
     def sampled(self) -> bool:
         return self.name in ("hard_concrete", "gumbel")
 
     @property
-    def training_mode(self) -> str:
+    def training_op_mode(self) -> str:
         """The op mode a training forward uses."""
-        return TRAINED.get(self.name, "hard")
+        return TRAINED[self.name]
 
     def as_dict(self) -> dict:
         return {"method": self.name, "granularity": self.granularity,
@@ -161,6 +156,4 @@ def penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
         # P(m ≠ 0) = σ(s − τ·log(−γ/ζ)), τ = 1/β
         shift = _LOG_ODDS_OF_ZERO_GATE / beta.to(device=logits.device, dtype=torch.float64)
         return _ShiftedSigmoidSum.apply(logits, shift.reshape(()))
-    if method.name == "gumbel":
-        return logits.sum()
-    return logits.new_zeros(())  # selection methods: nothing to train
+    return logits.sum()  # gumbel

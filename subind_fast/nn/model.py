@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import sharded
+from ..naming import parameter_names
+from ..subnetwork import Subnetwork
 from . import coverage
 from .compat import apply_compatibility_fixes
 from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
@@ -131,8 +133,8 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
                init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
                mode: Optional[str] = None, check_coverage: str = "first", method="continuous",
                granularity: Optional[str] = None, n_samples: Optional[int] = None,
-               generator: Optional[torch.Generator] = None, density: Optional[float] = None,
-               scope: str = "layer", pretrained: Optional[nn.Module] = None) -> MaskReport:
+               generator: Optional[torch.Generator] = None,
+               subnetwork: Optional[Subnetwork] = None) -> MaskReport:
     """Replace every supported module (nn/registry.py: Linear, Conv1d/2d/3d,
     MultiheadAttention, GPT-2 Conv1D and their subclasses) whose name matches
     ``include`` (glob patterns on module names; all when None) and no
@@ -147,15 +149,17 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     layer does not run in the model's forward.  Returns a :class:`MaskReport`.
 
     ``method`` (nn/methods.py) with ``granularity``, ``n_samples`` and
-    ``generator``: how the masks are trained.  The selection methods set the
-    masks at once and freeze them: ``magnitude`` keeps the ``density`` fraction
-    of the largest |θ| per layer or globally (``scope``), ``lottery_ticket``
-    the weights that moved most from ``pretrained`` (subind_fast/selection.py)."""
+    ``generator``: how the masks are trained.  ``subnetwork`` installs a
+    chosen one instead (a selection's, subind_fast/selection.py, or a saved
+    discovery's): each masked weight's logits become +1 where it keeps the
+    weight and −1 elsewhere, frozen, and the layers stay in hard mode."""
     if check_coverage not in coverage.POLICIES:
         raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
                          f"got {check_coverage!r}")
     method = as_method(method, granularity, n_samples, generator)
-    chosen = _selection(model, method, density, scope, pretrained, include, exclude)
+    if subnetwork is not None and method.granularity != "weight":
+        raise ValueError("a subnetwork keeps individual weights: install it with "
+                         "granularity='weight'")
     modules, names, selected = select_modules(model, include, exclude)
     empty = [names[key][0] for key in selected
              if any(p.numel() == 0 for p in modules[key].parameters(recurse=False))]
@@ -178,8 +182,8 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
             _set_child(model, name, layer)
         replaced[names[key][0]] = layer
 
-    if chosen is not None:
-        _load_selection(model, chosen)
+    if subnetwork is not None:
+        _install(model, subnetwork)
     report = _report(model, replaced, apply_compatibility_fixes(model))
     if include is None:
         _warn_unmaskable(model)
@@ -188,37 +192,43 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     return report
 
 
-def _selection(model, method, density, scope, pretrained, include, exclude):
-    """The Subnetwork a selection method picks (None for the trained methods)."""
-    if method.trained:
-        if density is not None or pretrained is not None:
-            raise ValueError(f"density and pretrained are for the selection methods "
-                             f"(magnitude, lottery_ticket), not {method.name!r}")
-        return None
-    from .. import selection
-
-    if method.granularity != "weight":
-        raise ValueError(f"{method.name} selects individual weights: use granularity='weight'")
-    if density is None:
-        raise ValueError(f"method {method.name!r} needs density= (the fraction to keep)")
-    if method.name == "magnitude":
-        return selection.magnitude(model, density, scope, include, exclude)
-    if pretrained is None:
-        raise ValueError("method 'lottery_ticket' needs pretrained= (the model before "
-                         "fine-tuning)")
-    return selection.lottery_ticket(model, pretrained, density, scope, include, exclude)
-
-
 @torch.no_grad()
-def _load_selection(model: nn.Module, chosen) -> None:
-    """Logits +1 on the chosen weights, −1 elsewhere (hard mask = the selection)."""
-    from ..naming import parameter_names
-
+def _install(model: nn.Module, subnetwork: Subnetwork) -> None:
+    """Logits +1 on the kept weights, −1 elsewhere, frozen; mode hard."""
     table = parameter_names(model)
     for layer in masked_layers(model).values():
         for weight, logits in layer.masked_parameters().values():
-            mask = chosen.mask(table.name_of(weight), device=logits.device)
-            logits.copy_(mask.to(logits.dtype) * 2 - 1)
+            name = table.name_of(weight)
+            if name not in subnetwork:
+                raise ValueError(f"the subnetwork has no mask for {name}, which mask_model "
+                                 "selected; pass include/exclude to match the subnetwork")
+            if subnetwork.shape(name) != weight.shape:
+                raise ValueError(f"the subnetwork's mask for {name} has shape "
+                                 f"{tuple(subnetwork.shape(name))}, the weight "
+                                 f"{tuple(weight.shape)}")
+            logits.copy_(subnetwork.mask(name, device=logits.device).to(logits.dtype) * 2 - 1)
+            logits.requires_grad_(False)
+        layer.mode = "hard"
+
+
+def subnetwork_of(model: nn.Module, metadata: Optional[dict] = None) -> Subnetwork:
+    """The hard masks 1[s > 0] of every masked layer of ``model``, keyed by the
+    canonical name of the weight they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``);
+    a weight masked by two layers (tied) gets the union of their masks.  The
+    metadata records the layers' mask method and granularity, then ``metadata``."""
+    layers = masked_layers(model)
+    if not layers:
+        raise ValueError("the model has no masked layers (call mask_model first)")
+    table = parameter_names(model)
+    masks: dict[str, Tensor] = {}
+    for layer in layers.values():
+        for weight, logits in layer.masked_parameters().values():
+            name = table.name_of(weight)
+            mask = (sharded.whole(logits.detach()) > 0).cpu().expand(weight.shape)
+            masks[name] = masks[name] | mask if name in masks else mask
+    method = next(iter(layers.values())).mask_method
+    return Subnetwork.from_masks(masks, {"method": method.name,
+                                         "granularity": method.granularity, **(metadata or {})})
 
 
 def _report(model: nn.Module, replaced: dict, fixes: list[str]) -> MaskReport:

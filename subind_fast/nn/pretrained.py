@@ -1,10 +1,11 @@
 """Masked transformers models through ``save_pretrained`` / ``from_pretrained``.
 
 ``model.save_pretrained(folder)`` already writes everything: the mask state is
-ordinary parameters and buffers (``logits``, ``beta``, ``mask_mode``).  A
-plain ``from_pretrained`` builds the unmasked architecture and drops those
-keys, so :func:`masked_from_pretrained` loads the base model, masks the layers
-the checkpoint says were masked (each has a ``<layer>.mask_mode`` entry) and
+ordinary parameters and buffers (each layer's ``mask_state_names()``: its
+logits, β, mode and mask method).  A plain ``from_pretrained`` builds the
+unmasked architecture and drops those keys, so :func:`masked_from_pretrained`
+loads the base model, masks the layers the checkpoint says were masked (each
+has a ``<layer>.mask_mode`` entry) with the method they were saved with, and
 loads their mask state.
 """
 from __future__ import annotations
@@ -18,12 +19,11 @@ from pathlib import Path
 from safetensors import safe_open
 from torch import nn
 
+from .mask_state import method_of_code
 from .model import mask_model, masked_layers
 
 _MASK_MODE = ".mask_mode"
-# Mask-state names a masked layer registers (logits of each masked weight, β, mode).
-_LOCAL_MASK_KEYS = ("logits", "in_proj_logits", "q_proj_logits", "k_proj_logits",
-                    "v_proj_logits", "beta", "mask_mode")
+_METHOD_CODE = ".mask_method_code"
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
@@ -49,8 +49,7 @@ def _keys(files: list[Path]) -> dict[str, Path]:
 def _mask_state_keys(model: nn.Module) -> set[str]:
     keys = set()
     for name, layer in masked_layers(model).items():
-        local = [s for _, s in layer.masked_weights] + ["beta", "mask_mode"]
-        keys.update(f"{name}.{k}" for k in local)
+        keys.update(f"{name}.{k}" for k in layer.mask_state_names())
     return keys
 
 
@@ -70,6 +69,23 @@ def _ignoring_unexpected(model_class: type, patterns: list[str]):
             del model_class._keys_to_ignore_on_load_unexpected
 
 
+def _saved_method(folder: Path, keys: dict, prefixes: list[str]):
+    """The mask method every masked layer of the checkpoint was saved with."""
+    methods = {}
+    for prefix in prefixes:
+        key = prefix + _METHOD_CODE
+        if key not in keys:
+            raise ValueError(f"{folder}: {key} is missing (a checkpoint from before mask "
+                             "methods were saved); mask the model and load_state_dict by hand")
+        with safe_open(str(keys[key]), framework="pt") as handle:
+            methods[prefix] = method_of_code(handle.get_tensor(key), f"{folder}: {prefix}.")
+    distinct = set(methods.values())
+    if len(distinct) > 1:
+        raise ValueError(f"{folder}: the masked layers were saved with different mask methods "
+                         f"{sorted(m.as_dict()['method'] for m in distinct)}; load them by hand")
+    return distinct.pop()
+
+
 def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = True,
                            check_coverage: str = "first", **from_pretrained_kwargs) -> nn.Module:
     """Load a masked model saved with ``save_pretrained``: the same layers
@@ -82,11 +98,13 @@ def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = Tru
     if not prefixes:
         raise ValueError(f"{folder}: the checkpoint holds no masked layers (no '*{_MASK_MODE}' "
                          "entries); load it with from_pretrained")
-    ignore = [rf"{re.escape(p)}\.({'|'.join(_LOCAL_MASK_KEYS)})$" for p in prefixes]
+    method = _saved_method(folder, keys, prefixes)
+    # A masked layer's own keys the plain model does not know are its mask state.
+    ignore = [rf"{re.escape(p)}\.[^.]+$" for p in prefixes]
     with _ignoring_unexpected(model_class, ignore):
         model = model_class.from_pretrained(str(folder), **from_pretrained_kwargs)
     mask_model(model, include=[glob.escape(p) for p in prefixes], freeze_base=freeze_base,
-               check_coverage=check_coverage)
+               check_coverage=check_coverage, method=method)
     wanted = _mask_state_keys(model)
     missing = sorted(wanted - set(keys))
     if missing:

@@ -1,4 +1,7 @@
-"""Which masked layer replaces which module type.
+"""Which masked layer replaces which module type.  Each masked layer class
+registers itself with ``@masks(PlainType)`` (or ``@masks("package.module.Type")``
+for a type from an optional package, resolved once that package is
+imported), so adding a layer type touches only its own module.
 
 Supported types: nn.Linear, nn.Conv1d/2d/3d, nn.MultiheadAttention and
 transformers' GPT-2 Conv1D — and their subclasses (timm's ``Linear``,
@@ -22,13 +25,31 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from torch import nn
 
-from .attention import MaskedMultiheadAttention
-from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
 from .mask_state import MaskedWeightMixin
+
+# plain module type → its masked class, as the classes register themselves
+_REGISTERED: dict[type, type] = {}
+# "module.qualname" of a plain type in an optional package → its masked class
+_REGISTERED_BY_NAME: dict[str, type] = {}
+
+
+def masks(plain: Union[type, str]) -> Callable[[type], type]:
+    """Class decorator: the decorated masked layer replaces modules of type
+    ``plain`` (a type, or "module.qualname" of a type from an optional package)."""
+    def register(cls: type) -> type:
+        if not issubclass(cls, MaskedWeightMixin):
+            raise TypeError(f"{cls.__name__} is not a masked layer (MaskedWeightMixin)")
+        if isinstance(plain, str):
+            _REGISTERED_BY_NAME[plain] = cls
+        else:
+            _REGISTERED[plain] = cls
+        return cls
+
+    return register
 
 # Subclasses whose forward computes exactly their base's y = x·Wᵀ + b
 # ("module.qualname"), so the masked forward may replace it.
@@ -53,12 +74,13 @@ INPUT_TRANSFORMS = {
 
 
 def base_table() -> dict[type, type]:
-    """Plain module type → its masked layer class."""
-    table = {nn.Linear: MaskedLinear, nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d,
-             nn.Conv3d: MaskedConv3d, nn.MultiheadAttention: MaskedMultiheadAttention}
-    if "transformers" in sys.modules:  # only a transformers model can hold a GPT-2 Conv1D
-        from transformers.pytorch_utils import Conv1D
-        table[Conv1D] = MaskedGPT2Conv1D
+    """Plain module type → its masked layer class (types of optional packages
+    once those are imported: only such a model can hold them)."""
+    table = dict(_REGISTERED)
+    for qualified, cls in _REGISTERED_BY_NAME.items():
+        module, _, name = qualified.rpartition(".")
+        if module in sys.modules and hasattr(sys.modules[module], name):
+            table[getattr(sys.modules[module], name)] = cls
     return table
 
 

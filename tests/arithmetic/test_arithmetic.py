@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from subind.experiments.arithmetic import data as A
-from subind.cli import main as cli
+from subind.commands import main as cli
 from subind.engine.sweep import parse_shard
 from subind.experiments.arithmetic.experiment import ArithmeticExperiment, config_for
 from subind.experiments.arithmetic.expressions import ExpressionError, parse
@@ -221,7 +221,7 @@ def test_fused_and_eager_kernels_find_the_same_smoke_subnetwork(tmp_path):
     for kernels in ("fused", "eager"):
         out = tmp_path / kernels
         assert cli(["arithmetic", "--preset", "smoke", "--out", str(out), "--no-progress",
-                    "--conditions", "subtask_induction", "--n-disamb", "0",
+                    "--conditions", "subtask_induction", "--n-disambiguation", "0",
                     "--kernels", kernels, "--compile", "off"]) == 0
         masks[kernels] = sf.Subnetwork.load(out / "subnetworks" / "L1.safetensors")
         assert json.loads((out / "manifest.json").read_text())["config"]["kernels"] == kernels
@@ -234,8 +234,10 @@ def test_fused_and_eager_kernels_find_the_same_smoke_subnetwork(tmp_path):
 def test_bad_kernel_and_compile_choices_are_refused(tmp_path, capsys):
     assert cli(["arithmetic", "--preset", "smoke", "--out", str(tmp_path / "a"),
                 "--kernels", "fastest"]) == 2
-    assert "kernels must be one of ('fused', 'eager'), got 'fastest'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fastest" in err and "--kernels" in err
     assert cli(["arithmetic", "--preset", "smoke", "--out", str(tmp_path / "b"),
                 "--compile", "maybe"]) == 2
-    assert "compile must be one of ('auto', 'on', 'off'), got 'maybe'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "maybe" in err and "--compile" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from subind.cli import _parser, main as cli
+from subind.commands import main as cli
 from subind.engine import manifest
 from subind.engine.files import locked
 from subind.experiments.arithmetic.experiment import ArithmeticExperiment, config_for
@@ -42,7 +42,7 @@ def _copy(finished, tmp_path):
 @pytest.mark.parametrize("change, fields", [
     (["--target", "a^2+b^2"], ["target"]),
     (["--p", "5"], ["p"]),
-    (["--transfer-lr", "0.01", "--numbers", "40"], ["n_numbers", "transfer_lr"]),
+    (["--transfer-lr", "0.01", "--n-numbers", "40"], ["n_numbers", "transfer_lr"]),
 ])
 def test_a_different_configuration_is_refused_naming_the_fields(finished, tmp_path, change,
                                                                  fields, capsys):
@@ -61,7 +61,7 @@ def test_another_preset_is_refused_and_the_grid_may_grow(finished, tmp_path, cap
     out = _copy(finished, tmp_path)
     assert cli(["arithmetic", "--preset", "quick", "--out", str(out), "--no-progress"]) == 2
     assert "field(s) differ" in capsys.readouterr().err
-    assert _smoke(out, "--seeds", "0,1", "--n-disamb", "0") == 0  # same experiment, more seeds
+    assert _smoke(out, "--seeds", "0,1", "--n-disambiguation", "0") == 0  # same experiment, more seeds
     assert "3 runs done now, 3 already present" in capsys.readouterr().out  # seed 1 is new
 
 
@@ -135,7 +135,7 @@ def test_a_run_held_by_another_process_is_left_to_it(tmp_path):
 @pytest.mark.slow
 def test_two_processes_on_one_grid_do_each_run_once(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "subind.cli", *SMOKE, "--out", str(out)]
+    command = [sys.executable, "-m", "subind", *SMOKE, "--out", str(out)]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
@@ -152,8 +152,8 @@ def test_two_processes_on_one_grid_do_each_run_once(tmp_path):
     (["--device", "cuda"], "no CUDA device is available"),
     (["--device", "tpu"], "is not a torch device"),
     (["--transfer-lr", "0"], "transfer_lr must be a positive number"),
-    (["--base-epochs", "0"], "base_max_epochs must be a positive integer"),
-    (["--numbers", "5"], "n_numbers must be an integer >= p"),
+    (["--base-max-epochs", "0"], "base_max_epochs must be a positive integer"),
+    (["--n-numbers", "5"], "n_numbers must be an integer >= p"),
     (["--lambdas=-1e-7"], "lambdas must be finite positive numbers"),
     (["--layers", "0"], "layers must be integers >= 1"),
 ])
@@ -165,16 +165,21 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, args, me
 
 
 def test_cli_exposes_number_range_epochs_and_learning_rates():
-    args = _parser().parse_args(["arithmetic", "--out", "x", "--numbers", "1000",
-                                 "--base-epochs", "3", "--base-lr", "0.002",
-                                 "--discovery-epochs", "7", "--mask-lr", "0.01",
-                                 "--transfer-epochs", "9", "--transfer-lr", "0.0005",
-                                 "--lambdas", "1e-7,5e-7"])
-    cfg = config_for("quick", **{k: v for k, v in vars(args).items()
-                                 if k in config_for("quick").__dataclass_fields__})
+    from subind.commands import arithmetic
+    from subind.engine.options import parse
+
+    parsed = parse(arithmetic.OPTIONS, ["--out", "x", "--n-numbers", "1000",
+                                        "--base-max-epochs", "3", "--base-lr", "0.002",
+                                        "--discovery-epochs", "7", "--mask-lr", "0.01",
+                                        "--transfer-epochs", "9", "--transfer-lr", "0.0005",
+                                        "--lambdas", "1e-7,5e-7"],
+                   prog="subind arithmetic", description="", presets=arithmetic.PRESETS,
+                   default_preset="quick")
+    cfg = parsed.experiment.validate()
     assert (cfg.n_numbers, cfg.base_max_epochs, cfg.base_lr, cfg.discovery_epochs, cfg.mask_lr,
             cfg.transfer_epochs, cfg.transfer_lr, cfg.lambdas) == (
         1000, 3, 0.002, 7, 0.01, 9, 0.0005, [1e-7, 5e-7])
+    assert cfg.subtask_samples == config_for("quick").subtask_samples  # the rest: the preset's
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def check_model_apis(method, x):
         check(torch.allclose(plain[i].logits.grad, sharded[i].logits.grad.full_tensor(),
                              rtol=1e-12), f"{method}: training gradient of layer {i}")
 
-    # density, hard masks, Subnetwork.from_model, to_module
+    # density, hard masks, sf.nn.subnetwork_of, to_module
     check(sf.nn.density(plain) == sf.nn.density(sharded), "density")
     for i in (0, 2, 4):
         check(plain[i].density() == sharded[i].density(), f"layer {i} density")
@@ -87,7 +87,7 @@ def check_model_apis(method, x):
         a, b = plain[i].to_module(), sharded[i].to_module()
         check(type(a) is type(b) and torch.equal(a.weight, b.weight)
               and torch.equal(a.bias, b.bias), f"layer {i} to_module")
-    check(sf.Subnetwork.from_model(plain) == sf.Subnetwork.from_model(sharded), "from_model")
+    check(sf.nn.subnetwork_of(plain) == sf.nn.subnetwork_of(sharded), "from_model")
 
 
 def check_optimizers(x):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind.cli import main
+from subind.commands import main
 
 TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--weights", "random", "--model-kwargs",
             json.dumps(dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
@@ -181,7 +181,7 @@ def test_transformers_directory_and_image_folder(tmp_path):
 
 
 def test_plan_memory_prints_a_table(capsys):
-    from subind.cli import main as cli
+    from subind.commands import main as cli
 
     assert cli(["plan-memory", "--model", "timm:vit_tiny_patch16_224", "--model-kwargs",
                 json.dumps(dict(img_size=32, patch_size=8, depth=2)), "--batch", "4",

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import subind_fast as sf
-from subind.cli import main
+from subind.commands import main
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -228,7 +228,7 @@ def test_mean_and_std_need_three_finite_numbers(tmp_path, capsys):
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import subind.discover_cli as discover_cli
+    import subind.commands.discover as discover_cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

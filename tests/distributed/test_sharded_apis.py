@@ -1,5 +1,5 @@
 """The kernel library's model-level APIs on FSDP2-sharded parameters (L0,
-density, hard masks, Subnetwork.from_model, to_module, MaskedAdamW/MaskedSGD
+density, hard masks, sf.nn.subnetwork_of, to_module, MaskedAdamW/MaskedSGD
 with per-shard bits) equal the unsharded model's, 2 gloo ranks, float64."""
 import os
 import subprocess

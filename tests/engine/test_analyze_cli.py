@@ -4,7 +4,7 @@ import csv
 import torch
 
 import subind_fast as sf
-from subind.cli import main
+from subind.commands import main
 
 
 def _save(path, masks):

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from subind.cli import main
+from subind.commands import main
 
 
 def _vision(out, *extra):

@@ -12,7 +12,8 @@ from torch import nn
 
 import subind_fast as sf
 from subind.engine import files, manifest, records
-from subind.engine.protocol import CONDITIONS, chosen_subnetwork, discover, transfer_condition
+from subind.engine.protocol import (CONDITIONS, Discovery, chosen_subnetwork, discover,
+                                   transfer_condition)
 from subind.engine.sweep import Sweep, cached_stage, parse_shard
 from subind.engine.training import Metrics, TensorBatches, train
 
@@ -245,8 +246,8 @@ def test_discover_finds_the_subtask_and_leaves_the_model_alone():
           TensorBatches(x, y, batch_size=64, shuffle=True), 10, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     result = discover(model, _Classify(), TensorBatches(x, y, batch_size=64, shuffle=True),
-                      TensorBatches(x, y, batch_size=512), lambdas=[1e-3, 1e-6], epochs=8,
-                      mask_lr=0.05)
+                      TensorBatches(x, y, batch_size=512),
+                      Discovery(lambdas=[1e-3, 1e-6], epochs=8, mask_lr=0.05))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not sf.masked_layers(model)
     assert result.accuracy > 0.9 and 0 < result.density < 1
@@ -272,7 +273,7 @@ def test_transfer_conditions_choose_and_freeze_as_the_paper_defines():
 
 
 def test_report_and_imagenet16_name_a_missing_path(tmp_path, capsys):
-    from subind.cli import main
+    from subind.commands import main
 
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert f"results directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_plan_memory_runs_on_transformers_causal_lms(family, tmp_path, capsys):
     and Qwen2 directories (grouped-query attention) and the arithmetic entry point."""
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
-    from subind.cli import main
+    from subind.commands import main
 
     if family == "entry":
         spec = "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2"

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import subind_fast as sf
-from subind.engine.protocol import discover
+from subind.engine.protocol import Discovery, DiscoveryHooks, discover
 from subind.engine.speed import apply_speed_options, compile_wanted
 from subind.engine.training import Metrics, TensorBatches
 
@@ -38,8 +38,9 @@ def test_discovery_with_a_compiled_model_matches_the_eager_run():
     x = torch.randn(64, 6)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
     batches = TensorBatches(x, y, batch_size=32)
-    results = [discover(model, ClassifyTask(), batches, batches, lambdas=[1e-4], epochs=3,
-                        mask_lr=5e-2, compile_model=compiled) for compiled in (False, True)]
+    results = [discover(model, ClassifyTask(), batches, batches,
+                        Discovery(lambdas=[1e-4], epochs=3, mask_lr=5e-2),
+                        DiscoveryHooks(compile_model=compiled)) for compiled in (False, True)]
     eager_run, compiled_run = (r.subnetwork.masks() for r in results)
     equal = sum((eager_run[k] == compiled_run[k]).sum().item() for k in eager_run)
     assert equal / sum(m.numel() for m in eager_run.values()) >= 0.99

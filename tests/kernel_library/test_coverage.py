@@ -29,7 +29,7 @@ def test_transformer_encoder_is_fully_masked_and_matches_its_unmasked_twin():
     model = _encoder()
     report = sf.mask_model(model)
     _randomise(model)
-    sub = sf.Subnetwork.from_model(model)
+    sub = sf.nn.subnetwork_of(model)
     matrices = {n for n, p in model.named_parameters() if p.dim() == 2 and "logits" not in n}
     assert set(sub.names()) == matrices  # in_proj, out_proj, linear1, linear2 of each layer
     assert report.masked["MaskedMultiheadAttention"] == 2

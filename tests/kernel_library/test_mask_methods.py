@@ -269,7 +269,7 @@ def test_neuron_granularity_equals_rows_of_one_shared_logit(method):
         y.square().sum().backward()
         torch.testing.assert_close(y, y_ref)
         torch.testing.assert_close(units.logits.grad, s.grad.sum(1, keepdim=True))
-    sub = sf.Subnetwork.from_model(torch.nn.Sequential(units))
+    sub = sf.nn.subnetwork_of(torch.nn.Sequential(units))
     assert torch.equal(sub.mask("0.weight"), expanded > 0)
     kept = int((units.logits > 0).sum()) * 9
     assert sf.nn.density(torch.nn.Sequential(units)) == pytest.approx(kept / 54)
@@ -295,15 +295,14 @@ def test_penalties_per_method():
     assert units.l0().item() == pytest.approx(2 * 0.5 * 3)  # each unit counts its 3 weights
 
 
-def test_selection_methods_as_layer_methods():
+def test_mask_model_installs_a_selected_subnetwork():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     expected = sf.selection.magnitude(model, 0.25, "global")
-    sf.mask_model(model, method="magnitude", density=0.25, scope="global")
-    assert sf.Subnetwork.from_model(model) == expected
+    sf.mask_model(model, subnetwork=expected)
+    assert sf.nn.subnetwork_of(model) == expected
     assert all(not layer.logits.requires_grad for layer in sf.masked_layers(model).values())
-    assert sf.l0_penalty(model).item() == 0
-    model.train()
+    model.train()  # an installed subnetwork stays hard while training
     x = torch.randn(2, 8)
     masks = expected.masks()
     ref = F.linear(torch.relu(F.linear(x, model[0].weight * masks["0.weight"], model[0].bias)),
@@ -313,8 +312,12 @@ def test_selection_methods_as_layer_methods():
     tuned = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     before = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     expected = sf.selection.lottery_ticket(tuned, before, 0.1)
-    sf.mask_model(tuned, method="lottery_ticket", density=0.1, pretrained=before)
-    assert sf.Subnetwork.from_model(tuned) == expected
+    sf.mask_model(tuned, subnetwork=sf.selection.select("lottery_ticket", tuned, 0.1,
+                                                        pretrained=before))
+    assert sf.nn.subnetwork_of(tuned) == expected
+    with pytest.raises(ValueError, match="has no mask for 0.weight"):
+        sf.mask_model(torch.nn.Sequential(torch.nn.Linear(8, 6)),
+                      subnetwork=sf.Subnetwork.from_masks({"x": torch.ones(2, dtype=torch.bool)}))
 
 
 def test_bad_method_arguments_are_named():
@@ -324,13 +327,10 @@ def test_bad_method_arguments_are_named():
         MaskMethod("gumbel", "head")
     with pytest.raises(ValueError, match="n_samples=2 needs a sampled method"):
         MaskMethod("continuous", n_samples=2)
-    with pytest.raises(ValueError, match="needs density="):
+    with pytest.raises(ValueError, match="method must be one of"):
         sf.mask_model(torch.nn.Sequential(torch.nn.Linear(3, 2)), method="magnitude")
     with pytest.raises(ValueError, match="needs pretrained="):
-        sf.mask_model(torch.nn.Sequential(torch.nn.Linear(3, 2)), method="lottery_ticket",
-                      density=0.5)
-    with pytest.raises(ValueError, match="density and pretrained are for the selection"):
-        sf.mask_model(torch.nn.Sequential(torch.nn.Linear(3, 2)), density=0.5)
+        sf.selection.select("lottery_ticket", torch.nn.Sequential(torch.nn.Linear(3, 2)), 0.5)
     with pytest.raises(ValueError, match="no neuron granularity"):
         sf.nn.MaskedMultiheadAttention(8, 2, method=MaskMethod("continuous", "neuron"))
     with pytest.raises(ValueError, match="noise must be an int64 tensor"):

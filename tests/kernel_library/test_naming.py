@@ -27,7 +27,7 @@ def _discover_all(model):
 
 def test_tied_lm_head_is_one_entry_and_transfers():
     source, target = _gpt2(0), _gpt2(1)
-    sub = sf.Subnetwork.from_model(_discover_all(source))
+    sub = sf.nn.subnetwork_of(_discover_all(source))
     assert "transformer.wte.weight" in sub and "lm_head.weight" not in sub
     frozen = sf.transfer(sub, source, target, reinit="all")
     gamma = sub.mask("transformer.wte.weight")
@@ -49,9 +49,9 @@ def test_alias_names_resolve_to_the_canonical_parameter():
 def test_compiled_and_data_parallel_wrappers_are_stripped():
     source, target = _gpt2(0), _gpt2(1)
     probe = _discover_all(source)
-    plain = sf.Subnetwork.from_model(probe)
+    plain = sf.nn.subnetwork_of(probe)
     for wrapped in (torch.compile(probe), nn.DataParallel(probe)):
-        sub = sf.Subnetwork.from_model(wrapped)
+        sub = sf.nn.subnetwork_of(wrapped)
         assert sub == plain and not any("_orig_mod" in n or n.startswith("module.")
                                         for n in sub.names())
     sf.transfer(plain, torch.compile(source), nn.DataParallel(target))  # wrapped both sides
@@ -76,7 +76,7 @@ def test_a_weight_masked_by_two_layers_gets_the_union():
     with torch.no_grad():
         model[0].logits.copy_(torch.where(ma, 1.0, -1.0))
         model[1].logits.copy_(torch.where(mb, 1.0, -1.0))
-    sub = sf.Subnetwork.from_model(model)
+    sub = sf.nn.subnetwork_of(model)
     assert set(sub.names()) == {"0.weight"}
     assert torch.equal(sub.mask("0.weight"), ma | mb)
 

@@ -43,7 +43,7 @@ def _assert_same_masks(a, b):
 def test_beta_and_mode_are_buffers_in_the_state_dict():
     layer = sf.nn.MaskedLinear(4, 3, beta=2.5, mode="hard")
     state = layer.state_dict()
-    assert set(state) == {"weight", "bias", "logits", "beta", "mask_mode"}
+    assert set(state) == {"weight", "bias", "logits", "beta", "mask_mode", "mask_method_code"}
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert state["beta"].shape == () and float(state["beta"]) == 2.5
     fresh = sf.nn.MaskedLinear(4, 3)
@@ -107,6 +107,26 @@ def test_transformers_save_pretrained_and_masked_from_pretrained(tmp_path):
     _assert_same_masks(model, loaded)
     torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=0, atol=0)
     assert all(not p.requires_grad for n, p in loaded.named_parameters() if "logits" not in n)
+
+
+@pytest.mark.parametrize("method", [sf.nn.MaskMethod("hard_concrete"),
+                                    sf.nn.MaskMethod("gumbel", "neuron", n_samples=2)])
+def test_saving_and_reloading_keeps_the_mask_method(tmp_path, method):
+    from transformers import GPT2LMHeadModel
+
+    model = _gpt2()
+    sf.mask_model(model, include=["transformer.h.*"], method=method)
+    model.save_pretrained(tmp_path)
+    loaded = sf.nn.masked_from_pretrained(GPT2LMHeadModel, tmp_path)
+    layers = sf.masked_layers(loaded).values()
+    assert {(layer.mask_method.name, layer.mask_method.granularity,
+             layer.mask_method.n_samples) for layer in layers} == {
+        (method.name, method.granularity, method.n_samples)}
+    _assert_same_masks(model, loaded)
+    continuous = _gpt2()
+    sf.mask_model(continuous, include=["transformer.h.*"])
+    with pytest.raises(ValueError, match="saved with mask method"):
+        continuous.load_state_dict(model.state_dict())
 
 
 def test_masked_from_pretrained_refuses_an_unmasked_checkpoint(tmp_path):

@@ -89,18 +89,18 @@ def _masked_mlp():
     return model
 
 
-def test_from_model_keys_weights_by_parameter_name():
+def test_subnetwork_of_keys_weights_by_parameter_name():
     model = _masked_mlp()
-    sub = Subnetwork.from_model(model, metadata={"lambda": 1e-7})
+    sub = sf.nn.subnetwork_of(model, metadata={"lambda": 1e-7})
     assert sub.names() == ["0.weight", "2.weight"]
     assert torch.equal(sub.mask("0.weight"), model[0].logits > 0)
-    assert sub.metadata == {"lambda": 1e-7}
+    assert sub.metadata == {"method": "continuous", "granularity": "weight", "lambda": 1e-7}
 
 
 @pytest.mark.parametrize("how", ["keep", "zero", "random"])
 def test_ablations(how):
     model = _masked_mlp()
-    sub = Subnetwork.from_model(model)
+    sub = sf.nn.subnetwork_of(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     sub.ablate(model, how, seed=1)
     for name in sub.names():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from subind.cli import main
-from subind.experiments.vision.categories import CATEGORIES, GEIRHOS_WNIDS
-from subind.experiments.vision.imagenet16 import build
+from subind.commands import main
+from subind.shape_bias.categories import CATEGORIES, GEIRHOS_WNIDS
+from subind.shape_bias.imagenet16 import build
 
 DATA = Path(__file__).parent / "data" / "geirhos"
 UNRELATED = "n01440764"  # tench: in ImageNet, in none of the 16 categories

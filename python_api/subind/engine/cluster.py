@@ -35,7 +35,7 @@ def slurm_array_script(argv: list[str], shards: int, out: Path,
             raise ValueError(f"--sbatch options look like --name=value, one word without "
                              f"spaces or line breaks, got {option!r}")
         lines.append(f"#SBATCH {option}")
-    command = [sys.executable, "-m", "subind.cli", *argv, "--shard",
+    command = [sys.executable, "-m", "subind", *argv, "--shard",
                f"$SLURM_ARRAY_TASK_ID/{shards}", "--no-progress"]
     quoted = " ".join(shlex.quote(c) if "$SLURM" not in c else f'"{c}"' for c in command)
     lines += ["set -euo pipefail", f"mkdir -p {shlex.quote(str(logs))}", f"exec {quoted}", ""]
@@ -49,15 +49,6 @@ def write_slurm_script(argv: list[str], shards: int, out: Path,
     atomic_write_text(path, slurm_array_script(argv, shards, out, sbatch_options))
     path.chmod(0o755)
     return path
-
-
-def _shard_main(argv: list[str]) -> int:
-    from ..cli import main
-
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"subind {' '.join(argv)} exited with {code}")
-    return code
 
 
 def submit_shards(argv: list[str], shards: int, out: Path, cluster: Optional[str] = None,
@@ -74,7 +65,11 @@ def submit_shards(argv: list[str], shards: int, out: Path, cluster: Optional[str
     executor = submitit.AutoExecutor(folder=str(Path(out) / "logs" / "submitit"),
                                      cluster=cluster)
     executor.update_parameters(name=f"subind-{Path(out).name}", **(parameters or {}))
-    jobs = [executor.submit(_shard_main, [*argv, "--shard", f"{i}/{shards}", "--no-progress"])
+    # Each job re-enters the command line in a process of its own, as a
+    # SLURM array task would: the engine calls no command's code.
+    jobs = [executor.submit(submitit.helpers.CommandFunction(
+                [sys.executable, "-m", "subind", *argv, "--shard", f"{i}/{shards}",
+                 "--no-progress"], verbose=False))
             for i in range(shards)]
     if wait:
         for job in jobs:

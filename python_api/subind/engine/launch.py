@@ -36,7 +36,7 @@ def run_local_shards(subcommand_argv: list[str], jobs: int, log_dir: Path, devic
     procs = []
     for i in range(jobs):
         log = open(log_dir / f"shard-{i}-of-{jobs}.log", "w")
-        command = [sys.executable, "-m", "subind.cli", *subcommand_argv, "--shard", f"{i}/{jobs}",
+        command = [sys.executable, "-m", "subind", *subcommand_argv, "--shard", f"{i}/{jobs}",
                    "--no-progress"]
         procs.append((i, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                env=shard_environment(i, jobs, device))))

@@ -13,7 +13,6 @@ needs a trained model).
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -161,19 +160,6 @@ def check_hf_class_applies(model_spec: str) -> None:
     """--hf-class chooses a transformers auto class: only ``hf:`` models have one."""
     if not model_spec.startswith("hf:"):
         raise ValueError(f"--hf-class applies to hf:DIR models, not --model {model_spec}")
-
-
-def parse_kwargs(text: Optional[str]) -> dict:
-    """--model-kwargs as a JSON object (e.g. '{"num_classes": 16}')."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r} ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
-    return value
 
 
 def input_size(model: nn.Module) -> Optional[tuple]:

@@ -18,13 +18,14 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Literal, Optional, Protocol
 
 import torch
 from torch import nn
 
 import subind_fast as sf
 
+from .options import Floats, Repeated
 from .training import EpochLog, Task, train
 
 PAPER_LAMBDAS = (1e-7, 5e-7, 1e-8)
@@ -88,52 +89,124 @@ class DiscoveryState(Protocol):
     def save(self, model: nn.Module, optimizer, lam: float, epoch: int) -> None: ...
 
 
-def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iterable, *,
-             include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None,
-             lambdas: Sequence[float] = PAPER_LAMBDAS, epochs: int = 50,
-             beta_final: float = 100.0, mask_lr: float = 1e-3, optimizer: str = "adam",
-             mask_init: float = sf.nn.DEFAULT_MASK_INIT, seed: int = 0,
-             log_dir: Optional[Path] = None, progress: bool = False,
-             train_mode: Callable[[nn.Module], None] = nn.Module.train,
-             in_place: bool = False, prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
-             before_epoch: Callable[[int], None] = lambda epoch: None,
-             state: Optional[DiscoveryState] = None, fused: Optional[bool] = None,
-             sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x,
-             method="continuous", anneal_temperature: bool = False,
-             density: Optional[float] = None, pretrained: Optional[nn.Module] = None,
-             compile_model: bool = False) -> DiscoveryResult:
-    """Find the subnetwork of ``model`` that performs ``task`` on ``train_data``
-    (see module docstring).  ``model`` is masked in place when ``in_place``
-    (no copy: large models), else a copy is and ``model`` is unchanged.
-    ``train_mode`` sets the masked model's training mode each epoch (e.g.
-    train() with the BatchNorm layers in eval(), to keep a pretrained model's
-    statistics when the data are few; masked layers must stay in training
-    mode, where they apply the soft mask).  ``prepare`` wraps the masked model
-    once (DDP, FSDP2, activation checkpointing), and ``compile_model`` compiles
-    it in place (nn.Module.compile); ``before_epoch`` runs at each
-    epoch's start (``sampler.set_epoch``); ``state`` saves and restores
-    progress; ``log_dir`` None writes nothing (ranks other than the first).
-    ``method`` (a name or sf.nn.MaskMethod: continuous, hard_concrete, gumbel
-    with their granularity and samples per batch) trains the masks; the
-    selection methods (magnitude, lottery_ticket: pass ``density``, and for
-    the lottery ticket the model before fine-tuning as ``pretrained``) choose
-    them without training, so the λ values do not apply."""
-    method = sf.nn.as_method(method)
-    if not method.trained:
-        return _select(model, task, eval_data, method, density, pretrained, include, exclude,
-                       in_place, prepare)
-    if density is not None:
-        raise ValueError("density= is for the selection methods; the trained methods find "
+MASK_METHODS = (*sf.nn.METHODS, *sf.selection.METHODS)
+
+
+@dataclass
+class Discovery:
+    """How a subnetwork is discovered: the settings it depends on besides the
+    model and the data (`subind discover` takes them as options)."""
+    lambdas: Floats = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    """L0 penalties to try"""
+    epochs: int = 10
+    """discovery epochs (β 1 → beta_final)"""
+    beta_final: float = 100.0
+    """β at the end of discovery"""
+    mask_lr: float = 1e-3
+    """learning rate of the mask logits"""
+    mask_init: float = sf.nn.DEFAULT_MASK_INIT
+    """initial mask logit (the paper: -0.1)"""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """optimizer of the mask logits"""
+    seed: int = 0
+    """seed of the initialisation and data order"""
+    include: Repeated = field(default_factory=list)
+    """glob on layer names to mask (repeatable; default: every maskable layer)"""
+    exclude: Repeated = field(default_factory=list)
+    """glob on layer names to leave unmasked (repeatable)"""
+    method: Literal[MASK_METHODS] = "continuous"
+    """how the mask is trained (continuous, hard_concrete, gumbel) or chosen without
+    training (magnitude needs density, lottery_ticket also the model before fine-tuning)"""
+    granularity: Literal[sf.nn.GRANULARITIES] = "weight"
+    """one mask logit per weight or per output unit"""
+    n_samples: int = 1
+    """mask samples per batch (hard_concrete, gumbel), each on a slice of the batch"""
+    anneal_temperature: bool = False
+    """sampled methods: anneal β = 1/τ to beta_final (default: fixed)"""
+    density: Optional[float] = None
+    """the fraction a selection method keeps"""
+
+    @property
+    def selects(self) -> bool:
+        """Whether the method chooses the subnetwork without training."""
+        return self.method in sf.selection.METHODS
+
+    def mask_method(self, generator: Optional[torch.Generator] = None) -> "sf.nn.MaskMethod":
+        return sf.nn.MaskMethod(self.method, self.granularity, self.n_samples, generator)
+
+
+def _same(model: nn.Module) -> nn.Module:
+    return model
+
+
+def _nothing(*args) -> None:
+    return None
+
+
+@dataclass
+class DiscoveryHooks:
+    """How a discovery runs around the protocol (every one optional).
+
+    ``in_place`` masks ``model`` itself (no copy: large models), else a copy
+    and ``model`` is unchanged.  ``train_mode`` puts the masked model in
+    training mode each epoch (engine/training.train_mode_for: e.g. BatchNorm
+    statistics frozen; masked layers must stay in training mode, where they
+    apply the soft mask).  ``prepare`` wraps the masked model once (DDP,
+    FSDP2, activation checkpointing); ``compile_model`` compiles it in place;
+    ``before_epoch`` runs at each epoch's start (``sampler.set_epoch``);
+    ``state`` saves and restores progress; ``log_dir`` None writes nothing
+    (ranks other than the first); ``sum_over_ranks`` sums metrics over ranks;
+    ``fused_optimizer`` picks the logits optimizer's fused kernel (None:
+    PyTorch's choice); ``generator`` draws the sampled methods' noise."""
+    log_dir: Optional[Path] = None
+    progress: bool = False
+    train_mode: Callable[[nn.Module], None] = nn.Module.train
+    in_place: bool = False
+    prepare: Callable[[nn.Module], nn.Module] = _same
+    compile_model: bool = False
+    before_epoch: Callable[[int], None] = _nothing
+    state: Optional[DiscoveryState] = None
+    fused_optimizer: Optional[bool] = None
+    sum_over_ranks: Callable[[list[float]], list[float]] = field(default=lambda values: values)
+    generator: Optional[torch.Generator] = None
+
+
+def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iterable,
+             settings: Discovery = Discovery(), hooks: DiscoveryHooks = DiscoveryHooks(),
+             pretrained: Optional[nn.Module] = None) -> DiscoveryResult:
+    """Find the subnetwork of ``model`` that performs ``task`` on
+    ``train_data`` (see module docstring), scored on ``eval_data``, as
+    ``settings`` say and ``hooks`` run it.  The trained methods search
+    ``settings.lambdas``; the selection methods (magnitude, lottery_ticket)
+    choose ``settings.density`` of the weights without training (the lottery
+    ticket from the model before fine-tuning, ``pretrained``)."""
+    s, h = settings, hooks
+    include, exclude = s.include or None, s.exclude or None
+    if s.selects:
+        if s.granularity != "weight" or s.n_samples != 1:
+            raise ValueError(f"the {s.method} selection keeps individual weights: granularity "
+                             "'weight', one sample")
+        return _select(model, task, eval_data, s.method, s.density, pretrained, include,
+                       exclude, h.in_place, h.prepare)
+    method = s.mask_method(h.generator)
+    if s.density is not None:
+        raise ValueError("density is for the selection methods; the trained methods find "
                          "their density through λ")
+    if pretrained is not None:
+        raise ValueError("pretrained is for the lottery_ticket selection")
+    lambdas, epochs, beta_final, mask_lr = s.lambdas, s.epochs, s.beta_final, s.mask_lr
+    mask_init, seed, anneal_temperature = s.mask_init, s.seed, s.anneal_temperature
+    log_dir, progress, train_mode, prepare = h.log_dir, h.progress, h.train_mode, h.prepare
+    before_epoch, state, sum_over_ranks = h.before_epoch, h.state, h.sum_over_ranks
     if not lambdas:
         raise ValueError("lambdas must name at least one L0 penalty")
     if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
         raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
                          f"{beta_final}, {mask_lr})")
-    probe = model if in_place else copy.deepcopy(model)
+    probe = model if h.in_place else copy.deepcopy(model)
     sf.mask_model(probe, include=include, exclude=exclude, init=mask_init, method=method)
     probe = prepare(probe)
-    if compile_model:
+    if h.compile_model:
         probe.compile()
     layers = sf.masked_layers(probe)
     # After prepare: FSDP2 has replaced the logits by sharded parameters.
@@ -147,7 +220,7 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         sf.sharded.reshard(probe)  # FSDP2: the next forward must read the reset shards
         for layer in layers.values():
             layer.reset_logits(mask_init)
-        opt = _mask_optimizer(optimizer, logits, mask_lr, fused)
+        opt = _mask_optimizer(s.optimizer, logits, mask_lr, h.fused_optimizer)
         first = state.restore(probe, opt, lam) if state is not None else 0
 
         def epoch_start(e, lam=lam):
@@ -172,7 +245,7 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         log.close()
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_data).accuracy
-        sub = sf.Subnetwork.from_model(probe, metadata={
+        sub = sf.nn.subnetwork_of(probe, metadata={
             "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
             "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict()})
         if state is not None:
@@ -191,15 +264,17 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
 def _select(model, task, eval_data, method, density, pretrained, include, exclude, in_place,
             prepare):
     """Discovery by a selection method: mask, score the hard mask, done."""
+    if density is None:
+        raise ValueError(f"the {method} selection needs density (the fraction to keep)")
     probe = model if in_place else copy.deepcopy(model)
-    sf.mask_model(probe, include=include, exclude=exclude, method=method, density=density,
-                  pretrained=pretrained)
+    chosen = sf.selection.select(method, probe, density, pretrained=pretrained, include=include,
+                                 exclude=exclude)
+    sf.mask_model(probe, include=include, exclude=exclude, subnetwork=chosen)
     probe = prepare(probe)
     probe.eval()
     accuracy = task.evaluate(probe, eval_data).accuracy
-    sub = sf.Subnetwork.from_model(probe, metadata={"subtask_accuracy": accuracy,
-                                                    "density_target": density,
-                                                    **method.as_dict()})
+    chosen.metadata.update(subtask_accuracy=accuracy, density_target=density)
+    sub = chosen
     return DiscoveryResult(sub, accuracy, sub.density(), 0.0, sub.layer_density(),
                            [(0.0, accuracy, sub.density())])
 

@@ -115,10 +115,19 @@ def _tensorboard_writer(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def set_training_mode(bn_stats: str) -> Callable[[nn.Module], None]:
-    """A ``train_mode`` for :func:`train`: train() for every module, except
-    BatchNorm layers when ``bn_stats`` is "frozen" (they then normalise with
-    their running statistics)."""
+#: BatchNorm statistics while a model trains: each batch's (and the running
+#: statistics follow them), or the running statistics, frozen
+BN_STATS = ("batch", "frozen")
+
+
+def train_mode_for(bn_stats: str) -> Callable[[nn.Module], None]:
+    """A ``train_mode`` for :func:`train` (how a model is put in training
+    mode): train() for every module, except BatchNorm layers when
+    ``bn_stats`` is "frozen" (they then normalise with their running
+    statistics)."""
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
+
     def apply(model: nn.Module) -> None:
         model.train()
         if bn_stats == "frozen":

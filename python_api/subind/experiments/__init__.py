@@ -1,6 +1,5 @@
 """One package per experiment.  Each exposes ``NAME`` (what its results
-directories' manifests say), ``register(subparsers)`` (its CLI commands) and
-``report(out) -> (markdown, figure paths)``, and may offer
+directories' manifests say), ``report(out) -> (markdown, figure paths)``, and may offer
 ``discovery_sets(which) -> engine.data_sources.DataSpec`` for ``subind discover``."""
 import importlib
 
@@ -20,3 +19,11 @@ def discovery_sets(name: str, which: str):
     if not hasattr(module, "discovery_sets"):
         raise ValueError(f"the {name} experiment offers no data sets for discover")
     return module.discovery_sets(which)
+
+
+def data_for(spec: str, model, size=None, mean=None, std=None):
+    """engine.data_sources.resolve with the experiments' data sets
+    (``experiment:NAME/WHICH``) besides the engine's own kinds."""
+    from ..engine.data_sources import resolve
+
+    return resolve(spec, model, discovery_sets, size, mean, std)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -23,12 +23,14 @@ import subind_fast as sf
 from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import manifest
-from ...engine.cli import config_from_preset
+from ...engine.options import config_from_preset
 from ...engine import validation as check
 from ...engine.files import atomic_write
-from ...engine.speed import apply_speed_options, check_speed_options
-from ...engine.protocol import CONDITIONS, PAPER_LAMBDAS, discover, needs_subnetwork, \
-    transfer_condition
+from ...engine.options import Floats, Ints, Strs
+from ...engine.speed import (COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options,
+                             check_speed_options)
+from ...engine.protocol import (CONDITIONS, PAPER_LAMBDAS, Discovery, DiscoveryHooks, discover,
+                               needs_subnetwork, transfer_condition)
 from ...engine.sweep import Sweep, SweepResult, cached_stage, parse_shard  # noqa: F401 (CLI)
 from ...engine.training import EpochLog, TensorBatches, train
 from . import data as A
@@ -45,38 +47,71 @@ EVAL_BATCH = 4096
 
 @dataclass
 class ArithmeticConfig:
+    """The arithmetic experiment's options, with the paper's values as
+    defaults (App. B); the presets start from other values."""
     base: str = "a+a*b"
+    """the base computation the model first learns"""
     subtask: str = "a*b"
+    """the subtask whose subnetwork is discovered and transferred"""
     target: str = "a^2+a*b"
+    """the target computation the transfer trains on"""
     p: int = A.DEFAULT_P
+    """the modulus"""
     n_numbers: int = A.DEFAULT_NUMBERS
-    layers: list = field(default_factory=lambda: [2, 4, 6, 8, 10, 12])
-    n_disambiguation: list = field(default_factory=lambda: [
+    """number tokens 0..N-1 (the paper: 1000)"""
+    layers: Ints = field(default_factory=lambda: [2, 4, 6, 8, 10, 12])
+    """layer counts of the GPT-2 models (grid axis)"""
+    n_disambiguation: Ints = field(default_factory=lambda: [
         int(round(10 ** (1 + 3 * i / 15))) for i in range(16)])  # 16 values, 10 … 10⁴
-    conditions: list = field(default_factory=lambda: ["subtask_induction", "scratch", "random",
+    """disambiguation sample sizes (grid axis)"""
+    conditions: Strs = field(default_factory=lambda: ["subtask_induction", "scratch", "random",
                                                       "complement", "full_model"])
-    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """transfer conditions (grid axis): subtask_induction, scratch, random, complement,
+    full_model, subtask_induction_unfrozen, random_unfrozen"""
+    seeds: Ints = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """seeds (grid axis)"""
     n_embd: int = 128
+    """embedding size"""
     n_head: int = 4
+    """attention heads"""
     n_inner: int = 512
+    """MLP width"""
     base_fraction: float = 0.2
+    """share of the (a, b) pairs the base model trains on"""
     base_test_samples: int = 20_000
+    """held-out pairs that score the base model"""
     base_lr: float = 5e-4
+    """base training learning rate"""
     base_max_epochs: int = 500
+    """base training: at most this many epochs"""
     base_target_accuracy: float = 0.999
+    """base training stops at this test accuracy"""
     subtask_samples: int = 50_000
+    """subtask pairs for discovery"""
     discovery_epochs: int = 50
-    lambdas: list = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    """discovery epochs (β 1 → beta_final)"""
+    lambdas: Floats = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    """L0 penalties to try"""
     beta_final: float = 100.0
+    """β at the end of discovery"""
     mask_lr: float = 1e-3
+    """discovery learning rate of the mask logits"""
     transfer_epochs: int = 100
+    """transfer training epochs"""
     transfer_lr: float = 2e-4
+    """transfer training learning rate"""
     batch_size: int = 512
-    transfer_batch_size: int = 32  # the transfer sets are small: keep enough steps per epoch
-    reinit: str = "all"
+    """batch size of base training and discovery"""
+    transfer_batch_size: int = 32
+    """batch size of transfer training (the transfer sets are small: enough steps per epoch)"""
+    reinit: Literal["all", "masked"] = "all"
+    """all (the paper text) or masked (the authors' code): what the transfer re-initialises"""
     device: str = "cpu"
-    kernels: str = "fused"   # fused (ours) | eager (plain PyTorch ops); engine/speed.py
-    compile: str = "auto"    # torch.compile of the discovery model: auto | on | off
+    """cpu, cuda, cuda:1, ..."""
+    kernels: Literal[KERNEL_CHOICES] = "fused"
+    """the masked layers' kernels: fused (ours) or eager (plain PyTorch ops)"""
+    compile: Literal[COMPILE_CHOICES] = "auto"
+    """torch.compile the discovery model: auto (on for CUDA, off on the CPU), on, off"""
 
     def validate(self) -> "ArithmeticConfig":
         """Every field checked before any training (errors name the field)."""
@@ -250,6 +285,12 @@ class ArithmeticExperiment:
 
         return cached_stage(self.out / "base" / f"L{n_layer}" / "model.safetensors", load, build)
 
+    def discovery_settings(self) -> Discovery:
+        cfg = self.cfg
+        return Discovery(lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
+                         beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
+                         include=list(GPT2_MASKED_LAYERS))
+
     def subnetwork(self, n_layer: int, base: nn.Module) -> sf.Subnetwork:
         cfg = self.cfg
 
@@ -259,12 +300,11 @@ class ArithmeticExperiment:
             start = time.time()
             result = discover(base, self.task,
                               self._batches(sub_rows, cfg.batch_size, seed=0, shuffle=True),
-                              self._eval(eval_rows), include=GPT2_MASKED_LAYERS,
-                              lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
-                              beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
-                              log_dir=path.parent / f"L{n_layer}-logs", progress=self.progress,
-                              compile_model=apply_speed_options(cfg.kernels, cfg.compile,
-                                                                cfg.device))
+                              self._eval(eval_rows), self.discovery_settings(),
+                              DiscoveryHooks(log_dir=path.parent / f"L{n_layer}-logs",
+                                             progress=self.progress,
+                                             compile_model=apply_speed_options(
+                                                 cfg.kernels, cfg.compile, cfg.device)))
             result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
             result.subnetwork.save(path)
             return result.subnetwork, {

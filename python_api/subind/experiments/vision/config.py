@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import validation as check
-from ...engine.cli import config_from_preset
-from ...engine.speed import check_speed_options
+from ...engine.options import config_from_preset
+from ...engine.options import Floats, Ints, Strs
+from ...engine.training import BN_STATS
+from ...engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, check_speed_options
 from . import architectures as arch_lib
 
 EXPERIMENT = "vision"
@@ -40,7 +42,6 @@ CONDITIONS = {
     "pretrained": VisionCondition(None, trains=False),          # head-only adaptation
     "random_init_discovery": VisionCondition("subtask_induction", source="random_init"),
 }
-BN_STATS = ("train", "frozen")
 # Options only one data source reads (VisionConfig.check_given).
 FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
 SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation", "train_samples",
@@ -49,54 +50,102 @@ SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation", "train_sa
 
 @dataclass
 class VisionConfig:
-    archs: list = field(default_factory=lambda: ["resnet18", "vit"])
-    conditions: list = field(default_factory=lambda: list(CONDITIONS))
-    n_disambiguation: list = field(default_factory=lambda: [0])
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    data: str = "synthetic"        # or a 16-class ImageNet folder (`subind imagenet16`)
-    cue_conflict: str = ""         # folder data: Geirhos-layout cue-conflict stimuli
-    resnet18_weights: str = ""     # folder data: ImageNet weights files of the base models
+    """The vision experiment's options, with the paper text's values as
+    defaults (§5, App. C); the presets start from other values."""
+    archs: Strs = field(default_factory=lambda: ["resnet18", "vit"])
+    """architectures (grid axis): resnet18, vit"""
+    conditions: Strs = field(default_factory=lambda: list(CONDITIONS))
+    """conditions (grid axis): subtask_induction, scratch, random, complement, full_model,
+    data_mixture, pretrained, random_init_discovery"""
+    n_disambiguation: Ints = field(default_factory=lambda: [0])
+    """disambiguating images (shape and texture independent) added to the training set
+    (grid axis)"""
+    seeds: Ints = field(default_factory=lambda: [0, 1, 2])
+    """seeds (grid axis)"""
+    data: str = "synthetic"
+    """synthetic, or a 16-class ImageNet folder (subind imagenet16)"""
+    cue_conflict: str = ""
+    """folder data: cue-conflict stimuli in Geirhos' layout"""
+    resnet18_weights: str = ""
+    """folder data: the ImageNet ResNet-18 weights file"""
     vit_weights: str = ""
-    image_size: int = 224          # folder data
-    workers: int = 8               # folder data: DataLoader worker processes
+    """folder data: the ImageNet ViT-B/16 weights file"""
+    image_size: int = 224
+    """folder data: input resolution"""
+    workers: int = 8
+    """folder data: DataLoader worker processes"""
     resnet_width: int = 16
+    """channels of the ResNet's first stage"""
     resnet_stem_stride: int = 2
+    """stride of the ResNet's stem (1 or 2)"""
     vit_width: int = 64
-    # synthetic images (synthetic.Salience)
-    object_scale: list = field(default_factory=lambda: [0.5, 0.8])
+    """the ViT's embedding size"""
+    object_scale: Floats = field(default_factory=lambda: [0.5, 0.8])
+    """synthetic images: the objects' size range, low,high (fractions of the image)"""
     rotation: float = 180.0
+    """synthetic images: objects rotate by up to ± this many degrees"""
     jitter: float = 4.0
+    """synthetic images: objects move by up to this many pixels"""
     contrast: float = 0.12
+    """synthetic images: object/background brightness difference (shape salience)"""
     base_samples: int = 6400
-    base_untextured: float = 0.25   # + this share of untextured objects in base training
+    """synthetic images: base-training images"""
+    base_untextured: float = 0.25
+    """synthetic images: share of untextured objects added to base training"""
     train_samples: int = 1600
+    """synthetic images: original (aligned) training images per run"""
     pooled_samples: int = 1600
+    """synthetic images: mean-pooled images for discovery"""
     eval_samples: int = 800
-    # stages
+    """synthetic images: evaluation images per set"""
     base_epochs: int = 20
+    """base model training epochs"""
     base_lr: float = 2e-3
+    """base model learning rate"""
     head_epochs: int = 10
+    """epochs of the head-only adaptation to the 16 classes"""
     head_lr: float = 1e-2
+    """learning rate of the head-only adaptation"""
     discovery_epochs: int = 100
+    """discovery epochs (β 1 → beta_final)"""
     discovery_batch_size: int = 32
-    lambdas: list = field(default_factory=lambda: [1e-6, 1e-7, 1e-8])
+    """discovery batch size"""
+    lambdas: Floats = field(default_factory=lambda: [1e-6, 1e-7, 1e-8])
+    """L0 penalties to try"""
     beta_final: float = 100.0
+    """β at the end of discovery"""
     mask_lr: float = 1e-3
-    mask_optimizer: str = "adamw"
+    """discovery learning rate of the mask logits"""
+    mask_optimizer: Literal["adam", "adamw"] = "adamw"
+    """optimizer of the mask logits"""
     mask_head: bool = False
+    """mask the classifier too (the authors' code: yes)"""
     transfer_epochs: int = 30
-    transfer_optimizer: str = "sgd"
+    """transfer training epochs"""
+    transfer_optimizer: Literal["sgd", "adamw"] = "sgd"
+    """sgd (the paper) or adamw"""
     transfer_lr: float = 1e-3
+    """transfer learning rate"""
     momentum: float = 0.9
+    """SGD momentum of the transfer"""
     weight_decay: float = 1e-4
+    """weight decay of the transfer"""
     batch_size: int = 128
-    reinit: str = "all"
-    bn_stats: str = "train"
+    """training batch size"""
+    reinit: Literal["all", "masked"] = "all"
+    """all (the paper text) or masked (the authors' code): what the transfer re-initialises"""
+    bn_stats: Literal[BN_STATS] = "batch"
+    """BatchNorm statistics while the masks learn: batch (the paper text) or frozen"""
     class_weighted: bool = False
+    """class-weighted loss for unbalanced data"""
     bootstrap: int = 200
+    """bootstrap samples of the shape-bias intervals"""
     device: str = "cpu"
-    kernels: str = "fused"   # fused (ours) | eager (plain PyTorch ops); engine/speed.py
-    compile: str = "auto"    # torch.compile of the discovery model: auto | on | off
+    """cpu, cuda, cuda:1, ..."""
+    kernels: Literal[KERNEL_CHOICES] = "fused"
+    """the masked layers' kernels: fused (ours) or eager (plain PyTorch ops)"""
+    compile: Literal[COMPILE_CHOICES] = "auto"
+    """torch.compile the discovery model: auto (on for CUDA, off on the CPU), on, off"""
 
     def validate(self) -> "VisionConfig":
         check_speed_options(self.kernels, self.compile)

@@ -124,7 +124,7 @@ class FolderData:
     SPLITS = ("train", "discovery-pooled", "selection", "selection-pooled", "val", "val-pooled")
 
     def __init__(self, cfg, out: Path):
-        from .categories import CATEGORIES
+        from ...shape_bias.categories import CATEGORIES
 
         self.cfg, self.root = cfg, Path(cfg.data)
         self.class_names = CATEGORIES
@@ -190,7 +190,7 @@ class FolderData:
         return self._loader("val-pooled", False)
 
     def conflict(self):
-        from .stimuli import scan
+        from ...shape_bias.stimuli import scan
 
         stimuli = scan(Path(self.cfg.cue_conflict), self.class_names)
         return _StimulusBatches(stimuli, self.class_names, self.cfg.image_size), stimuli
@@ -213,7 +213,7 @@ class _StimulusBatches:
         self.labels = torch.tensor([list(class_names).index(s.shape) for s in stimuli])
 
     def __iter__(self):
-        from .stimuli import batches, resized
+        from ...shape_bias.stimuli import batches, resized
 
         start = 0
         for chunk, images in batches(self.stimuli, 64):

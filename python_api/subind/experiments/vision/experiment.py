@@ -28,14 +28,14 @@ from ...engine.speed import apply_speed_options
 from ...engine import manifest
 from ...engine.files import atomic_write
 from ...engine.models import load_weights
-from ...engine.protocol import discover, transfer_condition
+from ...engine.protocol import Discovery, DiscoveryHooks, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
-from ...engine.training import EpochLog, set_training_mode, train
+from ...engine.training import EpochLog, train_mode_for, train
 from . import architectures as arch_lib
 from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAMES, VisionConfig
 from .datasets import FolderData, SyntheticData
-from .models import preprocessing_of
-from .shape_bias import Decision, summarize
+from ...shape_bias.classifiers import preprocessing_of
+from ...shape_bias.evaluation import Decision, summarize
 from .task import ClassificationTask, TwoCueTask, inverse_frequency_weights
 
 def versions() -> dict:
@@ -200,17 +200,17 @@ class VisionExperiment:
 
         def build(path):
             source = self.source_model(arch, source_kind)
-            exclude = None if cfg.mask_head else [classifier_name(source)]
+            exclude = [] if cfg.mask_head else [classifier_name(source)]
             start = time.time()
             result = discover(source, self.task_for(arch), self.data.pooled(),
                               self.data.pooled_eval(),
-                              exclude=exclude, lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
-                              beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
-                              optimizer=cfg.mask_optimizer, seed=0,
-                              log_dir=path.parent / f"{arch}{suffix}-logs",
-                              progress=self.progress,
-                              compile_model=apply_speed_options(cfg.kernels, cfg.compile,
-                                                                cfg.device))
+                              Discovery(lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
+                                        beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
+                                        optimizer=cfg.mask_optimizer, exclude=exclude),
+                              DiscoveryHooks(log_dir=path.parent / f"{arch}{suffix}-logs",
+                                             progress=self.progress,
+                                             compile_model=apply_speed_options(
+                                                 cfg.kernels, cfg.compile, cfg.device)))
             result.subnetwork.metadata.update(arch=arch, source=source_kind)
             result.subnetwork.save(path)
             return result.subnetwork, {
@@ -278,7 +278,7 @@ class VisionExperiment:
                   cfg.transfer_epochs, seed=seed, eval_data=self.data.original_eval(), log=log,
                   log_extra=lambda: {"pooled_accuracy":
                                      task.evaluate(model, pooled_eval).accuracy},
-                  train_mode=set_training_mode(cfg.bn_stats))
+                  train_mode=train_mode_for(cfg.bn_stats))
             log.close()
         conflict = self.cue_conflict(arch, model)
         original_test, pooled_test = self._test_sets()

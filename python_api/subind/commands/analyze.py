@@ -10,21 +10,24 @@ sharing.csv, heads.csv, summary.md and PNG plots.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
 
 import subind_fast as sf
 from subind_fast import analysis as A
 
-from .engine import manifest
-from .engine import validation as check
-from .engine.cli import str_list
-from .engine.files import atomic_write, atomic_write_text
-from .engine.models import HF_CLASSES, build_model, check_hf_class_applies, parse_kwargs
+from ..engine import manifest
+from ..engine import validation as check
+from ..engine.options import MISSING, JsonObject, Repeated, Strs, flag
+from ..engine.files import atomic_write, atomic_write_text
+from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
 
 _BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
 
@@ -35,28 +38,39 @@ def block_of(name: str) -> str:
     return match.group(1) if match else name.split(".")[0]
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("analyze", help="compare subnetworks (overlap, sharing, reuse)",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("subnetworks", nargs="+", type=Path, help="subnetwork files (1 or more)")
-    p.add_argument("--labels", type=str_list, help="one label per file (default: file names)")
-    p.add_argument("--stability", action="store_true",
-                   help="the files are one subtask found with different seeds")
-    p.add_argument("--out", type=Path, required=True)
-    g = p.add_argument_group("the model (optional): per-head density and overlap; with "
-                                 "--eval-data the inverse-mask test (the model scored with each "
-                                 "subnetwork removed, and same-size random and complement "
-                                 "removals as controls)")
-    g.add_argument("--model", help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as discover)")
-    g.add_argument("--weights", help="the trained model's weights")
-    g.add_argument("--hf-class", choices=sorted(HF_CLASSES), help="hf: models (default: "
-                                                                   "causal-lm)")
-    g.add_argument("--model-kwargs", help='JSON keyword arguments, e.g. \'{"num_classes": 16}\'')
-    g.add_argument("--eval-data", action="append", metavar="SPEC",
-                   help="data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'")
-    g.add_argument("--seed", type=int, help="seed of the control removals (default: 0)")
-    p.set_defaults(handler=run)
+HELP = "compare subnetworks (overlap, sharing, reuse)"
+
+
+@dataclass
+class AnalyzeOptions:
+    """The subnetworks to compare, and optionally the model they were found
+    in: per-head density and overlap, and with --eval-data the inverse-mask
+    test (the model scored with each subnetwork removed, and same-size random
+    and complement removals as controls)."""
+    subnetworks: Annotated[list[Path], tyro.conf.Positional,
+                            tyro.conf.arg(metavar="SUBNETWORKS")] = MISSING
+    """subnetwork files (1 or more)"""
+    out: Path = MISSING
+    """results directory"""
+    labels: Optional[Strs] = None
+    """one label per file (default: the file names)"""
+    stability: bool = False
+    """the files are one subtask found with different seeds"""
+    model: Optional[str] = None
+    """timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as for discover)"""
+    weights: Optional[str] = None
+    """the trained model's weights"""
+    hf_class: Literal[tuple(sorted(HF_CLASSES))] = "causal-lm"
+    """the transformers auto class of hf: models"""
+    model_kwargs: JsonObject = field(default_factory=dict)
+    """the model's keyword arguments as JSON, e.g. '{"num_classes": 16}'"""
+    eval_data: Repeated = field(default_factory=list)
+    """data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'"""
+    seed: int = 0
+    """seed of the inverse-mask test's control removals"""
+
+
+OPTIONS = {"analyze": AnalyzeOptions}
 
 
 def _load(args) -> dict[str, sf.Subnetwork]:
@@ -74,19 +88,17 @@ def _csv(header, rows) -> str:
     return buffer.getvalue()
 
 
-def _check_options(args) -> None:
+def _check_options(args: AnalyzeOptions, given: set) -> None:
     """Options that need another one, named, before anything is loaded."""
-    model_options = [flag for flag, value in (
-        ("--weights", args.weights), ("--hf-class", args.hf_class),
-        ("--model-kwargs", args.model_kwargs), ("--eval-data", args.eval_data)) if value]
+    model_options = [flag(name) for name in ("weights", "hf_class", "model_kwargs", "eval_data")
+                     if name in given]
     if model_options and not args.model:
         raise ValueError(f"{', '.join(model_options)} need{'s' if len(model_options) == 1 else ''}"
                          " --model (the model the subnetworks were found in)")
-    if args.seed is not None and not args.eval_data:
+    if "seed" in given and not args.eval_data:
         raise ValueError("--seed draws the inverse-mask test's controls: it needs --eval-data")
-    if args.seed is not None:
-        check.non_negative_int("--seed", args.seed)
-    if args.hf_class:
+    check.non_negative_int("--seed", args.seed)
+    if "hf_class" in given:
         check_hf_class_applies(args.model)
     if len(args.subnetworks) == 1 and args.stability:
         raise ValueError("--stability needs the subnetworks of at least two seeds")
@@ -95,8 +107,7 @@ def _check_options(args) -> None:
 def _model_for(args, masks: dict) -> "nn.Module":
     """--model with its weights, checked against every subnetwork (the same
     parameter names and shapes), so that heads and ablations read the right weights."""
-    model = build_model(args.model, args.weights, args.hf_class or "causal-lm",
-                        parse_kwargs(args.model_kwargs)).eval()
+    model = build_model(args.model, args.weights, args.hf_class, args.model_kwargs).eval()
     for label, sub in masks.items():
         try:
             sub.matching_parameters(model)
@@ -107,8 +118,9 @@ def _model_for(args, masks: dict) -> "nn.Module":
     return model
 
 
-def run(args, argv=None) -> int:
-    _check_options(args)
+def run(parsed, argv=None) -> int:
+    args = parsed.options
+    _check_options(args, parsed.given)
     manifest.check_out(args.out)
     masks = _load(args)
     labels = list(masks)
@@ -212,8 +224,8 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     every --eval-data set."""
     from torch.utils.data import DataLoader
 
-    from .discover_cli import data_for
-    from .engine.data_sources import Classification
+    from ..experiments import data_for
+    from ..engine.data_sources import Classification
 
     sets = {}
     for spec in args.eval_data:
@@ -224,7 +236,7 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
     lines = ["inverse-mask test (accuracy with the weights removed)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    seed = args.seed or 0
+    seed = args.seed
     notes = []
     for label, sub in masks.items():
         per_set = {name: A.inverse_mask_test(model, sub, lambda m, t=task, d=data:

@@ -1,30 +1,51 @@
 """`subind mean-pool`: shape-only copies of an image folder (paper §5.1)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+from ..engine.options import MISSING
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("mean-pool", help="fill each segment of every image with its "
-                                                "mean colour (shape-only images)")
-    p.add_argument("source", type=Path, help="folder of images (any depth)")
-    p.add_argument("target", type=Path, help="output folder (same relative paths, PNG)")
-    p.add_argument("--method", default="slic",
-                   choices=["slic", "felzenszwalb", "sam", "masks"],
-                   help="segmenter; 'masks' reads ground-truth masks from --masks")
-    p.add_argument("--masks", type=Path, help="folder of ground-truth masks, same relative "
-                                              "paths as the images (one colour per segment)")
-    p.add_argument("--segments", type=int, default=64, help="SLIC: about this many segments")
-    p.add_argument("--sam-checkpoint", type=Path, help="Segment Anything checkpoint file")
-    p.add_argument("--sam-model", default="vit_h", help="vit_h, vit_l or vit_b")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--preview", type=int, default=8, help="before/after pairs in preview.png")
-    p.set_defaults(handler=run)
+HELP = "fill each segment of every image with its mean colour (shape-only images)"
 
 
-def run(args, argv) -> int:
-    from ...engine import manifest
-    from .pooling import mask_labels, mean_pool, pooled_paths, segmenter
+@dataclass
+class MeanPoolOptions:
+    """The images, where their pooled copies go, and how they are segmented."""
+    source: Annotated[Path, tyro.conf.Positional,
+                       tyro.conf.arg(metavar="SOURCE")] = MISSING
+    """folder of images (any depth)"""
+    target: Annotated[Path, tyro.conf.Positional,
+                       tyro.conf.arg(metavar="TARGET")] = MISSING
+    """output folder (the same relative paths, PNG)"""
+    method: Literal["slic", "felzenszwalb", "sam", "masks"] = "slic"
+    """the segmenter; masks reads ground-truth masks from --masks"""
+    masks: Optional[Path] = None
+    """folder of ground-truth masks, the same relative paths as the images (one colour per
+    segment)"""
+    segments: int = 64
+    """SLIC: about this many segments"""
+    sam_checkpoint: Optional[Path] = None
+    """Segment Anything checkpoint file"""
+    sam_model: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    """Segment Anything model size"""
+    device: str = "cpu"
+    """where SAM runs"""
+    preview: int = 8
+    """before/after pairs in preview.png"""
+
+
+OPTIONS = {"mean_pool": MeanPoolOptions}
+
+
+def run(parsed, argv) -> int:
+    args = parsed.options
+    from ..engine import manifest
+    from ..shape_bias.pooling import mask_labels, mean_pool, pooled_paths, segmenter
 
     given = {flag for flag, value in (("--masks", args.masks), ("--sam-checkpoint",
                                                                   args.sam_checkpoint))

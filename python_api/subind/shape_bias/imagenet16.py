@@ -26,7 +26,7 @@ import random
 import shutil
 from pathlib import Path
 
-from ...engine.files import atomic_write_json
+from ..engine.files import atomic_write_json
 from .categories import CATEGORIES, wnid_to_category
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -110,31 +110,3 @@ def build(root: Path, out: Path, discovery_per_class: int = 1000,
     counts["short_of_discovery_target"] = short
     atomic_write_json(out / "imagenet16.json", counts)
     return counts
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("imagenet16", help="build 16-class ImageNet (+ the paper's "
-                                                 "balanced subsets) from an ImageNet copy")
-    p.add_argument("root", type=Path, help="ImageNet (ImageFolder or Kaggle layout)")
-    p.add_argument("out", type=Path)
-    p.add_argument("--discovery-per-class", type=int, default=1000)
-    p.add_argument("--selection-per-class", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--copy", action="store_true", help="copy files instead of symlinking")
-    p.set_defaults(handler=_run)
-
-
-def _run(args, argv) -> int:
-    if args.discovery_per_class < 1 or args.selection_per_class < 1:
-        raise ValueError("--discovery-per-class and --selection-per-class must be >= 1")
-    counts = build(args.root, args.out, args.discovery_per_class, args.selection_per_class,
-                   args.seed, args.copy)
-    totals = {s: sum(c[s] for c in counts["categories"].values())
-              for s in ("train", "discovery", "selection", "val")}
-    print(f"16-class ImageNet ({counts['layout']} layout) → {args.out}: {totals}")
-    if counts["short_of_discovery_target"]:
-        print(f"fewer than {args.discovery_per_class} discovery images for "
-              f"{counts['short_of_discovery_target']}")
-    print(f"next: subind mean-pool {args.out}/discovery {args.out}/discovery-pooled --method sam "
-          f"--sam-checkpoint SAM.pth (and the same for selection and val)")
-    return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ...engine.files import atomic_write_text
+from ..engine.files import atomic_write_text
 from .stimuli import Stimulus
 
 
@@ -143,7 +143,7 @@ def plot_per_category(results: dict[str, dict], categories: Sequence[str], path:
     """Geirhos-style figure: one row per category, the fraction of shape
     decisions (left, 1) against texture decisions (right, 0), one marker per
     model and a vertical line at each model's overall shape bias."""
-    from ...engine import report as R
+    from ..engine import report as R
 
     plt = R.pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 0.32 * len(categories) + 1.6))

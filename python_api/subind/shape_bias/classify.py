@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import categories as G
-from .shape_bias import Decision
+from .evaluation import Decision
 from .stimuli import Stimulus, batches
 
 

@@ -117,7 +117,7 @@ def write_png(image: torch.Tensor, path: Path) -> Path:
     """(3, H, W) in [0, 1] → lossless PNG, atomically."""
     from PIL import Image
 
-    from ...engine.files import atomic_write
+    from ..engine.files import atomic_write
 
     array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return atomic_write(Path(path), lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

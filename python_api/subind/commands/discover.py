@@ -1,0 +1,325 @@
+"""`subind discover`: Subtask Induction's discovery step (paper §3.1) on any
+model and data, in one process or under torchrun (DDP or FSDP2), resumable.
+
+    subind discover --model timm:vit_base_patch16_224 --weights vit_b.safetensors \\
+        --data imagefolder:shapes/ --lambdas 1e-7,5e-7 --epochs 10 --out runs/vit-b
+    torchrun --nproc-per-node=8 -m subind discover … --strategy fsdp2 --dtype bf16 \\
+        --checkpoint-activations --device cuda
+
+Writes OUT/subnetwork.safetensors (1 bit per weight), OUT/density.csv (per
+parameter), OUT/candidates.csv (every λ), OUT/discovery-lambda<λ>.csv (epoch
+logs) and OUT/summary.json.  A killed run started again with the same
+arguments resumes from its last epoch, on any number of ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+import subind_fast as sf
+
+from ..experiments import data_for
+from ..engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options
+from ..engine import manifest
+from ..engine import validation
+from ..engine.options import (MISSING, Floats, JsonObject, Repeated, flag)
+from ..engine.data_sources import Classification, check_data_fits
+from ..engine.dist_checkpoint import CheckpointedDiscovery
+from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
+                                 train_loader, wrap)
+from ..engine.files import atomic_write_json, atomic_write_text
+from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
+from ..engine.protocol import Discovery, DiscoveryHooks, discover
+from ..engine.training import BN_STATS, train_mode_for
+
+EXPERIMENT = "discover"
+HELP = "find a subnetwork in any model (torchrun-ready)"
+RESUMABLE = True
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+@dataclass
+class DiscoverConfig:
+    """The model and data; with the discovery settings, what the subnetwork
+    depends on: the results directory's identity (its manifest, with the
+    content hashes of the weights files)."""
+    model: str = MISSING
+    """timm:NAME, hf:DIR or entry:MODULE:FUNCTION"""
+    data: str = MISSING
+    """imagefolder:DIR, entry:MODULE:FUNCTION or experiment:NAME/SET"""
+    weights: Optional[str] = None
+    """state-dict file for timm:/hf: models, or 'random'"""
+    hf_class: Literal[tuple(sorted(HF_CLASSES))] = "causal-lm"
+    """the transformers auto class of hf: models"""
+    model_kwargs: JsonObject = field(default_factory=dict)
+    """the model's keyword arguments as JSON, e.g. '{"num_classes": 16}'"""
+    eval_data: Optional[str] = None
+    """scored after each epoch (default: the entry point's or experiment's own, else the
+    training data)"""
+    image_size: Optional[int] = None
+    """imagefolder: data: the input resolution (default: the model's)"""
+    mean: Optional[Floats] = None
+    """imagefolder: data: normalisation mean R,G,B (default: the model's)"""
+    std: Optional[Floats] = None
+    """imagefolder: data: normalisation std R,G,B (default: the model's)"""
+    batch_size: int = 64
+    """global batch (over all ranks)"""
+    dtype: Literal[tuple(DTYPES)] = "fp32"
+    """storage of the frozen weights (the logits stay fp32; fp64 for checks)"""
+    autocast: Optional[Literal["bf16"]] = None
+    """run the forward under autocast"""
+    bn_stats: Literal[BN_STATS] = "frozen"
+    """BatchNorm statistics while the masks learn: the model's running statistics, frozen
+    (default), or each rank's batch statistics"""
+    pretrained_weights: Optional[str] = None
+    """lottery_ticket: the model's weights before fine-tuning (--weights: after)"""
+
+
+@dataclass
+class DiscoverRun:
+    """How the discovery runs (not part of the identity: a run may resume on
+    other hardware or another number of ranks)."""
+    out: Path = MISSING
+    """results directory (resumable; refuses a different configuration)"""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """where to run"""
+    strategy: Literal[STRATEGIES] = "none"
+    """under torchrun: ddp (replicated) or fsdp2 (sharded, fully_shard)"""
+    checkpoint_activations: bool = False
+    """recompute each block's activations in backward"""
+    blocks: Optional[str] = None
+    """glob naming the blocks to shard or checkpoint one by one (default: the children of
+    blocks/layers/h/stages lists)"""
+    fused_optimizer: bool = True
+    """the logits' optimizer with its fused kernel"""
+    kernels: Literal[KERNEL_CHOICES] = "fused"
+    """the masked layers' kernels: fused (ours) or eager (plain PyTorch ops)"""
+    compile: Literal[COMPILE_CHOICES] = "auto"
+    """torch.compile the masked model: auto (on for CUDA, off on the CPU, as measured
+    fastest), on, off"""
+    eval_batch_size: int = 128
+    """evaluation batch per rank"""
+    workers: int = 0
+    """DataLoader workers per rank"""
+    progress: bool = True
+    """progress bars"""
+
+
+OPTIONS = {"inputs": DiscoverConfig, "discovery": Discovery, "run": DiscoverRun}
+# Options that only the trained mask methods use (a selection method ignores them).
+_TRAINING_OPTIONS = ("lambdas", "epochs", "beta_final", "mask_lr", "mask_init", "optimizer",
+                     "bn_stats", "anneal_temperature")
+
+
+def check(cfg: DiscoverConfig, d: Discovery, run: DiscoverRun, given: set) -> None:
+    """Every number finite and in range, and no option given that the chosen
+    model, data or method ignores (``given``: the options the user set)."""
+    trained = not d.selects
+    if trained:
+        method = d.mask_method()  # named errors
+    elif d.granularity != "weight" or d.n_samples != 1:
+        raise ValueError(f"--method {d.method} selects individual weights: leave "
+                         "--granularity and --n-samples out")
+    if (d.method == "lottery_ticket") != (cfg.pretrained_weights is not None):
+        raise ValueError("--pretrained-weights goes with --method lottery_ticket (and it needs "
+                         "them: the weights before fine-tuning)")
+    if trained:
+        if d.density is not None:
+            raise ValueError(f"--density is for the selection methods (magnitude, "
+                             f"lottery_ticket); --method {d.method} finds its density "
+                             "through --lambdas")
+        if d.anneal_temperature and not method.sampled:
+            raise ValueError(f"--anneal-temperature is for the sampled methods (hard_concrete, "
+                             f"gumbel); --method {d.method} always anneals β")
+    else:
+        ignored = [flag(name) for name in _TRAINING_OPTIONS if name in given]
+        if ignored:
+            raise ValueError(f"--method {d.method} selects weights without training, so "
+                             f"{', '.join(ignored)} would be ignored; leave them out")
+        if d.density is None:
+            raise ValueError(f"--method {d.method} needs --density (the fraction to keep)")
+        validation.in_range("--density", d.density, 0, 1, low_open=True)
+    validation.unique_positive_numbers("--lambdas", d.lambdas)
+    validation.positive_int("--epochs", d.epochs)
+    validation.positive_int("--batch-size", cfg.batch_size)
+    validation.positive("--beta-final", d.beta_final)
+    validation.positive("--mask-lr", d.mask_lr)
+    validation.finite("--mask-init", d.mask_init)
+    validation.non_negative_int("--seed", d.seed)
+    if run.eval_batch_size < 1 or run.workers < 0:
+        raise ValueError("--eval-batch-size must be >= 1 and --workers >= 0")
+    if cfg.autocast and cfg.dtype == "fp64":
+        raise ValueError("--autocast bf16 with --dtype fp64 makes no sense")
+    if "hf_class" in given:
+        check_hf_class_applies(cfg.model)
+    images = [spec for spec in (cfg.data, cfg.eval_data) if spec and
+              spec.startswith("imagefolder:")]
+    for name in ("image_size", "mean", "std"):
+        if name in given and not images:
+            raise ValueError(f"{flag(name)} applies to imagefolder: data; --data {cfg.data}"
+                             + (f" and --eval-data {cfg.eval_data}" if cfg.eval_data else "")
+                             + " come with their own preprocessing")
+    if cfg.image_size is not None:
+        validation.positive_int("--image-size", cfg.image_size)
+    for name in ("mean", "std"):
+        if getattr(cfg, name) is not None:
+            validation.rgb(flag(name), getattr(cfg, name), positive=name == "std")
+    if run.blocks and not (run.checkpoint_activations or run.strategy == "fsdp2"):
+        raise ValueError("--blocks names the blocks to checkpoint or shard: it needs "
+                         "--checkpoint-activations or --strategy fsdp2")
+
+
+def _enable_activation_checkpointing(model: nn.Module, blocks_pattern: Optional[str]) -> str:
+    """The model's own switch where it has one, else PyTorch's checkpoint
+    wrapper around each block."""
+    if hasattr(model, "set_grad_checkpointing"):  # timm
+        model.set_grad_checkpointing(True)
+        return "timm set_grad_checkpointing"
+    if getattr(model, "supports_gradient_checkpointing", False):  # transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return "transformers gradient_checkpointing_enable"
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing)
+
+    chosen = set(map(id, blocks_of(model, blocks_pattern)))
+    if not chosen:
+        raise ValueError("--checkpoint-activations: found no blocks to checkpoint; name them "
+                         "with --blocks")
+    apply_activation_checkpointing(model, check_fn=lambda m: id(m) in chosen)
+    return f"checkpoint_wrapper on {len(chosen)} blocks"
+
+
+def _density_table(sub) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["parameter", "shape", "kept", "total", "density"])
+    for name, (kept, total) in sub.counts().items():
+        writer.writerow([name, "x".join(map(str, sub.shape(name))), kept, total,
+                         f"{kept / total:.6f}" if total else "0"])
+    return buffer.getvalue()
+
+
+def run(parsed, argv=None) -> int:
+    cfg, settings, run_options = parsed.inputs, parsed.discovery, parsed.run
+    check(cfg, settings, run_options, parsed.given)
+    manifest.check_out(run_options.out)
+    ranks = start(run_options.device)
+    try:
+        return _run(cfg, settings, run_options, ranks)
+    finally:
+        ranks.close()
+
+
+def _identity(cfg: DiscoverConfig, settings: Discovery) -> dict:
+    """The manifest's identity: the inputs, the discovery settings, and what
+    the weights files hold (a file replaced at the same path is another
+    configuration)."""
+    return {**asdict(cfg), **asdict(settings), "content": manifest.content_of(
+        weights=cfg.weights, pretrained_weights=cfg.pretrained_weights)}
+
+
+def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ranks) -> int:
+    started = time.time()
+    torch.manual_seed(settings.seed)  # the same initialisation on every rank
+    # Everything is built and checked before the results directory is touched:
+    # a failed start leaves it as it was.
+    model = build_model(cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs)
+    data = data_for(cfg.data, model, cfg.image_size, cfg.mean, cfg.std)
+    eval_set = (data_for(cfg.eval_data, model, cfg.image_size, cfg.mean, cfg.std).train
+                if cfg.eval_data else (data.eval or data.train))
+    pretrained = (build_model(cfg.model, cfg.pretrained_weights, cfg.hf_class, cfg.model_kwargs)
+                  if cfg.pretrained_weights else None)
+    dtype = DTYPES[cfg.dtype]
+    if data.task is not None and hasattr(data.task, "sum_over_ranks"):
+        data.task.sum_over_ranks = ranks.sum  # metrics over every rank's share
+    task = data.task or Classification(
+        input_dtype=torch.float64 if dtype == torch.float64 else
+        (torch.float32 if cfg.autocast or dtype == torch.float32 else dtype),
+        autocast=torch.bfloat16 if cfg.autocast else None, sum_over_ranks=ranks.sum)
+    # Checked on the model as built (its own dtype), before it is cast and masked.
+    check_data_fits(model, data.task or Classification(), data.train, eval_set,
+                    model_spec=cfg.model,
+                    data_spec=cfg.data, eval_spec=cfg.eval_data)
+    train_batches, sampler = train_loader(data.train, cfg.batch_size, ranks, settings.seed,
+                                          args.workers)
+    eval_batches = eval_loader(eval_set, args.eval_batch_size, ranks, args.workers)
+    with contextlib.ExitStack() as claimed:
+        if ranks.is_main:
+            claimed.enter_context(manifest.held(args.out, EXPERIMENT, _identity(cfg, settings),
+                                                hint=RERUN_HINT))
+        ranks.barrier()
+        notes = []
+
+        def prepare(masked: nn.Module) -> nn.Module:
+            masked.to(dtype)  # frozen weights in dtype; fp32 logits stay fp32 (mask_state.py)
+            masked.to(ranks.device)
+            if args.checkpoint_activations:
+                notes.append(_enable_activation_checkpointing(masked, args.blocks))
+            return wrap(masked, args.strategy, ranks, blocks_of(masked, args.blocks))
+
+        compiled = apply_speed_options(args.kernels, args.compile, args.device)
+        result = discover(
+            model, task, train_batches, eval_batches, settings,
+            DiscoveryHooks(log_dir=args.out if ranks.is_main else None,
+                           progress=ranks.is_main and args.progress,
+                           train_mode=train_mode_for(cfg.bn_stats), in_place=True,
+                           prepare=prepare, compile_model=compiled,
+                           before_epoch=sampler.set_epoch,
+                           state=CheckpointedDiscovery(args.out, ranks),
+                           fused_optimizer=args.fused_optimizer, sum_over_ranks=ranks.sum),
+            pretrained=pretrained)
+        if ranks.is_main:
+            _write_results(args.out, cfg, result, ranks, notes, time.time() - started, compiled)
+        ranks.barrier()
+    return 0
+
+
+RERUN_HINT = ("a discovery directory holds one configuration: use another --out, or rerun "
+              "with the options it was started with to resume it")
+
+
+def report(out: Path) -> tuple[str, list]:
+    """`subind report OUT` for a discovery directory: the λ candidates and the
+    per-parameter density table."""
+    out = Path(out)
+    if not (out / "summary.json").is_file():
+        raise FileNotFoundError(f"{out}: no summary.json yet (the discovery has not finished)")
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [f"# discovery in {out}", "",
+             f"chosen λ = {summary['l0_lambda']:g}: accuracy {summary['accuracy']:.4f}, density "
+             f"{summary['density']:.4f} ({summary['ranks']} rank(s), {summary['seconds']} s)", "",
+             "| λ | accuracy | density |", "|---|---|---|"]
+    with open(out / "candidates.csv", newline="") as f:
+        lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
+                  for r in csv.DictReader(f)]
+    lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
+    with open(out / "density.csv", newline="") as f:
+        lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
+                  f"{r['density']} |" for r in csv.DictReader(f)]
+    return "\n".join(lines), []
+
+
+def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
+                   compiled: bool) -> None:
+    result.subnetwork.save(out / "subnetwork.safetensors")
+    atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
+    atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
+        f"{lam:g},{acc:.6f},{dens:.6f}\n" for lam, acc, dens in result.candidates))
+    atomic_write_json(out / "summary.json", {
+        "l0_lambda": result.l0_lambda, "accuracy": result.accuracy,
+        "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
+        "activation_checkpointing": notes[0] if notes else None,
+        "kernels": sf.kernels(), "compiled": compiled})
+    print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
+          f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
+          f"{out / 'subnetwork.safetensors'}")

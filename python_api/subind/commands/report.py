@@ -1,0 +1,45 @@
+"""`subind report DIR`: the tables and figures of a results directory; the
+experiment (or `subind discover`) that wrote it is read from its manifest."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from ..engine.options import MISSING
+
+from .. import experiments
+
+
+HELP = "tables and figures for a results directory"
+
+
+@dataclass
+class ReportOptions:
+    """The results directory of an experiment or of `subind discover`."""
+    out: Annotated[Path, tyro.conf.Positional,
+                    tyro.conf.arg(metavar="OUT")] = MISSING
+    """the results directory"""
+
+
+OPTIONS = {"report": ReportOptions}
+
+
+def run(parsed, argv) -> int:
+    args = parsed.options
+    from ..engine import manifest
+    from . import discover
+
+    name = manifest.read(args.out)["experiment"]
+    if name != discover.EXPERIMENT and name not in experiments.EXPERIMENTS:
+        raise ValueError(f"{args.out} holds the results of `subind {name}`, which wrote its "
+                         f"tables and figures itself (see {args.out / 'summary.*'}); `subind "
+                         "report` covers the experiments and `subind discover`")
+    source = discover if name == discover.EXPERIMENT else experiments.load(name)
+    text, figures = source.report(args.out)
+    print(text)
+    for path in figures:
+        print(f"figure: {path}")
+    return 0

@@ -1,0 +1,109 @@
+"""Typed options (engine/options.py): one dataclass gives the parser, the
+defaults, presets and --config files; the names the user set are known."""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from subind.engine.options import MISSING, Floats, Ints, JsonObject, Repeated, parse
+
+
+@dataclass
+class Example:
+    """An example command's options."""
+    name: str = MISSING
+    """required"""
+    sizes: Ints = field(default_factory=lambda: [1, 2])
+    """a list"""
+    rate: float = 0.1
+    """a number"""
+    kind: Literal["a", "b"] = "a"
+    """a choice"""
+    flag: bool = False
+    """a switch"""
+    lambdas: Floats = field(default_factory=list)
+    """numbers"""
+    include: Repeated = field(default_factory=list)
+    """repeatable"""
+    kwargs: JsonObject = field(default_factory=dict)
+    """JSON"""
+    out: Optional[Path] = None
+    """a path"""
+
+
+PRESETS = {"small": {"sizes": [3], "rate": 0.5}, "big": {"sizes": [9, 10]}}
+
+
+def _parse(argv, presets=None):
+    return parse({"example": Example}, argv, prog="example", description="",
+                 presets=presets, default_preset="small" if presets else None)
+
+
+def test_flags_lists_and_types():
+    parsed = _parse(["--name", "x", "--sizes", "4,5", "--lambdas", "1e-7", "2e-7", "--flag",
+                     "--include", "a.*", "--include", "b", "--kwargs", '{"k": 1}',
+                     "--out", "o", "--kind", "b"])
+    assert parsed.example == Example("x", [4, 5], 0.1, "b", True, [1e-7, 2e-7], ["a.*", "b"],
+                                     {"k": 1}, Path("o"))
+    assert parsed.given == {"name", "sizes", "lambdas", "flag", "include", "kwargs", "out",
+                            "kind"}
+
+
+def test_defaults_preset_config_file_and_flags_in_that_order(tmp_path):
+    assert _parse(["--name", "x"], PRESETS).example.sizes == [3]
+    assert _parse(["--name", "x", "--preset", "big"], PRESETS).example.sizes == [9, 10]
+    config = tmp_path / "run.yaml"
+    config.write_text("name: from-file\nrate: 0.25\nsizes: [7]\n")
+    parsed = _parse(["--config", str(config), "--sizes", "8"], PRESETS)
+    assert (parsed.example.name, parsed.example.rate, parsed.example.sizes) == (
+        "from-file", 0.25, [8])
+    assert parsed.given == {"name", "rate", "sizes"}  # the file's and the flags', not the preset's
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps({"name": "j", "out": "results", "mask-lr": None} | {}))
+    with pytest.raises(ValueError, match="unknown option"):
+        _parse(["--config", str(as_json)])
+    as_json.write_text(json.dumps({"name": "j", "out": "results"}))
+    assert _parse(["--config", str(as_json)]).example.out == Path("results")
+
+
+def test_bad_input_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse([])  # --name is required
+    assert exit_.value.code == 2 and "--name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(["--name", "x", "--sizes", "1,two"])
+    with pytest.raises(SystemExit):
+        _parse(["--name", "x", "--kind", "c"])
+    with pytest.raises(FileNotFoundError, match="--config: no file"):
+        _parse(["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "run.toml"
+    bad.write_text("")
+    with pytest.raises(ValueError, match="a .yaml, .yml or .json file"):
+        _parse(["--config", str(bad)])
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        _parse(["--config", str(listed)])
+
+
+def test_every_command_offers_every_field_of_its_options(capsys):
+    """A command's parser is its dataclasses: each field is an option in --help."""
+    import dataclasses
+
+    from subind.commands import COMMANDS, command
+    from subind.engine.options import flag
+
+    for name in COMMANDS:
+        module = command(name)
+        with pytest.raises(SystemExit) as exit_:
+            parse(module.OPTIONS, ["--help"], prog=f"subind {name}", description="",
+                  presets=getattr(module, "PRESETS", None),
+                  default_preset=getattr(module, "DEFAULT_PRESET", None))
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        for group in module.OPTIONS.values():
+            for f in dataclasses.fields(group):
+                positional = f.name.upper() in text.upper() and flag(f.name) not in text
+                assert flag(f.name) in text or positional, (name, f.name)
