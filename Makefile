@@ -63,17 +63,17 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not slow" -p no:cacheprovider
 
 bench-layers: build
-	$(PY) benchmarks/bench_masked_layers.py
+	$(PY) -m benchmarks.bench_masked_layers
 
 bench-optim: build
-	$(PY) benchmarks/bench_optim.py
+	$(PY) -m benchmarks.bench_optim
 
 bench-model: build
-	$(PY) benchmarks/bench_model_step.py
+	$(PY) -m benchmarks.bench_model_step
 
 # The README's benchmark tables and plot, from benchmarks/results/results.csv.
 bench-report:
-	$(PY) benchmarks/report.py
+	$(PY) -m benchmarks.report
 
 # The main job: both Subtask Induction experiments' quick presets (arithmetic, then
 # vision), each as parallel shards on this machine's cores, then both reports.

@@ -15,21 +15,20 @@ For each method (continuous sparsification, hard-concrete, Gumbel straight-throu
 
 Prints ms, the ratio to plain and the bytes saved for backward per weight.
 
-    python benchmarks/bench_mask_methods.py --threads 1,2
+    python -m benchmarks.bench_mask_methods --threads 1,2
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+import subind_fast as sf
+from subind_fast.memory import saved_bytes
 
-import subind_fast as sf  # noqa: E402
+from . import harness
 
 STRETCH = 0.1
 SHAPES = {"tiny GPT-2 MLP 128→512, M=64": (64, 128, 512),
@@ -68,8 +67,7 @@ def providers(x, w, s, beta, mode):
 
 
 def saved_per_weight(fn_forward, owned, numel):
-    extra, _ = harness.saved_bytes_beyond(fn_forward, owned)
-    return extra / numel
+    return saved_bytes(fn_forward, owned).total / numel
 
 
 def main(argv=None) -> int:

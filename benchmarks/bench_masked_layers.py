@@ -11,24 +11,22 @@ the floor trains its weight so it runs the same three GEMMs.  Prints fwd, bwd
 and fwd+bwd medians, the ratio to the floor, and the bytes saved for backward
 per masked weight; appends every number to benchmarks/results/results.csv.
 
-    python benchmarks/bench_masked_layers.py            # CPU, 1 thread
-    python benchmarks/bench_masked_layers.py --device cuda --dtype bfloat16
+    python -m benchmarks.bench_masked_layers            # CPU, 1 thread
+    python -m benchmarks.bench_masked_layers --device cuda --dtype bfloat16
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+import subind_fast as sf
+from subind_fast.baselines import eager_composite
+from subind_fast.memory import saved_bytes
 
-import subind_fast as sf  # noqa: E402
+from . import harness
 
 BETA = 5.0
 MASK_INIT = 0.05  # slightly positive so hard masks are not empty; timing does not depend on it
@@ -77,21 +75,6 @@ GPU_CASES = [
 ]
 
 
-class EagerComposite(nn.Module):
-    """The masked layer as users write it in eager PyTorch."""
-
-    def __init__(self, plain: nn.Module):
-        super().__init__()
-        self.plain = plain
-        self.logits = nn.Parameter(torch.full_like(plain.weight, MASK_INIT, dtype=torch.float32))
-
-    def forward(self, x):
-        weight = self.plain.weight * torch.sigmoid(BETA * self.logits).to(x.dtype)
-        if isinstance(self.plain, nn.Linear):
-            return F.linear(x, weight, self.plain.bias)
-        return self.plain._conv_forward(x, weight, self.plain.bias)
-
-
 def _freeze_base(module: nn.Module, base: nn.Module) -> nn.Module:
     base.weight.requires_grad_(False)
     base.bias.requires_grad_(False)
@@ -105,7 +88,7 @@ def build(provider: str, case: Case, device, dtype):
         plain.bias.requires_grad_(False)
         return plain
     if provider in ("eager", "compile"):
-        module = _freeze_base(EagerComposite(plain), plain)
+        module = eager_composite(plain, init=MASK_INIT, beta=BETA)
         return torch.compile(module) if provider == "compile" else module
     if provider == "neurosurgeon":
         from NeuroSurgeon.Masking.contsparse_layer import ContSparseConv2d, ContSparseLinear
@@ -178,7 +161,7 @@ def run_case(case: Case, providers, device, dtype, rec: harness.Recorder, budget
     results = {}
     for provider, module in modules.items():
         owned = [x, *module.parameters(), *module.buffers()]
-        saved, _ = harness.saved_bytes_beyond(lambda: module(x), owned)
+        saved = saved_bytes(lambda: module(x), owned).total
         weight_numel = case.make_plain("meta", dtype).weight.numel()
         saved_per_weight = 0.0 if provider == "plain" else saved / weight_numel
         for mode in ("fwd", "bwd", "full"):

@@ -18,26 +18,24 @@ parameters and buffers (CPU) or peak allocated memory (CUDA); appends every
 number to benchmarks/results/results.csv (``benchmarks/report.py`` makes the
 README's table from it).
 
-    python benchmarks/bench_model_step.py --threads 1,2
-    python benchmarks/bench_model_step.py --device cuda
+    python -m benchmarks.bench_model_step --threads 1,2
+    python -m benchmarks.bench_model_step --device cuda
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+import subind_fast as sf
+from subind_fast.baselines import eager_composite, soft_masks
+from subind_fast.memory import saved_bytes
 
-import subind_fast as sf  # noqa: E402
-from subind.engine.memory_plan import eager_composite  # noqa: E402
+from . import harness
 
 BETA, LAMBDA, MASK_INIT = 5.0, 1e-7, 0.05
 PROVIDERS = ("plain", "eager", "neurosurgeon", "compile", "ours", "ours+compile")
@@ -121,13 +119,9 @@ def build(provider: str, case: ModelCase, device, dtype):
         l0 = lambda: sf.l0_penalty(model)  # noqa: E731 (over the uncompiled model's layers)
         return (torch.compile(model) if provider == "ours+compile" else model), l0
     if provider in ("eager", "compile"):
-        eager_composite(model, include)
-        for module in model.modules():
-            if hasattr(module, "logits") and hasattr(module, "beta"):
-                nn.init.constant_(module.logits, MASK_INIT)
-                module.beta.fill_(BETA)
+        eager_composite(model, include, init=MASK_INIT, beta=BETA)
         model = model.to(device, dtype)
-        masks = [m for m in model.modules() if hasattr(m, "logits") and hasattr(m, "beta")]
+        masks = soft_masks(model)
         l0 = lambda: sum(torch.sigmoid(m.beta * m.logits).sum() for m in masks)
         return (torch.compile(model) if provider == "compile" else model), l0
     if provider == "neurosurgeon":
@@ -183,8 +177,7 @@ def memory_of(model, l0, batch, step, device) -> float:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(device) / 2**20
     owned = [*model.parameters(), *model.buffers(), *batch]
-    saved, _ = harness.saved_bytes_beyond(lambda: _loss(model, batch), owned)
-    return saved / 2**20
+    return saved_bytes(lambda: _loss(model, batch), owned).total / 2**20
 
 
 def run_case(case, providers, device, dtype, rec, budget_s):

@@ -12,22 +12,19 @@ keeps them bit-identical.)  Parameter sets: ViT-B (~86M) and a tiny GPT-2 (the a
 experiment's 2-layer model); 10% of every matrix frozen.  Prints the median step time,
 the ratio to ours, bytes per parameter moved per step on a GPU floor, and mask storage.
 
-    python benchmarks/bench_optim.py
-    python benchmarks/bench_optim.py --device cuda
+    python -m benchmarks.bench_optim
+    python -m benchmarks.bench_optim --device cuda
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+import subind_fast as sf
+from subind_fast.bits import pack_bits
 
-import subind_fast as sf  # noqa: E402
-from subind_fast.bits import pack_bits  # noqa: E402
+from . import harness
 
 FROZEN_FRACTION = 0.1
 # fp32 AdamW reads p, g, m, v and writes p, m, v: 28 bytes; plus 1 bit of mask.

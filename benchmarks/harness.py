@@ -18,13 +18,14 @@ import datetime as _dt
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
+
+from subind_fast.atomic import atomic_write
 
 CSV_COLUMNS = ["timestamp", "git_sha", "device", "torch", "triton", "bench", "shape", "dtype",
                "config", "provider", "mode", "metric", "p20", "p50", "p80"]
@@ -126,23 +127,6 @@ def time_gpu(fn: Callable[[], object], setup: Optional[Callable[[], object]] = N
     return Stats(p20, p50, p80)
 
 
-def saved_bytes_beyond(fn: Callable[[], torch.Tensor], owned: Iterable[torch.Tensor]) -> tuple[int, torch.Tensor]:
-    """Bytes that autograd saves for backward while running ``fn`` and that are
-    not the storage of the ``owned`` tensors (inputs, parameters)."""
-    owned_ptrs = {t.untyped_storage().data_ptr() for t in owned}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in owned_ptrs:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return sum(seen.values()), out
-
-
 @dataclass
 class Row:
     bench: str
@@ -194,19 +178,16 @@ def read_csv(path: Path = DEFAULT_CSV) -> list[dict]:
 
 def append_csv(recorder: Recorder, path: Path = DEFAULT_CSV) -> Path:
     """Append the recorder's rows to ``path`` atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = read_csv(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
             writer.writerows([row[c] for c in CSV_COLUMNS] for row in old)
             writer.writerows(recorder.csv_rows())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -7,21 +7,19 @@ devices (the device names the thread count), the latest run is tabulated
 ``<!-- /bench:NAME -->`` in README.md, and the model-step plot is written to
 benchmarks/results/model_step.png.
 
-    python benchmarks/report.py            # rewrite README.md in place (atomically)
-    python benchmarks/report.py --check    # exit 1 if README.md is out of date
+    python -m benchmarks.report            # rewrite README.md in place (atomically)
+    python -m benchmarks.report --check    # exit 1 if README.md is out of date
 """
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+from subind_fast.atomic import atomic_write
+
+from . import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -197,10 +195,7 @@ def main(argv=None) -> int:
     if args.check:
         print("README.md is up to date" if new == old else "README.md tables are out of date")
         return int(new != old)
-    fd, tmp = tempfile.mkstemp(dir=README.parent, prefix=".README.", suffix=".md")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new)
-    os.replace(tmp, README)
+    atomic_write(README, lambda tmp: tmp.write_text(new))
     plot(rows)
     print(f"rewrote {README} and {PLOT}")
     return 0

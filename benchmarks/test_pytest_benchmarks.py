@@ -8,16 +8,12 @@ Each case builds its providers with the same code as the bench scripts
 (bench_masked_layers.py, bench_optim.py, bench_model_step.py), on the CPU in
 float32 with the process's thread count; groups compare providers.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import bench_masked_layers as layers  # noqa: E402
-import bench_model_step as model_step  # noqa: E402
-import bench_optim as optim  # noqa: E402
+from benchmarks import bench_masked_layers as layers
+from benchmarks import bench_model_step as model_step
+from benchmarks import bench_optim as optim
 
 CPU = torch.device("cpu")
 LAYER_CASES = [c for c in layers.CPU_CASES if c.name.startswith(("GPT-2 M=1024",

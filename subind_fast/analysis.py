@@ -24,6 +24,7 @@ from itertools import combinations
 from typing import Mapping, Sequence
 
 from .bits import count_ones
+from .naming import block_of
 from .subnetwork import Subnetwork
 
 TOTAL = "total"
@@ -149,15 +150,15 @@ def inverse_mask_test(model, subnetwork: Subnetwork, evaluate, seed: int = 0) ->
     return results
 
 
-def group_counts(subnetwork: Subnetwork, group) -> dict[str, tuple[int, int]]:
-    """{group: (kept, total)} with parameters grouped by ``group(name) -> str``
-    (e.g. by block: ``transformer.h.3.mlp.c_fc.weight`` → ``h.3``)."""
-    out: dict[str, tuple[int, int]] = {}
-    for name, (kept, total) in subnetwork.counts().items():
-        key = group(name)
-        k, t = out.get(key, (0, 0))
-        out[key] = (k + kept, t + total)
-    return out
+def overlap_by_group(a: Subnetwork, b: Subnetwork, group=block_of) -> dict[str, Overlap]:
+    """:func:`overlap` summed over the parameters of each group,
+    ``group(name) -> str`` (by default the block, naming.block_of)."""
+    groups: dict[str, Overlap] = {}
+    for name, row in overlap(a, b).items():
+        if name != TOTAL:
+            key = group(name)
+            groups[key] = groups[key] + row if key in groups else row
+    return groups
 
 
 # ------------------------------------------------------------ attention heads

@@ -17,6 +17,20 @@ from torch import nn
 
 # Path segments that only ever name a wrapped module.
 _WRAPPER_SEGMENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+# Containers of repeated blocks in timm and transformers models (ViT ``blocks``,
+# GPT-2 ``h``, BERT/ResNet ``layer``/``layers``, Swin/ConvNeXt ``stages``).
+BLOCK_CONTAINERS = ("blocks", "h", "layer", "layers", "stages", "block")
+
+
+def block_of(name: str) -> str:
+    """The block a parameter or module belongs to: ``transformer.h.3.mlp.c_fc.weight``
+    → ``h.3`` (a BLOCK_CONTAINERS entry and its index); outside blocks, the
+    name's first part."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] in BLOCK_CONTAINERS and parts[i + 1].isdigit():
+            return f"{parts[i]}.{parts[i + 1]}"
+    return parts[0]
 
 
 def _is_data_parallel(module) -> bool:

@@ -62,3 +62,26 @@ def kernels(request):
 
     with sf.use_kernels(request.param):
         yield request.param
+
+
+@pytest.fixture
+def cpu_kernels():
+    """``install(backend, names)``: for this test, the named ``subind`` ops
+    run ``backend``'s Python kernels on CPU tensors, registered with the
+    dispatcher itself (every caller of the op sees them; nothing is patched).
+    The registrations are removed after the test."""
+    import warnings
+
+    libraries = []
+
+    def install(backend, names):
+        library = torch.library.Library("subind", "IMPL")
+        with warnings.catch_warnings():  # replacing the compiled CPU kernel is the point
+            warnings.simplefilter("ignore")
+            for name in names:
+                library.impl(name, getattr(backend, name), "CPU")
+        libraries.append(library)
+
+    yield install
+    for library in libraries:
+        library._destroy()

@@ -71,3 +71,29 @@ def assert_matches_oracle(ours, oracle, same_dtype=None, dtype=torch.float32, wh
         raise AssertionError(f"{what}: error {err:.3g} > 2 x torch's same-dtype error "
                              f"{torch_err:.3g} and > {TOLERANCE[dtype]:g} x scale {scale:.3g}")
     raise AssertionError(f"{what}: error {err:.3g} > {TOLERANCE[dtype]:g} x scale {scale:.3g}")
+
+
+def extra_saved_bytes(fn, owned):
+    """(bytes autograd saves beyond the storage of ``owned``, fn's output):
+    the library's probe (subind_fast/memory.py), as the tests read it."""
+    from subind_fast.memory import saved_bytes
+
+    saved = saved_bytes(fn, owned)
+    return saved.total, saved.output
+
+
+def composite_sampled_weight(weight, logits, beta, mode, key):
+    """W_eff of a sampled mode written with plain autograd (float64): hard-concrete
+    stretched by ε = 0.1 (γ = −0.1, ζ = 1.1) and clamped, Gumbel thresholded with
+    a straight-through gradient; the noise is the library's keyed noise (the
+    one thing both sides must share)."""
+    from subind_fast import noise as noise_lib
+
+    eps = 0.1
+    noise = noise_lib.logistic(key, noise_lib.element_offsets(logits), logits.dtype)
+    y = torch.sigmoid(beta * (logits + noise))
+    if mode == "concrete":
+        m = (y * (1 + 2 * eps) - eps).clamp(0, 1)
+    else:
+        m = (y > 0.5).to(y.dtype) + y - y.detach()
+    return weight.to(logits.dtype) * m

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,6 @@ from ..engine import validation as check
 from ..engine.options import MISSING, JsonObject, Repeated, Strs, flag
 from ..engine.files import atomic_write, atomic_write_text
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
-
-_BLOCK = re.compile(r"(?:^|\.)((?:h|blocks|layers?|stages)\.\d+)\.")
-
-
-def block_of(name: str) -> str:
-    """``transformer.h.3.mlp.c_fc.weight`` → ``h.3``; outside blocks: the name's first part."""
-    match = _BLOCK.search(name)
-    return match.group(1) if match else name.split(".")[0]
-
 
 HELP = "compare subnetworks (overlap, sharing, reuse)"
 
@@ -104,7 +94,7 @@ def _check_options(args: AnalyzeOptions, given: set) -> None:
         raise ValueError("--stability needs the subnetworks of at least two seeds")
 
 
-def _model_for(args, masks: dict) -> "nn.Module":
+def _model_for(args, masks: dict):
     """--model with its weights, checked against every subnetwork (the same
     parameter names and shapes), so that heads and ablations read the right weights."""
     model = build_model(args.model, args.weights, args.hf_class, args.model_kwargs).eval()
@@ -225,7 +215,7 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     from torch.utils.data import DataLoader
 
     from ..experiments import data_for
-    from ..engine.data_sources import Classification
+    from ..engine.classification import Classification
 
     sets = {}
     for spec in args.eval_data:
@@ -261,13 +251,7 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
 
 
 def _by_block(a: sf.Subnetwork, b: sf.Subnetwork) -> dict:
-    groups: dict[str, A.Overlap] = {}
-    for name, row in A.overlap(a, b).items():
-        if name == A.TOTAL:
-            continue
-        key = block_of(name)
-        groups[key] = groups[key] + row if key in groups else row
-    return {k: _fractions(r) for k, r in groups.items()}
+    return {k: _fractions(r) for k, r in A.overlap_by_group(a, b).items()}
 
 
 def _head_plot(heads: dict, labels: list, out: Path) -> Path:

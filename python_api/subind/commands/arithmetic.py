@@ -4,16 +4,15 @@ below with the paper's value as its default, and presets (smoke, quick,
 paper) to start from."""
 from __future__ import annotations
 
-from ..experiments.arithmetic.experiment import ArithmeticConfig, PRESETS
+from ..experiments.arithmetic import experiment
 from .sweep import SweepLaunch, run_experiment
 
 HELP = "the arithmetic experiment (paper §4)"
-OPTIONS = {"experiment": ArithmeticConfig, "launch": SweepLaunch}
+OPTIONS = {"experiment": experiment.ArithmeticConfig, "launch": SweepLaunch}
+PRESETS = experiment.PRESETS
 DEFAULT_PRESET = "quick"
 RESUMABLE = True
 
 
 def run(parsed, argv) -> int:
-    from ..experiments.arithmetic.experiment import ArithmeticExperiment
-
-    return run_experiment(parsed, argv, ArithmeticExperiment)
+    return run_experiment(parsed, argv, experiment.ArithmeticExperiment)

@@ -30,8 +30,9 @@ from ..experiments import data_for
 from ..engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options
 from ..engine import manifest
 from ..engine import validation
-from ..engine.options import (MISSING, Floats, JsonObject, Repeated, flag)
-from ..engine.data_sources import Classification, check_data_fits
+from ..engine.options import MISSING, Floats, JsonObject, flag
+from ..engine.classification import Classification
+from ..engine.data_sources import check_data_fits
 from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)

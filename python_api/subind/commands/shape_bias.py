@@ -1,7 +1,6 @@
 """`subind shape-bias`: a classifier's shape bias on stimuli in Geirhos' layout."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional

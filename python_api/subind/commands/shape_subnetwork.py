@@ -28,10 +28,10 @@ from ..engine.options import MISSING, Floats
 from ..engine.files import atomic_write_json
 from ..engine.training import BN_STATS, TensorBatches, train_mode_for
 from ..shape_bias import categories as G
-from ..experiments.vision.task import ClassificationTask
+from ..engine.classification import Classification
 
 
-class ImageNetCategoryTask(ClassificationTask):
+class ImageNetCategoryTask(Classification):
     """A 1000-way ImageNet model read as a 16-way classifier: its log-scores
     are the log of the mean softmax probability over each category's ImageNet
     classes (Geirhos' aggregation), so cross-entropy on them is the
@@ -111,7 +111,8 @@ def run(parsed, argv) -> int:
     stimuli = scan(args.cue_conflict, G.CATEGORIES)  # every folder read before anything is written
     model = load_classifier(args.model, args.weights).to(args.device)
     pre = preprocessing_of(model)
-    task = ImageNetCategoryTask(mean=pre.mean, std=pre.std)
+    task = ImageNetCategoryTask(mean=pre.mean, std=pre.std, autocast=torch.bfloat16
+                                if args.device.startswith("cuda") else None)
     train_x, train_y = _load_folders(args.train, pre.size)
     select_x, select_y = _load_folders(args.select, pre.size)
     identity = {name: getattr(args, name) for name in (

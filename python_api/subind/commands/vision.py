@@ -4,11 +4,12 @@ stand-in or on 16-class ImageNet; every option below with the paper text's
 value as its default, and presets (smoke, quick, full, paper) to start from."""
 from __future__ import annotations
 
-from ..experiments.vision.config import PRESETS, VisionConfig
+from ..experiments.vision import config
 from .sweep import SweepLaunch, run_experiment
 
 HELP = "the vision experiment (paper §5)"
-OPTIONS = {"experiment": VisionConfig, "launch": SweepLaunch}
+OPTIONS = {"experiment": config.VisionConfig, "launch": SweepLaunch}
+PRESETS = config.PRESETS
 DEFAULT_PRESET = "quick"
 RESUMABLE = True
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
-from .training import Metrics, model_device
+from .training import evaluating
 
 
 @dataclass
@@ -117,9 +117,7 @@ def check_data_fits(model: nn.Module, task, train: Dataset, eval_set: Dataset, *
             f"--eval-data {eval_spec} and --data {data_spec} name different classes (only in "
             f"--data: {only_train[:5]}, only in --eval-data: {only_eval[:5]}); class indices "
             "come from the sorted folder names, so both need the same class folders")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for spec, dataset in ((data_spec, train), (eval_spec or data_spec, eval_set)):
             try:
                 batch = _first_samples(dataset)
@@ -136,8 +134,6 @@ def check_data_fits(model: nn.Module, task, train: Dataset, eval_set: Dataset, *
                     f"(e.g. --model-kwargs '{{\"num_classes\": {len(classes)}}}')")
             with _named_failure(model_spec, spec):
                 task.loss(model, batch)
-    finally:
-        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -149,54 +145,3 @@ def _named_failure(model_spec: str, data_spec: str):
             raise ValueError(f"--model {model_spec} cannot run on --data {data_spec} "
                              f"({type(err).__name__}: {err}); are they of the same kind "
                              "(images, tokens) and shape?") from err
-
-
-class Classification:
-    """Cross-entropy of ``model(inputs)`` (a tensor, or an output with
-    ``.logits`` as transformers returns) against the labels.  Inputs are cast
-    to ``input_dtype`` and, where ``autocast`` names a dtype, the forward runs
-    under autocast on the model's device.  ``evaluate`` sums over ranks with
-    ``sum_over_ranks`` (each rank scores its own part of the data)."""
-
-    def __init__(self, input_dtype: torch.dtype = torch.float32,
-                 autocast: Optional[torch.dtype] = None,
-                 sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x):
-        self.input_dtype, self.autocast = input_dtype, autocast
-        self.sum_over_ranks = sum_over_ranks
-
-    def logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
-        device = model_device(model)
-        inputs = inputs.to(device, non_blocking=True)
-        if inputs.is_floating_point():
-            inputs = inputs.to(self.input_dtype)
-        context = (torch.autocast(device.type, dtype=self.autocast) if self.autocast
-                   else contextlib.nullcontext())
-        with context:
-            out = model(inputs)
-        out = getattr(out, "logits", out)
-        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-
-    def loss(self, model: nn.Module, batch) -> Tensor:
-        logits = self.logits(model, batch[0])
-        return nn.functional.cross_entropy(logits, batch[1].to(logits.device))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, data) -> Metrics:
-        was_training = model.training
-        model.eval()
-        loss_sum = correct = count = 0.0
-        try:
-            for inputs, labels in data:
-                logits = self.logits(model, inputs)
-                labels = labels.to(logits.device)
-                # Label -100 (padding, engine/distributed.py) counts for nothing.
-                loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum",
-                                                              ignore_index=-100))
-                correct += float((logits.argmax(-1) == labels).sum())
-                count += float((labels != -100).sum())
-        finally:
-            model.train(was_training)
-        loss_sum, correct, count = self.sum_over_ranks([loss_sum, correct, count])
-        if count == 0:
-            raise ValueError("the evaluation data are empty")
-        return Metrics(loss_sum / count, correct / count)

@@ -21,10 +21,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from subind_fast.naming import BLOCK_CONTAINERS
+
+from .classification import IGNORE_LABEL
+
 STRATEGIES = ("none", "ddp", "fsdp2")
-# Containers of repeated blocks in timm and transformers models (ViT ``blocks``,
-# GPT-2 ``h``, BERT/ResNet ``layer``/``layers``, Swin/ConvNeXt ``stages``).
-BLOCK_CONTAINERS = ("blocks", "h", "layer", "layers", "stages", "block")
 
 
 @dataclass
@@ -108,7 +109,7 @@ def train_loader(dataset: Dataset, global_batch: int, ranks: Ranks, seed: int,
 
 class _EvalShard(Dataset):
     """Rank r's samples r, r+world, …, padded to the same length on every rank
-    with copies of sample 0 labelled IGNORE: every rank runs the same number of
+    with copies of sample 0 labelled IGNORE_LABEL: every rank runs the same number of
     forwards (FSDP2 and DDP forwards are collectives; uneven counts would
     hang), and the padding counts for nothing."""
 
@@ -129,10 +130,10 @@ class _EvalShard(Dataset):
                              "evenly over the ranks, and their samples are not (input, label) "
                              "pairs that could be padded; use a multiple of the rank count")
         inputs, label = sample[:2]
-        return inputs, (torch.tensor(IGNORE) if isinstance(label, torch.Tensor) else IGNORE)
+        return inputs, (torch.tensor(IGNORE_LABEL) if isinstance(label, torch.Tensor)
+                        else IGNORE_LABEL)
 
 
-IGNORE = -100  # cross_entropy's ignore_index
 
 
 def eval_loader(dataset: Dataset, batch: int, ranks: Ranks, workers: int = 0) -> DataLoader:

@@ -34,7 +34,6 @@ MemTracker under FakeTensorMode on small models.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -42,40 +41,11 @@ import torch
 from torch import Tensor, nn
 
 import subind_fast as sf
+from subind_fast.baselines import eager_composite
+from subind_fast.memory import saved_bytes
 
 PROVIDERS = ("ours", "eager", "compile")
 GIB = 2 ** 30
-
-
-class _SoftMask(nn.Module):
-    """W_eff = θ ⊙ σ(β·s), cast back to θ's dtype (the eager composite)."""
-
-    def __init__(self, weight: Tensor):
-        super().__init__()
-        self.logits = nn.Parameter(torch.empty(weight.shape, dtype=torch.float32,
-                                               device=weight.device))
-        self.register_buffer("beta", torch.ones((), device=weight.device))
-
-    def forward(self, weight: Tensor) -> Tensor:
-        return (weight * torch.sigmoid(self.beta * self.logits)).to(weight.dtype)
-
-
-def eager_composite(model: nn.Module, include=None, exclude=None) -> nn.Module:
-    """``model`` with every layer mask_model would mask given the eager
-    composite mask as a parametrization of its weights (base weights frozen)."""
-    from torch.nn.utils import parametrize
-
-    probe = copy.deepcopy(model)
-    sf.mask_model(probe, include=include, exclude=exclude, check_coverage="off")
-    masked = sf.masked_layers(probe)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, module in model.named_modules():
-        if name in masked:
-            for weight_name, _ in masked[name].masked_weights:
-                parametrize.register_parametrization(module, weight_name,
-                                                     _SoftMask(getattr(module, weight_name)))
-    return model
 
 
 @dataclass
@@ -87,56 +57,6 @@ class Usage:
 
     def peak(self, logits_grads: int) -> int:
         return self.static + max(self.activations, logits_grads) + self.working
-
-
-def _storage_key(t: Tensor) -> int:
-    # The StorageImpl's address: unique while the storage lives, and autograd
-    # (or the model) keeps every storage counted here alive for the whole
-    # forward.  A plain int, because dynamo copies the hook's closure, and a
-    # copied StorageWeakRef fails in its destructor.
-    return t.untyped_storage()._cdata
-
-
-@dataclass
-class Saved:
-    total: int            # bytes autograd keeps that are not parameters or buffers
-    largest: int          # the largest single one
-    block_inputs: int     # Σ over blocks of their inputs' bytes
-    block_saved: list     # each block's share of ``total``
-
-
-def saved_bytes(model: nn.Module, run: Callable[[], Tensor], blocks: list[nn.Module]) -> Saved:
-    """What one forward keeps for backward (each storage counted once)."""
-    owned = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
-    seen, total, largest = set(), [0], [0]
-    per_block, inputs = {}, {}
-
-    def pack(t: Tensor):
-        key = _storage_key(t)
-        if key not in seen and key not in owned:
-            seen.add(key)
-            size = t.untyped_storage().nbytes()
-            total[0] += size
-            largest[0] = max(largest[0], size)
-        return t
-
-    handles = []
-    for i, block in enumerate(blocks):
-        def before(module, args, i=i):
-            per_block[i] = -total[0]
-            inputs[i] = sum(a.untyped_storage().nbytes() for a in args if isinstance(a, Tensor))
-
-        def after(module, args, output, i=i):
-            per_block[i] += total[0]
-
-        handles += [block.register_forward_pre_hook(before), block.register_forward_hook(after)]
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return Saved(total[0], largest[0], sum(inputs.values()), list(per_block.values()))
 
 
 @dataclass
@@ -159,7 +79,7 @@ def _model_for(provider: str, spec: PlanInputs) -> nn.Module:
         sf.mask_model(model, include=spec.include, exclude=spec.exclude, check_coverage="off")
     else:
         eager_composite(model, spec.include, spec.exclude)
-    return model.to(spec.dtype)  # the logits stay fp32 (masked layers and _SoftMask alike)
+    return model.to(spec.dtype)  # the logits stay fp32 (masked layers and SoftMask alike)
 
 
 def _forward(provider: str, model: nn.Module, spec: PlanInputs, batch: int) -> Callable:
@@ -223,7 +143,8 @@ def plan(provider: str, spec: PlanInputs, batch: int) -> tuple[Usage, int]:
     blocks = spec.blocks(model)
     if spec.checkpoint and not blocks:
         raise ValueError("--checkpoint: found no blocks to checkpoint (name them with --blocks)")
-    saved = saved_bytes(model, _forward(provider, model, spec, batch), blocks)
+    saved = saved_bytes(_forward(provider, model, spec, batch),
+                        [*model.parameters(), *model.buffers()], blocks)
     largest = saved.largest
     if provider != "ours":  # dW_eff (stored dtype) and dσ (fp32) of the largest masked weight
         widest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)

@@ -48,6 +48,24 @@ def load_state_dict_file(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def save_model_file(model: nn.Module, path: Path) -> Path:
+    """``model``'s weights as safetensors (tied weights stored once), written
+    atomically: a stage's cached model."""
+    from safetensors.torch import save_model
+
+    from subind_fast.atomic import atomic_write
+
+    return atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+
+
+def load_model_file(model: nn.Module, path: Path, device: str = "cpu") -> nn.Module:
+    """Weights written by :func:`save_model_file` into ``model`` (strict)."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(path), device=device)
+    return model
+
+
 def load_weights(model: nn.Module, path: Path, origin: str) -> None:
     """Load a state-dict file into ``model``; every tensor must fit.  A tied
     parameter stored once (safetensors' ``save_model``) counts as present

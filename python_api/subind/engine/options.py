@@ -18,7 +18,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Mapping, Optional
 
 import tyro
 from tyro.constructors import PrimitiveConstructorSpec

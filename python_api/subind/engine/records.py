@@ -10,6 +10,23 @@ from typing import Iterable, Optional
 from .files import move_aside
 
 
+def software_versions(*packages: str) -> dict:
+    """The versions a record was produced with: Python, torch, subind_fast
+    and ``packages`` (e.g. "transformers", "timm")."""
+    import importlib
+    import platform
+
+    import torch
+
+    import subind_fast
+
+    found = {"torch": torch.__version__, "subind_fast": subind_fast.__version__,
+             "python": platform.python_version()}
+    for name in packages:
+        found[name] = importlib.import_module(name).__version__
+    return found
+
+
 def problem(record, required: Iterable[str], expected: dict) -> Optional[str]:
     """Why ``record`` is not a valid record of the run ``expected`` describes (None if it is)."""
     if not isinstance(record, dict):

@@ -12,6 +12,7 @@ and moves batches to the model's device itself, so data may live anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -37,6 +38,18 @@ class Task(Protocol):
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (hard masks, running statistics) for the block, then the
+    mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class TensorBatches:

@@ -9,7 +9,6 @@ Under one results directory (its manifest.json records the configuration):
 """
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +24,14 @@ from subind_fast.transfer import REINIT_POLICIES
 from ...engine import manifest
 from ...engine.options import config_from_preset
 from ...engine import validation as check
-from ...engine.files import atomic_write
+from ...engine.models import load_model_file, save_model_file
+from ...engine.records import software_versions
 from ...engine.options import Floats, Ints, Strs
 from ...engine.speed import (COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options,
                              check_speed_options)
 from ...engine.protocol import (CONDITIONS, PAPER_LAMBDAS, Discovery, DiscoveryHooks, discover,
                                needs_subnetwork, transfer_condition)
-from ...engine.sweep import Sweep, SweepResult, cached_stage, parse_shard  # noqa: F401 (CLI)
+from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import EpochLog, TensorBatches, train
 from . import data as A
 from .expressions import parse
@@ -196,13 +196,6 @@ def config_for(preset: str, **overrides) -> ArithmeticConfig:
 
 
 # ------------------------------------------------------------------ model
-def versions() -> dict:
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "subind_fast": sf.__version__, "python": platform.python_version()}
-
-
 def make_model(cfg: ArithmeticConfig, n_layer: int, seed: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -216,12 +209,6 @@ def make_model(cfg: ArithmeticConfig, n_layer: int, seed: int) -> nn.Module:
     # Built where torch's default device says (the CPU, or the meta device for
     # `subind plan-memory`); moved only when the configuration asks for another.
     return model if cfg.device == "cpu" else model.to(cfg.device)
-
-
-def _save_model(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))  # ties stored once
 
 
 # ------------------------------------------------------------------ stages
@@ -258,11 +245,7 @@ class ArithmeticExperiment:
         cfg = self.cfg
 
         def load(path):
-            from safetensors.torch import load_model
-
-            model = make_model(cfg, n_layer, seed=0)
-            load_model(model, str(path), device=cfg.device)
-            return model
+            return load_model_file(make_model(cfg, n_layer, seed=0), path, cfg.device)
 
         def build(path):
             train_rows = A.base_training_set(cfg.base, self.vocab, cfg.base_fraction, seed=0)
@@ -278,10 +261,10 @@ class ArithmeticExperiment:
                           after_epoch=lambda e, m: m.accuracy >= cfg.base_target_accuracy,
                           progress=f"base L{n_layer} ({cfg.base})" if self.progress else None)
             log.close()
-            _save_model(model, path)
+            save_model_file(model, path)
             return model, {"computation": cfg.base, "layers": n_layer,
                            "test_accuracy": final.accuracy, "seconds": time.time() - start,
-                           "config": asdict(cfg), "versions": versions()}
+                           "config": asdict(cfg), "versions": software_versions("transformers")}
 
         return cached_stage(self.out / "base" / f"L{n_layer}" / "model.safetensors", load, build)
 
@@ -360,7 +343,7 @@ class ArithmeticExperiment:
         log.close()
         return {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed,
                 "frozen_fraction": frozen_fraction, **best, "seconds": time.time() - start,
-                "config": asdict(cfg), "versions": versions()}
+                "config": asdict(cfg), "versions": software_versions("transformers")}
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         """Run this shard's part of the grid (see engine.sweep)."""

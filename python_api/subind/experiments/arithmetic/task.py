@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ...engine.training import Metrics, model_device
+from ...engine.training import Metrics, evaluating, model_device
 
 
 class LastTokenTask:
@@ -27,15 +27,13 @@ class LastTokenTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Iterable[Tensor]) -> Metrics:
-        was_training = model.training
-        model.eval()
         total_loss, correct, n = 0.0, 0, 0
-        for rows in data:
-            logits = self.logits(model, rows)
-            target = rows[:, -1].to(logits.device)
-            total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-            correct += (logits.argmax(-1) == target).sum().item()
-            n += rows.shape[0]
-        model.train(was_training)
+        with evaluating(model):
+            for rows in data:
+                logits = self.logits(model, rows)
+                target = rows[:, -1].to(logits.device)
+                total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+                correct += (logits.argmax(-1) == target).sum().item()
+                n += rows.shape[0]
         total_loss, correct, n = self.sum_over_ranks([total_loss, correct, n])
         return Metrics(total_loss / max(1, n), correct / max(1, n))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...engine.classification import IGNORE_LABEL
 from ...engine.training import TensorBatches
 from . import synthetic as S
 
@@ -52,7 +53,7 @@ class SyntheticData:
         s = self._set("independent", self.cfg.base_samples, 0)
         flat = self._set("pooled", int(round(self.cfg.base_untextured * self.cfg.base_samples)),
                          6)
-        no_texture = torch.full_like(flat.textures, -100)
+        no_texture = torch.full_like(flat.textures, IGNORE_LABEL)
         return self._batches(torch.cat([s.images, flat.images]), torch.cat([s.shapes, flat.shapes]),
                              torch.cat([s.textures, no_texture]), shuffle=True)
 

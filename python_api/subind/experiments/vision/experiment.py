@@ -13,7 +13,6 @@ sweep over (architecture, condition, N, seed).
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +25,8 @@ import subind_fast as sf
 
 from ...engine.speed import apply_speed_options
 from ...engine import manifest
-from ...engine.files import atomic_write
-from ...engine.models import load_weights
+from ...engine.models import load_model_file, load_weights, save_model_file
+from ...engine.records import software_versions
 from ...engine.protocol import Discovery, DiscoveryHooks, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import EpochLog, train_mode_for, train
@@ -36,30 +35,11 @@ from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAME
 from .datasets import FolderData, SyntheticData
 from ...shape_bias.classifiers import preprocessing_of
 from ...shape_bias.evaluation import Decision, summarize
-from .task import ClassificationTask, TwoCueTask, inverse_frequency_weights
-
-def versions() -> dict:
-    import timm
-
-    return {"torch": torch.__version__, "timm": timm.__version__,
-            "subind_fast": sf.__version__, "python": platform.python_version()}
-
+from ...engine.classification import Classification, inverse_frequency_weights
+from .task import TwoCueTask, image_classification
 
 def classifier_name(model: nn.Module) -> str:
     return model.pretrained_cfg["classifier"]
-
-
-def _save(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
-
-
-def _load(model: nn.Module, path: Path, device: str) -> nn.Module:
-    from safetensors.torch import load_model
-
-    load_model(model, str(path), device=device)
-    return model
 
 
 class VisionExperiment:
@@ -81,14 +61,14 @@ class VisionExperiment:
     def run_path(self, arch: str, condition: str, n: int, seed: int) -> Path:
         return self.out / "runs" / condition / f"{arch}-N{n}-s{seed}.json"
 
-    def task_for(self, arch: str) -> ClassificationTask:
+    def task_for(self, arch: str) -> Classification:
         """Synthetic images use one fixed normalisation; real ones the model's own."""
         if arch not in self._tasks:
             if self.synthetic:
-                self._tasks[arch] = ClassificationTask()
+                self._tasks[arch] = image_classification(self.cfg.device)
             else:
                 pre = preprocessing_of(self.model(arch, self.classes, 0))
-                self._tasks[arch] = ClassificationTask(mean=pre.mean, std=pre.std)
+                self._tasks[arch] = image_classification(self.cfg.device, pre.mean, pre.std)
         return self._tasks[arch]
 
     def _test_sets(self):
@@ -122,7 +102,7 @@ class VisionExperiment:
 
         def build(path):
             model = self.model(arch, 2 * self.classes, seed=0)
-            task = TwoCueTask(self.classes)
+            task = TwoCueTask(self.classes, self.cfg.device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=0.05)
             start = time.time()
             log = EpochLog(path.parent / "train.csv",
@@ -131,17 +111,17 @@ class VisionExperiment:
                           eval_data=self.data.base_eval(), log=log,
                           progress=self._progress(f"base {arch}"))
             log.close()
-            _save(model, path)
+            save_model_file(model, path)
             shape_head, texture_head = task.head_accuracies(model, self.data.base_eval())
             pooled_shape, _ = task.head_accuracies(model, self.data.pooled_eval())
             return model, {"arch": arch, "two_cue_accuracy": final.accuracy,
                            "shape_head_accuracy": shape_head,
                            "texture_head_accuracy": texture_head,
                            "shape_head_pooled_accuracy": pooled_shape,
-                           "seconds": time.time() - start, "versions": versions()}
+                           "seconds": time.time() - start, "versions": software_versions("timm")}
 
         return cached_stage(self.out / "base" / arch / "model.safetensors",
-                            lambda p: _load(self.model(arch, 2 * self.classes, 0), p,
+                            lambda p: load_model_file(self.model(arch, 2 * self.classes, 0), p,
                                             cfg.device), build)
 
     def _imagenet_model(self, arch: str) -> nn.Module:
@@ -180,13 +160,13 @@ class VisionExperiment:
                           progress=self._progress(f"head {arch}"))
             for p in model.parameters():
                 p.requires_grad_(True)
-            _save(model, path)
+            save_model_file(model, path)
             pooled = task.evaluate(model, self.data.pooled_eval()).accuracy
             return model, {"arch": arch, "original_accuracy": final.accuracy,
                            "pooled_accuracy": pooled, "seconds": time.time() - start}
 
         return cached_stage(self.out / "adapted" / arch / "model.safetensors",
-                            lambda p: _load(fresh_head(self.model(arch, self.base_classes, 0)),
+                            lambda p: load_model_file(fresh_head(self.model(arch, self.base_classes, 0)),
                                             p, cfg.device), build)
 
     def random_init_model(self, arch: str) -> nn.Module:
@@ -269,8 +249,9 @@ class VisionExperiment:
                           else self.data.original(seed, n))
             task = self.task_for(arch)
             if cfg.class_weighted:
-                task = ClassificationTask(inverse_frequency_weights(train_data, self.classes),
-                                          mean=task.mean, std=task.std)
+                task = image_classification(
+                    cfg.device, task.mean, task.std,
+                    class_weights=inverse_frequency_weights(train_data, self.classes))
             log = EpochLog(self.run_path(arch, condition, n, seed).with_suffix(".csv"),
                            ["epoch", "train_loss", "eval_loss", "eval_accuracy",
                             "pooled_accuracy"])
@@ -289,7 +270,7 @@ class VisionExperiment:
             "cue_conflict": conflict, "frozen_fraction": fraction,
             "train_set_size": (self.data.training_set_size(spec.data, n) if spec.trains
                                else 0),
-            "seconds": time.time() - start, "config": asdict(cfg), "versions": versions()}
+            "seconds": time.time() - start, "config": asdict(cfg), "versions": software_versions("timm")}
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         return self.sweep.run(lambda key: self.transfer_run(*key), shard, progress=self.progress)

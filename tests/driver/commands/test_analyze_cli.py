@@ -163,7 +163,7 @@ def test_inverse_mask_test_of_a_dense_subnetwork_reports_the_complement_as_unmat
                  "--weights", "random", "--eval-data", "experiment:arithmetic/a*b"]) == 0
     text = (out / "summary.md").read_text()
     assert "| without complement * |" in text
-    assert f"not size-matched (not applicable) in 1 of 2 parameters" in text
+    assert "not size-matched (not applicable) in 1 of 2 parameters" in text
     assert names[0] in text.split("not size-matched")[1] and names[1] not in \
         text.split("not size-matched")[1]
     capsys.readouterr()

@@ -5,22 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import subind_fast as sf
-
-
-def extra_saved_bytes(fn, owned):
-    """Bytes saved for backward that are not storage of the given tensors."""
-    owned_ptrs = {t.untyped_storage().data_ptr() for t in owned}
-    extra = 0
-
-    def pack(t):
-        nonlocal extra
-        if t.untyped_storage().data_ptr() not in owned_ptrs:
-            extra += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return extra, out
+from subind_fast.baselines import eager_composite
+from oracle import extra_saved_bytes
 
 
 def _linear_inputs(n=256, k=192, m=8):
@@ -42,9 +28,13 @@ def test_masked_linear_saves_no_weight_sized_tensor(mode):
 
 
 def test_eager_composite_keeps_8_bytes_per_weight():
-    """The baseline we replace, measured the same way (sanity of the probe)."""
+    """The baseline we replace, measured the same way (sanity of the probe):
+    σ(βs) and W_eff, 4 bytes each per weight."""
     x, w, s, b = _linear_inputs()
     extra, _ = extra_saved_bytes(lambda: F.linear(x, w * torch.sigmoid(3.0 * s), b), [x, w, s, b])
+    assert extra == 8 * w.numel()
+    layer = eager_composite(torch.nn.Linear(w.shape[1], w.shape[0]), init=0.1, beta=3.0)
+    extra, _ = extra_saved_bytes(lambda: layer(x), [x, *layer.parameters(), *layer.buffers()])
     assert extra == 8 * w.numel()
 
 

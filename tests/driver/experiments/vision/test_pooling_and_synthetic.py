@@ -1,5 +1,4 @@
 """Mean pooling (paint order, fill, folders) and the procedural image generator."""
-from pathlib import Path
 
 import numpy as np
 import pytest

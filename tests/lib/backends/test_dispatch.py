@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind_fast import _ops, dispatch
+from subind_fast import _ops
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def test_every_op_is_defined_in_cpp_with_cpu_meta_and_autograd_kernels():

@@ -70,7 +70,7 @@ def test_opcheck_and_compile_on_cuda():
 
 @pytest.mark.parametrize("mode", ["concrete", "gumbel"])
 def test_sampled_modes_on_cuda_match_the_float64_oracle(mode):
-    from tests.kernel_library.test_mask_methods import composite_sampled_weight
+    from oracle import composite_sampled_weight
 
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(64, 96, generator=gen), torch.randn(80, 96, generator=gen) / 10

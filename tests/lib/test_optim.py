@@ -16,18 +16,17 @@ STEPS = 24
 
 
 @pytest.fixture(params=["cpu", "reference", "triton"])
-def kernel_backend(request, monkeypatch):
+def kernel_backend(request, cpu_kernels):
     """The optimizer kernels of CPU tensors: the registered C++ op, or a Python
-    backend's (Triton runs on CPU tensors under the interpreter)."""
+    backend's registered in its place (Triton runs on CPU tensors under the
+    interpreter)."""
     if request.param == "triton":
         pytest.importorskip("triton")
         from subind_fast.backends.triton_backend import TritonBackend as backend_class
     elif request.param == "reference":
         from subind_fast.backends.reference import ReferenceBackend as backend_class
     if request.param != "cpu":
-        backend = backend_class()
-        monkeypatch.setattr(sf._ops, "adamw_step", backend.adamw_step)
-        monkeypatch.setattr(sf._ops, "sgd_step", backend.sgd_step)
+        cpu_kernels(backend_class(), ["adamw_step", "sgd_step"])
     return request.param
 
 

@@ -11,23 +11,11 @@ from subind_fast import noise as noise_lib
 from subind_fast.backends.reference import ReferenceBackend
 from subind_fast.dispatch import backend_info
 from subind_fast.nn.methods import MaskMethod
-from tests.kernel_library.test_memory import extra_saved_bytes
-from tests.oracle import assert_matches_oracle, leaf, run_with_grads
+from oracle import (assert_matches_oracle, composite_sampled_weight, extra_saved_bytes, leaf,
+                    run_with_grads)
 
 SAMPLED = ["concrete", "gumbel"]
 EPS = 0.1
-
-
-def composite_sampled_weight(weight, logits, beta, mode, key):
-    """W_eff of a sampled mode written with plain autograd (float64): hard-concrete
-    stretched and clamped, Gumbel thresholded with a straight-through gradient."""
-    noise = noise_lib.logistic(key, noise_lib.element_offsets(logits), logits.dtype)
-    y = torch.sigmoid(beta * (logits + noise))
-    if mode == "concrete":
-        m = (y * (1 + 2 * EPS) - EPS).clamp(0, 1)
-    else:
-        m = (y > 0.5).to(y.dtype) + y - y.detach()
-    return weight.to(logits.dtype) * m
 
 
 def test_noise_is_uniform_keyed_and_open_interval():

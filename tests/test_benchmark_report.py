@@ -1,14 +1,9 @@
 """benchmarks/report.py: the README's benchmark tables come from the CSV
 (latest run per device), and old rows without dtype/config columns still read."""
 import csv
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import harness  # noqa: E402
-import report  # noqa: E402
+from benchmarks import harness, report
 
 
 def _write(path, header, rows):

@@ -86,3 +86,17 @@ def test_incompatible_subnetworks_are_refused():
     b = sf.Subnetwork.from_masks({"other": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="different parameters"):
         A.overlap(a, b)
+
+
+def test_block_of_and_overlap_by_block():
+    from subind_fast.naming import block_of
+
+    assert block_of("transformer.h.3.mlp.c_fc.weight") == "h.3"
+    assert block_of("blocks.11.attn.qkv.weight") == "blocks.11"
+    assert block_of("layer2.0.conv1.weight") == "layer2"  # ResNet stages: the name's first part
+    assert block_of("head.weight") == "head"
+    ma, mb = _random(0, 0.4), _random(1, 0.5)
+    groups = A.overlap_by_group(sf.Subnetwork.from_masks(ma), sf.Subnetwork.from_masks(mb))
+    assert set(groups) == {"h.0", "h.1", "head"}
+    for group, names in (("h.0", ["h.0.w"]), ("h.1", ["h.1.w"]), ("head", ["head.w"])):
+        assert groups[group].iou == pytest.approx(_ref(ma, mb, names)["iou"])

@@ -9,6 +9,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 import subind_fast as sf
 from subind.engine import memory_plan as mp
+from subind_fast.baselines import eager_composite
 from subind.engine.distributed import blocks_of
 
 MODELS = {
@@ -30,7 +31,7 @@ def tracked_peak(name: str, provider: str, batch: int) -> int:
     if provider == "ours":
         sf.mask_model(model, check_coverage="off")
     else:
-        mp.eager_composite(model)
+        eager_composite(model)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device="cpu")
         x = torch.randn(batch, *INPUT[name])

@@ -10,7 +10,7 @@ from torch import nn
 from subind.commands import main
 from subind.shape_bias import categories as G
 
-DATA = Path(__file__).parent / "data" / "geirhos"
+DATA = Path(__file__).resolve().parents[2] / "shape_bias" / "data" / "geirhos"
 
 
 def _always(category: str) -> nn.Module:
@@ -185,7 +185,7 @@ def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
 
 
 def test_inverse_frequency_weights():
-    from subind.experiments.vision.task import inverse_frequency_weights
+    from subind.engine.classification import inverse_frequency_weights
 
     labels = torch.tensor([0, 0, 0, 1, 2, 2])
     weights = inverse_frequency_weights([(None, labels[:4]), (None, labels[4:])], 3)

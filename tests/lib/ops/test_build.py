@@ -8,7 +8,7 @@ import pytest
 import torch.utils.cpp_extension as cpp_ext
 from setuptools import Distribution, Extension
 
-SETUP = Path(__file__).resolve().parents[2] / "setup.py"
+SETUP = Path(__file__).resolve().parents[3] / "setup.py"
 
 
 @pytest.fixture(scope="module")

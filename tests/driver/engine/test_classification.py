@@ -1,0 +1,37 @@
+"""The one classification task: normalisation, uint8 images, class weights
+and the ignore label, against plain PyTorch in float64."""
+import torch
+from torch import nn
+
+from subind.engine.classification import IGNORE_LABEL, Classification, inverse_frequency_weights
+from subind.engine.training import TensorBatches
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double()
+
+
+def test_loss_and_metrics_match_plain_pytorch():
+    model = _model()
+    images = torch.randint(0, 256, (6, 3, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, IGNORE_LABEL, 1, 0])
+    weights = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    task = Classification(input_dtype=torch.float64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4),
+                          class_weights=weights)
+    x = images.double() / 255
+    x = (x - torch.tensor([0.5, 0.4, 0.3]).double().view(1, 3, 1, 1)) / torch.tensor(
+        [0.2, 0.3, 0.4]).double().view(1, 3, 1, 1)
+    logits = model(x)
+    expected = nn.functional.cross_entropy(logits, labels, weight=weights, ignore_index=-100)
+    torch.testing.assert_close(task.loss(model, (images, labels)), expected)
+    metrics = task.evaluate(model, TensorBatches(images, labels, batch_size=4))
+    kept = labels != -100
+    assert metrics.accuracy == float((logits.argmax(1)[kept] == labels[kept]).double().mean())
+    assert model.training  # evaluate restores the mode
+
+
+def test_inverse_frequency_weights_skip_the_ignore_label():
+    labels = torch.tensor([0, 0, 0, 1, IGNORE_LABEL])
+    weights = inverse_frequency_weights(TensorBatches(torch.zeros(5, 1), labels, batch_size=2), 2)
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
