@@ -2,7 +2,8 @@
 from .attention import MaskedMultiheadAttention
 from .coverage import MaskCoverageError
 from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
-from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin
+from .base import MaskedWeightMixin
+from .mask_state import DEFAULT_MASK_INIT
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method
 from .model import (MaskReport, density, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
                     subnetwork_of, unmask_model)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import _FromModule
-from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .base import MaskedWeightMixin
+from .mask_state import DEFAULT_MASK_INIT, MaskInit
 from .methods import as_method
 from .registry import masked_class_for, masks
 

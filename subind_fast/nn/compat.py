@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .mask_state import MaskedWeightMixin
+from .base import MaskedWeightMixin
 
 
 def _holds_masks(module: nn.Module) -> bool:

@@ -20,7 +20,7 @@ import functools
 import torch
 from torch import nn
 
-from .mask_state import MaskedWeightMixin
+from .base import MaskedWeightMixin
 
 POLICIES = ("first", "always", "off")
 _HANDLES = "_subind_coverage_hooks"

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as SF
-from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .base import MaskedWeightMixin
+from .mask_state import DEFAULT_MASK_INIT, MaskInit
 from .registry import masks
 
 

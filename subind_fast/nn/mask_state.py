@@ -1,5 +1,6 @@
-"""The mask state every masked layer shares, and how it behaves like ordinary
-module state.
+"""The mask state every masked layer shares, how it behaves like ordinary
+module state, and the queries on it (the forward is nn/masked_forward.py, the
+export to a plain module nn/plain_export.py; nn/base.py joins them).
 
 A masked layer has one or more masked weights θ (``masked_weights`` names each
 weight attribute with its logits attribute), fp32 mask logits s per weight,
@@ -33,10 +34,9 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import functional as SF
 from .. import sharded
-from .._validation import MODE_CODES, SAMPLED_MODES, check_beta, check_mode
-from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, noise_keys, penalty, unit_mask
+from .._validation import MODE_CODES, check_beta, check_mode
+from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -69,7 +69,7 @@ def _initial_logits(weight: Tensor, init: MaskInit, shape=None) -> Tensor:
     return logits
 
 
-class MaskedWeightMixin:
+class MaskState:
     """Mask state and queries shared by every masked layer (see module doc)."""
 
     #: (weight attribute, logits attribute) for each masked weight of the layer
@@ -212,10 +212,6 @@ class MaskedWeightMixin:
         return result
 
     # ------------------------------------------------------------ queries
-    def _note_mask_ran(self) -> None:
-        if not torch.compiler.is_compiling():
-            self.__dict__["mask_ran"] = True
-
     def mask_state_names(self) -> list[str]:
         """The layer's own state_dict keys that masking added: logits and MASK_BUFFERS."""
         return [logits for _, logits in self.masked_weights] + list(MASK_BUFFERS)
@@ -264,126 +260,6 @@ class MaskedWeightMixin:
         kept, total = self.kept_and_total()
         return kept / max(1, total)
 
-    def _mask_weight(self, weight_name: str) -> Tensor:
-        """W_eff of one masked weight in the current mode (marks the mask as
-        run); a sampled mode draws one sample per call."""
-        self._note_mask_ran()
-        weight, logits = self.masked_parameters()[weight_name]
-        mode = self.mode
-        noise = None
-        if mode in SAMPLED_MODES:
-            noise = noise_keys(logits, 1, self.mask_method.generator)[0]
-        return SF.mask_weight(weight, logits, self.beta, mode, noise)
-
-    def _deterministic_weight_mode(self) -> Optional[str]:
-        """The mode, marking the mask as run, when the layer's output is one call
-        of its fused op (weight granularity, a deterministic mode); else None."""
-        mode = self.mode
-        if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES:
-            return None
-        self._note_mask_ran()
-        return mode
-
-    def _operands(self) -> tuple:
-        """(θ, s, bias, β) of a single-weight layer.  Read from the module's
-        dicts: nn.Module.__getattr__ costs ~0.5 µs a name, as much as the rest
-        of a small layer's Python; a parametrized weight (a property) is read
-        the ordinary way."""
-        params = self._parameters
-        if "weight" in params:
-            return params["weight"], params["logits"], params.get("bias"), self._buffers["beta"]
-        return self.weight, self.logits, self.bias, self.beta
-
-    def _masked_output(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
-                       op: Callable, gemm: Callable) -> Tensor:
-        """The layer's output in the current mode: ``op(x, θ, s, b, mode,
-        noise)`` (the fused masked op) at weight granularity; at neuron
-        granularity ``gemm(x, θ)`` scaled by the units' mask, plus b.  A
-        sampled mode with n samples applies sample k to the k-th slice of the
-        batch (dim 0)."""
-        self._note_mask_ran()
-        mode, method = self.mode, self.mask_method
-        n = method.n_samples if mode in SAMPLED_MODES else 1
-        keys = noise_keys(logits, n, method.generator) if mode in SAMPLED_MODES else [None]
-        parts = _batch_slices(x, n)
-        if method.granularity == "weight":
-            outs = [op(part, weight, logits, bias, mode, key) for part, key in zip(parts, keys)]
-        else:
-            outs = [self._scaled_units(gemm(part, weight), unit_mask(logits, self.beta, mode, key),
-                                       bias) for part, key in zip(parts, keys)]
-        return outs[0] if n == 1 else torch.cat(outs, 0)
-
-    def _scaled_units(self, y: Tensor, unit_mask_values: Tensor, bias: Optional[Tensor]) -> Tensor:
-        def along_units(t: Tensor) -> Tensor:
-            t = t.reshape(-1).to(y.dtype)
-            return t if self._output_unit_dim == -1 else t.view(-1, *[1] * (y.dim() - 2))
-
-        y = y * along_units(unit_mask_values)
-        return y if bias is None else y + along_units(bias)
-
-    def masked_weight(self) -> Tensor:
-        """W_eff = θ ⊙ m of the layer's (single) masked weight in the current mode."""
-        return self._mask_weight(self.masked_weights[0][0])
-
-    def _dense_weight(self, weight_name: str = "weight") -> Tensor:
-        weight, logits = self.masked_parameters()[weight_name]
-        weight = sharded.whole(weight.detach())
-        return (weight * (sharded.whole(logits.detach()) > 0).to(weight.dtype)).clone()
-
-    def _unsharded_shell(self) -> nn.Module:
-        """A copy of this layer's attributes with every parameter gathered whole
-        and without FSDP's state and hooks (an FSDP module refuses deepcopy;
-        its hooks would gather shards that the copy does not have).  User
-        hooks are dropped with them."""
-        out = object.__new__(nn.Module)
-        for key, value in self.__dict__.items():
-            if key.startswith("__composable_api_state_key") or key.startswith("_fsdp") \
-                    or key == "_is_fsdp_managed_module":
-                continue
-            if "hooks" in key and isinstance(value, dict):
-                value = type(value)()
-            out.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
-        for name, param in self._parameters.items():
-            if param is not None:
-                out._parameters[name] = nn.Parameter(sharded.whole(param.detach()).clone(),
-                                                     param.requires_grad)
-        out._buffers = {name: None if b is None else b.clone() for name, b in self._buffers.items()}
-        # FSDP made this layer's class a subclass of its own; the copy is the masked class.
-        out.__class__ = next(c for c in type(self).__mro__ if issubclass(c, MaskedWeightMixin)
-                             and not sharded.is_fsdp_class(c))
-        return out
-
-    #: the module type this layer replaces (to_module's result type)
-    _plain: type = nn.Module
-
-    @classmethod
-    def _plain_class(cls) -> type:
-        return cls._plain
-
-    def to_module(self) -> nn.Module:
-        """A plain module of the type this layer replaced (e.g. nn.Linear, or the
-        user's Linear subclass) with θ ⊙ 1[s > 0] baked into each masked
-        weight: an independent copy; this layer is unchanged."""
-        plain = self._plain_class()
-        if any(sharded.is_sharded(p) for p in self.parameters(recurse=False)):
-            out = self._unsharded_shell()
-        else:
-            out = copy.deepcopy(self)
-        for child_name, child in list(out._modules.items()):
-            if isinstance(child, MaskedWeightMixin):
-                out._modules[child_name] = child.to_module()
-        for weight_name, logits_name in self.masked_weights:
-            weight = getattr(self, weight_name)
-            out._parameters[weight_name] = nn.Parameter(self._dense_weight(weight_name),
-                                                        weight.requires_grad)
-            del out._parameters[logits_name]
-        for buffer in MASK_BUFFERS:
-            del out._buffers[buffer]
-        for attribute in ("mask_ran", "_mode", "mask_method"):
-            out.__dict__.pop(attribute, None)
-        out.__class__ = plain
-        return out
-
     def _mask_repr(self) -> str:
         method = self.mask_method
         extra = "" if method == MaskMethod() else (
@@ -405,13 +281,3 @@ def method_of_code(code: Tensor, where: str = "") -> MaskMethod:
                                 and 0 <= values[1] < len(GRANULARITIES) and values[2] >= 1):
         raise ValueError(f"{where}mask_method_code holds {values}, not a mask method code")
     return MaskMethod(METHODS[values[0]], GRANULARITIES[values[1]], values[2])
-
-
-def _batch_slices(x: Tensor, n: int) -> list[Tensor]:
-    """x split into n slices along dim 0 (the batch)."""
-    if n == 1:
-        return [x]
-    if x.dim() < 2 or x.shape[0] < n:
-        raise ValueError(f"n_samples={n} mask samples need a batched input with at least {n} "
-                         f"entries along dim 0, got shape {tuple(x.shape)}")
-    return list(torch.tensor_split(x, n, dim=0))

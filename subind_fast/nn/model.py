@@ -16,7 +16,8 @@ from ..naming import parameter_names
 from ..subnetwork import Subnetwork
 from . import coverage
 from .compat import apply_compatibility_fixes
-from .mask_state import DEFAULT_MASK_INIT, MaskedWeightMixin, MaskInit
+from .base import MaskedWeightMixin
+from .mask_state import DEFAULT_MASK_INIT, MaskInit
 from .methods import as_method
 from .registry import masked_class_for
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
-from .mask_state import MaskedWeightMixin
+from .base import MaskedWeightMixin
 
 # plain module type → its masked class, as the classes register themselves
 _REGISTERED: dict[type, type] = {}
