@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .. import sharded
 from .._validation import MODE_CODES, check_beta, check_mode
-from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, penalty
+from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, l0_penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -223,14 +223,14 @@ class MaskState:
     def _logits(self) -> list[Tensor]:
         return [getattr(self, s) for _, s in self.masked_weights]
 
-    def l0(self) -> Tensor:
+    def l0_penalty(self) -> Tensor:
         """The method's sparsity penalty over the layer's logits (methods.py):
         for continuous sparsification Σσ(β·s), the expected number of kept
         weights; a unit's term counts its weights (over all shards of sharded
         logits; see subind_fast/sharded.py)."""
         terms = []
         for weight, s in self.masked_parameters().values():
-            term = sharded.shard_sum(penalty(self.mask_method, sharded.local(s), self.beta), s)
+            term = sharded.shard_sum(l0_penalty(self.mask_method, sharded.local(s), self.beta), s)
             fan = weight.numel() // s.numel()
             terms.append(term * fan if fan != 1 else term)
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum()

@@ -147,7 +147,7 @@ class _ShiftedSigmoidSum(torch.autograd.Function):
         return grad * torch.sigmoid(z) * torch.sigmoid(-z), None
 
 
-def penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
+def l0_penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
     """The method's sparsity penalty over ``logits`` (per logit; the caller
     scales neuron-level terms by the unit's weight count)."""
     if method.name == "continuous":

@@ -293,7 +293,7 @@ def set_mode(model: nn.Module, mode: Optional[str]) -> None:
 def l0_penalty(model: nn.Module) -> Tensor:
     """Σ over masked layers of their method's sparsity penalty; for continuous
     sparsification Σσ(β·s), the expected number of kept weights (nn/methods.py)."""
-    return torch.stack([layer.l0() for layer in _require_masked(model).values()]).sum()
+    return torch.stack([layer.l0_penalty() for layer in _require_masked(model).values()]).sum()
 
 
 def density(model: nn.Module) -> float:

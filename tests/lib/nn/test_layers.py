@@ -34,10 +34,10 @@ def test_l0_hard_mask_density():
     layer = MaskedLinear(10, 10, init=lambda t: t.copy_(torch.linspace(-1, 1, 100).view(10, 10)),
                          beta=7.0)
     expected = torch.sigmoid(7.0 * layer.logits.detach()).sum()
-    assert layer.l0().item() == pytest.approx(expected.item(), rel=1e-6)
+    assert layer.l0_penalty().item() == pytest.approx(expected.item(), rel=1e-6)
     assert layer.hard_mask().dtype == torch.bool
     assert layer.density() == pytest.approx(0.5)
-    layer.l0().backward()
+    layer.l0_penalty().backward()
     assert layer.logits.grad is not None
 
 
@@ -167,7 +167,7 @@ def test_mask_model_errors_and_helpers():
     set_beta(model, 9.0)
     set_mode(model, "hard")
     assert model[0].beta == 9.0 and model[0].mode == "hard"
-    assert l0_penalty(model).item() == pytest.approx(model[0].l0().item())
+    assert l0_penalty(model).item() == pytest.approx(model[0].l0_penalty().item())
     assert list(sf.masked_layers(model)) == ["0"]
     with pytest.raises(ValueError, match="beta must be a positive finite number"):
         set_beta(model, 0.0)
@@ -207,3 +207,45 @@ def test_torch_jit_script_is_refused_with_what_to_do_instead():
             torch.jit.script(model)
         sf.unmask_model(model)
         assert torch.jit.script(model)(torch.randn(2, 4)).shape == (2, 4)
+
+
+def test_a_new_layer_type_registers_itself():
+    """A masked class for a user's module type: one decorator, and mask_model,
+    subnetwork_of and to_module work with it."""
+    from subind_fast.nn import registry
+
+    class Scale(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(n))
+
+        def forward(self, x):
+            return x * self.weight
+
+    @sf.nn.masks(Scale)
+    class MaskedScale(sf.nn.MaskedWeightMixin, Scale):
+        _plain = Scale
+
+        @classmethod
+        def from_module(cls, module, init=-0.1, beta=1.0, mode=None, freeze_weight=True,
+                        method=None):
+            return cls._wrapping(module, init, beta, mode, freeze_weight, method)
+
+        def forward(self, x):
+            return x * self.masked_weight()
+
+    try:
+        model = torch.nn.Sequential(Scale(6))
+        sf.mask_model(model, init=lambda s: s.copy_(torch.tensor([1., -1, 2, -2, 3, -3])))
+        assert isinstance(model[0], MaskedScale)
+        x = torch.randn(2, 6, dtype=torch.float64)
+        model.double().eval()
+        keep = torch.tensor([1., 0, 1, 0, 1, 0], dtype=torch.float64)
+        torch.testing.assert_close(model(x), x * model[0].weight * keep)
+        assert sf.nn.subnetwork_of(model).density() == 0.5
+        plain = model[0].to_module()
+        assert type(plain) is Scale and torch.equal(plain.weight, model[0].weight * keep)
+    finally:
+        registry._REGISTERED.pop(Scale, None)
+    with pytest.raises(TypeError, match="not a masked layer"):
+        sf.nn.masks(Scale)(Scale)

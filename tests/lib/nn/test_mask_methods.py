@@ -270,8 +270,8 @@ def test_penalties_per_method():
             ("hard_concrete", torch.sigmoid(s - torch.log(torch.tensor(EPS / (1 + EPS))) / 1.5).sum()),
             ("gumbel", s.sum())]:
         layer = sf.nn.MaskedLinear(3, 1, method=name, init=s, beta=1.5)
-        torch.testing.assert_close(layer.l0(), expected)
-        layer.l0().backward()
+        torch.testing.assert_close(layer.l0_penalty(), expected)
+        layer.l0_penalty().backward()
         ref = s.clone().requires_grad_()
         expected_fn = {"continuous": lambda t: torch.sigmoid(1.5 * t).sum(),
                        "hard_concrete": lambda t: torch.sigmoid(
@@ -280,7 +280,7 @@ def test_penalties_per_method():
         expected_fn(ref).backward()
         torch.testing.assert_close(layer.logits.grad, ref.grad)
     units = sf.nn.MaskedLinear(3, 2, method=MaskMethod("continuous", "neuron"), init=0.0)
-    assert units.l0().item() == pytest.approx(2 * 0.5 * 3)  # each unit counts its 3 weights
+    assert units.l0_penalty().item() == pytest.approx(2 * 0.5 * 3)  # each unit counts its 3 weights
 
 
 def test_mask_model_installs_a_selected_subnetwork():
