@@ -43,7 +43,7 @@ class AnalyzeOptions:
     out: Path = MISSING
     """results directory"""
     labels: Optional[Strs] = None
-    """one label per file (default: the file names)"""
+    """one label per file (when left out: the file names)"""
     stability: bool = False
     """the files are one subtask found with different seeds"""
     model: Optional[str] = None

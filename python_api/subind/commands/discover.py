@@ -63,14 +63,14 @@ class DiscoverConfig:
     model_kwargs: JsonObject = field(default_factory=dict)
     """the model's keyword arguments as JSON, e.g. '{"num_classes": 16}'"""
     eval_data: Optional[str] = None
-    """scored after each epoch (default: the entry point's or experiment's own, else the
+    """scored after each epoch (when left out: the entry point's or experiment's own, else the
     training data)"""
     image_size: Optional[int] = None
-    """imagefolder: data: the input resolution (default: the model's)"""
+    """imagefolder: data: the input resolution (when left out: the model's)"""
     mean: Optional[Floats] = None
-    """imagefolder: data: normalisation mean R,G,B (default: the model's)"""
+    """imagefolder: data: normalisation mean R,G,B (when left out: the model's)"""
     std: Optional[Floats] = None
-    """imagefolder: data: normalisation std R,G,B (default: the model's)"""
+    """imagefolder: data: normalisation std R,G,B (when left out: the model's)"""
     batch_size: int = 64
     """global batch (over all ranks)"""
     dtype: Literal[tuple(DTYPES)] = "fp32"
@@ -78,8 +78,8 @@ class DiscoverConfig:
     autocast: Optional[Literal["bf16"]] = None
     """run the forward under autocast"""
     bn_stats: Literal[BN_STATS] = "frozen"
-    """BatchNorm statistics while the masks learn: the model's running statistics, frozen
-    (default), or each rank's batch statistics"""
+    """BatchNorm statistics while the masks learn: the model's running statistics, frozen,
+    or each rank's batch statistics"""
     pretrained_weights: Optional[str] = None
     """lottery_ticket: the model's weights before fine-tuning (--weights: after)"""
 
@@ -97,7 +97,7 @@ class DiscoverRun:
     checkpoint_activations: bool = False
     """recompute each block's activations in backward"""
     blocks: Optional[str] = None
-    """glob naming the blocks to shard or checkpoint one by one (default: the children of
+    """glob naming the blocks to shard or checkpoint one by one (when left out: the children of
     blocks/layers/h/stages lists)"""
     fused_optimizer: bool = True
     """the logits' optimizer with its fused kernel"""

@@ -34,10 +34,10 @@ class PlanMemoryOptions:
     model_kwargs: JsonObject = field(default_factory=dict)
     """the model's keyword arguments as JSON"""
     input_shape: Optional[Ints] = None
-    """one sample's shape, e.g. 3,224,224 (default: the model's input size; token models:
+    """one sample's shape, e.g. 3,224,224 (when left out: the model's input size; token models:
     --seq-len tokens)"""
     seq_len: Optional[int] = None
-    """tokens per sample of a token model (default: its maximum length, at most 1024)"""
+    """tokens per sample of a token model (when left out: its maximum length, at most 1024)"""
     dtype: Literal[tuple(DTYPES)] = "bf16"
     """storage of the frozen weights and activations (the logits stay fp32)"""
     checkpoint_activations: bool = False
@@ -53,7 +53,7 @@ class PlanMemoryOptions:
     exclude: Repeated = field(default_factory=list)
     """glob on layer names to leave unmasked (repeatable)"""
     blocks: Optional[str] = None
-    """glob naming the blocks (default: the children of blocks/layers/h/stages lists)"""
+    """glob naming the blocks (when left out: the children of blocks/layers/h/stages lists)"""
     providers: Strs = field(default_factory=lambda: list(mp.PROVIDERS))
     """whose discovery step to plan"""
 

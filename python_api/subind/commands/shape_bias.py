@@ -33,18 +33,18 @@ class ShapeBiasOptions:
     entry_point: Optional[str] = None
     """package.module:function returning the model"""
     num_classes: Optional[int] = None
-    """classes of --model's head (default: timm's)"""
+    """classes of --model's head (when left out: timm's)"""
     class_names: Optional[Strs] = None
-    """names of a native head's outputs in order (default: Geirhos' 16, sorted); a 1000-way
+    """names of a native head's outputs in order (when left out: Geirhos' 16, sorted); a 1000-way
     head is aggregated from ImageNet"""
     input_size: Optional[int] = None
-    """resize the images to this (default: the model's)"""
+    """resize the images to this (when left out: the model's)"""
     mean: Optional[Floats] = None
-    """normalisation mean R,G,B (default: the model's)"""
+    """normalisation mean R,G,B (when left out: the model's)"""
     std: Optional[Floats] = None
-    """normalisation std R,G,B (default: the model's)"""
+    """normalisation std R,G,B (when left out: the model's)"""
     label: Optional[str] = None
-    """name of the model in the outputs (default: from the model)"""
+    """name of the model in the outputs (when left out: from the model)"""
     device: str = "cpu"
     """where to run"""
     batch_size: int = 32

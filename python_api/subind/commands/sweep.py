@@ -34,7 +34,7 @@ class SweepLaunch:
     submitit_param: Repeated = field(default_factory=list)
     """a submitit executor parameter KEY=VALUE (repeatable), e.g. timeout_min=240"""
     submitit_cluster: Optional[Literal["slurm", "local", "debug"]] = None
-    """the submitit backend (default: auto-detect)"""
+    """the submitit backend (when left out: auto-detect)"""
 
 
 def without_option(argv: list[str], flag: str) -> list[str]:
