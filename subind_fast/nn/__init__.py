@@ -5,13 +5,14 @@ from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, 
 from .base import MaskedWeightMixin
 from .mask_state import DEFAULT_MASK_INIT
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method
-from .model import (MaskReport, density, l0_penalty, mask_model, masked_layers, set_beta, set_mode,
-                    subnetwork_of, unmask_model)
+from .model import (MaskReport, density, keep_exactly, l0_penalty, mask_model, masked_layers,
+                    set_beta, set_mode, subnetwork_of, unmask_model)
 from .pretrained import masked_from_pretrained
 from .registry import masked_class_for, masks
 
-__all__ = ["GRANULARITIES", "METHODS", "MaskMethod", "as_method", "DEFAULT_MASK_INIT", "MaskCoverageError", "MaskReport", "MaskedConv1d", "MaskedConv2d",
-           "MaskedConv3d", "MaskedGPT2Conv1D", "MaskedLinear", "MaskedMultiheadAttention",
-           "MaskedWeightMixin", "density", "l0_penalty", "mask_model", "masked_class_for",
+__all__ = ["DEFAULT_MASK_INIT", "GRANULARITIES", "METHODS", "MaskCoverageError", "MaskMethod",
+           "MaskReport", "MaskedConv1d", "MaskedConv2d", "MaskedConv3d", "MaskedGPT2Conv1D",
+           "MaskedLinear", "MaskedMultiheadAttention", "MaskedWeightMixin", "as_method", "density",
+           "keep_exactly", "l0_penalty", "mask_model", "masked_class_for",
            "masked_from_pretrained", "masked_layers", "masks", "set_beta", "set_mode",
            "subnetwork_of", "unmask_model"]

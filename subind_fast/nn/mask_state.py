@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .. import sharded
 from .._validation import MODE_CODES, check_beta, check_mode
-from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, l0_penalty
+from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kept, l0_penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -223,17 +223,27 @@ class MaskState:
     def _logits(self) -> list[Tensor]:
         return [getattr(self, s) for _, s in self.masked_weights]
 
-    def l0_penalty(self) -> Tensor:
-        """The method's sparsity penalty over the layer's logits (methods.py):
-        for continuous sparsification Σσ(β·s), the expected number of kept
-        weights; a unit's term counts its weights (over all shards of sharded
-        logits; see subind_fast/sharded.py)."""
+    def _per_weight_sum(self, per_logit) -> Tensor:
+        """Σ over the layer's masked weights of ``per_logit(method, s, β)``, a
+        unit's term counted once per weight of the unit (over all shards of
+        sharded logits; see subind_fast/sharded.py)."""
         terms = []
         for weight, s in self.masked_parameters().values():
-            term = sharded.shard_sum(l0_penalty(self.mask_method, sharded.local(s), self.beta), s)
+            term = sharded.shard_sum(per_logit(self.mask_method, sharded.local(s), self.beta), s)
             fan = weight.numel() // s.numel()
             terms.append(term * fan if fan != 1 else term)
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+
+    def l0_penalty(self) -> Tensor:
+        """The method's sparsity penalty over the layer's logits (methods.py):
+        for continuous sparsification Σσ(β·s), the expected number of kept
+        weights."""
+        return self._per_weight_sum(l0_penalty)
+
+    def expected_kept(self) -> Tensor:
+        """The expected number of weights the training mask keeps
+        (methods.expected_kept), differentiable in the logits."""
+        return self._per_weight_sum(expected_kept)
 
     def hard_masks(self) -> dict[str, Tensor]:
         """{weight attribute: 1[s > 0] as a bool tensor shaped like θ}."""

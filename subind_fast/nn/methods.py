@@ -157,3 +157,12 @@ def l0_penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
         shift = _LOG_ODDS_OF_ZERO_GATE / beta.to(device=logits.device, dtype=torch.float64)
         return _ShiftedSigmoidSum.apply(logits, shift.reshape(()))
     return logits.sum()  # gumbel
+
+
+def expected_kept(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
+    """Σ P(the training mask keeps the weight) over ``logits`` (per logit),
+    differentiable: σ(βs) for continuous sparsification and P(m ≠ 0) for
+    hard-concrete (both their L0 penalty), σ(s) for Gumbel (P(s + L > 0))."""
+    if method.name == "gumbel":
+        return SF.l0(logits, torch.ones((), dtype=torch.float32, device=logits.device))
+    return l0_penalty(method, logits, beta)

@@ -212,6 +212,38 @@ def _install(model: nn.Module, subnetwork: Subnetwork) -> None:
         layer.mode = "hard"
 
 
+@torch.no_grad()
+def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
+    """Make the hard masks 1[s > 0] keep round(density · N) of the N masked
+    weights: those with the largest logits over the whole model, ties going to
+    the earlier layer (masked_layers order) and the earlier element.  A unit
+    logit (neuron granularity) counts its unit's weights, so the count is the
+    closest from below that whole units reach.  Logits change as little as
+    possible: a kept one becomes at least +margin, a dropped one at most
+    −margin.  Returns the number of weights kept."""
+    if not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
+        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
+    entries = [(weight, s) for layer in _require_masked(model).values()
+               for weight, s in layer.masked_parameters().values()]
+    if any(sharded.is_sharded(s) for _, s in entries):
+        raise ValueError("keep_exactly needs whole logits: call it on an unsharded model "
+                         "(FSDP2-sharded logits are not supported)")
+    values = torch.cat([s.detach().reshape(-1).double().cpu() for _, s in entries])
+    fans = torch.cat([torch.full((s.numel(),), w.numel() // s.numel(), dtype=torch.int64)
+                      for w, s in entries])
+    target = int(round(density * int(fans.sum())))
+    order = torch.sort(values, descending=True, stable=True).indices
+    whole_units = int((torch.cumsum(fans[order], 0) <= target).sum())
+    keep = torch.zeros(values.numel(), dtype=torch.bool)
+    keep[order[:whole_units]] = True
+    start = 0
+    for _, s in entries:
+        part = keep[start:start + s.numel()].view(s.shape).to(s.device)
+        s.copy_(torch.where(part, s.clamp(min=margin), s.clamp(max=-margin)))
+        start += s.numel()
+    return int(fans[keep].sum())
+
+
 def subnetwork_of(model: nn.Module, metadata: Optional[dict] = None) -> Subnetwork:
     """The hard masks 1[s > 0] of every masked layer of ``model``, keyed by the
     canonical name of the weight they mask (e.g. ``transformer.h.0.mlp.c_fc.weight``);

@@ -129,6 +129,24 @@ def check(cfg: DiscoverConfig, d: Discovery, run: DiscoverRun, given: set) -> No
     elif d.granularity != "weight" or d.n_samples != 1:
         raise ValueError(f"--method {d.method} selects individual weights: leave "
                          "--granularity and --n-samples out")
+    if d.target_density is not None:
+        if not trained:
+            raise ValueError(f"--target-density aims the trained masks at a size; --method "
+                             f"{d.method} selects --density itself")
+        validation.in_range("--target-density", d.target_density, 0, 1, low_open=True,
+                            high_open=True)
+        if "lambdas" in given:
+            raise ValueError("--target-density replaces the λ search (a Lagrangian finds the "
+                             "penalty), so --lambdas would be ignored; leave it out")
+        if run.strategy == "fsdp2":
+            raise ValueError("--target-density cuts the mask to an exact size over whole "
+                             "logits: use --strategy ddp or none (not fsdp2, yet)")
+        if d.target_warmup is not None and not 0 <= d.target_warmup < d.epochs:
+            raise ValueError(f"--target-warmup must be in [0, --epochs) = [0, {d.epochs}), got "
+                             f"{d.target_warmup}")
+        validation.positive("--lagrangian-lr", d.lagrangian_lr)
+    elif "target_warmup" in given or "lagrangian_lr" in given:
+        raise ValueError("--target-warmup and --lagrangian-lr go with --target-density")
     if (d.method == "lottery_ticket") != (cfg.pretrained_weights is not None):
         raise ValueError("--pretrained-weights goes with --method lottery_ticket (and it needs "
                          "them: the weights before fine-tuning)")
@@ -320,6 +338,9 @@ def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
         "l0_lambda": result.l0_lambda, "accuracy": result.accuracy,
         "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
         "activation_checkpointing": notes[0] if notes else None,
+        **{key: result.subnetwork.metadata[key] for key in (
+            "target_density", "expected_density", "lagrange_multipliers")
+           if key in result.subnetwork.metadata},
         "kernels": sf.kernels(), "compiled": compiled})
     print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
           f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "

@@ -79,7 +79,8 @@ def run(parsed, argv) -> int:
     from ..shape_bias import categories as G
     from ..shape_bias.classify import decide
     from ..shape_bias.classifiers import load_classifier, preprocessing_of
-    from ..shape_bias.evaluation import plot_per_category, single_cue_accuracy, summarize, write_decisions
+    from ..shape_bias.evaluation import (plot_per_category, single_cue_accuracy, summarize,
+                                         write_decisions)
     from ..shape_bias.stimuli import scan
 
     for name in ("mean", "std"):

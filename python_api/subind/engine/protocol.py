@@ -26,6 +26,7 @@ from torch import nn
 import subind_fast as sf
 
 from .options import Floats, Repeated
+from .target_density import DensityTarget
 from .training import EpochLog, Task, train
 
 PAPER_LAMBDAS = (1e-7, 5e-7, 1e-8)
@@ -125,6 +126,14 @@ class Discovery:
     """sampled methods: anneal β = 1/τ to beta_final (default: fixed)"""
     density: Optional[float] = None
     """the fraction a selection method keeps"""
+    target_density: Optional[float] = None
+    """aim the trained masks at this fraction of the masked weights (a Lagrangian replaces
+    the lambdas; the hard mask keeps exactly this many; engine/target_density.py)"""
+    target_warmup: Optional[int] = None
+    """epochs over which the target falls linearly from the masks' starting density
+    (when left out: half the epochs)"""
+    lagrangian_lr: float = 0.05
+    """learning rate of the target's Lagrange multipliers (gradient ascent)"""
 
     @property
     def selects(self) -> bool:
@@ -183,6 +192,9 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     s, h = settings, hooks
     include, exclude = s.include or None, s.exclude or None
     if s.selects:
+        if s.target_density is not None:
+            raise ValueError(f"target_density is for the trained methods; the {s.method} "
+                             "selection keeps density")
         if s.granularity != "weight" or s.n_samples != 1:
             raise ValueError(f"the {s.method} selection keeps individual weights: granularity "
                              "'weight', one sample")
@@ -198,7 +210,7 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     mask_init, seed, anneal_temperature = s.mask_init, s.seed, s.anneal_temperature
     log_dir, progress, train_mode, prepare = h.log_dir, h.progress, h.train_mode, h.prepare
     before_epoch, state, sum_over_ranks = h.before_epoch, h.state, h.sum_over_ranks
-    if not lambdas:
+    if s.target_density is None and not lambdas:
         raise ValueError("lambdas must name at least one L0 penalty")
     if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
         raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
@@ -211,8 +223,12 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     layers = sf.masked_layers(probe)
     # After prepare: FSDP2 has replaced the logits by sharded parameters.
     logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]
+    if s.target_density is not None and any(sf.sharded.is_sharded(p) for p in logits):
+        raise ValueError("target_density cuts the hard mask to an exact size over whole logits; "
+                         "it does not run on FSDP2-sharded logits yet (use DDP or one process)")
     candidates = []
-    for lam in lambdas:
+    # A target density is one run, kept under the key λ = 0 (no fixed penalty).
+    for lam in ([0.0] if s.target_density is not None else lambdas):
         done = state.finished(lam) if state is not None else None
         if done is not None:
             candidates.append((lam, done[0], done[1].density(), done[1]))
@@ -222,9 +238,22 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
             layer.reset_logits(mask_init)
         opt = _mask_optimizer(s.optimizer, logits, mask_lr, h.fused_optimizer)
         first = state.restore(probe, opt, lam) if state is not None else 0
+        target, anneal_from = None, 0
+        if s.target_density is not None:
+            sf.set_beta(probe, method_beta(method, 0, epochs, beta_final, anneal_temperature))
+            anneal_from = epochs // 2 if s.target_warmup is None else s.target_warmup
+            target = DensityTarget(layers.values(), s.target_density, anneal_from,
+                                   s.lagrangian_lr)
 
-        def epoch_start(e, lam=lam):
-            sf.set_beta(probe, method_beta(method, e, epochs, beta_final, anneal_temperature))
+        def epoch_start(e, lam=lam, target=target):
+            # Aiming at a size, β holds at its start while the target warms up (a
+            # large β flattens σ(βs) and would lock the logits before the
+            # multipliers have grown), then anneals over the remaining epochs.
+            sf.set_beta(probe, method_beta(method, max(0, e - anneal_from),
+                                           max(1, epochs - anneal_from), beta_final,
+                                           anneal_temperature))
+            if target is not None:
+                target.begin_epoch(e)
             before_epoch(e)
 
         def epoch_end(e, metrics, lam=lam, opt=opt):
@@ -233,21 +262,31 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
             return False
 
         log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
-                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"],
+                       ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"]
+                       + (["target", "expected_density"] if target else []),
                        keep_epochs=first)
         train(probe, opt, task, train_data, epochs, seed, eval_data,
-              extra_loss=lambda: lam * sf.l0_penalty(probe), before_epoch=epoch_start,
+              extra_loss=target.loss if target else (lambda lam=lam: lam * sf.l0_penalty(probe)),
+              before_epoch=epoch_start,
               after_epoch=epoch_end, log=log,
               progress=f"discover λ={lam:g}" if progress else None,
-              log_extra=lambda: {"beta": float(next(iter(layers.values())).beta),
-                                 "density": sf.nn.density(probe)},
+              log_extra=lambda target=target: {
+                  "beta": float(next(iter(layers.values())).beta),
+                  "density": sf.nn.density(probe),
+                  **({"target": target.current,
+                      "expected_density": target.state()["expected_density"]}
+                     if target else {})},
               train_mode=train_mode, first_epoch=first, sum_over_ranks=sum_over_ranks)
         log.close()
+        aimed = {}
+        if target is not None:
+            aimed = target.state()
+            sf.nn.keep_exactly(probe, s.target_density)  # the exact size
         probe.eval()  # hard masks
         accuracy = task.evaluate(probe, eval_data).accuracy
         sub = sf.nn.subnetwork_of(probe, metadata={
             "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
-            "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict()})
+            "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict(), **aimed})
         if state is not None:
             state.record(lam, accuracy, sub)
         candidates.append((lam, accuracy, sub.density(), sub))

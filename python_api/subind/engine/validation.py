@@ -25,11 +25,13 @@ def positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def in_range(name: str, value, low: float, high: float, low_open: bool = False) -> None:
-    ok = _is_number(value) and (low < value if low_open else low <= value) and value <= high
+def in_range(name: str, value, low: float, high: float, low_open: bool = False,
+             high_open: bool = False) -> None:
+    ok = (_is_number(value) and (low < value if low_open else low <= value)
+          and (value < high if high_open else value <= high))
     if not ok:
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}"
+                         f"{')' if high_open else ']'}, got {value!r}")
 
 
 def int_list(name: str, values, minimum: int, unique: bool = True) -> None:

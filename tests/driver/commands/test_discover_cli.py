@@ -275,3 +275,54 @@ def test_kernel_choice_is_recorded_and_finds_the_same_subnetwork(tmp_path):
     assert json.loads((fused / "summary.json").read_text())["kernels"] == "fused"
     assert sf.Subnetwork.load(fused / "subnetwork.safetensors") == \
         sf.Subnetwork.load(eager / "subnetwork.safetensors")
+
+
+def test_discover_aims_at_a_target_density(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["discover", "--model", "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2",
+            "--weights", "random", "--data", "experiment:arithmetic/a*b",
+            "--include", "transformer.h.*", "--epochs", "2", "--batch-size", "500",
+            "--no-progress"]
+    assert main([*args, "--target-density", "0.1", "--out", str(out)]) == 0
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    kept = sum(k for k, _ in sub.counts().values())
+    total = sum(t for _, t in sub.counts().values())
+    assert kept == round(0.1 * total)  # exactly the size asked for
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target_density"] == 0.1 and len(summary["lagrange_multipliers"]) == 2
+    for extra, message in [(["--lambdas", "1e-7"], "--lambdas would be ignored"),
+                           (["--method", "magnitude", "--density", "0.1"], "selects --density"),
+                           (["--strategy", "fsdp2"], "not fsdp2"),
+                           (["--target-warmup", "5"], "--target-warmup must be in")]:
+        capsys.readouterr()
+        assert main([*args, "--target-density", "0.1", *extra,
+                     "--out", str(tmp_path / "bad")]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert main([*args, "--target-warmup", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "go with --target-density" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_discover_on_a_config_only_directory_with_random_weights(tmp_path, family):
+    """hf:DIR holding only a config.json runs when random weights are asked for
+    explicitly, and is refused without --weights (nothing is downloaded)."""
+    from transformers import Gemma2Config, LlamaConfig
+
+    from subind.experiments.arithmetic import data as A
+    from subind.experiments.arithmetic.experiment import config_for
+
+    quick = config_for("quick")
+    vocab = A.Vocabulary(quick.n_numbers, quick.p).size
+    gqa = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+               max_position_embeddings=8)
+    config = LlamaConfig(**gqa) if family == "llama" else Gemma2Config(**gqa, head_dim=8)
+    config.save_pretrained(tmp_path / family)
+    args = ["discover", "--model", f"hf:{tmp_path / family}", "--data",
+            "experiment:arithmetic/a*b", "--lambdas", "1e-7", "--epochs", "1",
+            "--batch-size", "500", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "none")]) == 2  # no weights, none asked for
+    assert main([*args, "--weights", "random", "--out", str(tmp_path / "run")]) == 0
+    sub = sf.Subnetwork.load(tmp_path / "run" / "subnetwork.safetensors")
+    assert any(name.endswith("self_attn.k_proj.weight") for name in sub.names())
+    assert any(name.endswith("mlp.gate_proj.weight") for name in sub.names())

@@ -100,11 +100,18 @@ def test_largest_batch_fits_and_one_more_does_not():
     assert fits.peak(g) <= budget * 1.02 and over.peak(g) > budget * 0.98
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "entry"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral", "gemma2", "phi3",
+                                    "entry"])
 def test_plan_memory_runs_on_transformers_causal_lms(family, tmp_path, capsys):
-    """Defect 8: the default providers (ours, eager, compile) on GPT-2, Llama
-    and Qwen2 directories (grouped-query attention) and the arithmetic entry point."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    """The default providers (ours, eager, compile) on GPT-2, Llama, Qwen2,
+    Mistral, Gemma-2 and Phi-3 directories holding only a config.json
+    (grouped-query attention) and on the arithmetic entry point."""
+    from transformers import (Gemma2Config, GPT2Config, LlamaConfig, MistralConfig,
+                              Phi3Config, Qwen2Config)
+
+    gqa = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+               max_position_embeddings=32)
 
     from subind.commands import main
 
@@ -117,10 +124,11 @@ def test_plan_memory_runs_on_transformers_causal_lms(family, tmp_path, capsys):
                                                num_hidden_layers=2, num_attention_heads=4,
                                                num_key_value_heads=2, vocab_size=64,
                                                max_position_embeddings=32),
-                  "qwen2": lambda: Qwen2Config(hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=2, num_attention_heads=4,
-                                               num_key_value_heads=2, vocab_size=64,
-                                               max_position_embeddings=32)}[family]()
+                  "qwen2": lambda: Qwen2Config(**gqa),
+                  "mistral": lambda: MistralConfig(**gqa),
+                  "gemma2": lambda: Gemma2Config(**gqa, head_dim=8),
+                  "phi3": lambda: Phi3Config(**gqa, pad_token_id=0, bos_token_id=1,
+                                             eos_token_id=1)}[family]()
         config.save_pretrained(tmp_path / family)
         spec = f"hf:{tmp_path / family}"
     assert main(["plan-memory", "--model", spec, "--batch", "4", "--dtype", "fp32"]) == 0

@@ -166,8 +166,9 @@ class VisionExperiment:
                            "pooled_accuracy": pooled, "seconds": time.time() - start}
 
         return cached_stage(self.out / "adapted" / arch / "model.safetensors",
-                            lambda p: load_model_file(fresh_head(self.model(arch, self.base_classes, 0)),
-                                            p, cfg.device), build)
+                            lambda p: load_model_file(
+                                fresh_head(self.model(arch, self.base_classes, 0)), p,
+                                cfg.device), build)
 
     def random_init_model(self, arch: str) -> nn.Module:
         return self.model(arch, self.classes, seed=12345)
@@ -270,7 +271,8 @@ class VisionExperiment:
             "cue_conflict": conflict, "frozen_fraction": fraction,
             "train_set_size": (self.data.training_set_size(spec.data, n) if spec.trains
                                else 0),
-            "seconds": time.time() - start, "config": asdict(cfg), "versions": software_versions("timm")}
+            "seconds": time.time() - start, "config": asdict(cfg),
+            "versions": software_versions("timm")}
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         return self.sweep.run(lambda key: self.transfer_run(*key), shard, progress=self.progress)

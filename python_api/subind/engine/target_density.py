@@ -1,0 +1,67 @@
+"""Discovery aimed at a size (Edge Pruning's and Sheared-LLaMA's Lagrangian):
+instead of a fixed λ·penalty, the loss adds
+
+    λ₁·(d − t) + λ₂·(d − t)²,
+
+where d is the expected density of the masks (the fraction of masked weights
+the training mask keeps, differentiable in the logits) and t the target.  The
+multipliers λ₁, λ₂ start at 0 and are trained by gradient *ascent* (Adam
+without momentum, ``maximize``: momentum made them overshoot, measured on the
+test model), so they grow while the masks miss the target and the masks are
+pushed towards it from either side.  t warms up linearly from the masks'
+starting density to the target over the first ``warmup`` epochs, while β holds
+at its start (engine/protocol.py); β then anneals over the remaining epochs.
+At the end the hard mask is cut to exactly the target size
+(subind_fast.nn.keep_exactly).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class DensityTarget:
+    """The Lagrangian of one discovery run over ``layers`` (masked layers)."""
+
+    def __init__(self, layers, target: float, warmup: int, lr: float):
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target_density must be in (0, 1), got {target!r}")
+        if warmup < 0:
+            raise ValueError(f"target_warmup must be >= 0 epochs, got {warmup!r}")
+        if not lr > 0:
+            raise ValueError(f"lagrangian_lr must be positive, got {lr!r}")
+        self.layers = list(layers)
+        self.total = sum(layer.kept_and_total()[1] for layer in self.layers)
+        device = next(iter(self.layers[0].masked_parameters().values()))[1].device
+        self.multipliers = torch.zeros(2, dtype=torch.float32, device=device,
+                                       requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.multipliers], lr=lr, betas=(0.0, 0.999),
+                                          maximize=True)
+        self.target, self.warmup = float(target), int(warmup)
+        with torch.no_grad():
+            self.start = float(self.expected_density())
+        self.current = self.target if self.warmup == 0 else self.start
+
+    def expected_density(self) -> Tensor:
+        return torch.stack([layer.expected_kept() for layer in self.layers]).sum() / self.total
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The target of this epoch (linear warm-up, then the target)."""
+        reached = 1.0 if self.warmup == 0 else min(1.0, (epoch + 1) / self.warmup)
+        self.current = self.start + (self.target - self.start) * reached
+
+    def loss(self) -> Tensor:
+        """The Lagrangian term of this step.  The multipliers take the ascent
+        step of the previous step's gradient first (the training loop steps
+        only the logits' optimizer)."""
+        if self.multipliers.grad is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        gap = self.expected_density() - self.current
+        return self.multipliers[0] * gap + self.multipliers[1] * gap * gap
+
+    def state(self) -> dict:
+        with torch.no_grad():
+            density = float(self.expected_density())
+        return {"target_density": self.target, "expected_density": density,
+                "lagrange_multipliers": [float(v) for v in self.multipliers.detach()]}
