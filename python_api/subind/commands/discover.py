@@ -339,7 +339,7 @@ def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
         "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
         "activation_checkpointing": notes[0] if notes else None,
         **{key: result.subnetwork.metadata[key] for key in (
-            "target_density", "expected_density", "lagrange_multipliers")
+            "target_density", "expected_density", "density_before_cut", "lagrange_multipliers")
            if key in result.subnetwork.metadata},
         "kernels": sf.kernels(), "compiled": compiled})
     print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "

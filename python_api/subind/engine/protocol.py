@@ -132,7 +132,7 @@ class Discovery:
     target_warmup: Optional[int] = None
     """epochs over which the target falls linearly from the masks' starting density
     (when left out: half the epochs)"""
-    lagrangian_lr: float = 0.05
+    lagrangian_lr: float = 0.2
     """learning rate of the target's Lagrange multipliers (gradient ascent)"""
 
     @property

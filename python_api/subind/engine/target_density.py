@@ -8,7 +8,10 @@ the training mask keeps, differentiable in the logits) and t the target.  The
 multipliers λ₁, λ₂ start at 0 and are trained by gradient *ascent* (Adam
 without momentum, ``maximize``: momentum made them overshoot, measured on the
 test model), so they grow while the masks miss the target and the masks are
-pushed towards it from either side.  t warms up linearly from the masks'
+pushed towards it from either side.  The gap d − t takes its value from the
+hard mask 1[s > 0] and its gradient from the expected density (straight
+through): at a small β the expected density of undecided logits says little
+of the hard mask the cut will keep.  t warms up linearly from the masks'
 starting density to the target over the first ``warmup`` epochs, while β holds
 at its start (engine/protocol.py); β then anneals over the remaining epochs.
 At the end the hard mask is cut to exactly the target size
@@ -45,6 +48,9 @@ class DensityTarget:
     def expected_density(self) -> Tensor:
         return torch.stack([layer.expected_kept() for layer in self.layers]).sum() / self.total
 
+    def hard_density(self) -> float:
+        return sum(layer.kept_and_total()[0] for layer in self.layers) / self.total
+
     def begin_epoch(self, epoch: int) -> None:
         """The target of this epoch (linear warm-up, then the target)."""
         reached = 1.0 if self.warmup == 0 else min(1.0, (epoch + 1) / self.warmup)
@@ -57,11 +63,16 @@ class DensityTarget:
         if self.multipliers.grad is not None:
             self.optimizer.step()
             self.optimizer.zero_grad()
-        gap = self.expected_density() - self.current
+        soft = self.expected_density()
+        # The value is the hard mask's density (what the cut will keep), the
+        # gradient the expected density's (straight through): at a small β the
+        # expected density of undecided logits (σ ≈ ½) says little of the hard mask.
+        gap = self.hard_density() + (soft - soft.detach()) - self.current
         return self.multipliers[0] * gap + self.multipliers[1] * gap * gap
 
     def state(self) -> dict:
         with torch.no_grad():
             density = float(self.expected_density())
         return {"target_density": self.target, "expected_density": density,
+                "density_before_cut": self.hard_density(),
                 "lagrange_multipliers": [float(v) for v in self.multipliers.detach()]}
