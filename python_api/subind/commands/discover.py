@@ -33,6 +33,7 @@ from ..engine import validation
 from ..engine.options import MISSING, Floats, JsonObject, flag
 from ..engine.classification import Classification
 from ..engine.data_sources import check_data_fits
+from ..engine.controls import ShuffledLabels, random_weight_copy
 from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
@@ -82,6 +83,9 @@ class DiscoverConfig:
     or each rank's batch statistics"""
     pretrained_weights: Optional[str] = None
     """lottery_ticket: the model's weights before fine-tuning (--weights: after)"""
+    controls: bool = False
+    """faithfulness controls: the same discovery on a random-weight copy of the model and on
+    the data with shuffled labels (engine/controls.py; about three times the time)"""
 
 
 @dataclass
@@ -295,10 +299,44 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
                            state=CheckpointedDiscovery(args.out, ranks),
                            fused_optimizer=args.fused_optimizer, sum_over_ranks=ranks.sum),
             pretrained=pretrained)
+        controls = {}
+        if cfg.controls:
+            controls = _run_controls(cfg, settings, args, ranks, data, eval_set, task,
+                                     pretrained, prepare, compiled)
         if ranks.is_main:
-            _write_results(args.out, cfg, result, ranks, notes, time.time() - started, compiled)
+            _write_results(args.out, cfg, result, ranks, notes, time.time() - started, compiled,
+                           controls)
         ranks.barrier()
     return 0
+
+
+def _run_controls(cfg, settings, args, ranks, data, eval_set, task, pretrained, prepare,
+                  compiled) -> dict:
+    """{control: {accuracy, density}} of the same discovery on a random-weight
+    copy of the model and on shuffled labels (engine/controls.py)."""
+    runs = {"random_weights": (random_weight_copy(build_model(
+                cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs), settings.seed + 1),
+                data.train, eval_set),
+            "shuffled_labels": (build_model(cfg.model, cfg.weights, cfg.hf_class,
+                                            cfg.model_kwargs),
+                                ShuffledLabels(data.train, settings.seed + 2),
+                                ShuffledLabels(eval_set, settings.seed + 3))}
+    found = {}
+    for name, (model, train_set, scored_on) in runs.items():
+        train_batches, sampler = train_loader(train_set, cfg.batch_size, ranks, settings.seed,
+                                              args.workers)
+        control = discover(
+            model, task, train_batches,
+            eval_loader(scored_on, args.eval_batch_size, ranks, args.workers), settings,
+            DiscoveryHooks(log_dir=args.out / "controls" / name if ranks.is_main else None,
+                           progress=ranks.is_main and args.progress,
+                           train_mode=train_mode_for(cfg.bn_stats), in_place=True,
+                           prepare=prepare, compile_model=compiled,
+                           before_epoch=sampler.set_epoch, fused_optimizer=args.fused_optimizer,
+                           sum_over_ranks=ranks.sum),
+            pretrained=pretrained)
+        found[name] = {"accuracy": control.accuracy, "density": control.density}
+    return found
 
 
 RERUN_HINT = ("a discovery directory holds one configuration: use another --out, or rerun "
@@ -321,6 +359,12 @@ def report(out: Path) -> tuple[str, list]:
     with open(out / "candidates.csv", newline="") as f:
         lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
                   for r in csv.DictReader(f)]
+    if "controls" in summary:
+        lines += ["", "faithfulness controls (the same discovery; engine/controls.py):", "",
+                  "| run | accuracy | density |", "|---|---|---|",
+                  f"| the subnetwork | {summary['accuracy']:.4f} | {summary['density']:.4f} |"]
+        lines += [f"| {name.replace('_', ' ')} | {c['accuracy']:.4f} | {c['density']:.4f} |"
+                  for name, c in summary["controls"].items()]
     lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
     with open(out / "density.csv", newline="") as f:
         lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
@@ -329,7 +373,7 @@ def report(out: Path) -> tuple[str, list]:
 
 
 def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
-                   compiled: bool) -> None:
+                   compiled: bool, controls: dict) -> None:
     result.subnetwork.save(out / "subnetwork.safetensors")
     atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
     atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
@@ -341,7 +385,8 @@ def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
         **{key: result.subnetwork.metadata[key] for key in (
             "target_density", "expected_density", "density_before_cut", "lagrange_multipliers")
            if key in result.subnetwork.metadata},
-        "kernels": sf.kernels(), "compiled": compiled})
+        "kernels": sf.kernels(), "compiled": compiled,
+        **({"controls": controls} if controls else {})})
     print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
           f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
           f"{out / 'subnetwork.safetensors'}")

@@ -326,3 +326,37 @@ def test_discover_on_a_config_only_directory_with_random_weights(tmp_path, famil
     sub = sf.Subnetwork.load(tmp_path / "run" / "subnetwork.safetensors")
     assert any(name.endswith("self_attn.k_proj.weight") for name in sub.names())
     assert any(name.endswith("mlp.gate_proj.weight") for name in sub.names())
+
+
+def test_discover_runs_the_faithfulness_controls(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", "--model",
+                 "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2",
+                 "--weights", "random", "--data", "experiment:arithmetic/a*b",
+                 "--include", "transformer.h.*", "--lambdas", "1e-7", "--epochs", "1",
+                 "--batch-size", "500", "--no-progress", "--controls", "--out", str(out)]) == 0
+    controls = json.loads((out / "summary.json").read_text())["controls"]
+    assert set(controls) == {"random_weights", "shuffled_labels"}
+    assert all(0 <= c["accuracy"] <= 1 and 0 <= c["density"] <= 1 for c in controls.values())
+    assert (out / "controls" / "shuffled_labels" / "discovery-lambda1e-07.csv").is_file()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "| shuffled labels |" in capsys.readouterr().out
+
+
+def test_controls_shuffle_labels_and_redraw_weights():
+    from subind.engine.controls import ShuffledLabels, random_weight_copy
+
+    pairs = [(torch.tensor([float(i)]), i) for i in range(50)]
+    shuffled = ShuffledLabels(pairs, seed=0)
+    assert sorted(shuffled[i][1] for i in range(50)) == list(range(50))  # a permutation
+    assert sum(shuffled[i][1] == i for i in range(50)) < 5
+    assert all(shuffled[i][0] == pairs[i][0] for i in range(50))  # inputs stay
+    rows = ShuffledLabels([torch.tensor([i, 1, 2, i]) for i in range(20)], seed=1)
+    assert sorted(int(rows[i][-1]) for i in range(20)) == list(range(20))
+    assert all(int(rows[i][0]) == i for i in range(20))
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.LayerNorm(30))
+    copy = random_weight_copy(model, seed=0)
+    w, c = model[0].weight.detach(), copy[0].weight.detach()
+    assert not torch.equal(w, c) and abs(float(c.std() - w.std())) < 0.1 * float(w.std())
+    assert torch.equal(copy[1].weight, model[1].weight)  # a constant tensor stays
