@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Mapping, Optional
@@ -124,7 +125,7 @@ def _plain_types(hint) -> set:
         return set()
     if typing.get_origin(hint) is Annotated:
         return _plain_types(typing.get_args(hint)[0])
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return set().union(*(_plain_types(a) for a in typing.get_args(hint)))
     return {hint}
 
