@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 
 from .bits import count_ones
 from .naming import block_of
+from .heads import HeadSlicing, attention_heads
 from .subnetwork import Subnetwork
 
 TOTAL = "total"
@@ -162,80 +163,6 @@ def overlap_by_group(a: Subnetwork, b: Subnetwork, group=block_of) -> dict[str, 
 
 
 # ------------------------------------------------------------ attention heads
-@dataclass(frozen=True)
-class HeadSlicing:
-    """Where one attention weight holds its heads: along ``axis`` of the
-    stored weight, ``chunks`` equal parts (3 for a packed q|k|v projection,
-    else 1), each split into ``heads`` equal runs of rows or columns.  Under
-    grouped-query attention a key/value projection holds fewer heads than the
-    queries: each of its runs serves ``group`` consecutive query heads, and
-    counts towards each of them (the weights every one of those heads reads)."""
-    parameter: str
-    axis: int
-    chunks: int
-    heads: int
-    group: int = 1
-
-
-# (path under the attention module, axis of the stored weight, chunks, key/value)
-_HEAD_PROJECTIONS = (
-    ("c_attn.weight", 1, 3, False), ("c_proj.weight", 0, 1, False),  # GPT-2 Conv1D (in × out)
-    ("qkv.weight", 0, 3, False), ("proj.weight", 1, 1, False),       # timm Attention
-    ("in_proj_weight", 0, 3, False), ("out_proj.weight", 1, 1, False),  # nn.MultiheadAttention
-    ("q_proj.weight", 0, 1, False), ("k_proj.weight", 0, 1, True),
-    ("v_proj.weight", 0, 1, True), ("o_proj.weight", 1, 1, False),  # LLaMA/Qwen2/Gemma-style
-    ("query.weight", 0, 1, False), ("key.weight", 0, 1, True),
-    ("value.weight", 0, 1, True),                                    # BERT/ViT (HF)
-)
-_HEAD_COUNT_ATTRIBUTES = ("num_heads", "n_head", "num_attention_heads")
-_KV_HEAD_COUNT_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads", "n_kv_head")
-
-
-def _count(module, attributes) -> int | None:
-    """The first of ``attributes`` that ``module`` states as an int, on the
-    module itself or (transformers ≥ 4.48 attention classes) on its config."""
-    for owner in (module, getattr(module, "config", None)):
-        for attribute in attributes:
-            value = getattr(owner, attribute, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    return None
-
-
-def attention_heads(model) -> dict[str, list[HeadSlicing]]:
-    """{attention module name: where each of its weights holds its heads} for
-    the attention modules of ``model`` that state a head count (timm, GPT-2 and
-    other transformers, nn.MultiheadAttention), keyed by canonical weight
-    names as Subnetworks use them."""
-    from .naming import parameter_names
-
-    table = parameter_names(model)
-    found: dict[str, list[HeadSlicing]] = {}
-    for name, module in model.named_modules():
-        heads = _count(module, _HEAD_COUNT_ATTRIBUTES)
-        if not heads:
-            continue
-        kv_heads = _count(module, _KV_HEAD_COUNT_ATTRIBUTES) or heads
-        if heads % kv_heads:
-            raise ValueError(f"{name}: {heads} query heads cannot share {kv_heads} key/value "
-                             "heads evenly")
-        slices = []
-        for path, axis, chunks, is_kv in _HEAD_PROJECTIONS:
-            owner_path, _, attribute = path.rpartition(".")
-            try:
-                owner = module.get_submodule(owner_path) if owner_path else module
-            except AttributeError:
-                continue
-            weight = getattr(owner, attribute, None)
-            runs = kv_heads if is_kv else heads
-            if weight is None or weight.dim() != 2 or weight.shape[axis] % (chunks * runs):
-                continue
-            slices.append(HeadSlicing(table.name_of(weight), axis, chunks, runs, heads // runs))
-        if slices:
-            found[name] = slices
-    return found
-
-
 def _per_head(mask, slicing: HeadSlicing):
     """Counts of kept entries per head of one weight's bool mask."""
     moved = mask.movedim(slicing.axis, 0)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .atomic import atomic_write
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
 from .naming import parameter_names
+from .units import collapse_units, expand_units
 
 FORMAT = "subind-subnetwork"
 FORMAT_VERSION = 1
@@ -104,6 +105,27 @@ class Subnetwork:
 
     def masks(self, device=None) -> dict[str, Tensor]:
         return {name: self.mask(name, device) for name in self._bits}
+
+    def unit_shape(self, name: str) -> torch.Size:
+        """The shape of ``name``'s units (units.py) as the discovery that made
+        the subnetwork recorded them (metadata ``units``; a head- or
+        neuron-level mask), else the parameter's shape (one unit per weight)."""
+        units = self.metadata.get("units", {})
+        return torch.Size(units[name]) if name in units else self._shapes[name]
+
+    def unit_mask(self, name: str) -> Tensor:
+        """``name``'s mask per unit (one entry per head, neuron or channel at a
+        unit granularity): a ValueError when a unit is kept only in part."""
+        return collapse_units(self.mask(name), self.unit_shape(name), name)
+
+    @classmethod
+    def from_unit_masks(cls, unit_masks: Mapping[str, Tensor], shapes: Mapping[str, Iterable[int]],
+                        metadata: Optional[dict] = None) -> "Subnetwork":
+        """From {parameter name: bool mask per unit} and the parameters' shapes:
+        each unit's bit expanded over its weights, the unit shapes recorded."""
+        masks = {n: expand_units(m, shapes[n]).contiguous() for n, m in unit_masks.items()}
+        units = {n: list(m.shape) for n, m in unit_masks.items() if m.shape != masks[n].shape}
+        return cls.from_masks(masks, {**(metadata or {}), **({"units": units} if units else {})})
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """{name: (entries in the subnetwork, entries in the parameter)}."""

@@ -16,6 +16,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..heads import head_units
 from .layers import _FromModule
 from .base import MaskedWeightMixin
 from .mask_state import DEFAULT_MASK_INIT, MaskInit
@@ -61,8 +62,10 @@ class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAtten
     def masked_weights(self):
         return _PACKED if self._qkv_same_embed_dim else _SEPARATE
 
-    def _setup_mask(self, init, beta, mode, freeze_weight, method=None):
-        super()._setup_mask(init, beta, mode, freeze_weight, method)
+    def _setup_mask(self, init, beta, mode, freeze_weight, method=None, heads=None):
+        if heads is None and as_method(method or "continuous").granularity == "head":
+            heads = head_units(self)  # built directly, not through mask_model
+        super()._setup_mask(init, beta, mode, freeze_weight, method, heads)
         if self.mask_method.n_samples > 1:
             # The projections are formed once per forward (one mask sample each).
             raise ValueError("MaskedMultiheadAttention draws one mask sample per forward; "
@@ -70,7 +73,7 @@ class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAtten
         if not isinstance(self.out_proj, MaskedWeightMixin):
             self.out_proj = masked_class_for(type(self.out_proj)).from_module(
                 self.out_proj, init=init, beta=beta, mode=mode, freeze_weight=freeze_weight,
-                method=as_method(self.mask_method))
+                method=as_method(self.mask_method), heads=heads)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,

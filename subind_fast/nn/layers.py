@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .. import functional as SF
 from .base import MaskedWeightMixin
-from .mask_state import DEFAULT_MASK_INIT, MaskInit
+from .mask_state import DEFAULT_MASK_INIT, HeadUnits, MaskInit
 from .registry import masks
 
 
@@ -32,9 +32,10 @@ class _FromModule:
     @classmethod
     def from_module(cls, module: nn.Module, init: MaskInit = DEFAULT_MASK_INIT,
                     beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                    method=None):
-        """Wrap ``module``'s weight and bias (shared Parameters, not copies)."""
-        return cls._wrapping(module, init, beta, mode, freeze_weight, method)
+                    method=None, heads: Optional[HeadUnits] = None):
+        """Wrap ``module``'s weight and bias (shared Parameters, not copies);
+        ``heads`` (heads.head_units) lays out head-level logits."""
+        return cls._wrapping(module, init, beta, mode, freeze_weight, method, heads)
 
 
 @masks(nn.Linear)
@@ -43,6 +44,7 @@ class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
 
     _plain = nn.Linear
     _unit_axis = 0
+    _input_axis = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
@@ -117,6 +119,7 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
     weight-sized copy is made."""
 
     _unit_axis = 1  # the weight is stored in × out
+    _input_axis = 0
 
     def __init__(self, nf: int, nx: int, *, init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
                  mode: Optional[str] = None, freeze_weight: bool = True, method=None,

@@ -21,20 +21,22 @@ one scale β and one mode:
   (nn/coverage.py).
 * ``mask_method`` (nn/methods.py) says how the mask is trained
   (continuous sparsification by default, hard-concrete, Gumbel-sigmoid)
-  and at which granularity: per weight, or per
-  output unit (the logits then have the weight's shape with every axis but
-  the unit axis of size 1, and broadcast over the unit's weights).
+  and at which granularity: per weight, per output unit (neuron; a
+  convolution's output channel) or per attention head (units.py: the logits
+  have size 1 on every axis but the unit axis, and cover runs of the weight's
+  rows or columns; ``mask_unit_axes`` names that axis per weight).
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import sharded
+from ..units import expand_units
 from .._validation import MODE_CODES, check_beta, check_mode
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kept, l0_penalty
 
@@ -42,6 +44,8 @@ from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kep
 DEFAULT_MASK_INIT = -0.1
 
 MaskInit = Union[float, Tensor, Callable[[Tensor], None]]
+#: {id(weight): (axis, units)}: where head-level logits split a weight (heads.head_units)
+HeadUnits = Mapping[int, tuple[int, int]]
 
 _AUTO_MODE = -1  # mask_mode value for "follow train()/eval()"
 #: the buffers every masked layer holds besides its logits (saved with it)
@@ -76,6 +80,8 @@ class MaskState:
     masked_weights: tuple[tuple[str, str], ...] = (("weight", "logits"),)
     #: the weight axis that indexes output units (None: no neuron granularity)
     _unit_axis: Optional[int] = None
+    #: the weight axis that indexes inputs (head-level masks on an output projection)
+    _input_axis: Optional[int] = None
     #: the output axis of those units
     _output_unit_dim: int = -1
 
@@ -89,17 +95,15 @@ class MaskState:
                         "the plain model with the hard mask baked in")
 
     def _setup_mask(self, init: MaskInit, beta: float, mode: Optional[str],
-                    freeze_weight: bool, method=None) -> None:
+                    freeze_weight: bool, method=None, heads: Optional[HeadUnits] = None) -> None:
         method = as_method(method or "continuous")
-        if method.granularity == "neuron" and self._unit_axis is None:
-            raise ValueError(f"{type(self).__name__} has no neuron granularity; use "
-                             "granularity='weight'")
         self.__dict__["mask_method"] = method
+        self.__dict__["mask_unit_axes"] = {}
         device = None
         for weight_name, logits_name in self.masked_weights:
             weight = getattr(self, weight_name)
-            logits = nn.Parameter(_initial_logits(weight, init, self._logits_shape(weight)),
-                                  requires_grad=True)
+            logits = nn.Parameter(_initial_logits(
+                weight, init, self._logits_shape(weight_name, weight, heads)), requires_grad=True)
             setattr(self, logits_name, logits)
             if freeze_weight:
                 weight.requires_grad_(False)
@@ -113,16 +117,36 @@ class MaskState:
         self.mode = mode
         self.__dict__["mask_ran"] = False
 
-    def _logits_shape(self, weight: Tensor) -> torch.Size:
-        """The weight's shape, or (neuron granularity) 1 on every axis but the unit axis."""
-        if self.mask_method.granularity == "weight":
+    def _logits_shape(self, weight_name: str, weight: Tensor,
+                      heads: Optional[HeadUnits]) -> torch.Size:
+        """The weight's shape at weight granularity; else 1 on every axis but
+        the unit axis (units.py), which holds one logit per output unit
+        (neuron; a convolution's output channel) or, at head granularity, one
+        per run of rows or columns that ``heads`` (heads.head_units) gives the
+        weight — an attention projection's heads; weights without heads fall
+        back to output units."""
+        granularity = self.mask_method.granularity
+        if granularity == "weight":
             return weight.shape
-        return torch.Size(n if axis == self._unit_axis else 1
-                          for axis, n in enumerate(weight.shape))
+        axis, units = (heads or {}).get(id(weight), (None, None)) if granularity == "head" \
+            else (None, None)
+        if axis is None:
+            if self._unit_axis is None:
+                raise ValueError(f"{type(self).__name__} has no {granularity} granularity "
+                                 f"for {weight_name}; use granularity='weight'")
+            axis, units = self._unit_axis, weight.shape[self._unit_axis]
+        if self._unit_axis is not None and axis not in (self._unit_axis, self._input_axis):
+            raise ValueError(f"{type(self).__name__}: units along axis {axis} of {weight_name} "
+                             "are neither its outputs nor its inputs")
+        if weight.shape[axis] % units:
+            raise ValueError(f"{type(self).__name__}: {weight_name}'s axis {axis} of size "
+                             f"{weight.shape[axis]} does not split into {units} equal units")
+        self.mask_unit_axes[weight_name] = axis
+        return torch.Size(units if a == axis else 1 for a in range(weight.dim()))
 
     @classmethod
     def _wrapping(cls, module: nn.Module, init: MaskInit, beta: float, mode: Optional[str],
-                  freeze_weight: bool, method=None):
+                  freeze_weight: bool, method=None, heads: Optional[HeadUnits] = None):
         """A layer of this class that takes over ``module``'s state: the same
         Parameter objects (shared, not copied), buffers, submodules, attributes
         and hooks; the original module is left as it was."""
@@ -130,7 +154,7 @@ class MaskState:
         for key, value in module.__dict__.items():
             # Containers are copied so registering the logits leaves ``module`` alone.
             layer.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
-        layer._setup_mask(init, beta, mode, freeze_weight, method)
+        layer._setup_mask(init, beta, mode, freeze_weight, method, heads)
         return layer
 
     @torch.no_grad()
@@ -247,7 +271,7 @@ class MaskState:
 
     def hard_masks(self) -> dict[str, Tensor]:
         """{weight attribute: 1[s > 0] as a bool tensor shaped like θ}."""
-        return {w: (sharded.whole(s.detach()) > 0).expand(weight.shape)
+        return {w: expand_units(sharded.whole(s.detach()) > 0, weight.shape)
                 for w, (weight, s) in self.masked_parameters().items()}
 
     def hard_mask(self) -> Tensor:

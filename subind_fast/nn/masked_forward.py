@@ -1,7 +1,8 @@
 """How a masked layer computes its output from its mask state (nn/mask_state.py):
 the fused op in the common case (weight granularity, a deterministic mode),
 else one mask sample per slice of the batch, or the units' mask scaling the
-plain GEMM at neuron granularity.  Every path marks the mask as run
+plain GEMM's outputs (neurons, channels, the heads of a q/k/v projection) or
+its inputs (the heads an output projection reads) at unit granularity.  Every path marks the mask as run
 (``mask_ran``, checked by nn/coverage.py)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from .. import functional as SF
 from .._validation import SAMPLED_MODES
+from ..units import expand_units, unit_vector
 from .methods import noise_keys, unit_mask
 
 
@@ -31,7 +33,10 @@ class MaskedForward:
         noise = None
         if mode in SAMPLED_MODES:
             noise = noise_keys(logits, 1, self.mask_method.generator)[0]
-        return SF.mask_weight(weight, logits, self.beta, mode, noise)
+        if self.mask_method.granularity == "weight":
+            return SF.mask_weight(weight, logits, self.beta, mode, noise)
+        return weight * expand_units(unit_mask(logits, self.beta, mode, noise),
+                                     weight.shape).to(weight.dtype)
 
     def _deterministic_weight_mode(self) -> Optional[str]:
         """The mode, marking the mask as run, when the layer's output is one call
@@ -55,8 +60,9 @@ class MaskedForward:
     def _masked_output(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
                        op: Callable, gemm: Callable) -> Tensor:
         """The layer's output in the current mode: ``op(x, θ, s, b, mode,
-        noise)`` (the fused masked op) at weight granularity; at neuron
-        granularity ``gemm(x, θ)`` scaled by the units' mask, plus b.  A
+        noise)`` (the fused masked op) at weight granularity; at unit
+        granularity ``gemm(x, θ)`` with its outputs (or, for units along the
+        input axis, its inputs) scaled by the units' mask, plus b.  A
         sampled mode with n samples applies sample k to the k-th slice of the
         batch (dim 0)."""
         self._note_mask_ran()
@@ -66,18 +72,30 @@ class MaskedForward:
         parts = _batch_slices(x, n)
         if method.granularity == "weight":
             outs = [op(part, weight, logits, bias, mode, key) for part, key in zip(parts, keys)]
-        else:
+        elif self.mask_unit_axes["weight"] == self._unit_axis:
             outs = [self._scaled_units(gemm(part, weight), unit_mask(logits, self.beta, mode, key),
                                        bias) for part, key in zip(parts, keys)]
+        else:  # units of the input (an output projection's heads): scale the input's features
+            outs = [self._with_bias(gemm(self._scaled_inputs(
+                part, unit_mask(logits, self.beta, mode, key)), weight), bias)
+                for part, key in zip(parts, keys)]
         return outs[0] if n == 1 else torch.cat(outs, 0)
 
-    def _scaled_units(self, y: Tensor, unit_mask_values: Tensor, bias: Optional[Tensor]) -> Tensor:
-        def along_units(t: Tensor) -> Tensor:
-            t = t.reshape(-1).to(y.dtype)
-            return t if self._output_unit_dim == -1 else t.view(-1, *[1] * (y.dim() - 2))
+    @staticmethod
+    def _scaled_inputs(x: Tensor, unit_mask_values: Tensor) -> Tensor:
+        return x * unit_vector(unit_mask_values, x.shape[-1]).to(x.dtype)
 
-        y = y * along_units(unit_mask_values)
-        return y if bias is None else y + along_units(bias)
+    def _with_bias(self, y: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if bias is None:
+            return y
+        return y + (bias if self._output_unit_dim == -1
+                    else bias.view(-1, *[1] * (y.dim() - 2)))
+
+    def _scaled_units(self, y: Tensor, unit_mask_values: Tensor, bias: Optional[Tensor]) -> Tensor:
+        units = unit_vector(unit_mask_values, y.shape[self._output_unit_dim]).to(y.dtype)
+        if self._output_unit_dim != -1:
+            units = units.view(-1, *[1] * (y.dim() - 2))
+        return self._with_bias(y * units, bias)
 
     def masked_weight(self) -> Tensor:
         """W_eff = θ ⊙ m of the layer's (single) masked weight in the current mode."""

@@ -25,10 +25,13 @@ Subnetworks chosen without training (magnitude, lottery ticket) are not
 mask methods: subind_fast/selection.py returns them as Subnetworks, and
 ``mask_model(model, subnetwork=…)`` installs one (frozen ±1 logits, hard mode).
 
-Granularity: ``weight`` (one logit per weight) or ``neuron`` (one logit per
+Granularity: ``weight`` (one logit per weight), ``neuron`` (one logit per
 output unit — a row of a Linear weight, an output channel of a convolution;
-the unit's mask scales the unit's output, and its penalty counts the unit's
-weights so λ means the same at both granularities).
+the unit's mask scales the unit's output) or ``head`` (one logit per
+attention head of each projection that subind_fast/heads.py knows — q/k/v
+rows, the output projection's columns — and per output unit elsewhere).  A
+unit's penalty counts the unit's weights, so λ means the same at every
+granularity (subind_fast/units.py).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from ..backends.reference import STRETCH, mask_and_slope
 
 TRAINED = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"}
 METHODS = tuple(TRAINED)
-GRANULARITIES = ("weight", "neuron")
+GRANULARITIES = ("weight", "neuron", "head")
 #: −log(−γ/ζ) = −log(ε/(1+ε)): a hard-concrete gate is non-zero with probability σ(s + this·τ)
 _LOG_ODDS_OF_ZERO_GATE = -math.log(STRETCH / (1 + STRETCH))
 #: a default inverse temperature per trained method (continuous anneals β itself)

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 
 from .. import sharded
 from ..naming import parameter_names
+from ..heads import head_units
 from ..subnetwork import Subnetwork
+from ..units import collapse_units, expand_units
 from . import coverage
 from .compat import apply_compatibility_fixes
 from .base import MaskedWeightMixin
@@ -150,18 +152,22 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     layer does not run in the model's forward.  Returns a :class:`MaskReport`.
 
     ``method`` (nn/methods.py) with ``granularity``, ``n_samples`` and
-    ``generator``: how the masks are trained.  ``subnetwork`` installs a
-    chosen one instead (a selection's, subind_fast/selection.py, or a saved
-    discovery's): each masked weight's logits become +1 where it keeps the
-    weight and −1 elsewhere, frozen, and the layers stay in hard mode."""
+    ``generator``: how the masks are trained.  At ``granularity="head"`` the
+    attention projections that heads.py knows get one logit per head (per
+    head of each q/k/v chunk, per key/value head under grouped-query
+    attention; an output projection's logits cover the columns each head
+    writes through) and every other layer one per output unit.
+    ``subnetwork`` installs a chosen one instead (a selection's,
+    subind_fast/selection.py, or a saved discovery's): each masked weight's
+    logits become +1 where it keeps the weight (or the unit, at a unit
+    granularity: the subnetwork must keep whole units) and −1 elsewhere,
+    frozen, and the layers stay in hard mode."""
     if check_coverage not in coverage.POLICIES:
         raise ValueError(f"check_coverage must be one of {coverage.POLICIES}, "
                          f"got {check_coverage!r}")
     method = as_method(method, granularity, n_samples, generator)
-    if subnetwork is not None and method.granularity != "weight":
-        raise ValueError("a subnetwork keeps individual weights: install it with "
-                         "granularity='weight'")
     modules, names, selected = select_modules(model, include, exclude)
+    heads = head_units(model) if method.granularity == "head" else None
     empty = [names[key][0] for key in selected
              if any(p.numel() == 0 for p in modules[key].parameters(recurse=False))]
     if empty:  # no weight to mask, and the kernels need at least one
@@ -176,9 +182,10 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     replaced = {}
     for key in selected:
         module = modules[key]
-        layer = masked_class_for(type(module)).from_module(module, init=init, beta=beta,
-                                                           mode=mode, freeze_weight=freeze_base,
-                                                           method=method)
+        # heads= only at head granularity: a layer type registered elsewhere need not take it
+        layer = masked_class_for(type(module)).from_module(
+            module, init=init, beta=beta, mode=mode, freeze_weight=freeze_base, method=method,
+            **({"heads": heads} if heads is not None else {}))
         for name in names[key]:
             _set_child(model, name, layer)
         replaced[names[key][0]] = layer
@@ -207,7 +214,8 @@ def _install(model: nn.Module, subnetwork: Subnetwork) -> None:
                 raise ValueError(f"the subnetwork's mask for {name} has shape "
                                  f"{tuple(subnetwork.shape(name))}, the weight "
                                  f"{tuple(weight.shape)}")
-            logits.copy_(subnetwork.mask(name, device=logits.device).to(logits.dtype) * 2 - 1)
+            kept = collapse_units(subnetwork.mask(name), logits.shape, name)
+            logits.copy_(kept.to(device=logits.device, dtype=logits.dtype) * 2 - 1)
             logits.requires_grad_(False)
         layer.mode = "hard"
 
@@ -254,14 +262,20 @@ def subnetwork_of(model: nn.Module, metadata: Optional[dict] = None) -> Subnetwo
         raise ValueError("the model has no masked layers (call mask_model first)")
     table = parameter_names(model)
     masks: dict[str, Tensor] = {}
+    units: dict[str, list[int]] = {}
     for layer in layers.values():
         for weight, logits in layer.masked_parameters().values():
             name = table.name_of(weight)
-            mask = (sharded.whole(logits.detach()) > 0).cpu().expand(weight.shape)
+            whole = sharded.whole(logits.detach())
+            mask = expand_units(whole.cpu() > 0, weight.shape)
             masks[name] = masks[name] | mask if name in masks else mask
+            if whole.shape != weight.shape:
+                units[name] = list(whole.shape)
     method = next(iter(layers.values())).mask_method
     return Subnetwork.from_masks(masks, {"method": method.name,
-                                         "granularity": method.granularity, **(metadata or {})})
+                                         "granularity": method.granularity,
+                                         **({"units": units} if units else {}),
+                                         **(metadata or {})})
 
 
 def _report(model: nn.Module, replaced: dict, fixes: list[str]) -> MaskReport:

@@ -209,6 +209,7 @@ def test_arithmetic_rows_and_task_from_the_experiment(tmp_path):
 
 @pytest.mark.parametrize("method", [["--method", "gumbel", "--n-samples", "2"],
                                     ["--method", "hard_concrete", "--granularity", "neuron"],
+                                    ["--method", "continuous", "--granularity", "head"],
                                     ["--method", "magnitude", "--density", "0.3"],
                                     ["--method", "lottery_ticket", "--density", "0.1"]])
 def test_discover_with_each_mask_method(tmp_path, method):
@@ -222,7 +223,7 @@ def test_discover_with_each_mask_method(tmp_path, method):
         torch.save(before.state_dict(), tmp_path / "before.pt")
         torch.save(after.state_dict(), tmp_path / "after.pt")
         method = [*method, "--pretrained-weights", str(tmp_path / "before.pt")]
-    trained = method[1] in ("gumbel", "hard_concrete")  # the selection methods take no λ
+    trained = method[1] in ("gumbel", "hard_concrete", "continuous")  # the selection methods take no λ
     assert main(["discover", "--model",
                  "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
                  "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
@@ -239,6 +240,17 @@ def test_discover_with_each_mask_method(tmp_path, method):
     if "neuron" in method:  # whole output units: every kept column of a Conv1D weight is full
         mask = sub.mask("transformer.h.0.mlp.c_fc.weight")
         assert torch.equal(mask.all(0), mask.any(0))
+    if "head" in method:  # one bit per head of each q/k/v chunk, expanded over its columns
+        c_attn = "transformer.h.0.attn.c_attn.weight"
+        assert sub.metadata["granularity"] == "head"
+        assert sub.unit_shape(c_attn)[1] == 3 * quick_heads() and sub.unit_mask(c_attn).numel() \
+            == sub.unit_shape(c_attn).numel()
+
+
+def quick_heads() -> int:
+    from subind.experiments.arithmetic.discovery_sets import quick_gpt2
+
+    return quick_gpt2().config.n_head
 
 
 def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys):

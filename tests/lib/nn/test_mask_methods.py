@@ -312,7 +312,7 @@ def test_bad_method_arguments_are_named():
     with pytest.raises(ValueError, match="method must be one of"):
         sf.nn.MaskedLinear(3, 2, method="dropout")
     with pytest.raises(ValueError, match="granularity must be one of"):
-        MaskMethod("gumbel", "head")
+        MaskMethod("gumbel", "edge")
     with pytest.raises(ValueError, match="n_samples=2 needs a sampled method"):
         MaskMethod("continuous", n_samples=2)
     with pytest.raises(ValueError, match="method must be one of"):
