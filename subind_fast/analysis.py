@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from .bits import count_ones
 from .naming import block_of
-from .heads import HeadSlicing, attention_heads
+from .heads import HeadSlicing, attention_heads  # noqa: F401 (attention_heads: re-exported)
 from .subnetwork import Subnetwork
 
 TOTAL = "total"

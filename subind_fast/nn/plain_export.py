@@ -8,6 +8,7 @@ import copy
 from torch import Tensor, nn
 
 from .. import sharded
+from ..units import expand_units
 from .mask_state import MASK_BUFFERS, MaskState
 
 
@@ -17,7 +18,8 @@ class PlainExport:
     def _dense_weight(self, weight_name: str = "weight") -> Tensor:
         weight, logits = self.masked_parameters()[weight_name]
         weight = sharded.whole(weight.detach())
-        return (weight * (sharded.whole(logits.detach()) > 0).to(weight.dtype)).clone()
+        kept = expand_units(sharded.whole(logits.detach()) > 0, weight.shape)
+        return (weight * kept.to(weight.dtype)).clone()
 
     def _unsharded_shell(self) -> nn.Module:
         """A copy of this layer's attributes with every parameter gathered whole

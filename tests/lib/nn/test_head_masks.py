@@ -180,6 +180,8 @@ def test_head_subnetwork_stores_expands_and_installs_again(tmp_path):
     again = copy.deepcopy(plain)
     sf.mask_model(again, granularity="head", subnetwork=loaded)
     torch.testing.assert_close(_output(again, x), _output(masked, x), rtol=0, atol=0)
+    baked = sf.unmask_model(again)  # θ ⊙ 1[s > 0] with each head's bit spread over its run
+    torch.testing.assert_close(_output(baked, x), _output(masked, x), rtol=1e-12, atol=1e-12)
 
     partial = sf.Subnetwork.from_masks({**sub.masks(), k_name: torch.ones_like(sub.mask(k_name))
                                         .index_fill_(1, torch.tensor([0]), False)})
