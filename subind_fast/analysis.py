@@ -137,18 +137,53 @@ def removal_controls(subnetwork: Subnetwork, seed: int = 0) -> dict[str, Subnetw
             "complement": subnetwork.complement_sample(seed, where_short="whole")}
 
 
-def inverse_mask_test(model, subnetwork: Subnetwork, evaluate, seed: int = 0) -> dict[str, float]:
+def inverse_mask_test(model, subnetwork: Subnetwork, evaluate, seed: int = 0,
+                      ablation: str = "zero", reference=None, forward=None) -> dict[str, float]:
     """Accuracy (``evaluate(model) -> float``) of the intact model and of copies
-    with the subnetwork's weights zeroed, and with a random and a complement
-    set of the same per-parameter size zeroed (``model`` is not modified)."""
-    import copy
+    with the subnetwork's weights removed, and with a random and a complement
+    set of the same per-parameter size removed (``model`` is not modified).
 
+    ``ablation`` says what removed weights see (nn/ablation.py): ``zero``
+    (they are zeroed), ``mean`` (the mean input over ``reference``, batches
+    run by ``forward(model, batch)``, default ``model(batch)``), or
+    ``corrupted`` (each forward's input resampled within its batch,
+    sf.nn.resample)."""
+    if ablation not in ("zero", "mean", "corrupted"):
+        raise ValueError(f"the inverse-mask test's ablation must be 'zero', 'mean' or "
+                         f"'corrupted' (a learned one needs training), got {ablation!r}")
+    if ablation == "mean" and reference is None:
+        raise ValueError("ablation 'mean' needs reference= (the batches whose mean input the "
+                         "removed weights see)")
     results = {"intact": evaluate(model)}
     for label, removed in removal_controls(subnetwork, seed).items():
-        ablated = copy.deepcopy(model)
-        removed.ablate(ablated, "zero")
-        results[f"without {label}"] = evaluate(ablated)
+        results[f"without {label}"] = evaluate(
+            _without(model, removed, ablation, reference, forward))
     return results
+
+
+def _without(model, removed: Subnetwork, ablation: str, reference, forward):
+    """A copy of ``model`` with ``removed``'s weights removed under ``ablation``."""
+    import copy
+
+    ablated = copy.deepcopy(model)
+    if ablation == "zero":
+        return removed.ablate(ablated, "zero")
+    from . import nn as snn
+    from .naming import parameter_names
+
+    kept = ~removed
+    table = parameter_names(ablated)
+    covering = [name for name, module in ablated.named_modules()
+                if snn.masked_class_for(type(module)) is not None
+                and any(table.name_of(p) in kept for p in module.parameters(recurse=False))]
+    snn.mask_model(ablated, include=covering, subnetwork=kept)
+    if ablation == "mean":
+        snn.set_ablation(ablated, "mean", batches=reference,
+                         **({"forward": forward} if forward is not None else {}))
+    else:
+        snn.set_ablation(ablated, "corrupted")
+        snn.record_corrupted_before_each_forward(ablated)
+    return ablated
 
 
 def overlap_by_group(a: Subnetwork, b: Subnetwork, group=block_of) -> dict[str, Overlap]:

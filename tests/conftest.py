@@ -11,6 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the entry points (models, data) that command tests name as entry:discover_entries:…
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
 
 
 def pytest_report_header(config):

@@ -1,4 +1,7 @@
 """Masked layers (drop-in replacements) and whole-model helpers."""
+from .ablation import (ABLATIONS, ablation_parameters, record_corrupted,
+                       record_corrupted_before_each_forward, record_means, resample,
+                       set_ablation, unmasked)
 from .attention import MaskedMultiheadAttention
 from .coverage import MaskCoverageError
 from .layers import MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedGPT2Conv1D, MaskedLinear
@@ -10,7 +13,9 @@ from .model import (MaskReport, density, keep_exactly, l0_penalty, mask_model, m
 from .pretrained import masked_from_pretrained
 from .registry import masked_class_for, masks
 
-__all__ = ["DEFAULT_MASK_INIT", "GRANULARITIES", "METHODS", "MaskCoverageError", "MaskMethod",
+__all__ = ["ABLATIONS", "ablation_parameters", "record_corrupted",
+           "record_corrupted_before_each_forward", "record_means", "resample", "set_ablation", "unmasked",
+           "DEFAULT_MASK_INIT", "GRANULARITIES", "METHODS", "MaskCoverageError", "MaskMethod",
            "MaskReport", "MaskedConv1d", "MaskedConv2d", "MaskedConv3d", "MaskedGPT2Conv1D",
            "MaskedLinear", "MaskedMultiheadAttention", "MaskedWeightMixin", "as_method", "density",
            "keep_exactly", "l0_penalty", "mask_model", "masked_class_for",

@@ -42,7 +42,8 @@ class MaskedForward:
         """The mode, marking the mask as run, when the layer's output is one call
         of its fused op (weight granularity, a deterministic mode); else None."""
         mode = self.mode
-        if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES:
+        if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES \
+                or "ablation" in self.__dict__:
             return None
         self._note_mask_ran()
         return mode
@@ -70,16 +71,50 @@ class MaskedForward:
         n = method.n_samples if mode in SAMPLED_MODES else 1
         keys = noise_keys(logits, n, method.generator) if mode in SAMPLED_MODES else [None]
         parts = _batch_slices(x, n)
-        if method.granularity == "weight":
-            outs = [op(part, weight, logits, bias, mode, key) for part, key in zip(parts, keys)]
-        elif self.mask_unit_axes["weight"] == self._unit_axis:
-            outs = [self._scaled_units(gemm(part, weight), unit_mask(logits, self.beta, mode, key),
-                                       bias) for part, key in zip(parts, keys)]
-        else:  # units of the input (an output projection's heads): scale the input's features
-            outs = [self._with_bias(gemm(self._scaled_inputs(
+
+        def masked(part, key, bias):
+            if method.granularity == "weight":
+                return op(part, weight, logits, bias, mode, key)
+            if self.mask_unit_axes["weight"] == self._unit_axis:
+                return self._scaled_units(gemm(part, weight),
+                                          unit_mask(logits, self.beta, mode, key), bias)
+            # units of the input (an output projection's heads): scale the input's features
+            return self._with_bias(gemm(self._scaled_inputs(
                 part, unit_mask(logits, self.beta, mode, key)), weight), bias)
-                for part, key in zip(parts, keys)]
-        return outs[0] if n == 1 else torch.cat(outs, 0)
+
+        outs = [masked(part, key, bias) for part, key in zip(parts, keys)]
+        out = outs[0] if n == 1 else torch.cat(outs, 0)
+        reference = self._reference_input(x)
+        if reference is None:
+            return out
+        # nn/ablation.py: the removed weights see the reference input, x_ref·(θ ⊙ (1 − m))ᵀ
+        return out + (gemm(reference, weight) - masked(reference, keys[0], None))
+
+    def _reference_input(self, x: Tensor) -> Optional[Tensor]:
+        """The input the removed weights see under the layer's ablation
+        (nn/ablation.py), or None (zero ablation, or the full model running)."""
+        how = self.__dict__.get("ablation")
+        if how is None or how == "zero" or self.__dict__.get("_ablation_off", False):
+            return None
+        if how == "corrupted":
+            recorded = self.__dict__.get("_corrupted_input")
+            if recorded is None:
+                raise RuntimeError(f"{type(self).__name__}: ablation 'corrupted' but no corrupted "
+                                   "input recorded; call sf.nn.record_corrupted(model, run) first")
+            if recorded.shape != x.shape:
+                raise ValueError(f"{type(self).__name__}: the recorded corrupted input has shape "
+                                 f"{tuple(recorded.shape)}, this input {tuple(x.shape)}; record "
+                                 "the corrupted batch paired with this one")
+            return recorded.to(x.dtype)
+        if not self.__dict__.get("_means_recorded", True):
+            raise RuntimeError(f"{type(self).__name__}: ablation 'mean' but no mean input "
+                               "recorded; call sf.nn.record_means(model, batches) first")
+        reference = self.ablation_input.to(x.dtype)
+        if self._output_unit_dim == 1:  # a convolution's channel means at every position
+            shape = (1, reference.numel(), *x.shape[2:])
+            return reference.view(1, -1, *[1] * (x.dim() - 2)).expand(shape)
+        # a batch of one (the mean over the reference set), broadcast over x's batch
+        return reference.unsqueeze(0)
 
     @staticmethod
     def _scaled_inputs(x: Tensor, unit_mask_values: Tensor) -> Tensor:

@@ -55,6 +55,10 @@ class PlainExport:
         """A plain module of the type this layer replaced (e.g. nn.Linear, or the
         user's Linear subclass) with θ ⊙ 1[s > 0] baked into each masked
         weight: an independent copy; this layer is unchanged."""
+        if "ablation" in self.__dict__:  # its removed weights' term is no plain layer's
+            raise ValueError(f"{type(self).__name__} ablates removed weights to "
+                             f"{self.__dict__['ablation']!r}; sf.nn.set_ablation(model, 'zero') "
+                             "before exporting the plain model")
         plain = self._plain_class()
         if any(sharded.is_sharded(p) for p in self.parameters(recurse=False)):
             out = self._unsharded_shell()

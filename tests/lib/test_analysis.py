@@ -81,6 +81,44 @@ def test_inverse_mask_test_zeroes_the_subnetwork_and_its_controls():
     assert result["without random"] != result["intact"]
 
 
+def test_inverse_mask_test_ablates_to_the_mean_and_to_a_corrupted_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    removed = {"0.weight": torch.rand(5, 6) < 0.4, "2.weight": torch.rand(2, 5) < 0.4}
+    sub = sf.Subnetwork.from_masks(removed)
+    x = torch.randn(16, 6, dtype=torch.float64)
+    reference = [torch.randn(8, 6, dtype=torch.float64) for _ in range(3)]
+    readout = torch.randn(2, dtype=torch.float64)
+    score = lambda m: float((m(x).detach() * readout).sum())
+
+    # float64 oracle: each layer's removed weights read its mean input over the reference set
+    inputs = torch.cat(reference)
+    mean_0 = inputs.mean(0)
+    mean_2 = torch.tanh(model[0](inputs)).mean(0).detach()
+    first, second = model[0], model[2]
+
+    def ablated(layer, gamma, h, mean):
+        return (nn.functional.linear(h, layer.weight * ~gamma, layer.bias)
+                + nn.functional.linear(mean, layer.weight * gamma))
+
+    with torch.no_grad():
+        h = torch.tanh(ablated(first, removed["0.weight"], x, mean_0))
+        expected = float((ablated(second, removed["2.weight"], h, mean_2) * readout).sum())
+    result = A.inverse_mask_test(model, sub, score, ablation="mean", reference=reference)
+    assert result["without subnetwork"] == pytest.approx(expected, rel=1e-12)
+    assert result["intact"] == pytest.approx(score(model))
+
+    # everything removed, corrupted: each input's output is that of the input it is paired with
+    everything = sf.Subnetwork.all_of(model, ["0.weight", "2.weight"])
+    result = A.inverse_mask_test(model, everything, score, ablation="corrupted")
+    assert result["without subnetwork"] == pytest.approx(
+        float((model(x.roll(1, 0)).detach() * readout).sum()), rel=1e-12)
+    with pytest.raises(ValueError, match="needs reference="):
+        A.inverse_mask_test(model, sub, score, ablation="mean")
+    with pytest.raises(ValueError, match="a learned one needs training"):
+        A.inverse_mask_test(model, sub, score, ablation="learned")
+
+
 def test_incompatible_subnetworks_are_refused():
     a = sf.Subnetwork.from_masks(_random(0, 0.5))
     b = sf.Subnetwork.from_masks({"other": torch.ones(3, dtype=torch.bool)})

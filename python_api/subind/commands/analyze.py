@@ -58,6 +58,9 @@ class AnalyzeOptions:
     """data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'"""
     seed: int = 0
     """seed of the inverse-mask test's control removals"""
+    ablation: Literal["zero", "mean", "corrupted"] = "zero"
+    """what removed weights see in the inverse-mask test: zero, their mean input over the
+    evaluation set, or the input of another example of the batch (resample)"""
 
 
 OPTIONS = {"analyze": AnalyzeOptions}
@@ -85,8 +88,10 @@ def _check_options(args: AnalyzeOptions, given: set) -> None:
     if model_options and not args.model:
         raise ValueError(f"{', '.join(model_options)} need{'s' if len(model_options) == 1 else ''}"
                          " --model (the model the subnetworks were found in)")
-    if "seed" in given and not args.eval_data:
-        raise ValueError("--seed draws the inverse-mask test's controls: it needs --eval-data")
+    for name, what in (("seed", "draws the inverse-mask test's controls"),
+                       ("ablation", "chooses the inverse-mask test's removal")):
+        if name in given and not args.eval_data:
+            raise ValueError(f"{flag(name)} {what}: it needs --eval-data")
     check.non_negative_int("--seed", args.seed)
     if "hf_class" in given:
         check_hf_class_applies(args.model)
@@ -224,13 +229,17 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
         sets[spec.rpartition("/")[2] or spec] = (data.task or Classification(),
                                                  DataLoader(rows, batch_size=512))
     header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
-    lines = ["inverse-mask test (accuracy with the weights removed)", "",
+    removal = {"zero": "zeroed", "mean": "ablated to their mean input",
+               "corrupted": "ablated to another example's input (resample)"}[args.ablation]
+    lines = [f"inverse-mask test (accuracy with the weights removed: {removal})", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     seed = args.seed
     notes = []
     for label, sub in masks.items():
         per_set = {name: A.inverse_mask_test(model, sub, lambda m, t=task, d=data:
-                                             t.evaluate(m, d).accuracy, seed=seed)
+                                             t.evaluate(m, d).accuracy, seed=seed,
+                                             ablation=args.ablation, reference=data,
+                                             forward=task.loss)
                    for name, (task, data) in sets.items()}
         short = sub.complement_shortfall()
         if short:

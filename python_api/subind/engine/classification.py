@@ -71,6 +71,11 @@ class Classification:
         out = getattr(out, "logits", out)
         return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
+    def batch_logits(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]:
+        """(logits, which rows count: label ≠ IGNORE_LABEL) of one batch."""
+        logits = self.logits(model, batch[0])
+        return logits, batch[1].to(logits.device) != IGNORE_LABEL
+
     def loss(self, model: nn.Module, batch) -> Tensor:
         logits = self.logits(model, batch[0])
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)

@@ -26,6 +26,7 @@ from torch import nn
 import subind_fast as sf
 
 from .options import Floats, Repeated
+from .ablation import OBJECTIVES, ablating, start_means
 from .target_density import DensityTarget
 from .training import EpochLog, Task, train
 
@@ -134,6 +135,12 @@ class Discovery:
     (when left out: half the epochs)"""
     lagrangian_lr: float = 0.2
     """learning rate of the target's Lagrange multipliers (gradient ascent)"""
+    ablation: Literal[sf.nn.ABLATIONS] = "zero"
+    """what removed weights see instead of the input: zero, the mean input over the training
+    set, a learned input (started at the mean), or the input of a paired corrupted batch
+    (engine/ablation.py)"""
+    objective: Literal[OBJECTIVES] = "labels"
+    """train the masks on the labels (cross-entropy) or on KL to the unmasked model's output"""
 
     @property
     def selects(self) -> bool:
@@ -198,6 +205,9 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         if s.granularity != "weight" or s.n_samples != 1:
             raise ValueError(f"the {s.method} selection keeps individual weights: granularity "
                              "'weight', one sample")
+        if s.ablation != "zero" or s.objective != "labels":
+            raise ValueError(f"the {s.method} selection trains nothing: ablation and objective "
+                             "are for the trained methods")
         return _select(model, task, eval_data, s.method, s.density, pretrained, include,
                        exclude, h.in_place, h.prepare)
     method = s.mask_method(h.generator)
@@ -217,6 +227,10 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
                          f"{beta_final}, {mask_lr})")
     probe = model if h.in_place else copy.deepcopy(model)
     sf.mask_model(probe, include=include, exclude=exclude, init=mask_init, method=method)
+    # Before prepare: a learned ablation adds parameters that DDP/FSDP2 must see.
+    labels_task = task
+    task = ablating(task, probe, s.ablation, s.objective)
+    learned = sf.nn.ablation_parameters(probe)
     probe = prepare(probe)
     if h.compile_model:
         probe.compile()
@@ -226,6 +240,11 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     if s.target_density is not None and any(sf.sharded.is_sharded(p) for p in logits):
         raise ValueError("target_density cuts the hard mask to an exact size over whole logits; "
                          "it does not run on FSDP2-sharded logits yet (use DDP or one process)")
+    if s.ablation != "zero" and any(sf.sharded.is_sharded(p) for p in logits):
+        raise ValueError(f"ablation {s.ablation!r} does not run on FSDP2-sharded layers yet "
+                         "(use DDP or one process)")
+    start_means(probe, labels_task, s.ablation, train_data)
+    learned_start = [p.detach().clone() for p in learned]
     candidates = []
     # A target density is one run, kept under the key λ = 0 (no fixed penalty).
     for lam in ([0.0] if s.target_density is not None else lambdas):
@@ -236,7 +255,10 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         sf.sharded.reshard(probe)  # FSDP2: the next forward must read the reset shards
         for layer in layers.values():
             layer.reset_logits(mask_init)
-        opt = _mask_optimizer(s.optimizer, logits, mask_lr, h.fused_optimizer)
+        with torch.no_grad():
+            for p, start in zip(learned, learned_start):
+                p.copy_(start)
+        opt = _mask_optimizer(s.optimizer, logits + learned, mask_lr, h.fused_optimizer)
         first = state.restore(probe, opt, lam) if state is not None else 0
         target, anneal_from = None, 0
         if s.target_density is not None:
@@ -286,7 +308,8 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         accuracy = task.evaluate(probe, eval_data).accuracy
         sub = sf.nn.subnetwork_of(probe, metadata={
             "l0_lambda": lam, "epochs": epochs, "beta_final": beta_final, "mask_lr": mask_lr,
-            "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict(), **aimed})
+            "mask_init": mask_init, "subtask_accuracy": accuracy, **method.as_dict(),
+            "ablation": s.ablation, "objective": s.objective, **aimed})
         if state is not None:
             state.record(lam, accuracy, sub)
         candidates.append((lam, accuracy, sub.density(), sub))

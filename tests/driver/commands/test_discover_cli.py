@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import subind_fast as sf
+from subind_fast import analysis as A
 from subind.commands import main
 
 TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--weights", "random", "--model-kwargs",
@@ -275,6 +276,43 @@ def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys)
     x, y = discover_entries.gaussian_data()["eval"].tensors
     intact = float((model(x).argmax(-1) == y).double().mean())
     assert f"| – | intact | {intact:.4f} |" in text
+
+
+@pytest.mark.parametrize("ablation", ["mean", "corrupted"])
+def test_analyze_removes_weights_under_an_ablation(tmp_path, capsys, ablation):
+    import discover_entries
+
+    model = discover_entries.block_mlp()
+    masks = {f"{n}.weight": torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(2))
+             < 0.4 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sub = sf.Subnetwork.from_masks(masks)
+    file = str(sub.save(tmp_path / "s.safetensors"))
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    assert main(["analyze", file, "--out", str(tmp_path / "a"), "--model",
+                 "entry:discover_entries:block_mlp", "--weights", str(weights),
+                 "--eval-data", "entry:discover_entries:gaussian_data",
+                 "--ablation", ablation]) == 0
+    text = capsys.readouterr().out
+    assert ("mean input" if ablation == "mean" else "resample") in text
+    from torch.utils.data import DataLoader
+    from subind.engine.classification import Classification
+
+    eval_set = discover_entries.gaussian_data()["eval"]
+    loader, task = DataLoader(eval_set, batch_size=512), Classification()
+    expected = A.inverse_mask_test(model, sub, lambda m: task.evaluate(m, loader).accuracy,
+                                   ablation=ablation, reference=loader, forward=task.loss)
+    assert f"| s | without subnetwork | {expected['without subnetwork']:.4f} |" in text
+    assert main(["analyze", file, "--out", str(tmp_path / "b"), "--ablation", "mean"]) == 2
+    assert "--ablation chooses the inverse-mask test's removal" in capsys.readouterr().err
+
+
+def test_discover_with_an_ablation_and_the_kl_objective(tmp_path):
+    out = tmp_path / "run"
+    assert main(["discover", *ENTRY, "--out", str(out), "--granularity", "head",
+                 "--ablation", "learned", "--objective", "kl"]) == 0
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    assert (sub.metadata["ablation"], sub.metadata["objective"]) == ("learned", "kl")
 
 
 def test_kernel_choice_is_recorded_and_finds_the_same_subnetwork(tmp_path):

@@ -21,6 +21,11 @@ class LastTokenTask:
         rows = rows.to(model_device(model), non_blocking=True)
         return model(input_ids=rows[:, :-1], logits_to_keep=1).logits[:, -1]
 
+    def batch_logits(self, model: nn.Module, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits of the answer, every row counts) of one batch."""
+        logits = self.logits(model, rows)
+        return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+
     def loss(self, model: nn.Module, rows: Tensor) -> Tensor:
         return nn.functional.cross_entropy(self.logits(model, rows),
                                            rows[:, -1].to(model_device(model)))
