@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .. import sharded
 from .model import _require_masked, masked_layers
 
 ABLATIONS = ("zero", "mean", "learned", "corrupted")
@@ -88,6 +89,15 @@ def _mean_inputs(model: nn.Module, layers: dict, batches: Iterable,
     if missing:
         raise ValueError(f"the reference batches never ran masked layers {missing[:6]} "
                          "(empty reference set, or a forward that skips them)")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Each rank saw its part of the reference set: the mean is over all of them
+        # (the same when every rank saw the whole set).
+        for name in layers:
+            totals = torch.cat([sums[name], torch.tensor([float(counts[name])],
+                                                         dtype=torch.float64,
+                                                         device=sums[name].device)])
+            torch.distributed.all_reduce(totals)
+            sums[name], counts[name] = totals[:-1], float(totals[-1])
     return {name: (sums[name] / counts[name]) for name in layers}
 
 
@@ -140,8 +150,11 @@ def record_means(model: nn.Module, batches: Iterable,
     if not layers:
         raise ValueError("record_means needs set_ablation(model, 'mean' or 'learned') first")
     means = _mean_inputs(model, layers, batches, forward)
+    sharded.reshard(model)  # FSDP2: write the shards, not the copies the forwards gathered
     for name, layer in layers.items():
-        layer.ablation_input.copy_(means[name])
+        target = layer.ablation_input  # FSDP2: this rank's shard of it
+        sharded.local(target.detach()).copy_(sharded.local_shard(
+            means[name].to(device=target.device, dtype=target.dtype), target))
         layer.__dict__["_means_recorded"] = True
 
 

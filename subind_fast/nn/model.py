@@ -228,15 +228,19 @@ def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
     logit (neuron granularity) counts its unit's weights, so the count is the
     closest from below that whole units reach.  Logits change as little as
     possible: a kept one becomes at least +margin, a dropped one at most
-    −margin.  Returns the number of weights kept."""
+    −margin.  FSDP2-sharded logits are gathered one tensor at a time; every
+    rank makes the same choice and writes its shard.  Returns the number of
+    weights kept."""
     if not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
         raise ValueError(f"density must be a number in [0, 1], got {density!r}")
+    # FSDP2: the layers must hold their shards, not the copies a forward gathered
+    sharded.reshard(model)
     entries = [(weight, s) for layer in _require_masked(model).values()
                for weight, s in layer.masked_parameters().values()]
-    if any(sharded.is_sharded(s) for _, s in entries):
-        raise ValueError("keep_exactly needs whole logits: call it on an unsharded model "
-                         "(FSDP2-sharded logits are not supported)")
-    values = torch.cat([s.detach().reshape(-1).double().cpu() for _, s in entries])
+    # FSDP2: every rank gathers the whole logits (one tensor at a time), makes the
+    # same choice, and writes back its own shard.
+    wholes = [sharded.whole(s.detach()) for _, s in entries]
+    values = torch.cat([w.reshape(-1).double().cpu() for w in wholes])
     fans = torch.cat([torch.full((s.numel(),), w.numel() // s.numel(), dtype=torch.int64)
                       for w, s in entries])
     target = int(round(density * int(fans.sum())))
@@ -245,10 +249,12 @@ def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
     keep = torch.zeros(values.numel(), dtype=torch.bool)
     keep[order[:whole_units]] = True
     start = 0
-    for _, s in entries:
-        part = keep[start:start + s.numel()].view(s.shape).to(s.device)
-        s.copy_(torch.where(part, s.clamp(min=margin), s.clamp(max=-margin)))
+    for (_, s), whole in zip(entries, wholes):
+        part = keep[start:start + s.numel()].view(s.shape).to(whole.device)
+        cut = torch.where(part, whole.clamp(min=margin), whole.clamp(max=-margin))
+        sharded.local(s.detach()).copy_(sharded.local_shard(cut, s))
         start += s.numel()
+    sharded.reshard(model)  # FSDP2's root keeps gathered copies: the next forward regathers
     return int(fans[keep].sum())
 
 

@@ -89,6 +89,25 @@ def check_model_apis(method, x):
               and torch.equal(a.bias, b.bias), f"layer {i} to_module")
     check(sf.nn.subnetwork_of(plain) == sf.nn.subnetwork_of(sharded), "from_model")
 
+    # a mean ablation recorded through the sharded model: the same outputs
+    if not method.sampled:
+        for m in (plain, sharded):
+            sf.nn.set_ablation(m, "mean", batches=[x, x.flip(0) * 2], forward=forward)
+            sf.set_mode(m, "hard")
+        check(torch.allclose(forward(plain, x), forward(sharded, x), rtol=1e-12),
+              f"{method}: mean ablation")
+        for m in (plain, sharded):
+            sf.nn.set_ablation(m, "zero")
+            sf.set_mode(m, None)
+
+    # the exact cut of a target density: the same weights kept, shard by shard
+    kept = [sf.nn.keep_exactly(m, 0.3) for m in (plain, sharded)]
+    check(kept[0] == kept[1], f"{method}: keep_exactly kept {kept}")
+    check(sf.nn.subnetwork_of(plain) == sf.nn.subnetwork_of(sharded), f"{method}: keep_exactly")
+    for i in (0, 2, 4):
+        check(torch.equal(plain[i].logits, sharded[i].logits.full_tensor()),
+              f"{method}: keep_exactly logits of layer {i}")
+
 
 def check_optimizers(x):
     # MaskedAdamW / MaskedSGD on sharded trainable weights with per-shard frozen bits

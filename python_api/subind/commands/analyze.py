@@ -23,6 +23,7 @@ import subind_fast as sf
 from subind_fast import analysis as A
 
 from ..engine import manifest
+from ..engine.controls import controls_table
 from ..engine import validation as check
 from ..engine.options import MISSING, JsonObject, Repeated, Strs, flag
 from ..engine.files import atomic_write, atomic_write_text
@@ -157,6 +158,11 @@ def run(parsed, argv=None) -> int:
                 f"P_specialize (different functions) {A.p_specialize(first, second):.4f}"]
                if len(labels) > 1 else []), "",
              *_group_table("block", _by_block(first, second), pair)]
+    for label, sub in masks.items():  # the faithfulness controls their discovery recorded
+        if "subtask_accuracy" in sub.metadata:
+            lines += ["", f"{label} (accuracy {sub.metadata['subtask_accuracy']:.4f} when found):",
+                      *controls_table(sub.metadata["subtask_accuracy"], sub.density(),
+                                      sub.metadata.get("controls"))]
     heads = {}
     if args.model:
         model = _model_for(args, masks)

@@ -33,7 +33,7 @@ from ..engine import validation
 from ..engine.options import MISSING, Floats, JsonObject, flag
 from ..engine.classification import Classification
 from ..engine.data_sources import check_data_fits
-from ..engine.controls import ShuffledLabels, random_weight_copy
+from ..engine.controls import ShuffledLabels, controls_table, random_weight_copy
 from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
@@ -83,9 +83,10 @@ class DiscoverConfig:
     or each rank's batch statistics"""
     pretrained_weights: Optional[str] = None
     """lottery_ticket: the model's weights before fine-tuning (--weights: after)"""
-    controls: bool = False
+    controls: bool = True
     """faithfulness controls: the same discovery on a random-weight copy of the model and on
-    the data with shuffled labels (engine/controls.py; about three times the time)"""
+    the data with shuffled labels (engine/controls.py); on by default, they take about twice
+    the discovery's own time again (--no-controls skips them)"""
 
 
 @dataclass
@@ -142,9 +143,6 @@ def check(cfg: DiscoverConfig, d: Discovery, run: DiscoverRun, given: set) -> No
         if "lambdas" in given:
             raise ValueError("--target-density replaces the λ search (a Lagrangian finds the "
                              "penalty), so --lambdas would be ignored; leave it out")
-        if run.strategy == "fsdp2":
-            raise ValueError("--target-density cuts the mask to an exact size over whole "
-                             "logits: use --strategy ddp or none (not fsdp2, yet)")
         if d.target_warmup is not None and not 0 <= d.target_warmup < d.epochs:
             raise ValueError(f"--target-warmup must be in [0, --epochs) = [0, {d.epochs}), got "
                              f"{d.target_warmup}")
@@ -359,12 +357,8 @@ def report(out: Path) -> tuple[str, list]:
     with open(out / "candidates.csv", newline="") as f:
         lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
                   for r in csv.DictReader(f)]
-    if "controls" in summary:
-        lines += ["", "faithfulness controls (the same discovery; engine/controls.py):", "",
-                  "| run | accuracy | density |", "|---|---|---|",
-                  f"| the subnetwork | {summary['accuracy']:.4f} | {summary['density']:.4f} |"]
-        lines += [f"| {name.replace('_', ' ')} | {c['accuracy']:.4f} | {c['density']:.4f} |"
-                  for name, c in summary["controls"].items()]
+    lines += ["", *controls_table(summary["accuracy"], summary["density"],
+                                  summary.get("controls"))]
     lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
     with open(out / "density.csv", newline="") as f:
         lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
@@ -374,6 +368,8 @@ def report(out: Path) -> tuple[str, list]:
 
 def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
                    compiled: bool, controls: dict) -> None:
+    if controls:  # with the file, so that analyze shows them wherever it goes
+        result.subnetwork.metadata["controls"] = controls
     result.subnetwork.save(out / "subnetwork.safetensors")
     atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
     atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(

@@ -15,6 +15,7 @@ discovery (settings, data sizes, schedule) twice more:
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -66,3 +67,19 @@ class ShuffledLabels(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def controls_table(accuracy: float, density: float, controls: Optional[dict]) -> list[str]:
+    """Markdown lines: the subnetwork's accuracy beside each control's and its
+    margin over it, or a line saying the controls were not run."""
+    if not controls:
+        return ["faithfulness controls: not run (found with --no-controls, or by a version "
+                "without them): nothing shows that the search could not reach this accuracy "
+                "on a random-weight model or on shuffled labels"]
+    lines = ["faithfulness controls (the same discovery on a random-weight copy and on "
+             "shuffled labels; engine/controls.py):", "",
+             "| run | accuracy | density | the subnetwork's margin |", "|---|---|---|---|",
+             f"| the subnetwork | {accuracy:.4f} | {density:.4f} | |"]
+    lines += [f"| {name.replace('_', ' ')} | {c['accuracy']:.4f} | {c['density']:.4f} | "
+              f"{accuracy - c['accuracy']:+.4f} |" for name, c in controls.items()]
+    return lines

@@ -230,20 +230,15 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     # Before prepare: a learned ablation adds parameters that DDP/FSDP2 must see.
     labels_task = task
     task = ablating(task, probe, s.ablation, s.objective)
-    learned = sf.nn.ablation_parameters(probe)
     probe = prepare(probe)
     if h.compile_model:
         probe.compile()
     layers = sf.masked_layers(probe)
-    # After prepare: FSDP2 has replaced the logits by sharded parameters.
+    # After prepare: FSDP2 has replaced the logits by sharded parameters (keep_exactly,
+    # the densities and record_means work on the shards).
     logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]
-    if s.target_density is not None and any(sf.sharded.is_sharded(p) for p in logits):
-        raise ValueError("target_density cuts the hard mask to an exact size over whole logits; "
-                         "it does not run on FSDP2-sharded logits yet (use DDP or one process)")
-    if s.ablation != "zero" and any(sf.sharded.is_sharded(p) for p in logits):
-        raise ValueError(f"ablation {s.ablation!r} does not run on FSDP2-sharded layers yet "
-                         "(use DDP or one process)")
     start_means(probe, labels_task, s.ablation, train_data)
+    learned = sf.nn.ablation_parameters(probe)  # after prepare: FSDP2's sharded parameters
     learned_start = [p.detach().clone() for p in learned]
     candidates = []
     # A target density is one run, kept under the key λ = 0 (no fixed penalty).

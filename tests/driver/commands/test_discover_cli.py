@@ -18,7 +18,8 @@ TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--weights", "random", "--mo
             json.dumps(dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                             num_classes=16))]
 DISCOVERY = ["--data", "experiment:vision/pooled", "--lambdas", "1e-5,1e-4", "--epochs", "3",
-             "--batch-size", "64", "--mask-lr", "0.05", "--mask-init", "0.05", "--no-progress"]
+             "--batch-size", "64", "--mask-lr", "0.05", "--mask-init", "0.05", "--no-progress",
+             "--no-controls"]
 
 
 def _args(out, *extra):
@@ -75,6 +76,20 @@ def test_two_ranks_match_one_process(strategy, one_process_fp64, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["ranks"] == 2
     _same_run(one_process_fp64, out)
+
+
+def test_fsdp2_aims_at_a_target_size_and_ablates_like_one_process(tmp_path):
+    """Target density (the exact cut gathers the sharded logits) and a learned
+    ablation (its reference input sharded with the layer) under FSDP2."""
+    extra = ["--dtype", "fp64", "--target-density", "0.2", "--ablation", "learned"]
+    args = lambda out: [a for a in _args(out, *extra) if a not in ("1e-5,1e-4", "--lambdas")]
+    assert main(args(tmp_path / "one")) == 0
+    done = _torchrun([*args(tmp_path / "two"), "--strategy", "fsdp2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (sf.Subnetwork.load(tmp_path / d / "subnetwork.safetensors") for d in ("one", "two"))
+    assert one == two and one.metadata["ablation"] == "learned"
+    kept = sum(k for k, _ in one.counts().values())
+    assert kept == round(0.2 * sum(t for _, t in one.counts().values()))
 
 
 def test_killed_fsdp2_run_resumes_on_one_rank(one_process_fp64, tmp_path):
@@ -139,7 +154,7 @@ def test_report_reads_a_discovery_directory(one_process_fp64, capsys):
 ENTRY = ["--model", "entry:discover_entries:block_mlp", "--data",
          "entry:discover_entries:gaussian_data", "--lambdas", "1e-4", "--epochs", "3",
          "--batch-size", "32", "--mask-lr", "0.05", "--mask-init", "0.05", "--dtype", "fp64",
-         "--no-progress"]
+         "--no-progress", "--no-controls"]
 
 
 def test_entry_points_and_the_generic_checkpoint_wrapper(tmp_path):
@@ -173,7 +188,7 @@ def test_transformers_directory_and_image_folder(tmp_path):
     assert main(["discover", "--model", f"hf:{model_dir}", "--hf-class", "image-classification",
                  "--data", f"imagefolder:{images}", "--image-size", "32", "--mean", "0.5,0.5,0.5",
                  "--std", "0.5,0.5,0.5", "--lambdas", "1e-4", "--epochs", "2", "--batch-size",
-                 "12", "--out", str(out), "--no-progress"]) == 0
+                 "12", "--out", str(out), "--no-progress", "--no-controls"]) == 0
     sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
     reloaded = ViTForImageClassification.from_pretrained(model_dir)
     linear = {f"{n}.weight" for n, m in reloaded.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -202,7 +217,7 @@ def test_arithmetic_rows_and_task_from_the_experiment(tmp_path):
                  "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
                  "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
                  "--lambdas", "1e-7", "--epochs", "1", "--batch-size", "500", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--no-controls"]) == 0
     sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
     assert all(n.startswith("transformer.h.") for n in sub.names())
     assert len(_log(out, "1e-07")) == 1
@@ -229,7 +244,8 @@ def test_discover_with_each_mask_method(tmp_path, method):
                  "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2", "--weights",
                  "random", "--data", "experiment:arithmetic/a*b", "--include", "transformer.h.*",
                  *(["--lambdas", "1e-7", "--epochs", "1"] if trained else []),
-                 "--batch-size", "500", "--out", str(out), "--no-progress", *method]
+                 "--batch-size", "500", "--out", str(out), "--no-progress", "--no-controls",
+                 *method]
                 + (["--weights", str(tmp_path / "after.pt")] if "lottery_ticket" in method
                    else [])) == 0
     sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
@@ -332,7 +348,7 @@ def test_discover_aims_at_a_target_density(tmp_path, capsys):
     args = ["discover", "--model", "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2",
             "--weights", "random", "--data", "experiment:arithmetic/a*b",
             "--include", "transformer.h.*", "--epochs", "2", "--batch-size", "500",
-            "--no-progress"]
+            "--no-progress", "--no-controls"]
     assert main([*args, "--target-density", "0.1", "--out", str(out)]) == 0
     sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
     kept = sum(k for k, _ in sub.counts().values())
@@ -342,7 +358,6 @@ def test_discover_aims_at_a_target_density(tmp_path, capsys):
     assert summary["target_density"] == 0.1 and len(summary["lagrange_multipliers"]) == 2
     for extra, message in [(["--lambdas", "1e-7"], "--lambdas would be ignored"),
                            (["--method", "magnitude", "--density", "0.1"], "selects --density"),
-                           (["--strategy", "fsdp2"], "not fsdp2"),
                            (["--target-warmup", "5"], "--target-warmup must be in")]:
         capsys.readouterr()
         assert main([*args, "--target-density", "0.1", *extra,
@@ -370,7 +385,7 @@ def test_discover_on_a_config_only_directory_with_random_weights(tmp_path, famil
     config.save_pretrained(tmp_path / family)
     args = ["discover", "--model", f"hf:{tmp_path / family}", "--data",
             "experiment:arithmetic/a*b", "--lambdas", "1e-7", "--epochs", "1",
-            "--batch-size", "500", "--no-progress"]
+            "--batch-size", "500", "--no-progress", "--no-controls"]
     assert main([*args, "--out", str(tmp_path / "none")]) == 2  # no weights, none asked for
     assert main([*args, "--weights", "random", "--out", str(tmp_path / "run")]) == 0
     sub = sf.Subnetwork.load(tmp_path / "run" / "subnetwork.safetensors")
@@ -384,14 +399,23 @@ def test_discover_runs_the_faithfulness_controls(tmp_path, capsys):
                  "entry:subind.experiments.arithmetic.discovery_sets:quick_gpt2",
                  "--weights", "random", "--data", "experiment:arithmetic/a*b",
                  "--include", "transformer.h.*", "--lambdas", "1e-7", "--epochs", "1",
-                 "--batch-size", "500", "--no-progress", "--controls", "--out", str(out)]) == 0
+                 "--batch-size", "500", "--no-progress", "--out", str(out)]) == 0  # by default
     controls = json.loads((out / "summary.json").read_text())["controls"]
     assert set(controls) == {"random_weights", "shuffled_labels"}
     assert all(0 <= c["accuracy"] <= 1 and 0 <= c["density"] <= 1 for c in controls.values())
     assert (out / "controls" / "shuffled_labels" / "discovery-lambda1e-07.csv").is_file()
+    sub = sf.Subnetwork.load(out / "subnetwork.safetensors")
+    assert sub.metadata["controls"] == controls  # analyze reads them from the file
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    assert "| shuffled labels |" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    margin = summary["accuracy"] - controls["shuffled_labels"]["accuracy"]
+    assert f"| shuffled labels | {controls['shuffled_labels']['accuracy']:.4f} |" in text
+    assert f"{margin:+.4f}" in text
+    assert main(["analyze", str(out / "subnetwork.safetensors"), "--out", str(tmp_path / "a")]) \
+        == 0
+    assert f"| run | accuracy | density | the subnetwork's margin |" in capsys.readouterr().out
 
 
 def test_controls_shuffle_labels_and_redraw_weights():

@@ -23,7 +23,7 @@ def _vit(num_classes=16):
 
 
 FAST = ["--lambdas", "1e-5", "--epochs", "1", "--batch-size", "64", "--mask-lr", "0.05",
-        "--mask-init", "0.05", "--no-progress"]
+        "--mask-init", "0.05", "--no-progress", "--no-controls"]
 
 
 def _discover(out, *extra, model=None, data="experiment:vision/pooled"):
@@ -146,7 +146,7 @@ def test_weights_and_image_files_at_fault_are_named(tmp_path, capsys):
 
 def _background_discover(out, *extra, env=None):
     command = [sys.executable, "-m", "subind", "discover", *_vit(), "--data",
-               "experiment:vision/pooled", "--batch-size", "64", "--no-progress",
+               "experiment:vision/pooled", "--batch-size", "64", "--no-progress", "--no-controls",
                "--out", str(out), *extra]
     return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -161,7 +161,7 @@ def test_a_second_process_on_one_out_is_refused_not_interleaved(tmp_path, capsys
         time.sleep(0.2)
     assert first.poll() is None, first.communicate()
     assert main(["discover", *_vit(), "--data", "experiment:vision/pooled", "--lambdas", "1e-5",
-                 "--epochs", "20", "--batch-size", "64", "--no-progress",
+                 "--epochs", "20", "--batch-size", "64", "--no-progress", "--no-controls",
                  "--out", str(out)]) == 2
     assert "in use by another subind discover process" in _error(capsys)
     stdout, stderr = first.communicate(timeout=600)
@@ -182,7 +182,7 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, capsys):
     for path in checkpoint.iterdir():
         path.write_bytes(path.read_bytes()[:7])
     assert main(["discover", *_vit(), "--data", "experiment:vision/pooled", "--lambdas", "1e-5",
-                 "--epochs", "3", "--batch-size", "64", "--no-progress",
+                 "--epochs", "3", "--batch-size", "64", "--no-progress", "--no-controls",
                  "--out", str(out)]) == 2
     err = _error(capsys)
     assert f"the checkpoint {checkpoint} is damaged or incomplete" in err and "remove" in err
@@ -214,7 +214,7 @@ def test_an_empty_discovery_warns(tmp_path):
     with pytest.warns(EmptySubnetworkWarning, match="empty"):
         assert main(["discover", *_vit(), "--data", "experiment:vision/pooled", "--lambdas",
                      "1e-5", "--epochs", "1", "--batch-size", "64", "--mask-init", "-5",
-                     "--no-progress", "--out", str(tmp_path / "run")]) == 0
+                     "--no-progress", "--no-controls", "--out", str(tmp_path / "run")]) == 0
 
 
 def test_mean_and_std_need_three_finite_numbers(tmp_path, capsys):
