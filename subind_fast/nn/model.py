@@ -220,6 +220,34 @@ def _install(model: nn.Module, subnetwork: Subnetwork) -> None:
         layer.mode = "hard"
 
 
+def _ranked(model: nn.Module, density: float):
+    """The masked logits ranked for a density: (entries (weight, logits), their
+    whole values, all values flat, the descending order, how many of them the
+    density keeps, each logit's weight count).  Ties go to the earlier layer
+    (masked_layers order) and the earlier element; FSDP2-sharded logits are
+    gathered one tensor at a time, so every rank makes the same choice."""
+    if not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
+        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
+    sharded.reshard(model)  # FSDP2: the layers must hold their shards, not gathered copies
+    entries = [(weight, s) for layer in _require_masked(model).values()
+               for weight, s in layer.masked_parameters().values()]
+    wholes = [sharded.whole(s.detach()) for _, s in entries]
+    values = torch.cat([w.reshape(-1).double().cpu() for w in wholes])
+    fans = torch.cat([torch.full((s.numel(),), w.numel() // s.numel(), dtype=torch.int64)
+                      for w, s in entries])
+    target = int(round(density * int(fans.sum())))
+    order = torch.sort(values, descending=True, stable=True).indices
+    kept = int((torch.cumsum(fans[order], 0) <= target).sum())
+    return entries, wholes, values, order, kept, fans
+
+
+def _write_logits(model: nn.Module, entries, wholes, new_values) -> None:
+    """Each logits tensor set to ``new_values(i, whole)`` (this rank's shard of it)."""
+    for i, ((_, s), whole) in enumerate(zip(entries, wholes)):
+        sharded.local(s.detach()).copy_(sharded.local_shard(new_values(i, whole), s))
+    sharded.reshard(model)  # FSDP2's root keeps gathered copies: the next forward regathers
+
+
 @torch.no_grad()
 def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
     """Make the hard masks 1[s > 0] keep round(density · N) of the N masked
@@ -231,31 +259,35 @@ def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
     −margin.  FSDP2-sharded logits are gathered one tensor at a time; every
     rank makes the same choice and writes its shard.  Returns the number of
     weights kept."""
-    if not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
-        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
-    # FSDP2: the layers must hold their shards, not the copies a forward gathered
-    sharded.reshard(model)
-    entries = [(weight, s) for layer in _require_masked(model).values()
-               for weight, s in layer.masked_parameters().values()]
-    # FSDP2: every rank gathers the whole logits (one tensor at a time), makes the
-    # same choice, and writes back its own shard.
-    wholes = [sharded.whole(s.detach()) for _, s in entries]
-    values = torch.cat([w.reshape(-1).double().cpu() for w in wholes])
-    fans = torch.cat([torch.full((s.numel(),), w.numel() // s.numel(), dtype=torch.int64)
-                      for w, s in entries])
-    target = int(round(density * int(fans.sum())))
-    order = torch.sort(values, descending=True, stable=True).indices
-    whole_units = int((torch.cumsum(fans[order], 0) <= target).sum())
+    entries, wholes, values, order, kept, fans = _ranked(model, density)
     keep = torch.zeros(values.numel(), dtype=torch.bool)
-    keep[order[:whole_units]] = True
-    start = 0
-    for (_, s), whole in zip(entries, wholes):
-        part = keep[start:start + s.numel()].view(s.shape).to(whole.device)
-        cut = torch.where(part, whole.clamp(min=margin), whole.clamp(max=-margin))
-        sharded.local(s.detach()).copy_(sharded.local_shard(cut, s))
-        start += s.numel()
-    sharded.reshard(model)  # FSDP2's root keeps gathered copies: the next forward regathers
+    keep[order[:kept]] = True
+    parts = torch.split(keep, [s.numel() for _, s in entries])
+
+    def cut(i, whole):
+        part = parts[i].view(whole.shape).to(whole.device)
+        return torch.where(part, whole.clamp(min=margin), whole.clamp(max=-margin))
+
+    _write_logits(model, entries, wholes, cut)
     return int(fans[keep].sum())
+
+
+@torch.no_grad()
+def shift_to_density(model: nn.Module, density: float) -> float:
+    """Subtract one constant c from every logit so that the hard masks keep
+    about ``density`` of the masked weights (the ranking of keep_exactly; c
+    halfway between the last kept and the first dropped logit): the order and
+    the gaps between logits stay as they were.  Returns c."""
+    entries, wholes, values, order, kept, _ = _ranked(model, density)
+    ranked = values[order]
+    if kept == 0:
+        c = float(ranked[0]) + 1e-4
+    elif kept == ranked.numel():
+        c = float(ranked[-1]) - 1e-4
+    else:
+        c = float(ranked[kept - 1] + ranked[kept]) / 2
+    _write_logits(model, entries, wholes, lambda i, whole: whole - c)
+    return c
 
 
 def subnetwork_of(model: nn.Module, metadata: Optional[dict] = None) -> Subnetwork:

@@ -100,6 +100,13 @@ def check_model_apis(method, x):
             sf.nn.set_ablation(m, "zero")
             sf.set_mode(m, None)
 
+    # the shift towards a target density: the same constant, the same logits
+    shifts = [sf.nn.shift_to_density(m, 0.4) for m in (plain, sharded)]
+    check(shifts[0] == shifts[1], f"{method}: shift_to_density {shifts}")
+    for i in (0, 2, 4):
+        check(torch.equal(plain[i].logits, sharded[i].logits.full_tensor()),
+              f"{method}: shifted logits of layer {i}")
+
     # the exact cut of a target density: the same weights kept, shard by shard
     kept = [sf.nn.keep_exactly(m, 0.3) for m in (plain, sharded)]
     check(kept[0] == kept[1], f"{method}: keep_exactly kept {kept}")

@@ -271,6 +271,10 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
                                            anneal_temperature))
             if target is not None:
                 target.begin_epoch(e)
+                if e >= anneal_from:
+                    # Once β grows the logits lock; each annealing epoch starts from the
+                    # target size (one shift of every logit), so the final cut moves little.
+                    sf.nn.shift_to_density(probe, s.target_density)
             before_epoch(e)
 
         def epoch_end(e, metrics, lam=lam, opt=opt):

@@ -13,9 +13,12 @@ hard mask 1[s > 0] and its gradient from the expected density (straight
 through): at a small β the expected density of undecided logits says little
 of the hard mask the cut will keep.  t warms up linearly from the masks'
 starting density to the target over the first ``warmup`` epochs, while β holds
-at its start (engine/protocol.py); β then anneals over the remaining epochs.
-At the end the hard mask is cut to exactly the target size
-(subind_fast.nn.keep_exactly).
+at its start (engine/protocol.py); β then anneals over the remaining epochs,
+each of which starts with every logit shifted by one constant so that the hard
+mask holds the target (subind_fast.nn.shift_to_density: once β has grown, the
+multipliers alone cannot move the locked logits, and masks that ended above or
+below the target lost accuracy in the cut).  At the end the hard mask is
+cut to exactly the target size (subind_fast.nn.keep_exactly).
 """
 from __future__ import annotations
 

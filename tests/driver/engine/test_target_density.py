@@ -69,6 +69,20 @@ def test_keep_exactly_breaks_ties_by_order_and_counts_units():
         sf.nn.keep_exactly(units, 1.5)
 
 
+def test_shift_to_density_moves_every_logit_by_one_constant():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.Linear(8, 5))
+    sf.mask_model(model, init=lambda s: s.normal_())
+    before = torch.cat([layer.logits.detach().flatten().double()
+                        for layer in sf.masked_layers(model).values()])
+    c = sf.nn.shift_to_density(model, 0.3)
+    after = torch.cat([layer.logits.detach().flatten().double()
+                       for layer in sf.masked_layers(model).values()])
+    torch.testing.assert_close(before - after, torch.full_like(before, c), rtol=0, atol=1e-6)
+    assert sf.nn.density(model) == round(0.3 * 120) / 120  # no ties among normal draws
+    assert sf.nn.shift_to_density(model, 0.3) == pytest.approx(0.0, abs=1e-6)  # already there
+
+
 def test_bad_target_settings_are_named():
     model, train_data, eval_data = _trained()
     for settings, message in [(Discovery(target_density=1.0), "target_density must be in"),
