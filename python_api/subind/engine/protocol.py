@@ -120,7 +120,8 @@ class Discovery:
     """how the mask is trained (continuous, hard_concrete, gumbel) or chosen without
     training (magnitude needs density, lottery_ticket also the model before fine-tuning)"""
     granularity: Literal[sf.nn.GRANULARITIES] = "weight"
-    """one mask logit per weight or per output unit"""
+    """one mask logit per weight, per output unit (a convolution's channel), or per
+    attention head (output units elsewhere)"""
     n_samples: int = 1
     """mask samples per batch (hard_concrete, gumbel), each on a slice of the batch"""
     anneal_temperature: bool = False
