@@ -2,8 +2,10 @@
 the fused op in the common case (weight granularity, a deterministic mode),
 else one mask sample per slice of the batch, or the units' mask scaling the
 plain GEMM's outputs (neurons, channels, the heads of a q/k/v projection) or
-its inputs (the heads an output projection reads) at unit granularity.  Every path marks the mask as run
-(``mask_ran``, checked by nn/coverage.py)."""
+its inputs (the heads an output projection reads) at unit granularity; under an
+ablation (nn/ablation.py) the removed weights add what they compute on the
+reference input.  Every path marks the mask as run (``mask_ran``, checked by
+nn/coverage.py)."""
 from __future__ import annotations
 
 from typing import Callable, Optional
