@@ -102,9 +102,10 @@ class EpochLog:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([values.get(k, "") for k in self.fields])
         if self._tb is not None:
+            step = values.get("epochs_trained", values.get("epoch", 0))
             for key, value in values.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, values.get("epoch", 0))
+                if key not in ("epoch", "epochs_trained") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -159,8 +160,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
           log_extra: Optional[Callable[[], dict]] = None,
           train_mode: Callable[[nn.Module], None] = nn.Module.train,
           first_epoch: int = 0,
-          sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x
-          ) -> Optional[Metrics]:
+          sum_over_ranks: Callable[[list[float]], list[float]] = lambda x: x,
+          log_start: bool = False) -> Optional[Metrics]:
     """Train for ``epochs`` passes over ``data`` (from ``first_epoch`` when a
     stage resumes: the epochs before it are done).  ``before_epoch(epoch)`` runs
     first in each epoch (β schedules, ``sampler.set_epoch``);
@@ -168,13 +169,26 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
     ``log_extra()`` adds columns to the epoch's log line; ``train_mode(model)``
     puts the model in training mode each epoch (e.g. all but frozen
     BatchNorm statistics); ``sum_over_ranks`` totals the loss sums over
-    data-parallel ranks for the log.  The global RNG is
+    data-parallel ranks for the log.  Each log line carries ``epoch`` (its
+    index) and ``epochs_trained`` (index + 1); ``log_start`` first logs the
+    untrained model as ``epochs_trained`` 0.  The global RNG is
     seeded (dropout draws from it), so a stage repeats whatever ran before it."""
     from tqdm.auto import tqdm
 
     if first_epoch == 0:  # a resumed stage has restored the generator's state instead
         torch.manual_seed(seed)
     metrics = None
+
+    def write_log(epochs_trained: int, train_loss, metrics: Optional[Metrics]) -> None:
+        if log is not None:
+            log.write(epoch=epochs_trained - 1 if epochs_trained else "",
+                      epochs_trained=epochs_trained, train_loss=train_loss,
+                      eval_loss=metrics.loss if metrics else "",
+                      eval_accuracy=metrics.accuracy if metrics else "",
+                      **(log_extra() if log_extra else {}))
+
+    if log_start and first_epoch == 0:
+        write_log(0, "", task.evaluate(model, eval_data) if eval_data is not None else None)
     bar = tqdm(range(first_epoch, epochs), desc=progress, leave=False, disable=progress is None)
     for epoch in bar:
         if before_epoch is not None:
@@ -193,11 +207,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
             count += size
         running, count = sum_over_ranks([running, count])
         metrics = task.evaluate(model, eval_data) if eval_data is not None else None
-        if log is not None:
-            log.write(epoch=epoch, train_loss=running / max(1, count),
-                      eval_loss=metrics.loss if metrics else "",
-                      eval_accuracy=metrics.accuracy if metrics else "",
-                      **(log_extra() if log_extra else {}))
+        write_log(epoch + 1, running / max(1, count), metrics)
         if metrics is not None:
             bar.set_postfix(acc=f"{metrics.accuracy:.3f}")
         if after_epoch is not None and after_epoch(epoch, metrics):

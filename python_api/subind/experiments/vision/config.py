@@ -45,7 +45,8 @@ CONDITIONS = {
 # Options only one data source reads (VisionConfig.check_given).
 FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
 SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation", "train_samples",
-                  "pooled_samples", "base_epochs")
+                  "pooled_samples", "base_samples", "base_epochs", "vit_base_samples",
+                  "vit_base_epochs")
 
 
 @dataclass
@@ -89,7 +90,10 @@ class VisionConfig:
     contrast: float = 0.12
     """synthetic images: object/background brightness difference (shape salience)"""
     base_samples: int = 6400
-    """synthetic images: base-training images"""
+    """synthetic images: the ResNet's base-training images"""
+    vit_base_samples: int = 25600
+    """synthetic images: the ViT's base-training images (a ViT overfits the ResNet's set
+    before it learns shape: README)"""
     base_untextured: float = 0.25
     """synthetic images: share of untextured objects added to base training"""
     train_samples: int = 1600
@@ -99,7 +103,9 @@ class VisionConfig:
     eval_samples: int = 800
     """synthetic images: evaluation images per set"""
     base_epochs: int = 20
-    """base model training epochs"""
+    """the ResNet base model's training epochs"""
+    vit_base_epochs: int = 20
+    """the ViT base model's training epochs"""
     base_lr: float = 2e-3
     """base model learning rate"""
     head_epochs: int = 10
@@ -175,8 +181,9 @@ class VisionConfig:
                 raise ValueError(f"workers must be >= 0, got {self.workers}")
         check.int_list("seeds", self.seeds, 0)
         check.int_list("n_disambiguation", self.n_disambiguation, 0)
-        for name in ("resnet_width", "vit_width", "base_samples", "train_samples",
-                     "pooled_samples", "eval_samples", "base_epochs", "head_epochs",
+        for name in ("resnet_width", "vit_width", "base_samples", "vit_base_samples",
+                     "train_samples", "pooled_samples", "eval_samples", "base_epochs",
+                     "vit_base_epochs", "head_epochs",
                      "discovery_epochs", "discovery_batch_size", "transfer_epochs",
                      "batch_size"):
             check.positive_int(name, getattr(self, name))
@@ -224,6 +231,13 @@ class VisionConfig:
                              + (" or pass --data DIR (a 16-class ImageNet folder)"
                                 if self.data == "synthetic" else ""))
 
+    def base_recipe(self, arch: str) -> tuple[int, int]:
+        """(images, epochs) of ``arch``'s base training on the synthetic data: one
+        generator for both architectures, but the ViT draws more of its images."""
+        if arch == "vit":
+            return self.vit_base_samples, self.vit_base_epochs
+        return self.base_samples, self.base_epochs
+
     def identity(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
 
@@ -232,8 +246,9 @@ PRESETS = {
     # end to end in well under a minute (tests): one seed, both architectures
     "smoke": dict(archs=["resnet18", "vit"], conditions=["subtask_induction", "scratch",
                                                          "pretrained"],
-                  seeds=[0], resnet_width=8, vit_width=32, base_samples=320, train_samples=160,
-                  pooled_samples=160, eval_samples=96, base_epochs=2, head_epochs=1,
+                  seeds=[0], resnet_width=8, vit_width=32, base_samples=320, vit_base_samples=320,
+                  train_samples=160, pooled_samples=160, eval_samples=96, base_epochs=2,
+                  vit_base_epochs=2, head_epochs=1,
                   discovery_epochs=2, lambdas=[1e-7], mask_lr=5e-2, transfer_epochs=2,
                   batch_size=32, bootstrap=20),
     # the demo: ResNet-18 (reduced width), 3 seeds, ≤ 10 min on 2 CPU cores.  Departures

@@ -46,13 +46,12 @@ class SyntheticData:
                              shuffle=shuffle, seed=seed)
 
     # seeds 0..9 name the fixed sets; transfer-training sets follow the run's seed
-    def base(self):
-        """Independent cues, plus a share of untextured (flat-filled) objects
-        labelled by shape only: the base model's world, like ImageNet, has
-        objects without texture too."""
-        s = self._set("independent", self.cfg.base_samples, 0)
-        flat = self._set("pooled", int(round(self.cfg.base_untextured * self.cfg.base_samples)),
-                         6)
+    def base(self, samples: int):
+        """``samples`` images with independent cues, plus a share of untextured
+        (flat-filled) objects labelled by shape only: the base model's world,
+        like ImageNet, has objects without texture too."""
+        s = self._set("independent", samples, 0)
+        flat = self._set("pooled", int(round(self.cfg.base_untextured * samples)), 6)
         no_texture = torch.full_like(flat.textures, IGNORE_LABEL)
         return self._batches(torch.cat([s.images, flat.images]), torch.cat([s.shapes, flat.shapes]),
                              torch.cat([s.textures, no_texture]), shuffle=True)

@@ -7,7 +7,8 @@ sweep over (architecture, condition, N, seed).
                                        with the features frozen ("pretrained")
     subnetworks/{arch}.safetensors     discovered on pooled images in the adapted model
     subnetworks/{arch}-random-init.safetensors   … in a randomly initialised one (App. C.2)
-    runs/{condition}/{arch}-N{N}-s{seed}.json   one record per run (+ per-epoch .csv)
+    runs/{condition}/{arch}-N{N}-s{seed}.json   one record per run (+ per-epoch .csv,
+                                       from epochs_trained 0: before training)
     stimuli/cue-conflict/…             the cue-conflict images in Geirhos' layout
 """
 from __future__ import annotations
@@ -107,7 +108,8 @@ class VisionExperiment:
             start = time.time()
             log = EpochLog(path.parent / "train.csv",
                            ["epoch", "train_loss", "eval_loss", "eval_accuracy"])
-            final = train(model, optimizer, task, self.data.base(), cfg.base_epochs, seed=0,
+            samples, epochs = cfg.base_recipe(arch)
+            final = train(model, optimizer, task, self.data.base(samples), epochs, seed=0,
                           eval_data=self.data.base_eval(), log=log,
                           progress=self._progress(f"base {arch}"))
             log.close()
@@ -253,14 +255,16 @@ class VisionExperiment:
                 task = image_classification(
                     cfg.device, task.mean, task.std,
                     class_weights=inverse_frequency_weights(train_data, self.classes))
+            # from epochs_trained 0: what the transferred subnetwork with fresh weights
+            # knows before training changes it
             log = EpochLog(self.run_path(arch, condition, n, seed).with_suffix(".csv"),
-                           ["epoch", "train_loss", "eval_loss", "eval_accuracy",
+                           ["epochs_trained", "train_loss", "eval_loss", "eval_accuracy",
                             "pooled_accuracy"])
             train(model, self._optimizer(model, frozen), task, train_data,
                   cfg.transfer_epochs, seed=seed, eval_data=self.data.original_eval(), log=log,
                   log_extra=lambda: {"pooled_accuracy":
                                      task.evaluate(model, pooled_eval).accuracy},
-                  train_mode=train_mode_for(cfg.bn_stats))
+                  train_mode=train_mode_for(cfg.bn_stats), log_start=True)
             log.close()
         conflict = self.cue_conflict(arch, model)
         original_test, pooled_test = self._test_sets()

@@ -77,7 +77,9 @@ def curves(out: Path, records: list[dict], path: Path):
             continue  # conditions that do not train have no curve
         with open(log) as f:
             for row in csv.DictReader(f):
-                series[(r["arch"], r["condition"])][int(row["epoch"])].append(
+                trained = (int(row["epochs_trained"]) if "epochs_trained" in row
+                           else int(row["epoch"]) + 1)  # older logs: no row before training
+                series[(r["arch"], r["condition"])][trained].append(
                     (float(row["eval_accuracy"]), float(row["pooled_accuracy"])))
     if not series:
         return None
@@ -91,12 +93,12 @@ def curves(out: Path, records: list[dict], path: Path):
             epochs = sorted(by_epoch)
             for col in (0, 1):
                 values = [sum(v[col] for v in by_epoch[e]) / len(by_epoch[e]) for e in epochs]
-                axes[row][col].plot([e + 1 for e in epochs], values,
+                axes[row][col].plot(epochs, values,
                                     label=condition.replace("_", " "))
         for col, name in enumerate(("original images", "mean-pooled images")):
             ax = axes[row][col]
             ax.set_title(f"{arch}: {name}", fontsize=10)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epochs trained (0: at transfer)")
             ax.set_ylabel("evaluation accuracy")
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)

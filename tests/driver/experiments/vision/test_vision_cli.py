@@ -89,7 +89,7 @@ def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
     for key in ("original_accuracy", "pooled_accuracy"):
         assert 0 <= record[key] <= 1
     assert record["cue_conflict"]["conflict_images"] == 96
-    assert (out / "runs" / "subtask_induction" / "vit-N0-s0.csv").is_file()
+    _check_transfer_log_starts_before_training(out)
     assert len(list((out / "stimuli" / "cue-conflict").rglob("*.png"))) == 96
     for arch in ("resnet18", "vit"):
         assert (out / "subnetworks" / f"{arch}.safetensors").is_file()
@@ -121,11 +121,44 @@ def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
     assert "contrast" in capsys.readouterr().err
 
 
+def _check_transfer_log_starts_before_training(out: Path) -> None:
+    """Each transfer run logs epochs_trained 0 (the transferred subnetwork with
+    fresh weights, before training) to the last; row 0 is that model's accuracy."""
+    import csv
+
+    from subind.experiments.vision.config import config_for
+    from subind.experiments.vision.experiment import VisionExperiment
+
+    experiment = VisionExperiment(config_for("smoke"), out, progress=False)
+    for arch in ("resnet18", "vit"):
+        with open(out / "runs" / "subtask_induction" / f"{arch}-N0-s0.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["epochs_trained"]) for r in rows] == [0, 1, 2]
+        assert rows[0]["train_loss"] == "" and rows[1]["train_loss"] != ""
+        model, frozen, _ = experiment.prepared_model(arch, "subtask_induction", 0)
+        assert len(frozen) > 0
+        task = experiment.task_for(arch)
+        start = (task.evaluate(model, experiment.data.original_eval()).accuracy,
+                 task.evaluate(model, experiment.data.pooled_eval()).accuracy)
+        assert (float(rows[0]["eval_accuracy"]), float(rows[0]["pooled_accuracy"])) == \
+            pytest.approx(start, abs=1e-9)
+
+
+def test_each_architecture_has_its_own_base_recipe():
+    from subind.experiments.vision.config import config_for
+
+    cfg = config_for("quick")
+    assert cfg.base_recipe("resnet18") == (cfg.base_samples, cfg.base_epochs) == (6400, 12)
+    assert cfg.base_recipe("vit") == (cfg.vit_base_samples, cfg.vit_base_epochs) == (25600, 20)
+
+
 def test_vision_config_errors_name_the_field(tmp_path, capsys):
     for flag, value, name in [("--archs", "resnet50", "resnet50"), ("--conditions", "magic", "magic"),
                               ("--reinit", "some", "reinit"), ("--bn-stats", "x", "--bn-stats"),
                               ("--transfer-optimizer", "lion", "--transfer-optimizer"),
-                              ("--contrast", "0.9", "contrast")]:
+                              ("--contrast", "0.9", "contrast"),
+                              ("--vit-base-samples", "0", "vit_base_samples"),
+                              ("--vit-base-epochs", "-1", "vit_base_epochs")]:
         assert main(["vision", "--preset", "smoke", "--out", str(tmp_path / flag.strip("-")),
                      flag, value]) == 2
         assert name in capsys.readouterr().err
