@@ -96,6 +96,8 @@ def run_sweep(parsed: Parsed, argv: list[str], make_experiment: Callable[[], obj
     if launch.jobs > 1:
         from ..engine.launch import run_local_shards
 
+        if hasattr(experiment, "prepare_stages"):  # shared stages: once, with every core
+            experiment.prepare_stages()
         code = run_local_shards(without_option(child, "--jobs"), launch.jobs,
                                 launch.out / "logs", parsed.options.device)
         print(f"{launch.jobs} shards finished ({time.time() - start:.0f} s) → {launch.out}")

@@ -278,5 +278,17 @@ class VisionExperiment:
             "seconds": time.time() - start, "config": asdict(cfg),
             "versions": software_versions("timm")}
 
+    def prepare_stages(self) -> None:
+        """Build every cached stage the grid's conditions read, here and now: run
+        before shard processes split the runs, so the stages train once with all
+        of this process's threads instead of one shard's while the others wait."""
+        for arch in self.cfg.archs:
+            for condition in self.cfg.conditions:
+                spec = CONDITIONS[condition]
+                if spec.engine is None:
+                    self.source_model(arch, "adapted")
+                elif spec.engine != "scratch":
+                    self.subnetwork(arch, spec.source)
+
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         return self.sweep.run(lambda key: self.transfer_run(*key), shard, progress=self.progress)

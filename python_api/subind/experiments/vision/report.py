@@ -67,9 +67,11 @@ def densities(out: Path) -> tuple[str, dict]:
     return text, layers
 
 
-def curves(out: Path, records: list[dict], path: Path):
-    """Mean original and pooled evaluation accuracy by epoch (Figure 5)."""
-    series = defaultdict(lambda: defaultdict(list))  # (arch, condition) → epoch → [(orig, pooled)]
+def epoch_series(out: Path, records: list[dict]) -> dict:
+    """(arch, condition) → epochs trained → [(original, pooled) evaluation
+    accuracy of each seed], from the runs' per-epoch logs (epochs trained 0:
+    at transfer, before any training)."""
+    series = defaultdict(lambda: defaultdict(list))
     for r in records:
         log = Path(out) / "runs" / r["condition"] / (
             f"{r['arch']}-N{r['n_disambiguation']}-s{r['seed']}.csv")
@@ -81,23 +83,30 @@ def curves(out: Path, records: list[dict], path: Path):
                            else int(row["epoch"]) + 1)  # older logs: no row before training
                 series[(r["arch"], r["condition"])][trained].append(
                     (float(row["eval_accuracy"]), float(row["pooled_accuracy"])))
-    if not series:
+    return series
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def curves(panels: dict, path: Path):
+    """Mean evaluation accuracy by epochs trained (Figure 5): one row of panels
+    per key of ``panels`` (a title → an :func:`epoch_series`)."""
+    if not any(panels.values()):
         return None
     plt = R.pyplot()
-    archs = sorted({a for a, _ in series})
-    fig, axes = plt.subplots(len(archs), 2, figsize=(9, 3.4 * len(archs)), squeeze=False)
-    for row, arch in enumerate(archs):
-        for (a, condition), by_epoch in sorted(series.items(), key=lambda kv: _order(kv[0][1])):
-            if a != arch:
-                continue
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.4 * len(panels)), squeeze=False)
+    for row, (title, series) in enumerate(panels.items()):
+        for (_, condition), by_epoch in sorted(series.items(), key=lambda kv: _order(kv[0][1])):
             epochs = sorted(by_epoch)
             for col in (0, 1):
-                values = [sum(v[col] for v in by_epoch[e]) / len(by_epoch[e]) for e in epochs]
-                axes[row][col].plot(epochs, values,
-                                    label=condition.replace("_", " "))
+                axes[row][col].plot(epochs, [_mean([v[col] for v in by_epoch[e]])
+                                             for e in epochs],
+                                    marker=".", label=condition.replace("_", " "))
         for col, name in enumerate(("original images", "mean-pooled images")):
             ax = axes[row][col]
-            ax.set_title(f"{arch}: {name}", fontsize=10)
+            ax.set_title(f"{title}: {name}", fontsize=10)
             ax.set_xlabel("epochs trained (0: at transfer)")
             ax.set_ylabel("evaluation accuracy")
             ax.set_ylim(0, 1)
@@ -105,6 +114,31 @@ def curves(out: Path, records: list[dict], path: Path):
         axes[row][1].legend(fontsize=8)
     fig.tight_layout()
     return R.save_figure(fig, path)
+
+
+def by_arch(series: dict) -> dict:
+    """An :func:`epoch_series` split into one panel per architecture."""
+    panels = defaultdict(dict)
+    for (arch, condition), by_epoch in series.items():
+        panels[arch][(arch, condition)] = by_epoch
+    return dict(sorted(panels.items()))
+
+
+def pooled_through_transfer(series: dict) -> str:
+    """Mean pooled accuracy at transfer (0 epochs), after the first epochs, at
+    its highest and at the end, per (arch, condition): where the transferred
+    subnetwork's pooled-image ability goes."""
+    rows = []
+    for (arch, condition), by_epoch in sorted(series.items(),
+                                              key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+        pooled = {e: _mean([v[1] for v in values]) for e, values in by_epoch.items()}
+        last = max(pooled)
+        peak = max(pooled, key=pooled.get)
+        cells = [f"{pooled[e]:.3f}" if e in pooled else "–" for e in (0, 1, 2, 5)]
+        rows.append([arch, condition.replace("_", " "), *cells, f"{pooled[peak]:.3f} ({peak})",
+                     f"{pooled[last]:.3f} ({last})"])
+    return R.markdown(["model", "condition", "0 (at transfer)", "1", "2", "5",
+                       "highest (epoch)", "end (epoch)"], rows) if rows else ""
 
 
 def shape_bias_figure(records: list[dict], path: Path):
@@ -162,11 +196,14 @@ def stage_summary(out: Path) -> str:
 
 def markdown(records: list[dict], out: Path) -> str:
     dens, _ = densities(out)
+    through = pooled_through_transfer(epoch_series(out, records))
     return (f"## Subtask Induction on images (paper Table 1; mean ± std over seeds)\n\n"
             f"{table(records)}\n\n"
             f"Cue-conflict accuracy = images classified by shape; robustness = 1 − images "
             f"classified by the misleading texture; shape bias = shape / (shape + texture) "
             f"decisions (Geirhos); same-class images excluded.\n\n"
+            f"## Pooled accuracy through transfer training (mean over seeds; epochs "
+            f"trained)\n\n{through}\n\n"
             f"## Stages\n\n{stage_summary(out)}\n\n"
             f"## Discovered subnetworks\n\n{dens}\n")
 
@@ -175,7 +212,7 @@ def report(out: Path) -> tuple[str, list[Path]]:
     out = Path(out)
     records = load_records(out)
     text = markdown(records, out)
-    figures = [curves(out, records, out / "curves.png"),
+    figures = [curves(by_arch(epoch_series(out, records)), out / "curves.png"),
                shape_bias_figure(records, out / "shape-bias.png"),
                density_figure(densities(out)[1], out / "densities.png")]
     figures = [f for f in figures if f is not None]

@@ -305,3 +305,22 @@ def test_mean_pool_refuses_outputs_that_would_collide(tmp_path, capsys):
     assert sorted(p.name for p in out.rglob("*.png")) == ["preview.png", "x.png"]
     assert main(["mean-pool", str(source), str(out), "--segments", "9", "--preview", "0"]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_prepare_stages_builds_what_the_conditions_read_and_nothing_more(tmp_path):
+    """--jobs builds the shared stages in the parent (all threads) before the shards."""
+    from subind.experiments.vision.config import config_for
+    from subind.experiments.vision.experiment import VisionExperiment
+
+    def stages(conditions):
+        out = tmp_path / "-".join(conditions)
+        VisionExperiment(config_for("smoke", archs=["resnet18"], conditions=conditions), out,
+                         progress=False).prepare_stages()
+        return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors"))
+
+    assert stages(["scratch"]) == []
+    assert stages(["pretrained"]) == ["adapted/resnet18/model.safetensors",
+                                      "base/resnet18/model.safetensors"]
+    assert stages(["subtask_induction", "random_init_discovery"]) == [
+        "adapted/resnet18/model.safetensors", "base/resnet18/model.safetensors",
+        "subnetworks/resnet18-random-init.safetensors", "subnetworks/resnet18.safetensors"]
