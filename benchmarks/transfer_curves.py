@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from subind.experiments.vision import report as vision_report
+from subind.experiments.vision.report import (by_arch, curves, epoch_series, load_records,
+                                               pooled_through_transfer)
 
 
 def _labelled(text: str) -> tuple[str, Path]:
@@ -32,16 +33,16 @@ def main(argv=None) -> int:
     wanted = {c for c in args.conditions.split(",") if c}
     panels = {}
     for label, folder in args.runs:
-        records = [r for r in vision_report.load_records(folder)
+        records = [r for r in load_records(folder)
                    if not wanted or r["condition"] in wanted]
         if not records:
             raise SystemExit(f"{folder}: no finished runs of {sorted(wanted)}")
-        for arch, series in vision_report.by_arch(
-                vision_report.epoch_series(folder, records)).items():
+        for arch, series in by_arch(
+                epoch_series(folder, records)).items():
             panels[f"{arch}, {label}"] = series
-            print(f"### {arch}, {label}\n\n{vision_report.pooled_through_transfer(series)}\n")
+            print(f"### {arch}, {label}\n\n{pooled_through_transfer(series, records)}\n")
     if args.png:
-        print(f"figure: {vision_report.curves(panels, args.png)}")
+        print(f"figure: {curves(panels, args.png)}")
     return 0
 
 

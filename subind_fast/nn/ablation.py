@@ -35,11 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import sharded
+from .masked_forward import ABLATION_ATTRIBUTE as _HOW
 from .model import _require_masked, masked_layers
 
 ABLATIONS = ("zero", "mean", "learned", "corrupted")
-#: the layer attribute that holds the ablation's name (absent: zero)
-_HOW = "ablation"
 
 
 def ablation_of(layer: nn.Module) -> str:

@@ -18,6 +18,9 @@ from .._validation import SAMPLED_MODES
 from ..units import expand_units, unit_vector
 from .methods import noise_keys, unit_mask
 
+#: the layer attribute that holds its ablation's name (nn/ablation.py; absent: zero)
+ABLATION_ATTRIBUTE = "ablation"
+
 
 class MaskedForward:
     """The forward half of a masked layer (mixed into MaskedWeightMixin)."""
@@ -45,7 +48,7 @@ class MaskedForward:
         of its fused op (weight granularity, a deterministic mode); else None."""
         mode = self.mode
         if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES \
-                or "ablation" in self.__dict__:
+                or ABLATION_ATTRIBUTE in self.__dict__:
             return None
         self._note_mask_ran()
         return mode
@@ -95,8 +98,8 @@ class MaskedForward:
     def _reference_input(self, x: Tensor) -> Optional[Tensor]:
         """The input the removed weights see under the layer's ablation
         (nn/ablation.py), or None (zero ablation, or the full model running)."""
-        how = self.__dict__.get("ablation")
-        if how is None or how == "zero" or self.__dict__.get("_ablation_off", False):
+        how = self.__dict__.get(ABLATION_ATTRIBUTE)
+        if how is None or self.__dict__.get("_ablation_off", False):
             return None
         if how == "corrupted":
             recorded = self.__dict__.get("_corrupted_input")

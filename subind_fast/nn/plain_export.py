@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .. import sharded
 from ..units import expand_units
 from .mask_state import MASK_BUFFERS, MaskState
+from .masked_forward import ABLATION_ATTRIBUTE
 
 
 class PlainExport:
@@ -55,7 +56,7 @@ class PlainExport:
         """A plain module of the type this layer replaced (e.g. nn.Linear, or the
         user's Linear subclass) with θ ⊙ 1[s > 0] baked into each masked
         weight: an independent copy; this layer is unchanged."""
-        if "ablation" in self.__dict__:  # its removed weights' term is no plain layer's
+        if ABLATION_ATTRIBUTE in self.__dict__:  # its removed weights' term is no plain layer's
             raise ValueError(f"{type(self).__name__} ablates removed weights to "
                              f"{self.__dict__['ablation']!r}; sf.nn.set_ablation(model, 'zero') "
                              "before exporting the plain model")

@@ -242,9 +242,26 @@ class VisionExperiment:
         decisions = [Decision(s, names[p]) for s, p in zip(stimuli, predicted.tolist())]
         return summarize(decisions, names, self.cfg.bootstrap)
 
+    def frozen_weights_alone(self, arch: str, model: nn.Module, frozen) -> Optional[float]:
+        """Pooled accuracy at transfer of the frozen weights by themselves: a copy of
+        the prepared model with every trainable entry of a partly frozen parameter
+        zeroed (the rest — normalisation, head — as prepared).  None when nothing
+        is frozen.  Beside the log's epoch 0 (the same model with its fresh
+        weights) it tells what the fresh weights do to the transferred ability."""
+        if not len(frozen):
+            return None
+        alone = copy.deepcopy(model)
+        twin = dict(zip((id(p) for p in model.parameters()), alone.parameters()))
+        with torch.no_grad():
+            for param in frozen:
+                kept = sf.unpack_bits(frozen[param], param.shape).to(param.device)
+                twin[id(param)].mul_(kept.to(param.dtype))
+        return self.task_for(arch).evaluate(alone, self.data.pooled_eval()).accuracy
+
     def transfer_run(self, arch: str, condition: str, n: int, seed: int) -> dict:
         cfg, spec = self.cfg, CONDITIONS[condition]
         model, frozen, fraction = self.prepared_model(arch, condition, seed)
+        alone = self.frozen_weights_alone(arch, model, frozen)
         start = time.time()
         if spec.trains:
             pooled_eval = self.data.pooled_eval()
@@ -273,6 +290,7 @@ class VisionExperiment:
             "original_accuracy": task.evaluate(model, original_test).accuracy,
             "pooled_accuracy": task.evaluate(model, pooled_test).accuracy,
             "cue_conflict": conflict, "frozen_fraction": fraction,
+            "frozen_weights_alone_pooled_accuracy": alone,
             "train_set_size": (self.data.training_set_size(spec.data, n) if spec.trains
                                else 0),
             "seconds": time.time() - start, "config": asdict(cfg),

@@ -124,21 +124,26 @@ def by_arch(series: dict) -> dict:
     return dict(sorted(panels.items()))
 
 
-def pooled_through_transfer(series: dict) -> str:
-    """Mean pooled accuracy at transfer (0 epochs), after the first epochs, at
-    its highest and at the end, per (arch, condition): where the transferred
-    subnetwork's pooled-image ability goes."""
+def pooled_through_transfer(series: dict, records: list[dict]) -> str:
+    """Mean pooled accuracy of the frozen weights alone (the rest zeroed) and of
+    the model at transfer (0 epochs), after the first epochs, at its highest and
+    at the end, per (arch, condition): where the transferred subnetwork's
+    pooled-image ability goes."""
+    alone = defaultdict(list)
+    for r in records:
+        if r.get("frozen_weights_alone_pooled_accuracy") is not None:
+            alone[(r["arch"], r["condition"])].append(r["frozen_weights_alone_pooled_accuracy"])
     rows = []
-    for (arch, condition), by_epoch in sorted(series.items(),
-                                              key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+    for key, by_epoch in sorted(series.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
         pooled = {e: _mean([v[1] for v in values]) for e, values in by_epoch.items()}
         last = max(pooled)
         peak = max(pooled, key=pooled.get)
         cells = [f"{pooled[e]:.3f}" if e in pooled else "–" for e in (0, 1, 2, 5)]
-        rows.append([arch, condition.replace("_", " "), *cells, f"{pooled[peak]:.3f} ({peak})",
-                     f"{pooled[last]:.3f} ({last})"])
-    return R.markdown(["model", "condition", "0 (at transfer)", "1", "2", "5",
-                       "highest (epoch)", "end (epoch)"], rows) if rows else ""
+        rows.append([key[0], key[1].replace("_", " "),
+                     f"{_mean(alone[key]):.3f}" if alone[key] else "–", *cells,
+                     f"{pooled[peak]:.3f} ({peak})", f"{pooled[last]:.3f} ({last})"])
+    return R.markdown(["model", "condition", "frozen weights alone", "0 (at transfer)", "1",
+                       "2", "5", "highest (epoch)", "end (epoch)"], rows) if rows else ""
 
 
 def shape_bias_figure(records: list[dict], path: Path):
@@ -196,7 +201,7 @@ def stage_summary(out: Path) -> str:
 
 def markdown(records: list[dict], out: Path) -> str:
     dens, _ = densities(out)
-    through = pooled_through_transfer(epoch_series(out, records))
+    through = pooled_through_transfer(epoch_series(out, records), records)
     return (f"## Subtask Induction on images (paper Table 1; mean ± std over seeds)\n\n"
             f"{table(records)}\n\n"
             f"Cue-conflict accuracy = images classified by shape; robustness = 1 − images "

@@ -101,6 +101,14 @@ def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
     assert "| resnet18 | 0 | subtask induction | 160 |" in text and "shape bias" in text
     for figure in ("curves.png", "shape-bias.png", "densities.png", "report.md"):
         assert (out / figure).stat().st_size > 0
+    assert "Pooled accuracy through transfer training" in text
+    from benchmarks import transfer_curves
+
+    assert transfer_curves.main([f"smoke={out}", "--conditions", "subtask_induction",
+                                 "--png", str(tmp_path / "through.png")]) == 0
+    through = capsys.readouterr().out
+    assert "### vit, smoke" in through and "| resnet18 | subtask induction |" in through
+    assert "scratch" not in through and (tmp_path / "through.png").stat().st_size > 0
     # the generated cue-conflict set is readable by `subind shape-bias` with a native head
     from subind.experiments.vision.synthetic import CLASS_NAMES
 
@@ -142,6 +150,12 @@ def _check_transfer_log_starts_before_training(out: Path) -> None:
                  task.evaluate(model, experiment.data.pooled_eval()).accuracy)
         assert (float(rows[0]["eval_accuracy"]), float(rows[0]["pooled_accuracy"])) == \
             pytest.approx(start, abs=1e-9)
+        # the frozen weights alone: the same model with the subnetwork's complement zeroed
+        experiment.subnetwork(arch, "adapted").ablate(model, "keep")
+        record = json.loads((out / "runs" / "subtask_induction" / f"{arch}-N0-s0.json")
+                            .read_text())
+        assert record["frozen_weights_alone_pooled_accuracy"] == pytest.approx(
+            task.evaluate(model, experiment.data.pooled_eval()).accuracy, abs=1e-9)
 
 
 def test_each_architecture_has_its_own_base_recipe():
