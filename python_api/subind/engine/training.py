@@ -151,6 +151,32 @@ def train_mode_for(bn_stats: str) -> Callable[[nn.Module], None]:
     return apply
 
 
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, task, data: Iterable) -> bool:
+    """Replace every BatchNorm layer's running statistics by their averages over
+    ``data``: running_mean = mean over batches of the batch mean of the layer's
+    input, running_var = mean of the unbiased batch variances (momentum None,
+    PyTorch's cumulative average).  Only the BatchNorm layers run in training
+    mode (masks stay hard); weights are untouched, and the model's mode and the
+    layers' momenta are restored.  False (nothing done) for a model without
+    BatchNorm.  Tells whether an ability lives in the weights or also in the
+    statistics they were last normalised with."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    with evaluating(model):
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        for batch in data:
+            task.logits(model, batch[0])
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return True
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: Iterable,
           epochs: int, seed: int, eval_data: Optional[Iterable] = None,
           extra_loss: Optional[Callable[[], Tensor]] = None,

@@ -35,3 +35,26 @@ def test_inverse_frequency_weights_skip_the_ignore_label():
     labels = torch.tensor([0, 0, 0, 1, IGNORE_LABEL])
     weights = inverse_frequency_weights(TensorBatches(torch.zeros(5, 1), labels, batch_size=2), 2)
     torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+
+
+def test_reestimate_batchnorm_averages_batch_statistics_in_float64():
+    from subind.engine.training import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).double()
+    model[1].running_mean.fill_(5.0)
+    images = torch.randn(12, 3, 6, 6, dtype=torch.float64)
+    data = TensorBatches(images, torch.zeros(12, dtype=torch.long), batch_size=4)
+    weights = [p.clone() for p in model.parameters()]
+    model.eval()
+    assert reestimate_batchnorm(model, Classification(torch.float64), data)
+    conv = model[0](images).detach()
+    batches = conv.split(4)
+    mean = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.transpose(0, 1).reshape(4, -1).var(dim=1) for b in batches]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model[1].running_var, var, rtol=0, atol=1e-12)
+    assert model[1].momentum == 0.3 and not model.training and not model[1].training
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert not reestimate_batchnorm(nn.Linear(2, 2), Classification(), data)

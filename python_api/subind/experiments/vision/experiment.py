@@ -30,7 +30,7 @@ from ...engine.models import load_model_file, load_weights, save_model_file
 from ...engine.records import software_versions
 from ...engine.protocol import Discovery, DiscoveryHooks, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
-from ...engine.training import EpochLog, train_mode_for, train
+from ...engine.training import EpochLog, reestimate_batchnorm, train_mode_for, train
 from . import architectures as arch_lib
 from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAMES, VisionConfig
 from .datasets import FolderData, SyntheticData
@@ -242,12 +242,10 @@ class VisionExperiment:
         decisions = [Decision(s, names[p]) for s, p in zip(stimuli, predicted.tolist())]
         return summarize(decisions, names, self.cfg.bootstrap)
 
-    def frozen_weights_alone(self, arch: str, model: nn.Module, frozen) -> Optional[float]:
-        """Pooled accuracy at transfer of the frozen weights by themselves: a copy of
-        the prepared model with every trainable entry of a partly frozen parameter
-        zeroed (the rest — normalisation, head — as prepared).  None when nothing
-        is frozen.  Beside the log's epoch 0 (the same model with its fresh
-        weights) it tells what the fresh weights do to the transferred ability."""
+    def frozen_weights_alone(self, arch: str, model: nn.Module, frozen) -> Optional[nn.Module]:
+        """The frozen weights by themselves: a copy of the prepared model with
+        every trainable entry of a partly frozen parameter zeroed (the rest —
+        normalisation, head — as prepared).  None when nothing is frozen."""
         if not len(frozen):
             return None
         alone = copy.deepcopy(model)
@@ -256,12 +254,33 @@ class VisionExperiment:
             for param in frozen:
                 kept = sf.unpack_bits(frozen[param], param.shape).to(param.device)
                 twin[id(param)].mul_(kept.to(param.dtype))
-        return self.task_for(arch).evaluate(alone, self.data.pooled_eval()).accuracy
+        return alone
+
+    def pooled_at_transfer(self, arch: str, model: nn.Module, frozen) -> dict:
+        """Pooled accuracy at transfer, before any training: of the frozen weights
+        alone, and — for models with BatchNorm — of them and of the prepared
+        model (fresh weights included) with statistics re-estimated on the pooled
+        discovery images.  Beside the log's epoch 0 they tell whether the
+        transferred ability is lost to the statistics the target inherits or to
+        the fresh weights."""
+        task, pooled_eval = self.task_for(arch), self.data.pooled_eval()
+        alone = self.frozen_weights_alone(arch, model, frozen)
+        out = {"frozen_weights_alone_pooled_accuracy":
+               None if alone is None else task.evaluate(alone, pooled_eval).accuracy,
+               "pooled_bn_stats": None}
+        restated = copy.deepcopy(model)
+        if reestimate_batchnorm(restated, task, self.data.pooled()):
+            out["pooled_bn_stats"] = {"at_transfer": task.evaluate(restated, pooled_eval).accuracy}
+            if alone is not None:
+                reestimate_batchnorm(alone, task, self.data.pooled())
+                out["pooled_bn_stats"]["frozen_weights_alone"] = task.evaluate(
+                    alone, pooled_eval).accuracy
+        return out
 
     def transfer_run(self, arch: str, condition: str, n: int, seed: int) -> dict:
         cfg, spec = self.cfg, CONDITIONS[condition]
         model, frozen, fraction = self.prepared_model(arch, condition, seed)
-        alone = self.frozen_weights_alone(arch, model, frozen)
+        at_transfer = self.pooled_at_transfer(arch, model, frozen)
         start = time.time()
         if spec.trains:
             pooled_eval = self.data.pooled_eval()
@@ -290,7 +309,7 @@ class VisionExperiment:
             "original_accuracy": task.evaluate(model, original_test).accuracy,
             "pooled_accuracy": task.evaluate(model, pooled_test).accuracy,
             "cue_conflict": conflict, "frozen_fraction": fraction,
-            "frozen_weights_alone_pooled_accuracy": alone,
+            **at_transfer,
             "train_set_size": (self.data.training_set_size(spec.data, n) if spec.trains
                                else 0),
             "seconds": time.time() - start, "config": asdict(cfg),

@@ -124,25 +124,37 @@ def by_arch(series: dict) -> dict:
     return dict(sorted(panels.items()))
 
 
+_AT_TRANSFER = {  # column → where a run record keeps it
+    "frozen weights alone": lambda r: r.get("frozen_weights_alone_pooled_accuracy"),
+    "frozen alone, pooled BN stats":
+        lambda r: (r.get("pooled_bn_stats") or {}).get("frozen_weights_alone"),
+    "0, pooled BN stats": lambda r: (r.get("pooled_bn_stats") or {}).get("at_transfer"),
+}
+
+
 def pooled_through_transfer(series: dict, records: list[dict]) -> str:
-    """Mean pooled accuracy of the frozen weights alone (the rest zeroed) and of
-    the model at transfer (0 epochs), after the first epochs, at its highest and
-    at the end, per (arch, condition): where the transferred subnetwork's
-    pooled-image ability goes."""
-    alone = defaultdict(list)
+    """Mean pooled accuracy of the frozen weights alone (the rest zeroed), with
+    BatchNorm statistics re-estimated on pooled images where the model has them,
+    and of the model at transfer (0 epochs), after the first epochs, at its
+    highest and at the end, per (arch, condition): where the transferred
+    subnetwork's pooled-image ability goes."""
+    at_transfer = {column: defaultdict(list) for column in _AT_TRANSFER}
     for r in records:
-        if r.get("frozen_weights_alone_pooled_accuracy") is not None:
-            alone[(r["arch"], r["condition"])].append(r["frozen_weights_alone_pooled_accuracy"])
+        for column, read in _AT_TRANSFER.items():
+            if read(r) is not None:
+                at_transfer[column][(r["arch"], r["condition"])].append(read(r))
+    columns = [c for c in _AT_TRANSFER if c == "frozen weights alone" or at_transfer[c]]
     rows = []
     for key, by_epoch in sorted(series.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
         pooled = {e: _mean([v[1] for v in values]) for e, values in by_epoch.items()}
         last = max(pooled)
         peak = max(pooled, key=pooled.get)
         cells = [f"{pooled[e]:.3f}" if e in pooled else "–" for e in (0, 1, 2, 5)]
-        rows.append([key[0], key[1].replace("_", " "),
-                     f"{_mean(alone[key]):.3f}" if alone[key] else "–", *cells,
+        fixed = [f"{_mean(at_transfer[c][key]):.3f}" if at_transfer[c][key] else "–"
+                 for c in columns]
+        rows.append([key[0], key[1].replace("_", " "), *fixed, *cells,
                      f"{pooled[peak]:.3f} ({peak})", f"{pooled[last]:.3f} ({last})"])
-    return R.markdown(["model", "condition", "frozen weights alone", "0 (at transfer)", "1",
+    return R.markdown(["model", "condition", *columns, "0 (at transfer)", "1",
                        "2", "5", "highest (epoch)", "end (epoch)"], rows) if rows else ""
 
 

@@ -102,6 +102,7 @@ def test_vision_smoke_preset_end_to_end(tmp_path, capsys):
     for figure in ("curves.png", "shape-bias.png", "densities.png", "report.md"):
         assert (out / figure).stat().st_size > 0
     assert "Pooled accuracy through transfer training" in text
+    assert "| frozen weights alone | frozen alone, pooled BN stats | 0, pooled BN stats |" in text
     from benchmarks import transfer_curves
 
     assert transfer_curves.main([f"smoke={out}", "--conditions", "subtask_induction",
@@ -156,6 +157,16 @@ def _check_transfer_log_starts_before_training(out: Path) -> None:
                             .read_text())
         assert record["frozen_weights_alone_pooled_accuracy"] == pytest.approx(
             task.evaluate(model, experiment.data.pooled_eval()).accuracy, abs=1e-9)
+        # and with statistics re-estimated on the pooled discovery images (BatchNorm only)
+        if arch == "vit":
+            assert record["pooled_bn_stats"] is None
+            continue
+        from subind.engine.training import reestimate_batchnorm
+
+        assert reestimate_batchnorm(model, task, experiment.data.pooled())
+        assert record["pooled_bn_stats"]["frozen_weights_alone"] == pytest.approx(
+            task.evaluate(model, experiment.data.pooled_eval()).accuracy, abs=1e-9)
+        assert 0 <= record["pooled_bn_stats"]["at_transfer"] <= 1
 
 
 def test_each_architecture_has_its_own_base_recipe():
