@@ -145,10 +145,14 @@ def train_mode_for(bn_stats: str) -> Callable[[nn.Module], None]:
     def apply(model: nn.Module) -> None:
         model.train()
         if bn_stats == "frozen":
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for norm in batchnorm_layers(model):
+                norm.eval()
     return apply
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (every dimension, SyncBatchNorm included)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.no_grad()
@@ -161,7 +165,7 @@ def reestimate_batchnorm(model: nn.Module, task, data: Iterable) -> bool:
     layers' momenta are restored.  False (nothing done) for a model without
     BatchNorm.  Tells whether an ability lives in the weights or also in the
     statistics they were last normalised with."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if not norms:
         return False
     momenta = [m.momentum for m in norms]

@@ -30,7 +30,8 @@ from ...engine.models import load_model_file, load_weights, save_model_file
 from ...engine.records import software_versions
 from ...engine.protocol import Discovery, DiscoveryHooks, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
-from ...engine.training import EpochLog, reestimate_batchnorm, train_mode_for, train
+from ...engine.training import (EpochLog, batchnorm_layers, reestimate_batchnorm,
+                                train_mode_for, train)
 from . import architectures as arch_lib
 from .config import CONDITIONS, EXPERIMENT, KEY_FIELDS, RECORD_FIELDS, TIMM_NAMES, VisionConfig
 from .datasets import FolderData, SyntheticData
@@ -242,7 +243,7 @@ class VisionExperiment:
         decisions = [Decision(s, names[p]) for s, p in zip(stimuli, predicted.tolist())]
         return summarize(decisions, names, self.cfg.bootstrap)
 
-    def frozen_weights_alone(self, arch: str, model: nn.Module, frozen) -> Optional[nn.Module]:
+    def frozen_weights_alone(self, model: nn.Module, frozen) -> Optional[nn.Module]:
         """The frozen weights by themselves: a copy of the prepared model with
         every trainable entry of a partly frozen parameter zeroed (the rest —
         normalisation, head — as prepared).  None when nothing is frozen."""
@@ -264,17 +265,19 @@ class VisionExperiment:
         transferred ability is lost to the statistics the target inherits or to
         the fresh weights."""
         task, pooled_eval = self.task_for(arch), self.data.pooled_eval()
-        alone = self.frozen_weights_alone(arch, model, frozen)
+        alone = self.frozen_weights_alone(model, frozen)
         out = {"frozen_weights_alone_pooled_accuracy":
                None if alone is None else task.evaluate(alone, pooled_eval).accuracy,
                "pooled_bn_stats": None}
+        if not batchnorm_layers(model):
+            return out
         restated = copy.deepcopy(model)
-        if reestimate_batchnorm(restated, task, self.data.pooled()):
-            out["pooled_bn_stats"] = {"at_transfer": task.evaluate(restated, pooled_eval).accuracy}
-            if alone is not None:
-                reestimate_batchnorm(alone, task, self.data.pooled())
-                out["pooled_bn_stats"]["frozen_weights_alone"] = task.evaluate(
-                    alone, pooled_eval).accuracy
+        reestimate_batchnorm(restated, task, self.data.pooled())
+        out["pooled_bn_stats"] = {"at_transfer": task.evaluate(restated, pooled_eval).accuracy}
+        if alone is not None:
+            reestimate_batchnorm(alone, task, self.data.pooled())
+            out["pooled_bn_stats"]["frozen_weights_alone"] = task.evaluate(
+                alone, pooled_eval).accuracy
         return out
 
     def transfer_run(self, arch: str, condition: str, n: int, seed: int) -> dict:
