@@ -77,25 +77,70 @@ def flag(name: str) -> str:
 
 def read_config_file(path: Path) -> dict:
     """Option values from a YAML (.yaml, .yml) or JSON (.json) file: a mapping
-    of field names (``mask_lr``, or ``mask-lr`` as on the command line)."""
+    of field names (``mask_lr``, or ``mask-lr`` as on the command line).  A
+    file that does not parse is an error naming it and where it broke."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config: no file {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        values = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        values = json.loads(text)
-    else:
+    if path.suffix not in (".yaml", ".yml", ".json"):
         raise ValueError(f"--config {path}: a .yaml, .yml or .json file, please")
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as err:  # json, yaml and decoding each raise their own kind
+        where = str(err).splitlines()
+        raise ValueError(f"--config {path} does not parse as "
+                         f"{'JSON' if path.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(w.strip() for w in where)[:300]}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of option names to values, got "
                          f"{type(values).__name__}")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def _marked(hint, marker) -> bool:
+    return typing.get_origin(hint) is Annotated and marker in typing.get_args(hint)[1:]
+
+
+def _is_positional(hint) -> bool:
+    return _marked(hint, tyro.conf.Positional)
+
+
+def _appends(hint) -> bool:
+    return _marked(hint, tyro.conf.UseAppendAction)
+
+
+def _config_words(hint, name: str, value, path: Path) -> Optional[list[str]]:
+    """The command-line words that give field ``name`` the file's ``value``,
+    so that a file's values are parsed and typed exactly as flags are (YAML
+    reads 1e-7 as a string; "no" is not false); None where the value is None
+    (set as it is)."""
+    option = flag(name)
+    if value is None:
+        return None
+    if bool in _plain_types(hint) and not isinstance(value, bool):
+        raise ValueError(f"--config {path}: {name} is a switch: give true or false, got "
+                         f"{value!r}")
+    if isinstance(value, bool) and bool in _plain_types(hint):
+        return [option if value else "--no-" + option[2:]]
+    if isinstance(value, dict):
+        return [option, json.dumps(value)]
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, (list, dict)) for v in value):
+            raise ValueError(f"--config {path}: {name} takes a list of plain values, got "
+                             f"{value!r}")
+        words = [str(v) for v in value]
+        if _appends(hint):
+            return [w for word in words for w in (option, word)]
+        return [option, *words]
+    return [option, str(value)]
 
 
 def _field_defaults(cls) -> dict:
@@ -111,12 +156,18 @@ def _field_defaults(cls) -> dict:
 
 
 def _typed(cls, values: dict) -> dict:
-    """Path-typed fields as Paths (a file or preset gives strings)."""
+    """Path-typed fields (and lists of paths) as Paths (a preset or a file's
+    positional list gives strings)."""
     hints = typing.get_type_hints(cls, include_extras=True)
     out = dict(values)
     for name, value in values.items():
-        if isinstance(value, str) and Path in _plain_types(hints.get(name)):
+        kinds = _plain_types(hints.get(name))
+        if isinstance(value, str) and Path in kinds:
             out[name] = Path(value)
+        elif isinstance(value, list) and any(typing.get_args(k) == (Path,) for k in kinds):
+            if not all(isinstance(v, (str, Path)) for v in value):
+                raise ValueError(f"{name} takes a list of paths, got {value!r}")
+            out[name] = [Path(v) for v in value]
     return out
 
 
@@ -186,17 +237,34 @@ def parse(groups: Mapping[str, type], argv: list[str], *, prog: str, description
         raise ValueError(f"--config {known.config}: unknown option(s) {unknown}"
                          + ("; give --preset on the command line" if "preset" in unknown else
                             f"; the command takes {sorted(owner)}"))
+    on_command_line = given_names(groups.values(), argv)
+    file_words = []
     for field, value in from_file.items():
-        values[owner[field]][field] = value
+        hint = typing.get_type_hints(groups[owner[field]], include_extras=True)[field]
+        words = None if _is_positional(hint) else _config_words(hint, field, value,
+                                                                known.config)
+        if words is None:  # None, or a positional list: set as a default (typed below)
+            values[owner[field]][field] = value
+        elif not (_appends(hint) and field in on_command_line):  # the flags' own list wins
+            file_words += words
     wrapper = _wrapper(groups, presets, default_preset)
     default = wrapper(**{name: cls(**_typed(cls, values[name])) for name, cls in groups.items()},
                       config=known.config, **({"preset": preset} if presets else {}))
-    result = tyro.cli(wrapper, args=argv, default=default, prog=prog, description=description,
-                      config=(tyro.conf.OmitArgPrefixes,))
+    try:
+        # The file's values go first as flags: parsed as flags are, and overridden by them.
+        result = tyro.cli(wrapper, args=file_words + list(argv), default=default, prog=prog,
+                          description=description, config=(tyro.conf.OmitArgPrefixes,))
+    except SystemExit as stop:
+        if stop.code and file_words:
+            import sys
+
+            print(f"{prog}: the values of --config {known.config} were read as the flags "
+                  f"{' '.join(file_words)}", file=sys.stderr)
+        raise
     for name, cls in groups.items():
         _check_required(cls, getattr(result, name))
     return Parsed({name: getattr(result, name) for name in groups},
-                  given_names(groups.values(), argv) | set(from_file), preset)
+                  on_command_line | set(from_file), preset)
 
 
 def _check_required(cls, options) -> None:

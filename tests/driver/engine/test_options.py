@@ -107,3 +107,68 @@ def test_every_command_offers_every_field_of_its_options(capsys):
             for f in dataclasses.fields(group):
                 positional = f.name.upper() in text.upper() and flag(f.name) not in text
                 assert flag(f.name) in text or positional, (name, f.name)
+
+
+def test_config_values_are_parsed_and_typed_as_flags_are(tmp_path, capsys):
+    """A file's values go through the flags' parser: YAML's 1e-7 (a string
+    to PyYAML) is a number, a scalar for a list is split as the flag splits
+    it, and a value that is not of its option's type is refused, never
+    taken for true."""
+    config = tmp_path / "run.yaml"
+    config.write_text("name: x\nlambdas: [1e-7, 5e-7]\nrate: 1e-2\nsizes: '4,5'\n"
+                      "include: [a.*]\nkwargs: {k: 1}\nflag: true\n")
+    parsed = _parse(["--config", str(config)])
+    assert parsed.example == Example("x", [4, 5], 0.01, "a", True, [1e-7, 5e-7], ["a.*"],
+                                     {"k": 1}, None)
+    assert isinstance(parsed.example.lambdas[0], float)
+    # The command line overrides the file, a repeatable option's list included.
+    parsed = _parse(["--config", str(config), "--include", "b", "--no-flag"])
+    assert parsed.example.include == ["b"] and parsed.example.flag is False
+    for text, fragment in (('{"name": "x", "flag": "no"}', "flag is a switch"),
+                           ('{"name": "x", "flag": 1}', "flag is a switch")):
+        as_json = tmp_path / "bad.json"
+        as_json.write_text(text)
+        with pytest.raises(ValueError, match=fragment):
+            _parse(["--config", str(as_json)])
+    for text in ('{"name": "x", "kind": "c"}', '{"name": "x", "rate": "fast"}',
+                 '{"name": "x", "sizes": [1.5]}'):
+        as_json = tmp_path / "bad.json"
+        as_json.write_text(text)
+        with pytest.raises(SystemExit) as exit_:
+            _parse(["--config", str(as_json)])
+        assert exit_.value.code == 2
+        assert f"--config {as_json}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, text, kind", [("trunc.yaml", "name: [x\n", "YAML"),
+                                              ("trunc.json", '{"name": "x"', "JSON")])
+def test_a_malformed_config_file_is_named(tmp_path, name, text, kind):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"--config {path} does not parse as {kind}"):
+        _parse(["--config", str(path)])
+
+
+def test_the_readme_yaml_example_parses_for_discover(tmp_path):
+    """The README's `--config run.yaml` example, `lambdas: [1e-7, 5e-7]`."""
+    from subind.commands import command
+
+    config = tmp_path / "run.yaml"
+    config.write_text("lambdas: [1e-7, 5e-7]\nmask_lr: 1e-2\ncontrols: false\n")
+    module = command("discover")
+    parsed = parse(module.OPTIONS, ["--config", str(config), "--model", "timm:resnet18",
+                                    "--data", "imagefolder:x", "--out", str(tmp_path / "o")],
+                   prog="subind discover", description="")
+    assert parsed.discovery.lambdas == [1e-7, 5e-7] and parsed.discovery.mask_lr == 0.01
+    assert parsed.inputs.controls is False and "controls" in parsed.given
+
+
+def test_a_positional_list_from_a_config_file_is_typed(tmp_path):
+    from subind.commands import command
+
+    config = tmp_path / "an.json"
+    config.write_text(json.dumps({"subnetworks": ["a.safetensors", "b.safetensors"],
+                                  "out": str(tmp_path / "o")}))
+    parsed = parse(command("analyze").OPTIONS, ["--config", str(config)],
+                   prog="subind analyze", description="")
+    assert parsed.options.subnetworks == [Path("a.safetensors"), Path("b.safetensors")]
