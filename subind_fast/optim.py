@@ -66,6 +66,9 @@ class _FrozenMaskOptimizer(Optimizer):
         frozen = frozen or {}
         name_of = getattr(frozen, "name_of", lambda p: f"tensor of shape {tuple(p.shape)}")
         for param in frozen:
+            if not isinstance(param, Tensor):
+                raise TypeError(f"frozen maps parameters (tensors) to packed bits, e.g. "
+                                f"sf.transfer's FrozenMasks; got a key {param!r}")
             if param not in held:
                 raise ValueError(f"the frozen set names {name_of(param)}, which this optimizer "
                                  "does not hold")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .atomic import atomic_write
 from .bits import count_ones, pack_bits, packed_size, unpack_bits
 from .naming import parameter_names
-from .units import collapse_units, expand_units
+from .units import check_unit_shape, collapse_units, expand_units
 
 FORMAT = "subind-subnetwork"
 FORMAT_VERSION = 1
@@ -47,8 +47,21 @@ class Subnetwork:
             if packed.dtype != torch.uint8 or packed.numel() != packed_size(shape.numel()):
                 raise ValueError(f"{name}: {packed.numel()} packed bytes do not fit shape "
                                  f"{tuple(shape)} ({packed_size(shape.numel())} expected)")
+            spare = packed_size(shape.numel()) * 8 - shape.numel()
+            if spare and int(packed[-1]) >> (8 - spare):
+                raise ValueError(f"{name}: padding bits past the mask's {shape.numel()} entries "
+                                 "are set (a damaged or crafted file); they must be 0")
             self._bits[name], self._shapes[name] = packed.contiguous(), shape
         self.metadata = dict(metadata or {})
+        units = self.metadata.get("units", {})
+        if not isinstance(units, dict):
+            raise ValueError(f"metadata 'units' must map parameter names to unit shapes, got "
+                             f"{type(units).__name__}")
+        for name, unit_shape in units.items():
+            if name not in self._shapes:
+                raise ValueError(f"metadata 'units' names {name!r}, which the subnetwork does "
+                                 "not cover")
+            check_unit_shape(unit_shape, self._shapes[name], f"{name}'s units")
 
     # ---------------------------------------------------------- construction
     @classmethod
@@ -123,6 +136,11 @@ class Subnetwork:
                         metadata: Optional[dict] = None) -> "Subnetwork":
         """From {parameter name: bool mask per unit} and the parameters' shapes:
         each unit's bit expanded over its weights, the unit shapes recorded."""
+        missing = sorted(set(unit_masks) - set(shapes))
+        if missing:
+            raise ValueError(f"from_unit_masks: no shape given for {missing[:6]}")
+        for n, m in unit_masks.items():
+            check_unit_shape(m.shape, shapes[n], f"the unit mask of {n}")
         masks = {n: expand_units(m, shapes[n]).contiguous() for n, m in unit_masks.items()}
         units = {n: list(m.shape) for n, m in unit_masks.items() if m.shape != masks[n].shape}
         return cls.from_masks(masks, {**(metadata or {}), **({"units": units} if units else {})})
@@ -166,10 +184,23 @@ class Subnetwork:
             diff = sorted(set(self._shapes.items()) ^ set(other._shapes.items()))
             raise ValueError(f"subnetworks cover different parameters or shapes: {diff[:6]}")
 
+    def _units(self) -> dict:
+        return self.metadata.get("units", {})
+
+    def _shared_units(self, other: "Subnetwork") -> dict:
+        """The unit shapes both subnetworks record alike: whole units combine
+        into whole units, so the result keeps them."""
+        mine, theirs = self._units(), other._units()
+        return {n: u for n, u in mine.items() if list(theirs.get(n, [])) == list(u)}
+
+    def _with_units(self, units: dict) -> dict:
+        return {"units": units} if units else {}
+
     def _combine(self, other: "Subnetwork", op) -> "Subnetwork":
         self._check_compatible(other)
         # Padding bits stay 0 for &, | and a & ~b, so bytes combine directly.
-        return Subnetwork({n: op(b, other._bits[n]) for n, b in self._bits.items()}, self._shapes)
+        return Subnetwork({n: op(b, other._bits[n]) for n, b in self._bits.items()}, self._shapes,
+                          self._with_units(self._shared_units(other)))
 
     def __and__(self, other):
         return self._combine(other, torch.bitwise_and)
@@ -181,7 +212,8 @@ class Subnetwork:
         return self._combine(other, lambda a, b: torch.bitwise_and(a, torch.bitwise_not(b)))
 
     def __invert__(self):
-        return Subnetwork.from_masks({n: ~m for n, m in self.masks().items()})
+        return Subnetwork.from_masks({n: ~m for n, m in self.masks().items()},
+                                     self._with_units(self._units()))
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, Subnetwork) and self._shapes == other._shapes
@@ -197,14 +229,24 @@ class Subnetwork:
 
     # -------------------------------------------------------------- controls
     def random_like(self, seed: int) -> "Subnetwork":
-        """Same number of entries per parameter, drawn uniformly (paper §4.3)."""
+        """Same number of entries per parameter, drawn uniformly (paper §4.3);
+        for a unit-level subnetwork (heads, neurons) the same number of whole
+        units, drawn among the units."""
         gen = torch.Generator().manual_seed(_check_seed(seed))
         masks = {}
-        for name, (kept, total) in self.counts().items():
-            mask = torch.zeros(total, dtype=torch.bool)
-            mask[torch.randperm(total, generator=gen)[:kept]] = True
-            masks[name] = mask.view(self._shapes[name])
-        return Subnetwork.from_masks(masks, {"control": "random_like", "seed": seed})
+        for name in self._bits:
+            inside = self.unit_mask(name).reshape(-1)
+            mask = torch.zeros_like(inside)
+            mask[torch.randperm(inside.numel(), generator=gen)[:int(inside.sum())]] = True
+            masks[name] = mask
+        return self._from_unit_draws(masks, {"control": "random_like", "seed": seed})
+
+    def _from_unit_draws(self, flat_unit_masks: dict, metadata: dict) -> "Subnetwork":
+        """Flat per-unit draws as a subnetwork of this one's shapes and units."""
+        return Subnetwork.from_masks(
+            {n: expand_units(m.view(self.unit_shape(n)), self._shapes[n]).contiguous()
+             for n, m in flat_unit_masks.items()},
+            {**metadata, **self._with_units(self._units())})
 
     def complement_shortfall(self) -> dict[str, tuple[int, int]]:
         """{parameter: (entries kept, entries outside)} for every parameter
@@ -227,7 +269,7 @@ class Subnetwork:
         gen = torch.Generator().manual_seed(_check_seed(seed))
         masks = {}
         for name in self._bits:
-            inside = self.mask(name).reshape(-1)
+            inside = self.unit_mask(name).reshape(-1)
             outside = (~inside).nonzero().squeeze(1)
             kept = int(inside.sum())
             if kept > outside.numel():
@@ -238,8 +280,8 @@ class Subnetwork:
                 kept = outside.numel()
             mask = torch.zeros_like(inside)
             mask[outside[torch.randperm(outside.numel(), generator=gen)[:kept]]] = True
-            masks[name] = mask.view(self._shapes[name])
-        return Subnetwork.from_masks(masks, {"control": "complement_sample", "seed": seed})
+            masks[name] = mask
+        return self._from_unit_draws(masks, {"control": "complement_sample", "seed": seed})
 
     # ------------------------------------------------------------- ablations
     def ablate(self, model: nn.Module, how: str = "keep", seed: int = 0) -> nn.Module:

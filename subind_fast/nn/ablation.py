@@ -36,9 +36,12 @@ from torch import Tensor, nn
 
 from .. import sharded
 from .masked_forward import ABLATION_ATTRIBUTE as _HOW
-from .model import _require_masked, masked_layers
+from .masked_forward import ABLATION_CODES
+from .methods import as_method
+from .model import _require_masked, masked_layers, select_modules
+from .registry import masked_class_for
 
-ABLATIONS = ("zero", "mean", "learned", "corrupted")
+ABLATIONS = tuple(ABLATION_CODES)
 
 
 def ablation_of(layer: nn.Module) -> str:
@@ -46,16 +49,33 @@ def ablation_of(layer: nn.Module) -> str:
 
 
 def _check_layer(name: str, layer: nn.Module, how: str) -> None:
+    _check_kind(name, type(layer), layer.mask_method, how)
+
+
+def _check_kind(name: str, layer_class: type, method, how: str) -> None:
     if how == "zero":
         return
-    if layer._unit_axis is None:
-        raise ValueError(f"{name} ({type(layer).__name__}): ablation {how!r} needs a layer "
+    if layer_class._unit_axis is None:
+        raise ValueError(f"{name} ({layer_class.__name__}): ablation {how!r} needs a layer "
                          "that computes one product (Linear, convolutions, GPT-2 Conv1D); "
                          "exclude it or keep ablation='zero'")
-    if layer.mask_method.sampled:
+    if method.sampled:
         raise ValueError(f"{name}: ablation {how!r} needs a deterministic mask (continuous "
-                         f"sparsification), not {layer.mask_method.name}: a sampled mask would "
+                         f"sparsification), not {method.name}: a sampled mask would "
                          "differ between the input and the reference input")
+
+
+def check_ablation(model: nn.Module, how: str, include=None, exclude=None,
+                   method="continuous") -> None:
+    """The error ``set_ablation(how)`` would raise once ``model`` is masked
+    with these patterns and method, raised now, without masking it (a command
+    checks before it writes anything)."""
+    if how not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {how!r}")
+    method = as_method(method)
+    modules, names, selected = select_modules(model, include, exclude)
+    for key in selected:
+        _check_kind(names[key][0], masked_class_for(type(modules[key])), method, how)
 
 
 def _mean_inputs(model: nn.Module, layers: dict, batches: Iterable,
@@ -123,13 +143,16 @@ def set_ablation(model: nn.Module, how: str, batches: Optional[Iterable] = None,
         if how == "zero":
             continue  # no state: the layer's fast path
         layer.__dict__[_HOW] = how
+        # Saved with the layer (state_dict, save_pretrained), so a reload knows the ablation.
+        layer.register_buffer("ablation_code", torch.tensor(
+            ABLATION_CODES[how], dtype=torch.int8, device=layer.weight.device))
         if how in ("mean", "learned"):
             weight = layer.weight
             features = (weight.shape[1] * layer.groups if layer._output_unit_dim == 1
                         else weight.shape[layer._input_axis])  # input channels or features
             value = torch.zeros(features, dtype=weight.dtype, device=weight.device)
             if how == "mean":
-                layer.register_buffer("ablation_input", value, persistent=False)
+                layer.register_buffer("ablation_input", value)
                 layer.__dict__["_means_recorded"] = False
             else:  # trained in full precision, as the logits are
                 full = value if value.dtype == torch.float64 else value.float()
@@ -161,6 +184,7 @@ def _clear(layer: nn.Module) -> None:
     layer.__dict__.pop(_HOW, None)
     layer.__dict__.pop("_corrupted_input", None)
     layer._buffers.pop("ablation_input", None)
+    layer._buffers.pop("ablation_code", None)
     layer._parameters.pop("ablation_input", None)
     layer.__dict__.pop("_means_recorded", None)
 
@@ -237,22 +261,34 @@ def resample(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return tuple(map(shifted, args)), {k: shifted(v) for k, v in kwargs.items()}
 
 
+class _RecordCorruptedFirst:
+    """The forward pre-hook of ``record_corrupted_before_each_forward``: an
+    object, not a closure, so that a model carrying it still pickles
+    (``torch.save(model)``) when ``corrupt`` does (a module-level function)."""
+
+    def __init__(self, corrupt):
+        self.corrupt, self.running = corrupt, False
+
+    @torch.compiler.disable  # it registers hooks: eager, a graph break under torch.compile
+    def __call__(self, module, args, kwargs):
+        if self.running:  # the corrupted forward itself
+            return None
+        self.running = True
+        try:
+            bad_args, bad_kwargs = self.corrupt(args, kwargs)
+            record_corrupted(module, lambda: module(*bad_args, **bad_kwargs))
+        finally:
+            self.running = False
+        return None
+
+
 def record_corrupted_before_each_forward(model: nn.Module, corrupt=resample):
     """Make every call of ``model`` first record its masked layers' inputs on
     ``corrupt(args, kwargs)`` (``record_corrupted``), so a ``corrupted``
-    ablation needs no change to the training or evaluation loop.  Returns
-    the hook's handle (``.remove()`` undoes it)."""
-    running = []
-
-    def hook(module, args, kwargs):
-        if running:  # the corrupted forward itself
-            return None
-        running.append(True)
-        try:
-            bad_args, bad_kwargs = corrupt(args, kwargs)
-            record_corrupted(module, lambda: module(*bad_args, **bad_kwargs))
-        finally:
-            running.clear()
-        return None
-
-    return model.register_forward_pre_hook(hook, with_kwargs=True)
+    ablation needs no change to the training or evaluation loop (the pairs
+    then come from each batch; subind's engine pairs by data set instead,
+    engine/ablation.py).  Returns the hook's handle (``.remove()`` undoes it).
+    Under ``torch.compile`` the recording runs eagerly (a graph break: it
+    registers hooks), so ``fullgraph=True`` cannot trace it; call
+    ``record_corrupted`` outside the compiled call instead."""
+    return model.register_forward_pre_hook(_RecordCorruptedFirst(corrupt), with_kwargs=True)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .. import sharded
 from ..units import expand_units
 from .._validation import MODE_CODES, check_beta, check_mode
+from .masked_forward import ABLATION_ATTRIBUTE, ABLATION_CODES, ABLATION_STATE
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kept, l0_penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
@@ -70,6 +71,9 @@ def _initial_logits(weight: Tensor, init: MaskInit, shape=None) -> Tensor:
         logits.fill_(float(init))
     else:
         raise TypeError(f"init must be a finite number, a tensor or a callable, got {init!r}")
+    if not isinstance(init, (int, float)) and not logits.is_meta \
+            and not bool(torch.isfinite(logits).all()):
+        raise ValueError("init gave NaN or infinite mask logits; they must be finite")
     return logits
 
 
@@ -204,8 +208,16 @@ class MaskState:
         with torch.no_grad():
             self._buffers["mask_mode"].fill_(_AUTO_MODE if value is None else MODE_CODES[value])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        problem = self._ablation_mismatch(state_dict, prefix)
+        if problem:  # an error even under strict=False: the output would silently change
+            error_msgs.append(problem)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if "ablation_input" in self._buffers and prefix + "ablation_input" in state_dict:
+            self.__dict__["_means_recorded"] = True
         code = int(self._buffers["mask_mode"])
         if code != _AUTO_MODE and code not in _MODE_NAMES:
             raise ValueError(f"{prefix}mask_mode holds {code}, not a mask mode code")
@@ -217,6 +229,28 @@ class MaskState:
             raise ValueError(f"{prefix or 'the layer'}: the state was saved with mask method "
                              f"{saved.as_dict()}, this layer uses {mine.as_dict()}; mask the "
                              "model with the saved method (sf.nn.masked_from_pretrained reads it)")
+
+    def _ablation_mismatch(self, state_dict, prefix) -> Optional[str]:
+        """Why ``state_dict`` cannot load into this layer's ablation (None: it
+        can): a saved ablation (its ``ablation_code``) must be the layer's, and
+        a mean or learned one must bring its inputs.  A state without the code
+        is a partial one (strict=False) or the plain mask state, which a
+        strict load reports as missing keys where the layer ablates."""
+        key = prefix + "ablation_code"
+        if key not in state_dict:
+            return None
+        names = {code: name for name, code in ABLATION_CODES.items()}
+        code = int(state_dict[key])
+        saved = names.get(code, f"code {code}")
+        mine = self.__dict__.get(ABLATION_ATTRIBUTE, "zero")
+        where = prefix[:-1] or "the layer"
+        if saved != mine:
+            return (f"{where}: the state was saved with ablation {saved!r}, this layer ablates "
+                    f"{mine!r}; call sf.nn.set_ablation(model, {saved!r}) before loading "
+                    "(sf.nn.masked_from_pretrained does)")
+        if mine in ("mean", "learned") and prefix + "ablation_input" not in state_dict:
+            return f"{where}: the state of a {mine!r} ablation lacks its ablation_input"
+        return None
 
     # ------------------------------------------------------------ casting
     def _apply(self, fn, recurse=True):
@@ -237,8 +271,11 @@ class MaskState:
 
     # ------------------------------------------------------------ queries
     def mask_state_names(self) -> list[str]:
-        """The layer's own state_dict keys that masking added: logits and MASK_BUFFERS."""
-        return [logits for _, logits in self.masked_weights] + list(MASK_BUFFERS)
+        """The layer's own state_dict keys that masking added: logits, MASK_BUFFERS
+        and an ablation's state (nn/ablation.py)."""
+        return ([logits for _, logits in self.masked_weights] + list(MASK_BUFFERS)
+                + [name for name in ABLATION_STATE
+                   if name in self._buffers or name in self._parameters])
 
     def masked_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
         """{weight attribute: (θ, logits)} for each masked weight."""

@@ -20,6 +20,10 @@ from .methods import noise_keys, unit_mask
 
 #: the layer attribute that holds its ablation's name (nn/ablation.py; absent: zero)
 ABLATION_ATTRIBUTE = "ablation"
+#: each ablation's code in a saved layer's ``ablation_code`` buffer (fixed: files keep them)
+ABLATION_CODES = {"zero": 0, "mean": 1, "learned": 2, "corrupted": 3}
+#: the state an ablated layer saves besides its mask state (nn/ablation.py)
+ABLATION_STATE = ("ablation_code", "ablation_input")
 
 
 class MaskedForward:

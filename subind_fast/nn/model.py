@@ -128,6 +128,16 @@ def select_modules(model: nn.Module, include: Patterns = None, exclude: Patterns
 
     selected = [key for key in candidates if chosen(key)]
     if not selected:
+        if not candidates and masked_layers(model):
+            raise ValueError("the model is already masked (sf.unmask_model(model) first to "
+                             "mask it anew)")
+        if not candidates and masked_class_for(type(model)) is not None:
+            raise ValueError(f"mask_model masks the layers inside a model, and this "
+                             f"{type(model).__name__} is a bare layer: wrap it "
+                             "(nn.Sequential(layer)) or use its masked class directly")
+        if not candidates:
+            raise ValueError(f"{type(model).__name__} holds no maskable layer (Linear, "
+                             "convolutions, nn.MultiheadAttention, GPT-2 Conv1D)")
         raise ValueError("no maskable layer was selected (check include/exclude)")
     return modules, names, selected
 
@@ -273,20 +283,38 @@ def keep_exactly(model: nn.Module, density: float, margin: float = 1e-4) -> int:
 
 
 @torch.no_grad()
-def shift_to_density(model: nn.Module, density: float) -> float:
+def shift_to_density(model: nn.Module, density: float, margin: float = 1e-4) -> float:
     """Subtract one constant c from every logit so that the hard masks keep
     about ``density`` of the masked weights (the ranking of keep_exactly; c
     halfway between the last kept and the first dropped logit): the order and
-    the gaps between logits stay as they were.  Returns c."""
+    the gaps between logits stay as they were.  Where the logits tie at the
+    cut (no constant separates them; e.g. every logit still at its start),
+    c is the tied value and the tied logits become ±``margin``, split as
+    keep_exactly splits ties.  Returns c."""
     entries, wholes, values, order, kept, _ = _ranked(model, density)
     ranked = values[order]
+    shifted = None
     if kept == 0:
-        c = float(ranked[0]) + 1e-4
+        c = float(ranked[0]) + margin
     elif kept == ranked.numel():
-        c = float(ranked[-1]) - 1e-4
+        c = float(ranked[-1]) - margin
+    elif ranked[kept - 1] == ranked[kept]:
+        c = float(ranked[kept])
+        shifted = values - c
+        tied = order[ranked == ranked[kept]]
+        above = int((ranked > ranked[kept]).sum())
+        shifted[tied[:kept - above]] = margin
+        shifted[tied[kept - above:]] = -margin
     else:
         c = float(ranked[kept - 1] + ranked[kept]) / 2
-    _write_logits(model, entries, wholes, lambda i, whole: whole - c)
+    if shifted is None:
+        _write_logits(model, entries, wholes, lambda i, whole: whole - c)
+    else:
+        starts = [0]
+        for whole in wholes:
+            starts.append(starts[-1] + whole.numel())
+        _write_logits(model, entries, wholes, lambda i, whole: shifted[
+            starts[i]:starts[i + 1]].view(whole.shape).to(whole.device, whole.dtype))
     return c
 
 

@@ -2,7 +2,7 @@
 
 ``model.save_pretrained(folder)`` already writes everything: the mask state is
 ordinary parameters and buffers (each layer's ``mask_state_names()``: its
-logits, β, mode and mask method).  A plain ``from_pretrained`` builds the
+logits, β, mode and mask method, and an ablation's code and inputs).  A plain ``from_pretrained`` builds the
 unmasked architecture and drops those keys, so :func:`masked_from_pretrained`
 loads the base model, masks the layers the checkpoint says were masked (each
 has a ``<layer>.mask_mode`` entry) with the method they were saved with, and
@@ -19,7 +19,9 @@ from pathlib import Path
 from safetensors import safe_open
 from torch import nn
 
+from .ablation import set_ablation
 from .mask_state import method_of_code
+from .masked_forward import ABLATION_CODES
 from .model import mask_model, masked_layers
 
 _MASK_MODE = ".mask_mode"
@@ -86,6 +88,27 @@ def _saved_method(folder: Path, keys: dict, prefixes: list[str]):
     return distinct.pop()
 
 
+def _saved_ablation(folder: Path, keys: dict, prefixes: list[str]) -> str:
+    """The ablation the masked layers were saved with ("zero" when none saved one)."""
+    names = {code: name for name, code in ABLATION_CODES.items()}
+    found = {}
+    for prefix in prefixes:
+        key = prefix + ".ablation_code"
+        if key not in keys:
+            found[prefix] = "zero"
+            continue
+        with safe_open(str(keys[key]), framework="pt") as handle:
+            code = int(handle.get_tensor(key))
+        if code not in names:
+            raise ValueError(f"{folder}: {key} holds {code}, not an ablation code")
+        found[prefix] = names[code]
+    distinct = sorted(set(found.values()))
+    if len(distinct) > 1:
+        raise ValueError(f"{folder}: the masked layers were saved with different ablations "
+                         f"{distinct}; load them by hand (sf.nn.set_ablation per layer)")
+    return distinct[0]
+
+
 def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = True,
                            check_coverage: str = "first", **from_pretrained_kwargs) -> nn.Module:
     """Load a masked model saved with ``save_pretrained``: the same layers
@@ -105,10 +128,20 @@ def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = Tru
         model = model_class.from_pretrained(str(folder), **from_pretrained_kwargs)
     mask_model(model, include=[glob.escape(p) for p in prefixes], freeze_base=freeze_base,
                check_coverage=check_coverage, method=method)
+    ablation = _saved_ablation(folder, keys, prefixes)
+    if ablation != "zero":
+        set_ablation(model, ablation)
     wanted = _mask_state_keys(model)
     missing = sorted(wanted - set(keys))
     if missing:
         raise ValueError(f"{folder}: mask state missing from the checkpoint: {missing[:8]}")
+    # Every key a masked layer saved of its own must be loaded: none may be dropped.
+    own = re.compile("|".join(rf"{re.escape(p)}\.[^.]+$" for p in prefixes))
+    plain = set(model.state_dict()) - wanted
+    extra = sorted(k for k in keys if own.match(k) and k not in wanted and k not in plain)
+    if extra:
+        raise ValueError(f"{folder}: the checkpoint holds mask state this version cannot place: "
+                         f"{extra[:8]}")
     state = {}
     for path in sorted({keys[k] for k in wanted}):
         with safe_open(str(path), framework="pt") as handle:

@@ -152,3 +152,9 @@ def test_transfer_frozen_set_names_parameters_in_errors():
     frozen = sf.transfer(sub, torch.nn.Linear(3, 2), model)
     with pytest.raises(ValueError, match="the frozen set names weight, which this optimizer"):
         MaskedAdamW([model.bias], frozen=frozen)
+
+
+def test_a_frozen_set_keyed_by_names_is_refused_clearly():
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(TypeError, match="frozen maps parameters"):
+        sf.MaskedAdamW([weight], frozen={"weight": torch.zeros(2, dtype=torch.uint8)})

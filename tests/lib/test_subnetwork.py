@@ -187,3 +187,56 @@ def test_saved_files_take_the_umask_not_0600(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "s.st").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_padding_bits_that_are_set_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    sub = sf.Subnetwork.from_masks({"w": torch.ones(2, 3, dtype=torch.bool)})
+    path = sub.save(tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    bits = load_file(str(path))
+    bits["w"][-1] = 0xFF  # 6 entries: the top two bits are padding
+    save_file(bits, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="padding bits"):
+        sf.Subnetwork.load(path)
+
+
+def _head_subnetwork():
+    unit_masks = {"attn.weight": torch.tensor([[True, False, True, False]]),
+                  "mlp.weight": torch.tensor([[True], [False], [False]])}
+    shapes = {"attn.weight": (6, 8), "mlp.weight": (3, 5)}
+    return sf.Subnetwork.from_unit_masks(unit_masks, shapes)
+
+
+def test_set_algebra_and_controls_keep_units():
+    """A head- or neuron-level subnetwork stays one through &, |, -, ~, and
+    its random and complement controls draw whole units."""
+    sub = _head_subnetwork()
+    other = sf.Subnetwork.from_unit_masks(
+        {"attn.weight": torch.tensor([[True, True, False, False]]),
+         "mlp.weight": torch.tensor([[False], [True], [True]])},
+        {"attn.weight": (6, 8), "mlp.weight": (3, 5)})
+    for combined in (sub & other, sub | other, sub - other, ~sub):
+        assert combined.metadata["units"] == sub.metadata["units"]
+        assert combined.unit_mask("attn.weight").shape == (1, 4)
+    assert (~sub).unit_mask("attn.weight").tolist() == [[False, True, False, True]]
+    for seed in range(5):
+        for control in (sub.random_like(seed), sub.complement_sample(seed)):
+            assert control.unit_mask("attn.weight").sum() == 2  # whole heads, as many
+            assert control.unit_mask("mlp.weight").sum() == 1
+            assert control.counts() == sub.counts()
+        complement = sub.complement_sample(seed)
+        assert not (complement.unit_mask("attn.weight") & sub.unit_mask("attn.weight")).any()
+    plain = sf.Subnetwork.from_masks({"attn.weight": torch.ones(6, 8, dtype=torch.bool)})
+    assert "units" not in (plain & plain).metadata
+
+
+def test_from_unit_masks_names_its_errors():
+    with pytest.raises(ValueError, match="no shape given for \\['b'\\]"):
+        sf.Subnetwork.from_unit_masks({"b": torch.ones(1, 2, dtype=torch.bool)}, {})
+    with pytest.raises(ValueError, match="the unit mask of a"):
+        sf.Subnetwork.from_unit_masks({"a": torch.ones(1, 3, dtype=torch.bool)},
+                                      {"a": (2, 8)})

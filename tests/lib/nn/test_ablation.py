@@ -146,3 +146,64 @@ def test_ablation_errors_are_named():
     sf.mask_model(sampled, method="gumbel")
     with pytest.raises(ValueError, match="deterministic mask"):
         sf.nn.set_ablation(sampled, "corrupted")
+
+
+def _ablated_llama(how: str):
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      vocab_size=60, max_position_embeddings=32)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(config).double().eval()
+    model = copy.deepcopy(base)
+    sf.mask_model(model, include=["model.layers.*"], init=nn.init.normal_)
+    ids = torch.randint(0, 60, (2, 6))
+    sf.nn.set_ablation(model, how, batches=[ids[:1], ids[1:]] if how == "mean" else None)
+    with torch.no_grad():
+        for p in sf.nn.ablation_parameters(model):
+            p.normal_()
+    return base, model.eval(), ids
+
+
+@pytest.mark.parametrize("how", ["mean", "learned"])
+def test_save_pretrained_round_trips_an_ablation(tmp_path, how):
+    """masked_from_pretrained restores the ablation and its inputs: the
+    reloaded model computes what the saved one did."""
+    _, model, ids = _ablated_llama(how)
+    model.save_pretrained(tmp_path)
+    back = sf.nn.masked_from_pretrained(transformers.LlamaForCausalLM, tmp_path,
+                                        dtype=torch.float64).eval()
+    assert {sf.nn.ablation.ablation_of(layer) for layer in sf.masked_layers(back).values()} \
+        == {how}
+    torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["mean", "learned"])
+def test_state_dict_round_trips_an_ablation_or_refuses_loudly(how):
+    base, model, ids = _ablated_llama(how)
+    state = model.state_dict()
+    assert {k.rpartition(".")[2] for k in state if "ablation" in k} == {"ablation_code",
+                                                                        "ablation_input"}
+    fresh = copy.deepcopy(base)
+    sf.mask_model(fresh, include=["model.layers.*"])
+    with pytest.raises(RuntimeError, match=f"saved with ablation '{how}'"):
+        fresh.load_state_dict(state, strict=False)  # never a silently different model
+    sf.nn.set_ablation(fresh, how)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.eval()(ids).logits, model(ids).logits, rtol=0, atol=1e-12)
+    plain = copy.deepcopy(base)
+    sf.mask_model(plain, include=["model.layers.*"])
+    sf.nn.set_ablation(plain, "corrupted")
+    with pytest.raises(RuntimeError, match=f"this layer ablates 'corrupted'"):
+        plain.load_state_dict(state)
+
+
+def test_a_model_recording_corrupted_inputs_pickles(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    sf.mask_model(model)
+    sf.nn.set_ablation(model, "corrupted")
+    sf.nn.record_corrupted_before_each_forward(model)
+    x = torch.randn(5, 4)
+    expected = model(x)
+    torch.save(model, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.testing.assert_close(back(x), expected)

@@ -249,3 +249,38 @@ def test_a_new_layer_type_registers_itself():
         registry._REGISTERED.pop(Scale, None)
     with pytest.raises(TypeError, match="not a masked layer"):
         sf.nn.masks(Scale)(Scale)
+
+
+def test_shift_to_density_splits_logits_tied_at_the_cut():
+    """Every logit at its start value: no constant separates them, so the
+    tied ones are split as keep_exactly splits ties (earlier layer, earlier
+    element first) and the hard masks keep the density."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    sf.mask_model(model)
+    c = sf.nn.shift_to_density(model, 0.5)
+    assert c == pytest.approx(sf.nn.DEFAULT_MASK_INIT)
+    assert sf.nn.density(model) == pytest.approx(0.5)
+    logits = torch.cat([layer.logits.reshape(-1) for layer in sf.masked_layers(model).values()])
+    assert bool((logits[:12] > 0).all()) and bool((logits[12:] < 0).all())
+    reference = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    sf.mask_model(reference)
+    sf.nn.keep_exactly(reference, 0.5)
+    assert sf.nn.subnetwork_of(model) == sf.nn.subnetwork_of(reference)
+
+
+def test_mask_model_says_why_nothing_was_selected():
+    with pytest.raises(ValueError, match="bare layer"):
+        sf.mask_model(nn.Linear(3, 3))
+    model = nn.Sequential(nn.Linear(3, 3))
+    sf.mask_model(model)
+    with pytest.raises(ValueError, match="already masked"):
+        sf.mask_model(model)
+    with pytest.raises(ValueError, match="holds no maskable layer"):
+        sf.mask_model(nn.Sequential(nn.ReLU()))
+
+
+@pytest.mark.parametrize("init", [torch.full((3, 3), float("nan")),
+                                  lambda t: t.fill_(float("inf"))])
+def test_non_finite_initial_logits_are_refused(init):
+    with pytest.raises(ValueError, match="NaN or infinite mask logits"):
+        sf.mask_model(nn.Sequential(nn.Linear(3, 3)), init=init)
