@@ -214,9 +214,7 @@ def main(argv=None) -> int:
     device = harness.device_from_args(parser, args)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
-    if args.cases:
-        wanted = [w.strip() for w in args.cases.split(",")]
-        cases = [c for c in cases if any(w in c.name for w in wanted)]
+    cases = harness.select_cases(cases, args.cases)
     providers = [p.strip() for p in args.providers.split(",")]
     if "ours" not in providers:
         providers.append("ours")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import datetime as _dt
 import os
 import platform
@@ -206,13 +207,36 @@ def _thread_counts(text: str) -> list[int]:
     return counts
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def select_cases(cases: list, wanted: Optional[str]) -> list:
+    """The cases whose names contain one of the comma-separated ``wanted``
+    substrings (all cases when None); a substring that names none is an error."""
+    if not wanted:
+        return cases
+    words = [w.strip() for w in wanted.split(",") if w.strip()]
+    unmatched = [w for w in words if not any(w in c.name for c in cases)]
+    if unmatched or not words:
+        raise SystemExit(f"--cases {wanted!r}: {unmatched or wanted!r} name(s) no case; the "
+                         f"cases are {[c.name for c in cases]}")
+    return [c for c in cases if any(w in c.name for w in words)]
+
+
 def add_common_args(parser, budget_s: float) -> None:
     """--device/--threads/--budget/--csv, shared by every bench."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=_thread_counts, default=[available_cores()],
                         help=f"CPU thread counts, comma-separated; the whole bench runs at each "
                              f"(default: all {available_cores()} cores)")
-    parser.add_argument("--budget", type=float, default=budget_s,
+    parser.add_argument("--budget", type=_seconds, default=budget_s,
                         help="seconds of round-robin CPU timing per measurement")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
 

@@ -33,8 +33,12 @@ def main(argv=None) -> int:
     wanted = {c for c in args.conditions.split(",") if c}
     panels = {}
     for label, folder in args.runs:
-        records = [r for r in load_records(folder)
-                   if not wanted or r["condition"] in wanted]
+        try:
+            records = [r for r in load_records(folder)
+                       if not wanted or r["condition"] in wanted]
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            raise SystemExit(f"{folder}: not a finished `subind vision` directory ({err})") \
+                from None
         if not records:
             raise SystemExit(f"{folder}: no finished runs of {sorted(wanted)}")
         for arch, series in by_arch(

@@ -36,3 +36,28 @@ def test_latest_run_per_device_fills_the_marked_sections(tmp_path):
 def test_missing_markers_are_an_error():
     with pytest.raises(ValueError, match="bench:layers"):
         report.render("no markers here", [])
+
+
+def test_case_filters_and_budgets_are_checked():
+    """A --cases word that names no case, and a budget that is no positive
+    number, are errors rather than an empty or endless run."""
+    from types import SimpleNamespace
+
+    cases = [SimpleNamespace(name="GPT-2 MLP"), SimpleNamespace(name="ResNet18 layer4")]
+    assert harness.select_cases(cases, None) == cases
+    assert harness.select_cases(cases, "ResNet") == cases[1:]
+    with pytest.raises(SystemExit, match="nosuchcase"):
+        harness.select_cases(cases, "GPT,nosuchcase")
+    import argparse
+
+    for budget in ("nan", "-5", "0", "inf", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            harness._seconds(budget)
+    assert harness._seconds("0.5") == 0.5
+
+
+def test_transfer_curves_names_a_directory_that_is_not_a_vision_run(tmp_path):
+    from benchmarks import transfer_curves
+
+    with pytest.raises(SystemExit, match="not a finished `subind vision` directory"):
+        transfer_curves.main([f"x={tmp_path}"])

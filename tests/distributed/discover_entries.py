@@ -29,3 +29,22 @@ def gaussian_data():
     x = torch.randn(256, 8, generator=g)
     y = (x[:, :2].sum(1) > 0).long() + 2 * (x[:, 2] > 0).long()
     return {"train": TensorDataset(x, y), "eval": TensorDataset(x[:64], y[:64])}
+
+
+def gaussian_train_only():
+    """The Gaussian data without an evaluation split: scored on the training data."""
+    return {"train": gaussian_data()["train"]}
+
+
+def gaussian_empty_eval():
+    data = gaussian_data()
+    return {"train": data["train"], "eval": TensorDataset(torch.zeros(0, 8),
+                                                          torch.zeros(0, dtype=torch.long))}
+
+
+def gaussian_odd_eval():
+    """An evaluation split of 65 samples: with batches of 16 the last holds one."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(65, 8, generator=g)
+    y = (x[:, :2].sum(1) > 0).long() + 2 * (x[:, 2] > 0).long()
+    return {"train": gaussian_data()["train"], "eval": TensorDataset(x, y)}

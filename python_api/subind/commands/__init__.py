@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from ..engine import options
 
@@ -33,8 +34,21 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a user reads it: its message, not our source line."""
+    return f"subind: warning: {message}\n"
+
+
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    before = warnings.formatwarning
+    warnings.formatwarning = _plain_warning
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        warnings.formatwarning = before
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

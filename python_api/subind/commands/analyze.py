@@ -27,6 +27,7 @@ from ..engine.controls import controls_table
 from ..engine import validation as check
 from ..engine.options import MISSING, JsonObject, Repeated, Strs, flag
 from ..engine.files import atomic_write, atomic_write_text
+from ..engine.data_sources import evaluation_split, local_directory
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
 
 HELP = "compare subnetworks (overlap, sharing, reuse)"
@@ -118,6 +119,12 @@ def run(parsed, argv=None) -> int:
     args = parsed.options
     _check_options(args, parsed.given)
     manifest.check_out(args.out)
+    # Held from the start, so a second analysis on this folder is refused before it computes.
+    with manifest.exclusive(args.out, "analyze"):
+        return _analyze(args)
+
+
+def _analyze(args) -> int:
     masks = _load(args)
     labels = list(masks)
     for label, sub in masks.items():
@@ -162,7 +169,8 @@ def run(parsed, argv=None) -> int:
         if "subtask_accuracy" in sub.metadata:
             lines += ["", f"{label} (accuracy {sub.metadata['subtask_accuracy']:.4f} when found):",
                       *controls_table(sub.metadata["subtask_accuracy"], sub.density(),
-                                      sub.metadata.get("controls"))]
+                                      sub.metadata.get("controls"),
+                                      sub.metadata.get("controls_not_run"))]
     heads = {}
     if args.model:
         model = _model_for(args, masks)
@@ -187,18 +195,19 @@ def run(parsed, argv=None) -> int:
                                 in zip(labels, args.subnetworks)},
                 **{name: getattr(args, name) for name in ("stability", "model", "weights",
                                                           "hf_class", "model_kwargs",
-                                                          "eval_data", "seed")},
+                                                          "eval_data", "seed", "ablation")},
                 "content": manifest.content_of(
-                    weights=args.weights if args.model else None,
+                    skip=args.out, weights=args.weights if args.model else None,
+                    model=local_directory(args.model),
                     **{f"subnetwork {label}": path for label, path
                        in zip(labels, args.subnetworks)})}
-    with manifest.held(args.out, "analyze", identity,
-                       hint="an analysis folder holds one comparison: use another --out"):
-        for name, content in outputs.items():
-            atomic_write_text(args.out / name, content)
-        atomic_write_text(args.out / "summary.md", text)
-        figures = _plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads
-                                              else [])
+    manifest.claim(args.out, "analyze", identity,
+                   hint="an analysis folder holds one comparison: use another --out")
+    for name, content in outputs.items():
+        atomic_write_text(args.out / name, content)
+    atomic_write_text(args.out / "summary.md", text)
+    figures = _plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads
+                                          else [])
     print(text)
     for path in figures:
         print(f"figure: {path}")
@@ -220,6 +229,21 @@ def _group_table(kind: str, groups: dict, labels: list) -> list[str]:
     return lines
 
 
+#: the inverse-mask test's largest batch
+EVAL_BATCH = 512
+
+
+def even_batches(n: int, at_most: int) -> list[list[int]]:
+    """Indices 0..n-1 in consecutive batches of at most ``at_most`` whose sizes
+    differ by at most one: never a last batch of one sample, which a
+    corrupted (resample) ablation could not pair within its batch."""
+    count = -(-n // at_most)
+    if count == 0:
+        return []
+    bounds = [round(k * n / count) for k in range(count + 1)]
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+
+
 def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     """Markdown rows: for each subnetwork and each removal, the accuracy on
     every --eval-data set."""
@@ -231,9 +255,10 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     sets = {}
     for spec in args.eval_data:
         data = data_for(spec, model)
-        rows = data.eval or data.train
+        rows = evaluation_split(data, spec, "--eval-data")
         sets[spec.rpartition("/")[2] or spec] = (data.task or Classification(),
-                                                 DataLoader(rows, batch_size=512))
+                                                 DataLoader(rows, batch_sampler=even_batches(
+                                                     len(rows), EVAL_BATCH)))
     header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
     removal = {"zero": "zeroed", "mean": "ablated to their mean input",
                "corrupted": "ablated to another example's input (resample)"}[args.ablation]
@@ -247,6 +272,13 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
                                              ablation=args.ablation, reference=data,
                                              forward=task.loss)
                    for name, (task, data) in sets.items()}
+        found_under = sub.metadata.get("ablation", "zero")
+        if found_under != args.ablation:
+            notes.append(f"{label} was found with its removed weights {found_under}-ablated; "
+                         f"this test removes them under --ablation {args.ablation}"
+                         + (f" (--ablation {found_under} tests it as it was found)"
+                            if found_under in ("zero", "mean", "corrupted") else
+                            " (a learned ablation's inputs are not in the subnetwork file)"))
         short = sub.complement_shortfall()
         if short:
             notes.append(f"{label}: the complement control is not size-matched (not applicable) "

@@ -32,14 +32,16 @@ from ..engine import manifest
 from ..engine import validation
 from ..engine.options import MISSING, Floats, JsonObject, flag
 from ..engine.classification import Classification
-from ..engine.data_sources import check_data_fits
+from ..engine.ablation import CorruptedPairs
+from ..engine.data_sources import (check_data_fits, check_out_outside_data, evaluation_split,
+                                   local_directory)
 from ..engine.controls import ShuffledLabels, controls_table, random_weight_copy
 from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
 from ..engine.files import atomic_write_json, atomic_write_text
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
-from ..engine.protocol import Discovery, DiscoveryHooks, discover
+from ..engine.protocol import Discovery, DiscoveryHooks, check_fits, discover
 from ..engine.training import BN_STATS, train_mode_for
 
 EXPERIMENT = "discover"
@@ -91,8 +93,9 @@ class DiscoverConfig:
 
 @dataclass
 class DiscoverRun:
-    """How the discovery runs (not part of the identity: a run may resume on
-    other hardware or another number of ranks)."""
+    """How the discovery runs (not part of the identity, but for the kernels
+    and compilation: a run may resume on other hardware or another number of
+    ranks)."""
     out: Path = MISSING
     """results directory (resumable; refuses a different configuration)"""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -232,6 +235,10 @@ def run(parsed, argv=None) -> int:
     cfg, settings, run_options = parsed.inputs, parsed.discovery, parsed.run
     check(cfg, settings, run_options, parsed.given)
     manifest.check_out(run_options.out)
+    if not run_options.progress and cfg.model.startswith("hf:"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar
     ranks = start(run_options.device)
     try:
         return _run(cfg, settings, run_options, ranks)
@@ -239,12 +246,26 @@ def run(parsed, argv=None) -> int:
         ranks.close()
 
 
-def _identity(cfg: DiscoverConfig, settings: Discovery) -> dict:
-    """The manifest's identity: the inputs, the discovery settings, and what
-    the weights files hold (a file replaced at the same path is another
-    configuration)."""
-    return {**asdict(cfg), **asdict(settings), "content": manifest.content_of(
-        weights=cfg.weights, pretrained_weights=cfg.pretrained_weights)}
+def _identity(cfg: DiscoverConfig, settings: Discovery, run: DiscoverRun) -> dict:
+    """The manifest's identity: the inputs, the discovery settings, the
+    kernels and compilation (the eager and fused kernels round differently,
+    and a mask can flip on it: the experiments record them too), and what
+    the input files hold — the weights files, an hf: directory, image folders
+    (other contents at the same path are another configuration)."""
+    out = run.out
+    return {**asdict(cfg), **asdict(settings), "kernels": run.kernels,
+            "compile": run.compile, "content": manifest.content_of(
+        skip=out, weights=cfg.weights, pretrained_weights=cfg.pretrained_weights,
+        model=local_directory(cfg.model), data=local_directory(cfg.data),
+        eval_data=local_directory(cfg.eval_data))}
+
+
+def _batches(dataset, settings: Discovery, seed_offset: int = 0):
+    """``dataset`` as the discovery reads it: paired with corrupted partners
+    under a corrupted ablation (engine/ablation.py), else as it is."""
+    if settings.ablation != "corrupted":
+        return dataset
+    return CorruptedPairs(dataset, settings.seed + seed_offset)
 
 
 def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ranks) -> int:
@@ -252,12 +273,15 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
     torch.manual_seed(settings.seed)  # the same initialisation on every rank
     # Everything is built and checked before the results directory is touched:
     # a failed start leaves it as it was.
+    check_out_outside_data(args.out, cfg.data, cfg.eval_data)
     model = build_model(cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs)
     data = data_for(cfg.data, model, cfg.image_size, cfg.mean, cfg.std)
-    eval_set = (data_for(cfg.eval_data, model, cfg.image_size, cfg.mean, cfg.std).train
-                if cfg.eval_data else (data.eval or data.train))
+    eval_set = (evaluation_split(data_for(cfg.eval_data, model, cfg.image_size, cfg.mean,
+                                          cfg.std), cfg.eval_data, "--eval-data")
+                if cfg.eval_data else evaluation_split(data, cfg.data, "--data"))
     pretrained = (build_model(cfg.model, cfg.pretrained_weights, cfg.hf_class, cfg.model_kwargs)
                   if cfg.pretrained_weights else None)
+    check_fits(model, settings, cfg.batch_size // ranks.world)
     dtype = DTYPES[cfg.dtype]
     if data.task is not None and hasattr(data.task, "sum_over_ranks"):
         data.task.sum_over_ranks = ranks.sum  # metrics over every rank's share
@@ -269,12 +293,14 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
     check_data_fits(model, data.task or Classification(), data.train, eval_set,
                     model_spec=cfg.model,
                     data_spec=cfg.data, eval_spec=cfg.eval_data)
-    train_batches, sampler = train_loader(data.train, cfg.batch_size, ranks, settings.seed,
-                                          args.workers)
-    eval_batches = eval_loader(eval_set, args.eval_batch_size, ranks, args.workers)
+    train_batches, sampler = train_loader(_batches(data.train, settings), cfg.batch_size, ranks,
+                                          settings.seed, args.workers)
+    eval_batches = eval_loader(_batches(eval_set, settings, 1), args.eval_batch_size, ranks,
+                               args.workers)
     with contextlib.ExitStack() as claimed:
         if ranks.is_main:
-            claimed.enter_context(manifest.held(args.out, EXPERIMENT, _identity(cfg, settings),
+            claimed.enter_context(manifest.held(args.out, EXPERIMENT,
+                                                _identity(cfg, settings, args),
                                                 hint=RERUN_HINT))
         ranks.barrier()
         notes = []
@@ -297,44 +323,61 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
                            state=CheckpointedDiscovery(args.out, ranks),
                            fused_optimizer=args.fused_optimizer, sum_over_ranks=ranks.sum),
             pretrained=pretrained)
-        controls = {}
+        controls, not_run = {}, {}
         if cfg.controls:
-            controls = _run_controls(cfg, settings, args, ranks, data, eval_set, task,
-                                     pretrained, prepare, compiled)
+            controls, not_run = _run_controls(cfg, settings, args, ranks, data, eval_set, task,
+                                              pretrained, prepare, compiled)
         if ranks.is_main:
-            _write_results(args.out, cfg, result, ranks, notes, time.time() - started, compiled,
-                           controls)
+            _write_results(args.out, cfg, result, ranks, notes, started, compiled, controls,
+                           not_run)
         ranks.barrier()
     return 0
 
 
+#: why a control is not run under an objective (engine/controls.py)
+CONTROLS_NOT_RUN = {"kl": {"shuffled_labels": (
+    "not run: objective kl trains on the unmasked model's outputs, not on the labels, so "
+    "shuffling the labels would train the very same masks")}}
+
+
 def _run_controls(cfg, settings, args, ranks, data, eval_set, task, pretrained, prepare,
-                  compiled) -> dict:
-    """{control: {accuracy, density}} of the same discovery on a random-weight
-    copy of the model and on shuffled labels (engine/controls.py)."""
-    runs = {"random_weights": (random_weight_copy(build_model(
+                  compiled) -> tuple[dict, dict]:
+    """({control: {accuracy, density}} of the same discovery on a random-weight
+    copy of the model and on shuffled labels (engine/controls.py), {control:
+    why it was not run}).  Each control keeps its progress under
+    OUT/controls/NAME, so an interrupted run resumes it where it stopped."""
+    shuffled_train = ShuffledLabels(data.train, settings.seed + 2)
+    # Scored on the labels it trained on when the evaluation data are the training data.
+    shuffled_eval = (shuffled_train if eval_set is data.train
+                     else ShuffledLabels(eval_set, settings.seed + 3))
+    runs = {"random_weights": (lambda: random_weight_copy(build_model(
                 cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs), settings.seed + 1),
                 data.train, eval_set),
-            "shuffled_labels": (build_model(cfg.model, cfg.weights, cfg.hf_class,
-                                            cfg.model_kwargs),
-                                ShuffledLabels(data.train, settings.seed + 2),
-                                ShuffledLabels(eval_set, settings.seed + 3))}
+            "shuffled_labels": (lambda: build_model(cfg.model, cfg.weights, cfg.hf_class,
+                                                    cfg.model_kwargs),
+                                shuffled_train, shuffled_eval)}
+    not_run = CONTROLS_NOT_RUN.get(settings.objective, {})
     found = {}
-    for name, (model, train_set, scored_on) in runs.items():
-        train_batches, sampler = train_loader(train_set, cfg.batch_size, ranks, settings.seed,
-                                              args.workers)
+    for name, (make_model, train_set, scored_on) in runs.items():
+        if name in not_run:
+            continue
+        folder = args.out / "controls" / name
+        train_batches, sampler = train_loader(_batches(train_set, settings), cfg.batch_size,
+                                              ranks, settings.seed, args.workers)
+        scored_batches = eval_loader(_batches(scored_on, settings, 1), args.eval_batch_size,
+                                     ranks, args.workers)
         control = discover(
-            model, task, train_batches,
-            eval_loader(scored_on, args.eval_batch_size, ranks, args.workers), settings,
-            DiscoveryHooks(log_dir=args.out / "controls" / name if ranks.is_main else None,
+            make_model(), task, train_batches, scored_batches, settings,
+            DiscoveryHooks(log_dir=folder if ranks.is_main else None,
                            progress=ranks.is_main and args.progress,
                            train_mode=train_mode_for(cfg.bn_stats), in_place=True,
                            prepare=prepare, compile_model=compiled,
-                           before_epoch=sampler.set_epoch, fused_optimizer=args.fused_optimizer,
-                           sum_over_ranks=ranks.sum),
+                           before_epoch=sampler.set_epoch,
+                           state=CheckpointedDiscovery(folder, ranks),
+                           fused_optimizer=args.fused_optimizer, sum_over_ranks=ranks.sum),
             pretrained=pretrained)
         found[name] = {"accuracy": control.accuracy, "density": control.density}
-    return found
+    return found, not_run
 
 
 RERUN_HINT = ("a discovery directory holds one configuration: use another --out, or rerun "
@@ -346,19 +389,29 @@ def report(out: Path) -> tuple[str, list]:
     per-parameter density table."""
     out = Path(out)
     if not (out / "summary.json").is_file():
-        raise FileNotFoundError(f"{out}: no summary.json yet (the discovery has not finished)")
+        started = "checkpoint" in {p.name for p in out.iterdir()} or any(out.glob("lambda-*"))
+        raise FileNotFoundError(
+            f"{out}: no summary.json: " + ("the discovery was interrupted; rerun its command to "
+                                           "resume it" if started else
+                                           "the discovery stopped before its first epoch "
+                                           "ended (see its error); rerun its command"))
     import json
 
     summary = json.loads((out / "summary.json").read_text())
+    aimed = summary.get("target_density")
+    chosen = (f"aimed at density {aimed:g} (Lagrangian; density "
+              f"{summary['density_before_cut']:.4f} before the exact cut)" if aimed is not None
+              else f"chosen λ = {summary['l0_lambda']:g}")
     lines = [f"# discovery in {out}", "",
-             f"chosen λ = {summary['l0_lambda']:g}: accuracy {summary['accuracy']:.4f}, density "
-             f"{summary['density']:.4f} ({summary['ranks']} rank(s), {summary['seconds']} s)", "",
-             "| λ | accuracy | density |", "|---|---|---|"]
-    with open(out / "candidates.csv", newline="") as f:
-        lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
-                  for r in csv.DictReader(f)]
+             f"{chosen}: accuracy {summary['accuracy']:.4f}, density "
+             f"{summary['density']:.4f} ({summary['ranks']} rank(s), {summary['seconds']} s)"]
+    if aimed is None:
+        lines += ["", "| λ | accuracy | density |", "|---|---|---|"]
+        with open(out / "candidates.csv", newline="") as f:
+            lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
+                      for r in csv.DictReader(f)]
     lines += ["", *controls_table(summary["accuracy"], summary["density"],
-                                  summary.get("controls"))]
+                                  summary.get("controls"), summary.get("controls_not_run"))]
     lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
     with open(out / "density.csv", newline="") as f:
         lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
@@ -366,10 +419,13 @@ def report(out: Path) -> tuple[str, list]:
     return "\n".join(lines), []
 
 
-def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
-                   compiled: bool, controls: dict) -> None:
-    if controls:  # with the file, so that analyze shows them wherever it goes
+def _write_results(out: Path, cfg, result, ranks: Ranks, notes, started: float,
+                   compiled: bool, controls: dict, not_run: dict) -> None:
+    if controls or not_run:  # with the file, so that analyze shows them wherever it goes
         result.subnetwork.metadata["controls"] = controls
+        if not_run:
+            result.subnetwork.metadata["controls_not_run"] = not_run
+    seconds = time.time() - started
     result.subnetwork.save(out / "subnetwork.safetensors")
     atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
     atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
@@ -382,7 +438,8 @@ def _write_results(out: Path, cfg, result, ranks: Ranks, notes, seconds: float,
             "target_density", "expected_density", "density_before_cut", "lagrange_multipliers")
            if key in result.subnetwork.metadata},
         "kernels": sf.kernels(), "compiled": compiled,
-        **({"controls": controls} if controls else {})})
+        **({"controls": controls} if controls else {}),
+        **({"controls_not_run": not_run} if not_run else {})})
     print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
           f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
           f"{out / 'subnetwork.safetensors'}")

@@ -37,6 +37,8 @@ class MeanPoolOptions:
     """where SAM runs"""
     preview: int = 8
     """before/after pairs in preview.png"""
+    progress: bool = True
+    """a progress bar (on a terminal)"""
 
 
 OPTIONS = {"mean_pool": MeanPoolOptions}
@@ -87,7 +89,7 @@ def run(parsed, argv) -> int:
                 "content": manifest.content_of(sam_checkpoint=args.sam_checkpoint)}
     with manifest.held(args.target, "mean-pool", identity,
                        hint="a pooled folder holds one source pooled one way: use another target"):
-        count = mean_pool(outputs, args.target, labels_of, args.preview, progress=True)
+        count = mean_pool(outputs, args.target, labels_of, args.preview, progress=args.progress)
     print(f"{count} images mean-pooled ({args.method}) → {args.target}"
           + (f"; preview {args.target / 'preview.png'}" if args.preview else ""))
     return 0

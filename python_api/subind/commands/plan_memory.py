@@ -7,6 +7,8 @@ and torch.compile — without a GPU (engine/memory_plan.py).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -72,8 +74,13 @@ def _input_maker(model, args, dtype):
     if args.seq_len is not None and not tokens:
         raise ValueError(f"--seq-len is for token models; {args.model} takes "
                          f"{getattr(model, 'main_input_name', 'tensors')} (use --input-shape)")
+    if args.input_shape and tokens:
+        raise ValueError(f"--input-shape is for tensor models; {args.model} takes token ids "
+                         "(give --seq-len)")
     if args.input_shape:
         shape = tuple(args.input_shape)
+        if any(size < 1 for size in shape):
+            raise ValueError(f"--input-shape sizes must be >= 1, got {list(shape)}")
     elif tokens:
         most = _positions(model)
         length = args.seq_len or min(most or 1024, 1024)
@@ -89,8 +96,12 @@ def _input_maker(model, args, dtype):
 
 
 def _check(args) -> None:
-    if args.batch < 1 or args.world_size < 1 or args.gpu_mem <= 0:
-        raise ValueError("--batch and --world-size must be >= 1 and --gpu-mem > 0")
+    if args.batch < 1 or args.world_size < 1:
+        raise ValueError("--batch and --world-size must be >= 1")
+    if not (math.isfinite(args.gpu_mem) and args.gpu_mem > 0):
+        raise ValueError(f"--gpu-mem must be a finite number of GiB > 0, got {args.gpu_mem}")
+    if not args.providers:
+        raise ValueError(f"--providers names none; choose from {list(mp.PROVIDERS)}")
     if (args.world_size > 1) != (args.strategy != "none"):
         raise ValueError("--world-size > 1 needs --strategy ddp or fsdp2 (and they need > 1)")
     unknown = sorted(set(args.providers) - set(mp.PROVIDERS))

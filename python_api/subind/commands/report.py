@@ -34,8 +34,11 @@ def run(parsed, argv) -> int:
 
     name = manifest.read(args.out)["experiment"]
     if name != discover.EXPERIMENT and name not in experiments.EXPERIMENTS:
+        written = sorted(p.name for p in Path(args.out).iterdir()
+                         if p.is_file() and not p.name.startswith(".")
+                         and p.name != manifest.MANIFEST)
         raise ValueError(f"{args.out} holds the results of `subind {name}`, which wrote its "
-                         f"tables and figures itself (see {args.out / 'summary.*'}); `subind "
+                         f"outputs itself ({', '.join(written[:8]) or 'none yet'}); `subind "
                          "report` covers the experiments and `subind discover`")
     source = discover if name == discover.EXPERIMENT else experiments.load(name)
     text, figures = source.report(args.out)

@@ -88,6 +88,8 @@ class ShapeSubnetworkOptions:
     """BatchNorm statistics while the masks learn (see the command's description)"""
     device: str = "cpu"
     """where to run"""
+    progress: bool = True
+    """progress bars (on a terminal)"""
 
 
 OPTIONS = {"shape_subnetwork": ShapeSubnetworkOptions}
@@ -144,7 +146,8 @@ def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, sel
                       Discovery(lambdas=args.lambdas, epochs=args.epochs, mask_lr=args.mask_lr,
                                 optimizer="adamw", mask_init=args.mask_init,
                                 exclude=[] if args.mask_head else [head]),
-                      DiscoveryHooks(log_dir=args.out / "discovery-logs", progress=True,
+                      DiscoveryHooks(log_dir=args.out / "discovery-logs",
+                                     progress=args.progress,
                                      train_mode=train_mode_for(args.bn_stats)))
     result.subnetwork.save(args.out / "subnetwork.safetensors")
 

@@ -4,20 +4,23 @@
 * ``mean`` / ``learned``: the reference set is one pass over the training
   batches (each masked layer's mean input; ``learned`` then trains it with
   the logits).
-* ``corrupted``: before every forward of the masked model, the same forward
-  runs on a paired corrupted input and each layer records its input there
-  (sf.nn.record_corrupted_before_each_forward); the pairing is a resample
-  (sf.nn.resample: each input with the next of its batch).
+* ``corrupted``: every example is paired with another example of its data
+  set, a fixed derangement drawn from the seed (``CorruptedPairs``; a
+  resample ablation), so the pairs do not depend on the batch size, the
+  order or the number of ranks; before every forward of the masked model the
+  unmasked model runs on the batch's partners and each layer records its
+  input there (``recording_partners``, sf.nn.record_corrupted).
 * objective ``kl``: the loss is KL(p_full ‖ p_masked) to the unmasked model's
   output on the same batch (the task's ``batch_logits``) instead of its loss
   on the labels.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 import subind_fast as sf
 
@@ -59,8 +62,6 @@ def ablating(task, model: nn.Module, ablation: str, objective: str):
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     sf.nn.set_ablation(model, ablation)
-    if ablation == "corrupted":
-        sf.nn.record_corrupted_before_each_forward(model)
     return KLToFullModel(task) if objective == "kl" else task
 
 
@@ -70,3 +71,60 @@ def start_means(model: nn.Module, task, ablation: str, batches: Iterable) -> Non
     (cast, on its device, wrapped); nothing for the other ablations."""
     if ablation in ("mean", "learned"):
         sf.nn.record_means(model, batches, forward=task.loss)
+
+
+class Paired(NamedTuple):
+    """A sample (or, collated, a batch) with its corrupted partner."""
+    clean: Any
+    corrupted: Any
+
+
+class CorruptedPairs(Dataset):
+    """``dataset`` with each sample paired with another one: sample i with
+    sample partner[i], where the partners follow one cycle through a seeded
+    permutation (a derangement: nobody is its own partner)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        n = len(dataset)
+        if n < 2:
+            raise ValueError(f"a corrupted (resample) ablation pairs each sample with another: "
+                             f"the data need at least 2 samples, got {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        self.partner = torch.empty(n, dtype=torch.long)
+        self.partner[order] = order.roll(-1)
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Paired:
+        return Paired(self.dataset[i], self.dataset[int(self.partner[i])])
+
+    def __getattr__(self, name):  # ImageFolder-style datasets name their classes
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class recording_partners:
+    """The clean halves of paired ``batches`` (of ``CorruptedPairs``), each
+    yielded after ``model`` (unmasked, no gradient) has run ``task.loss`` on
+    its partners and every masked layer recorded its input there: the next
+    forward — the one on the yielded batch — sees them (sf.nn.record_corrupted).
+    Works for training and evaluation loops alike, as neither needs to know."""
+
+    def __init__(self, batches: Iterable, model: nn.Module, task):
+        self.batches, self.model, self.task = batches, model, task
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.batches:
+            if not isinstance(batch, Paired):
+                raise ValueError("ablation 'corrupted' needs each batch paired with its corrupted "
+                                 "partners: wrap the data set in "
+                                 "subind.engine.ablation.CorruptedPairs before batching it")
+            sf.nn.record_corrupted(self.model, lambda: self.task.loss(self.model,
+                                                                     batch.corrupted))
+            yield batch.clean

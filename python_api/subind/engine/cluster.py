@@ -38,7 +38,10 @@ def slurm_array_script(argv: list[str], shards: int, out: Path,
     command = [sys.executable, "-m", "subind", *argv, "--shard",
                f"$SLURM_ARRAY_TASK_ID/{shards}", "--no-progress"]
     quoted = " ".join(shlex.quote(c) if "$SLURM" not in c else f'"{c}"' for c in command)
-    lines += ["set -euo pipefail", f"mkdir -p {shlex.quote(str(logs))}", f"exec {quoted}", ""]
+    # The command's relative paths (--out, --config) are the working directory's: the
+    # script changes to it itself too, so it also runs as `bash sweep.sbatch` elsewhere.
+    lines += ["set -euo pipefail", f"cd {shlex.quote(str(Path.cwd()))}",
+              f"mkdir -p {shlex.quote(str(logs))}", f"exec {quoted}", ""]
     return "\n".join(lines)
 
 

@@ -69,10 +69,12 @@ class ShuffledLabels(Dataset):
         return getattr(self.dataset, name)
 
 
-def controls_table(accuracy: float, density: float, controls: Optional[dict]) -> list[str]:
+def controls_table(accuracy: float, density: float, controls: Optional[dict],
+                   not_run: Optional[dict] = None) -> list[str]:
     """Markdown lines: the subnetwork's accuracy beside each control's and its
-    margin over it, or a line saying the controls were not run."""
-    if not controls:
+    margin over it, a line for each control not run (``not_run``: why), or a
+    line saying the controls were not run at all."""
+    if not controls and not not_run:
         return ["faithfulness controls: not run (found with --no-controls, or by a version "
                 "without them): nothing shows that the search could not reach this accuracy "
                 "on a random-weight model or on shuffled labels"]
@@ -81,5 +83,7 @@ def controls_table(accuracy: float, density: float, controls: Optional[dict]) ->
              "| run | accuracy | density | the subnetwork's margin |", "|---|---|---|---|",
              f"| the subnetwork | {accuracy:.4f} | {density:.4f} | |"]
     lines += [f"| {name.replace('_', ' ')} | {c['accuracy']:.4f} | {c['density']:.4f} | "
-              f"{accuracy - c['accuracy']:+.4f} |" for name, c in controls.items()]
+              f"{accuracy - c['accuracy']:+.4f} |" for name, c in (controls or {}).items()]
+    lines += [f"| {name.replace('_', ' ')} | – | – | {why} |"
+              for name, why in (not_run or {}).items()]
     return lines

@@ -93,6 +93,34 @@ def resolve(spec: str, model: nn.Module, experiment_sets: Callable[[str, str], D
                      f"experiment:NAME/SET, got {spec!r}")
 
 
+def local_directory(spec: Optional[str]) -> Optional[Path]:
+    """The directory a model or data spec reads its files from (``hf:DIR``,
+    ``imagefolder:DIR``), else None: what a results manifest hashes."""
+    kind, _, rest = (spec or "").partition(":")
+    return Path(rest) if kind in ("hf", "imagefolder") and rest else None
+
+
+def check_out_outside_data(out: Path, *specs: Optional[str]) -> None:
+    """A results directory inside an image folder would become one of its
+    classes on the next run: refused, naming both."""
+    for spec in specs:
+        folder = local_directory(spec)
+        if folder is not None and spec.startswith("imagefolder:") and \
+                Path(out).resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out} lies inside the image folder of {spec}: a rerun would "
+                             "read it as a class; put the results elsewhere")
+
+
+def evaluation_split(data: DataSpec, spec: str, role: str) -> Dataset:
+    """The held-out split of ``data`` where it has one, else its training
+    split; an empty set is an error naming ``spec`` (never a silent fallback)."""
+    chosen = data.eval if data.eval is not None else data.train
+    if len(chosen) == 0:
+        split = "evaluation" if data.eval is not None else "training"
+        raise ValueError(f"{role} {spec}: its {split} split holds no samples")
+    return chosen
+
+
 def _first_samples(dataset: Dataset, count: int = 2):
     from torch.utils.data import default_collate
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from subind_fast.naming import BLOCK_CONTAINERS
 
+from .ablation import Paired
 from .classification import IGNORE_LABEL
 
 STRATEGIES = ("none", "ddp", "fsdp2")
@@ -125,6 +126,11 @@ class _EvalShard(Dataset):
         if i < len(self.indices):
             return self.dataset[self.indices[i]]
         sample = self.dataset[0]
+        if isinstance(sample, Paired):  # the padding's partner counts for nothing either
+            return Paired(self._ignored(sample.clean), sample.corrupted)
+        return self._ignored(sample)
+
+    def _ignored(self, sample):
         if not isinstance(sample, (tuple, list)) or len(sample) < 2:
             raise ValueError(f"evaluation data of {len(self.dataset)} samples do not split "
                              "evenly over the ranks, and their samples are not (input, label) "
@@ -132,8 +138,6 @@ class _EvalShard(Dataset):
         inputs, label = sample[:2]
         return inputs, (torch.tensor(IGNORE_LABEL) if isinstance(label, torch.Tensor)
                         else IGNORE_LABEL)
-
-
 
 
 def eval_loader(dataset: Dataset, batch: int, ranks: Ranks, workers: int = 0) -> DataLoader:
@@ -145,12 +149,17 @@ def eval_loader(dataset: Dataset, batch: int, ranks: Ranks, workers: int = 0) ->
 
 def blocks_of(model: nn.Module, pattern: Optional[str] = None) -> list[nn.Module]:
     """The repeated blocks to shard or checkpoint one by one: modules whose
-    name matches ``pattern`` (a glob), or by default the children of every
+    name matches ``pattern`` (a glob; a match inside another match is part of
+    that block, not a block of its own), or by default the children of every
     ModuleList/Sequential named like a block container (BLOCK_CONTAINERS)."""
     found = []
+    matched: list[str] = []
     for name, module in model.named_modules():
         if pattern is not None:
             if name and fnmatch.fnmatchcase(name, pattern):
+                if any(name.startswith(outer + ".") for outer in matched):
+                    continue  # inside a block already chosen: counted with it
+                matched.append(name)
                 found.append(module)
         elif (isinstance(module, (nn.ModuleList, nn.Sequential))
               and name.rpartition(".")[2] in BLOCK_CONTAINERS):

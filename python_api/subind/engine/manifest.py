@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .files import content_hash, create_exclusively, locked
 
 MANIFEST = "manifest.json"
+#: the lock a command holds on its directory while it runs (``exclusive``)
+RUN_LOCK = "run"
 FORMAT_VERSION = 1
 
 
@@ -71,7 +73,8 @@ def claim(out: Path, experiment: str, identity: dict, hint: str = SWEEP_HINT) ->
     # cannot see each other's lock or temp file as "foreign files".
     with locked(out / MANIFEST):
         if not (out / MANIFEST).exists() and any(
-                not p.name.startswith(f".{MANIFEST}.") for p in out.iterdir()):
+                not p.name.startswith(f".{MANIFEST}.") and p.name != f".{RUN_LOCK}.lock"
+                for p in out.iterdir()):
             raise ValueError(f"{out} already holds files but no {MANIFEST} (written by another "
                              "tool or an older version); use a new --out")
         if create_exclusively(out / MANIFEST, text):
@@ -91,24 +94,65 @@ def claim(out: Path, experiment: str, identity: dict, hint: str = SWEEP_HINT) ->
                          f"({len(differing)} field(s) differ: {details}); {hint}")
 
 
-def content_of(**files) -> dict:
-    """{name: SHA-256 of the file} for each named input file that is a file
-    (None, 'random' and package specs are left out): recorded in a manifest's
-    identity, so another file at the same path is another configuration."""
-    return {name: content_hash(Path(path)) for name, path in files.items()
-            if path is not None and Path(path).is_file()}
+def content_of(skip: Optional[Path] = None, **inputs) -> dict:
+    """{name: SHA-256} for each named input that is a file, or a directory
+    (``hf:DIR``'s weights and config, an image folder: one hash over every
+    file's relative path and bytes, leaving out ``skip``, a results directory
+    inside it); None, 'random' and package specs are left out.  Recorded in a
+    manifest's identity, so other contents at the same path are another
+    configuration."""
+    out = {}
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_file():
+            out[name] = content_hash(path)
+        elif path.is_dir():
+            out[name] = _directory_hash(path, skip)
+    return out
+
+
+def _directory_hash(directory: Path, skip: Optional[Path]) -> str:
+    import hashlib
+
+    skipped = skip.resolve() if skip is not None else None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if skipped is not None and path.resolve().is_relative_to(skipped):
+            continue
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        digest.update(content_hash(path).encode() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(out: Path, command: str) -> Iterator[None]:
+    """Hold ``out`` for this process while the body runs — a lock the kernel
+    releases when the process dies, so a second process started on the same
+    directory is refused at once instead of computing beside it and
+    interleaving its writes.  A directory made for the lock and left empty
+    (the body failed before writing) is removed again."""
+    out = Path(out)
+    check_out(out)
+    created = not out.exists()
+    try:
+        with locked(out / RUN_LOCK, wait=False) as mine:
+            if not mine:
+                raise ValueError(f"{out} is in use by another subind {command} process; wait "
+                                 "for it to end (or stop it), then rerun this command to continue")
+            yield
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 @contextlib.contextmanager
 def held(out: Path, command: str, identity: dict, hint: str) -> Iterator[None]:
     """What a single-run command (``subind <command>``) does once its checks
-    pass: claim ``out`` for ``identity`` (see ``claim``; the manifest names the
-    command as its experiment), then hold it while the body runs — a lock the
-    kernel releases when the process dies, so a second process started on the
-    same directory is refused at once instead of interleaving its writes."""
-    claim(out, command, identity, hint=hint)
-    with locked(Path(out) / "run", wait=False) as mine:
-        if not mine:
-            raise ValueError(f"{out} is in use by another subind {command} process; wait for "
-                             "it to end (or stop it), then rerun this command to continue")
+    pass: hold ``out`` (``exclusive``) and claim it for ``identity`` (see
+    ``claim``; the manifest names the command as its experiment) while the
+    body runs."""
+    with exclusive(out, command):
+        claim(out, command, identity, hint=hint)
         yield

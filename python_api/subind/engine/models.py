@@ -142,15 +142,59 @@ def _hf_model(directory: Path, weights: Optional[str], hf_class: str, kwargs: di
             raise ValueError(f"hf:{directory} holds a config.json but no weights "
                              "(*.safetensors, *.bin): pass --weights FILE, or --weights "
                              f"{RANDOM_WEIGHTS} to use the random initialisation on purpose")
-        return auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
-    config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True,
-                                                     **kwargs)
-    return auto.from_config(config)
+        try:
+            model, info = auto.from_pretrained(str(directory), local_files_only=True,
+                                               output_loading_info=True, **kwargs)
+        except Exception as err:  # transformers' own checks raise several kinds
+            raise ValueError(f"hf:{directory}: its model cannot be loaded"
+                             + (f" with --model-kwargs {kwargs}" if kwargs else "")
+                             + f" ({type(err).__name__}: {str(err)[:500]})") from None
+        unfit = {kind: info.get(kind) for kind in ("missing_keys", "mismatched_keys",
+                                                   "unexpected_keys") if info.get(kind)}
+        if unfit:
+            raise ValueError(
+                f"hf:{directory}: its weights do not fit the model built from its config"
+                + (f" and --model-kwargs {kwargs}" if kwargs else "") + ": " + "; ".join(
+                    f"{kind.replace('_', ' ')} {sorted(map(str, keys))[:5]}"
+                    + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                    for kind, keys in unfit.items())
+                + f"; a partly random model is refused (use --weights {RANDOM_WEIGHTS} to "
+                "start from the random initialisation on purpose)")
+        return model
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True,
+                                                         **kwargs)
+        return auto.from_config(config)
+    except Exception as err:  # transformers' own checks raise several kinds
+        raise ValueError(f"hf:{directory}: no model can be built from its config.json"
+                         + (f" with --model-kwargs {kwargs}" if kwargs else "")
+                         + f" ({type(err).__name__}: {err})") from None
+
+
+def check_finite(model: nn.Module, origin: str) -> nn.Module:
+    """``model`` when every parameter and buffer is finite; else an error
+    naming where the weights came from and the first tensors with NaN or inf."""
+    bad = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+           if tensor.is_floating_point() and not tensor.is_meta
+           and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{origin}: {len(bad)} tensor(s) hold NaN or inf values, e.g. "
+                         f"{bad[:5]}; a discovery on them would train on NaN losses")
+    return model
 
 
 def build_model(spec: str, weights: Optional[str] = None, hf_class: str = "causal-lm",
                 model_kwargs: Optional[dict] = None) -> nn.Module:
-    """The model ``spec`` names (see module docstring), with ``weights`` loaded."""
+    """The model ``spec`` names (see module docstring), with ``weights``
+    loaded; weights with NaN or inf are refused, naming their origin."""
+    model = _built(spec, weights, hf_class, model_kwargs)
+    if weights == RANDOM_WEIGHTS:  # a fresh initialisation: nothing read from a file
+        return model
+    return check_finite(model, f"--weights {weights}" if weights else f"--model {spec}")
+
+
+def _built(spec: str, weights: Optional[str], hf_class: str,
+           model_kwargs: Optional[dict]) -> nn.Module:
     kind, _, rest = spec.partition(":")
     kwargs = dict(model_kwargs or {})
     if kind == "entry":

@@ -26,7 +26,7 @@ from torch import nn
 import subind_fast as sf
 
 from .options import Floats, Repeated
-from .ablation import OBJECTIVES, ablating, start_means
+from .ablation import OBJECTIVES, ablating, recording_partners, start_means
 from .target_density import DensityTarget
 from .training import EpochLog, Task, train
 
@@ -78,17 +78,23 @@ def _mask_optimizer(name: str, logits: list, lr: float, fused: Optional[bool]
 
 class DiscoveryState(Protocol):
     """Where a discovery run keeps its progress so a killed run resumes
-    (the CLI keeps it in distributed checkpoints, engine/dist_checkpoint.py)."""
+    exactly (the CLI keeps it in distributed checkpoints,
+    engine/dist_checkpoint.py): the logits and every other trained tensor of
+    the model (a learned ablation's inputs), the optimizer, the global RNG,
+    and ``extra`` — the other objects a run carries between epochs, each with
+    ``state_dict()``/``load_state_dict()`` (a target density's multipliers
+    and their optimizer)."""
 
     def finished(self, lam: float) -> Optional[tuple[float, sf.Subnetwork]]:
         """(accuracy, subnetwork) of a λ already done, else None."""
 
     def record(self, lam: float, accuracy: float, subnetwork: sf.Subnetwork) -> None: ...
 
-    def restore(self, model: nn.Module, optimizer, lam: float) -> int:
-        """Load λ's last checkpoint into model and optimizer; the next epoch (0: none)."""
+    def restore(self, model: nn.Module, optimizer, lam: float, extra: dict) -> int:
+        """Load λ's last checkpoint into model, optimizer and ``extra``; the next
+        epoch (0: none)."""
 
-    def save(self, model: nn.Module, optimizer, lam: float, epoch: int) -> None: ...
+    def save(self, model: nn.Module, optimizer, lam: float, epoch: int, extra: dict) -> None: ...
 
 
 MASK_METHODS = (*sf.nn.METHODS, *sf.selection.METHODS)
@@ -150,6 +156,30 @@ class Discovery:
 
     def mask_method(self, generator: Optional[torch.Generator] = None) -> "sf.nn.MaskMethod":
         return sf.nn.MaskMethod(self.method, self.granularity, self.n_samples, generator)
+
+
+def check_fits(model: nn.Module, settings: Discovery, batch_per_rank: int) -> None:
+    """The errors ``discover`` would raise on ``model`` once it masks it,
+    raised before anything runs or is written: the layer patterns select
+    maskable layers, the ablation suits the method and every selected layer,
+    and a batch holds the mask samples."""
+    include, exclude = settings.include or None, settings.exclude or None
+    if settings.selects:
+        sf.nn.select_modules(model, include, exclude)
+        return
+    method = settings.mask_method()
+    sf.nn.check_ablation(model, settings.ablation, include, exclude, method)
+    if settings.target_density is not None:
+        modules, _, selected = sf.nn.select_modules(model, include, exclude)
+        total = sum(p.numel() for key in selected for p in modules[key].parameters()
+                    if p.dim() >= 2)
+        if round(settings.target_density * total) < 1:
+            raise ValueError(f"--target-density {settings.target_density:g} of the {total:,} "
+                             f"masked weights keeps no weight; aim at {1 / total:.2g} or more")
+    if method.sampled and method.n_samples > batch_per_rank:
+        raise ValueError(f"--n-samples {method.n_samples} draws one mask sample per slice of "
+                         f"each batch, but a rank's batch holds {batch_per_rank} samples; use "
+                         "at most that many or a larger --batch-size")
 
 
 def _same(model: nn.Module) -> nn.Module:
@@ -239,6 +269,9 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     # the densities and record_means work on the shards).
     logits = [s for layer in layers.values() for _, s in layer.masked_parameters().values()]
     start_means(probe, labels_task, s.ablation, train_data)
+    if s.ablation == "corrupted":  # each batch's partners run first (engine/ablation.py)
+        train_data = recording_partners(train_data, probe, labels_task)
+        eval_data = recording_partners(eval_data, probe, labels_task)
     learned = sf.nn.ablation_parameters(probe)  # after prepare: FSDP2's sharded parameters
     learned_start = [p.detach().clone() for p in learned]
     candidates = []
@@ -255,13 +288,14 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
             for p, start in zip(learned, learned_start):
                 p.copy_(start)
         opt = _mask_optimizer(s.optimizer, logits + learned, mask_lr, h.fused_optimizer)
-        first = state.restore(probe, opt, lam) if state is not None else 0
         target, anneal_from = None, 0
         if s.target_density is not None:
             sf.set_beta(probe, method_beta(method, 0, epochs, beta_final, anneal_temperature))
             anneal_from = epochs // 2 if s.target_warmup is None else s.target_warmup
             target = DensityTarget(layers.values(), s.target_density, anneal_from,
                                    s.lagrangian_lr)
+        carried = {"density_target": target} if target is not None else {}
+        first = state.restore(probe, opt, lam, carried) if state is not None else 0
 
         def epoch_start(e, lam=lam, target=target):
             # Aiming at a size, β holds at its start while the target warms up (a
@@ -278,9 +312,9 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
                     sf.nn.shift_to_density(probe, s.target_density)
             before_epoch(e)
 
-        def epoch_end(e, metrics, lam=lam, opt=opt):
+        def epoch_end(e, metrics, lam=lam, opt=opt, carried=carried):
             if state is not None:
-                state.save(probe, opt, lam, e + 1)
+                state.save(probe, opt, lam, e + 1, carried)
             return False
 
         log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
@@ -315,10 +349,14 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
         candidates.append((lam, accuracy, sub.density(), sub))
     lam, accuracy, density, sub = max(candidates, key=lambda c: (round(c[1], 3), -c[2]))
     if density == 0:
+        tried = (f"the target density {s.target_density:g} kept no weight"
+                 if s.target_density is not None else
+                 f"every λ in {list(lambdas)} ended with no weight kept")
         warnings.warn(
-            f"the discovered subnetwork is empty (every λ in {list(lambdas)} ended with no "
-            "weight kept): lower λ, train the masks longer or faster (epochs, mask_lr), or "
-            "start them positive (mask_init > 0)", EmptySubnetworkWarning, stacklevel=2)
+            f"the discovered subnetwork is empty ({tried}): "
+            + ("aim at a larger target" if s.target_density is not None else
+               "lower λ, train the masks longer or faster (epochs, mask_lr), or start them "
+               "positive (mask_init > 0)"), EmptySubnetworkWarning, stacklevel=2)
     return DiscoveryResult(sub, accuracy, density, lam, sub.layer_density(),
                            [(c[0], c[1], c[2]) for c in candidates])
 

@@ -79,7 +79,7 @@ class Sweep:
         mine = self.keys[i::k]
         todo = [key for key in mine if not self.finished(key)]
         result = SweepResult(present=len(mine) - len(todo))
-        for key in tqdm(todo, desc="runs", disable=not progress):
+        for key in tqdm(todo, desc="runs", disable=None if progress else True):
             path = self.path_of(key)
             with locked(path, wait=False) as claimed:
                 if not claimed:

@@ -73,6 +73,25 @@ class DensityTarget:
         gap = self.hard_density() + (soft - soft.detach()) - self.current
         return self.multipliers[0] * gap + self.multipliers[1] * gap * gap
 
+    def state_dict(self) -> dict:
+        """Everything the Lagrangian carries between steps (a resumed run
+        continues exactly): the multipliers, the ascent step still pending
+        (their last gradient), their optimizer, the warm-up's start and the
+        current target."""
+        grad = self.multipliers.grad
+        return {"multipliers": self.multipliers.detach().clone(),
+                "pending_gradient": None if grad is None else grad.detach().clone(),
+                "optimizer": self.optimizer.state_dict(), "start": self.start,
+                "current": self.current}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.multipliers.copy_(state["multipliers"])
+        grad = state["pending_gradient"]
+        self.multipliers.grad = None if grad is None else grad.to(self.multipliers.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start, self.current = float(state["start"]), float(state["current"])
+
     def state(self) -> dict:
         with torch.no_grad():
             density = float(self.expected_density())

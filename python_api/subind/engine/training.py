@@ -219,7 +219,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
 
     if log_start and first_epoch == 0:
         write_log(0, "", task.evaluate(model, eval_data) if eval_data is not None else None)
-    bar = tqdm(range(first_epoch, epochs), desc=progress, leave=False, disable=progress is None)
+    # disable=None: tqdm draws only on a terminal, never into a log file
+    bar = tqdm(range(first_epoch, epochs), desc=progress, leave=False,
+               disable=True if progress is None else None)
     for epoch in bar:
         if before_epoch is not None:
             before_epoch(epoch)

@@ -151,7 +151,8 @@ def mean_pool(outputs: dict[Path, Path], target: Path,
     from .stimuli import read_image
 
     pairs = []
-    for path, output in tqdm(outputs.items(), disable=not progress, desc="mean pooling"):
+    for path, output in tqdm(outputs.items(), disable=None if progress else True,
+                             desc="mean pooling"):  # None: bars only on a terminal
         image = read_image(path)
         labels = labels_of(path, image.permute(1, 2, 0).numpy())
         pooled = fill_segments(image, torch.from_numpy(np.asarray(labels)))

@@ -178,3 +178,68 @@ def test_empty_masks_have_iom_one_like_iou(tmp_path):
     assert (row.iou, row.iom, A.p_reuse(empty, empty)) == (1.0, 1.0, 1.0)
     full = sf.Subnetwork.from_masks({"w": torch.ones(4, dtype=torch.bool)})
     assert (A.overlap(empty, full)[A.TOTAL].iou, A.iom(empty, full)) == (0.0, 0.0)
+
+
+def _mlp_subnetwork(tmp_path, metadata=None):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "distributed"))
+    import discover_entries
+
+    model = discover_entries.block_mlp()
+    sub = sf.Subnetwork.from_masks(
+        {name: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.4
+         for name, p in model.named_parameters() if p.dim() == 2}, metadata or {})
+    return str(sub.save(tmp_path / "sub.safetensors"))
+
+
+MLP = ["--model", "entry:discover_entries:block_mlp"]
+
+
+def test_another_ablation_is_another_analysis(tmp_path, capsys):
+    """--ablation is part of an analysis folder's identity: a rerun with
+    another one is refused, and the first result stays."""
+    sub = _mlp_subnetwork(tmp_path)
+    out = tmp_path / "an"
+    args = ["analyze", sub, "--out", str(out), *MLP, "--eval-data",
+            "entry:discover_entries:gaussian_odd_eval"]
+    assert main(args) == 0
+    first = (out / "summary.md").read_text()
+    assert main([*args, "--ablation", "corrupted"]) == 2
+    assert "ablation" in capsys.readouterr().err
+    assert (out / "summary.md").read_text() == first
+
+
+def test_corrupted_inverse_mask_test_never_meets_a_batch_of_one(tmp_path, capsys):
+    from subind.commands.analyze import even_batches
+
+    assert sorted(len(b) for b in even_batches(513, 512)) == [256, 257]
+    assert [len(b) for b in even_batches(1024, 512)] == [512, 512]
+    assert sum(even_batches(1000, 7), []) == list(range(1000))
+    sub = _mlp_subnetwork(tmp_path, {"ablation": "mean"})
+    assert main(["analyze", sub, "--out", str(tmp_path / "an"), *MLP, "--eval-data",
+                 "entry:discover_entries:gaussian_odd_eval", "--ablation", "corrupted"]) == 0
+    text = capsys.readouterr().out
+    assert "found with its removed weights mean-ablated" in text  # said, not hidden
+
+
+def test_a_second_analysis_on_a_folder_in_use_is_refused_before_it_computes(tmp_path, capsys):
+    from subind.engine.files import locked
+
+    sub = _mlp_subnetwork(tmp_path)
+    out = tmp_path / "an"
+    with locked(out / "run", wait=False) as mine:  # as if another analysis were running
+        assert mine
+        assert main(["analyze", sub, "--out", str(out)]) == 2
+        assert "in use by another subind analyze process" in capsys.readouterr().err
+        assert not (out / "manifest.json").exists()
+    assert main(["analyze", sub, "--out", str(out)]) == 0
+
+
+def test_a_failed_analysis_leaves_no_folder_behind(tmp_path, capsys):
+    sub = _mlp_subnetwork(tmp_path)
+    out = tmp_path / "an"
+    assert main(["analyze", sub, "--out", str(out), "--model", "timm:resnet18", "--weights",
+                 "random"]) == 2  # the subnetwork does not fit this model
+    assert "does not fit" in capsys.readouterr().err and not out.exists()

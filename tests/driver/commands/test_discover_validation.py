@@ -236,3 +236,42 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(discover_cli, "_run", interrupted)
     assert _discover(tmp_path / "run") == 130
     assert "run the same command again to resume" in _error(capsys)
+
+
+def test_an_hf_directory_whose_weights_do_not_fit_is_refused(tmp_path, capsys):
+    """The weights inside hf:DIR load strictly: a model built with another
+    layer count than the weights have is not silently part random."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=60,
+                               n_positions=8)).save_pretrained(tmp_path / "lm")
+    out = tmp_path / "run"
+    assert main(["discover", "--model", f"hf:{tmp_path / 'lm'}", "--model-kwargs",
+                 '{"n_layer": 2}', "--data", "experiment:arithmetic/a*b", *FAST, "--out",
+                 str(out)]) == 2
+    err = _error(capsys)
+    assert "do not fit" in err and "transformer.h.1" in err and not out.exists()
+
+
+def test_an_unbuildable_hf_config_is_named(tmp_path, capsys):
+    from transformers import Phi3Config
+
+    Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=60, pad_token_id=99).save_pretrained(
+        tmp_path / "phi3")
+    assert main(["plan-memory", "--model", f"hf:{tmp_path / 'phi3'}", "--batch", "2"]) == 2
+    assert "no model can be built from its config.json" in _error(capsys)
+
+
+def test_a_damaged_finished_result_is_named_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["discover", "--model", "entry:discover_entries:block_mlp", "--data",
+            "entry:discover_entries:gaussian_data", "--lambdas", "1e-4,1e-3", "--epochs", "1",
+            "--batch-size", "64", "--no-progress", "--no-controls", "--out", str(out)]
+    assert main(args) == 0
+    (out / "summary.json").unlink()
+    result = out / "lambda-0.0001" / "result.json"
+    result.write_text(json.dumps({"accuracy": "high"}))
+    assert main(args) == 2
+    err = _error(capsys)
+    assert str(result) in err and "damaged" in err

@@ -1,6 +1,6 @@
 """The discovery objective and ablations in the engine (engine/ablation.py):
 the KL objective against a float64 computation, the corrupted ablation's
-resample pairing through a whole training step, refusals."""
+pairing over the data set (each batch's partners recorded before it), refusals."""
 import pytest
 import torch
 from torch import nn
@@ -34,17 +34,31 @@ def test_kl_objective_is_kl_from_the_full_model_over_counted_rows():
     assert float(task.loss(model, (x, y))) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_corrupted_ablation_runs_the_resampled_batch_before_each_forward():
+def test_corrupted_ablation_runs_each_batchs_partners_before_it():
+    """Every weight removed: the masked model's output on a batch is the full
+    model's on the batch's partners (a derangement of the data set), in
+    training and evaluation loops alike."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from subind.engine.ablation import CorruptedPairs, recording_partners
+
     model = _model()
-    task = ablating(Classification(input_dtype=torch.float64), model, "corrupted", "labels")
-    x = torch.randn(4, 5, dtype=torch.float64)
+    labels = Classification(input_dtype=torch.float64)
+    task = ablating(labels, model, "corrupted", "labels")
     sf.set_mode(model, "hard")
     for layer in sf.masked_layers(model).values():
         with torch.no_grad():
-            layer.logits.fill_(-1.0)  # everything removed: the output is the paired input's
+            layer.logits.fill_(-1.0)  # everything removed: the output is the partner's
+    x = torch.randn(7, 5, dtype=torch.float64)
+    pairs = CorruptedPairs(TensorDataset(x, torch.zeros(7, dtype=torch.long)), seed=3)
+    seen = []
+    for batch in recording_partners(DataLoader(pairs, batch_size=3), model, labels):
+        seen.append(task.logits(model, batch[0]))
     with torch.no_grad(), sf.nn.unmasked(model):
-        paired = model(x.roll(1, 0))
-    torch.testing.assert_close(task.logits(model, x), paired, rtol=1e-12, atol=1e-12)
+        partners = model(x[pairs.partner])
+    torch.testing.assert_close(torch.cat(seen), partners, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="wrap the data set in"):
+        next(iter(recording_partners([(x, None)], model, labels)))
 
 
 def test_mean_ablation_starts_from_the_training_inputs():

@@ -21,7 +21,7 @@ def test_slurm_array_script_runs_every_shard(tmp_path, capsys):
     assert f"sbatch {script}" in capsys.readouterr().out
     text = script.read_text()
     for line in ("#SBATCH --array=0-2", "#SBATCH --gres=gpu:1", "#SBATCH --time=01:00:00",
-                 f"#SBATCH --chdir={os.getcwd()}"):
+                 f"#SBATCH --chdir={os.getcwd()}", f"cd {os.getcwd()}"):
         assert line in text.splitlines()
     command = text.splitlines()[-1]
     assert '--shard "$SLURM_ARRAY_TASK_ID/3"' in command
@@ -30,7 +30,8 @@ def test_slurm_array_script_runs_every_shard(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     for task in range(3):  # what SLURM does, one array task at a time
         env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(task), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                              cwd=tmp_path)  # run from elsewhere: the script changes directory
         assert done.returncode == 0, done.stderr[-2000:]
     runs = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("*.json"))
     assert runs == ["pretrained/resnet18-N0-s0.json", "scratch/resnet18-N0-s0.json",

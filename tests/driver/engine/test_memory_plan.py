@@ -139,3 +139,47 @@ def test_plan_memory_runs_on_transformers_causal_lms(family, tmp_path, capsys):
     assert "Exception ignored" not in captured.err
     assert main(["plan-memory", "--model", spec, "--batch", "4", "--seq-len", "10000"]) == 2
     assert "--seq-len must be in [1, " in capsys.readouterr().err
+    if family != "entry":  # a token model: --input-shape would feed it floats
+        assert main(["plan-memory", "--model", spec, "--batch", "4", "--input-shape", "16"]) == 2
+        assert "takes token ids (give --seq-len)" in capsys.readouterr().err
+
+
+def test_a_blocks_glob_that_matches_nested_modules_takes_the_outermost():
+    """'layer*' matches resnet18's layer1..4 and the blocks inside them: the
+    inner ones are part of their outer block, never counted twice."""
+    import timm
+
+    from subind.engine.distributed import blocks_of
+
+    model = timm.create_model("resnet18", pretrained=False)
+    assert blocks_of(model, "layer*") == [model.layer1, model.layer2, model.layer3, model.layer4]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gpu-mem", "inf"], "--gpu-mem must be a finite number"),
+    (["--gpu-mem", "nan"], "--gpu-mem must be a finite number"),
+    (["--input-shape=-3,32,32"], "--input-shape sizes must be >= 1"),
+    (["--providers", ","], "--providers names none"),
+])
+def test_plan_memory_names_bad_numbers(extra, message, capsys):
+    from subind.commands import main
+
+    assert main(["plan-memory", "--model", "timm:resnet18", "--batch", "2", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checkpointing_nested_blocks_plans_positive_memory():
+    """With 'layer*' (outer blocks and the blocks inside them) the plan is the
+    outer blocks' plan: no activation counted twice, none negative."""
+    nested = mp.PlanInputs(build=MODELS["resnet"],
+                           make_input=lambda b: torch.randn(b, *INPUT["resnet"], device="meta"),
+                           dtype=torch.float32, blocks=lambda m: blocks_of(m, "layer*"),
+                           checkpoint=True)
+    outer = mp.PlanInputs(build=MODELS["resnet"],
+                          make_input=lambda b: torch.randn(b, *INPUT["resnet"], device="meta"),
+                          dtype=torch.float32, checkpoint=True,
+                          blocks=lambda m: [m.layer1, m.layer2, m.layer3, m.layer4])
+    for provider in ("ours", "eager"):
+        planned, _ = mp.plan(provider, nested, 8)
+        assert planned.activations > 0
+        assert planned == mp.plan(provider, outer, 8)[0]

@@ -16,6 +16,8 @@ ring operations).
 """
 from __future__ import annotations
 
+import itertools
+
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -148,8 +150,16 @@ class _Parser:
         raise ExpressionError(f"unexpected {tok!r} at position {pos} in {self.text!r}")
 
 
+#: the deepest nesting of parentheses a computation may have (the parser recurses)
+MAX_NESTING = 50
+
+
 def parse(text: str) -> Computation:
     """Parse a computation such as "a+a*b", "a^2+ab" or "(a-b)^2"."""
     if not isinstance(text, str):
         raise ExpressionError(f"a computation must be text, got {type(text).__name__}")
+    depth = max(itertools.accumulate((c == "(") - (c == ")") for c in text), default=0)
+    if depth > MAX_NESTING:
+        raise ExpressionError(f"{text[:40]!r}…: parentheses nest {depth} deep; at most "
+                              f"{MAX_NESTING} are allowed")
     return Computation(text.strip(), _Parser(text).parse())

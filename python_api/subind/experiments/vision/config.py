@@ -44,6 +44,9 @@ CONDITIONS = {
 }
 # Options only one data source reads (VisionConfig.check_given).
 FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
+#: the synthetic-data settings that only one architecture reads
+ARCH_ONLY = {"resnet18": ("resnet_width", "resnet_stem_stride"),
+             "vit": ("vit_width", "vit_base_samples", "vit_base_epochs")}
 SYNTHETIC_ONLY = ("resnet_width", "vit_width", "contrast", "rotation", "train_samples",
                   "pooled_samples", "base_samples", "base_epochs", "vit_base_samples",
                   "vit_base_epochs")
@@ -221,9 +224,12 @@ class VisionConfig:
         if self.data != "synthetic":
             wrong += [f"{arch}_weights" for arch in arch_lib.ARCHITECTURES
                       if f"{arch}_weights" in given and arch not in self.archs]
+        else:  # an architecture's own synthetic settings, without that architecture
+            wrong += [name for arch, names in ARCH_ONLY.items() if arch not in self.archs
+                      for name in names if name in given]
         if wrong:
             flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
-            source = ("the synthetic data (--data synthetic, the default)"
+            source = (f"the synthetic data with --archs {','.join(self.archs)}"
                       if self.data == "synthetic" else f"folder data (--data {self.data})"
                       f" with --archs {','.join(self.archs)}")
             raise ValueError(f"{flags} would be ignored by {source}; leave "

@@ -37,6 +37,7 @@ def test_large_inputs_do_not_overflow():
     ("a^b", "must be a non-negative integer"), ("__import__('os')", "unknown symbol '_'"),
     ("", "empty"), ("a**2", "unexpected '\\*'"), ("(a+b", "expected '\\)'"),
     ("a^1000", "exceeds"), ("a b c", "unknown symbol 'c'"),
+    ("(" * 1000 + "a" + ")" * 1000, "nest 1000 deep"),
 ])
 def test_bad_expressions_are_rejected(text, message):
     with pytest.raises(ExpressionError, match=message):

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 
+import subind_fast as sf
 from subind.commands import main as cli
 from subind.engine import manifest
 from subind.engine.files import locked
@@ -97,7 +98,7 @@ def test_damaged_records_and_checkpoints_are_moved_aside_and_redone(finished, tm
 
 
 @pytest.mark.slow
-def test_a_resumed_run_logs_each_epoch_once(tmp_path, monkeypatch):
+def test_a_resumed_run_logs_each_epoch_once(tmp_path, monkeypatch, finished):
     from subind.engine import training
 
     out = tmp_path / "out"
@@ -120,6 +121,17 @@ def test_a_resumed_run_logs_each_epoch_once(tmp_path, monkeypatch):
     for log in (out / "runs").rglob("*.csv"):
         rows = log.read_text().splitlines()
         assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)], log
+    # ... and ends with the uninterrupted sweep's results, bit for bit.
+    from subind.experiments.arithmetic.experiment import RECORD_FIELDS
+
+    def records(folder):
+        return {str(p.relative_to(folder)): {k: json.loads(p.read_text())[k]
+                                             for k in RECORD_FIELDS}
+                for p in (folder / "runs").rglob("*.json")}
+
+    assert records(out) == records(finished)
+    assert sf.Subnetwork.load(out / "subnetworks" / "L1.safetensors") == \
+        sf.Subnetwork.load(finished / "subnetworks" / "L1.safetensors")
 
 
 @pytest.mark.slow

@@ -264,6 +264,16 @@ def test_folder_data_options_on_the_synthetic_data_are_refused(flag, value, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--vit-base-samples", "100"), ("--vit-width", "16")])
+def test_one_architectures_settings_without_it_are_refused(flag, value, tmp_path, capsys):
+    out = tmp_path / "vision"
+    assert main(["vision", "--preset", "smoke", "--archs", "resnet18", "--out", str(out), flag,
+                 value]) == 2
+    assert f"{flag} would be ignored by the synthetic data with --archs resnet18" in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
 def _copy_set(source: Path, target: Path) -> Path:
     import shutil
 
