@@ -48,3 +48,21 @@ def gaussian_odd_eval():
     x = torch.randn(65, 8, generator=g)
     y = (x[:, :2].sum(1) > 0).long() + 2 * (x[:, 2] > 0).long()
     return {"train": gaussian_data()["train"], "eval": TensorDataset(x, y)}
+
+
+class AttentionClassifier(nn.Module):
+    """8 features → one token through a transformer layer (nn.MultiheadAttention) → 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(self.encoder(self.inp(x).unsqueeze(1)).squeeze(1))
+
+
+def attention_classifier():
+    torch.manual_seed(5)
+    return AttentionClassifier()

@@ -254,13 +254,15 @@ def test_every_check_runs_before_the_directory_is_claimed(tmp_path, capsys, extr
 
 def test_a_non_zero_ablation_refuses_multihead_attention_before_claiming(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["discover", "--model", "timm:vit_tiny_patch16_224", "--weights", "random",
-                 "--model-kwargs", json.dumps(dict(img_size=32, patch_size=8, embed_dim=32,
-                                                   depth=1, num_heads=2, num_classes=4)),
-                 "--data", "entry:discover_entries:gaussian_data", *LAMBDA, "--ablation",
-                 "mean", "--include", "*", "--out", str(out)]) == 2
+    args = ["discover", "--model", "entry:discover_entries:attention_classifier", "--data",
+            "entry:discover_entries:gaussian_data", "--batch-size", "32", "--epochs", "1",
+            "--no-progress", "--no-controls", *LAMBDA]
+    assert main([*args, "--ablation", "mean", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "encoder.self_attn" in err and "computes one product" in err
     assert not out.exists()
-    capsys.readouterr()
+    assert main([*args, "--ablation", "mean", "--exclude", "encoder.self_attn",
+                 "--out", str(out)]) == 0  # the corrected command runs there
 
 
 def test_a_config_choice_is_checked_before_the_directory_is_claimed(tmp_path, capsys):
