@@ -1,7 +1,9 @@
 """`subind report DIR` for the arithmetic experiment: test accuracy by number
 of disambiguation samples and condition (mean ± std over seeds and layer
-counts) as markdown and as a PNG in the style of the paper's Figure 3, and a
-Table-2-style table of subnetwork densities."""
+counts) as markdown and as a PNG in the style of the paper's Figure 3, its
+statistics (95 % CIs, paired differences with sign tests, data efficiency;
+also statistics.json and statistics.csv), and a Table-2-style table of
+subnetwork densities."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from ...engine import records as run_records
 from ...engine import report as R
+from ...engine import statistics as S
 from ...engine.files import atomic_write_text
 from .experiment import RECORD_FIELDS
 
@@ -29,10 +32,10 @@ def accuracy_table(records: list[dict]) -> tuple[list[int], list[str], dict]:
     return sorted({n for n, _ in stats}), sorted({c for _, c in stats}), stats
 
 
-def markdown(records: list[dict], out: Path) -> str:
-    ns, conditions, stats = accuracy_table(records)
+def markdown(records: list[dict], out: Path, stats: dict) -> str:
+    ns, conditions, cells = accuracy_table(records)
     table = R.markdown(["N disambiguation", *conditions],
-                       [[n, *[R.cell(stats.get((n, c))) for c in conditions]] for n in ns])
+                       [[n, *[R.cell(cells.get((n, c))) for c in conditions]] for n in ns])
     densities = []
     for path in sorted((Path(out) / "subnetworks").glob("L*.json")):
         d = json.loads(path.read_text())
@@ -40,8 +43,82 @@ def markdown(records: list[dict], out: Path) -> str:
                           f"{d['subtask_accuracy']:.3f}", f"{d['l0_lambda']:g}"])
     table2 = (R.markdown(["layers", "parameters in subnetwork (masked layers)", "subtask accuracy",
                           "λ"], densities) if densities else "(no subnetworks)")
+    stat_lines = "\n".join(S.markdown_lines(stats["test_accuracy"], "test accuracy"))
     return (f"## Test accuracy (mean ± std over seeds and layer counts)\n\n{table}\n\n"
-            f"## Subnetwork density (paper Table 2)\n\n{table2}\n")
+            f"## Statistics (each seed and layer count one unit; paired by them)\n\n"
+            f"{stat_lines}\n\n"
+            f"## Subnetwork density (paper Table 2)\n\n{table2}\n\n"
+            + "\n".join(claims(stats["test_accuracy"], out)) + "\n")
+
+
+#: the paper's numbers the CPU presets can test (§4, Fig. 3, Table 2)
+PAPER = {"si_at_1000": 1.0, "scratch_at_1000": 0.506, "random_data_ratio": 6.0,
+         "density_2_layers": 0.0768}
+
+
+def claims(stats: dict, out: Path) -> list[str]:
+    """Markdown: each claim of the paper this run can test, the paper's
+    number, ours with its 95 % CI, and a verdict by the rule written beside it."""
+    points = {(r["n_disambiguation"], r["condition"]): S.Estimate.of(r)
+              for r in stats["points"]}
+    pairs = {(r["n_disambiguation"], r["condition"]): r for r in stats["paired"]}
+    rows = []
+    si = points.get((1000, "subtask_induction"))
+    if si is not None:
+        rows.append(["subtask induction is near-perfect at N = 1,000 (0.1 % of pairs)",
+                     "≈ 1.0 (Fig. 3)", si.cell(),
+                     "reproduced (the CI lies at or above 0.99)" if si.low >= 0.99 else
+                     "partly (the CI reaches 0.99)" if si.high >= 0.99 else
+                     "not reproduced (the CI stays below 0.99)"])
+    scratch = points.get((1000, "scratch"))
+    if scratch is not None:
+        close = scratch.low - 0.05 <= PAPER["scratch_at_1000"] <= scratch.high + 0.05
+        rows.append(["scratch averages 50.6 % at N = 1,000", "0.506", scratch.cell(),
+                     "reproduced (0.506 within 0.05 of the CI)" if close else
+                     "not reproduced (0.506 more than 0.05 outside the CI)"])
+    versus = pairs.get((1000, "random"))
+    if versus is not None:
+        d = S.Estimate.of(versus)
+        rows.append(["subtask induction beats the same-size random subnetwork at N = 1,000 "
+                     "(paired by seed)", "yes (Fig. 3)",
+                     f"{d.cell()}; {versus['wins']}/{versus['losses']}/{versus['ties']} "
+                     f"wins/losses/ties, sign p {versus['sign_test_p']:.3g}",
+                     "reproduced (CI above 0)" if d.low > 0 else
+                     "not reproduced (CI includes 0 or lies below)" if d.high >= 0 else
+                     "contradicted (CI below 0)"])
+    for row in stats["efficiency"]:
+        ratio = row["ratios"].get("random")
+        if row["threshold"] != 0.99 or ratio is None:
+            continue
+        r = S.Ratio(**ratio)
+        if r.ratio is None:
+            verdict = "not testable on this grid (a curve does not reach 0.99)"
+        elif r.low is not None and r.low > 1:
+            verdict = ("reproduced (CI above 1, 6 inside)" if r.low <= 6 <= r.high else
+                       "direction reproduced (CI above 1), size not (6 outside the CI)")
+        else:
+            verdict = "not reproduced (CI reaches 1)"
+        rows.append(["a random subnetwork needs ~6× the data to reach perfect accuracy (N at "
+                     "0.99, random / subtask induction)", "≈ 6×", r.cell(), verdict])
+    densities = [json.loads(p.read_text()) for p in sorted((Path(out) / "subnetworks")
+                                                           .glob("L2.json"))]
+    if densities:
+        d = densities[0]
+        rows.append(["Table 2: the 2-layer subnetwork keeps 7.68 % of the masked weights",
+                     "7.68 %", f"{100 * d['density']:.2f} % (one discovery; λ = "
+                     f"{d['l0_lambda']:g}, subtask accuracy {d['subtask_accuracy']:.3f})",
+                     "different model width and number range: compared, not tested"])
+    if not rows:
+        return []
+    return ["## What the paper claims, and what we measured", "",
+            R.markdown(["claim (paper §4)", "paper", "ours [95 % CI]", "verdict (rule)"], rows)]
+
+
+def statistics(records: list[dict]) -> dict:
+    """engine/statistics.py's comparison of the conditions' test accuracy, a
+    (layer count, seed) pair being one unit."""
+    return S.compare_conditions(records, lambda r: r["test_accuracy"],
+                                unit=lambda r: (r["layers"], r["seed"]))
 
 
 def figure(records: list[dict], path: Path) -> Path:
@@ -70,7 +147,9 @@ def report(out: Path) -> tuple[str, list[Path]]:
     """Write report.md and accuracy.png into ``out``; return (markdown, figure paths)."""
     out = Path(out)
     records = load_records(out)
-    text = markdown(records, out)
+    stats = {"test_accuracy": statistics(records)}
+    text = markdown(records, out, stats)
+    S.write_tables(out, stats)
     png = figure(records, out / "accuracy.png")
     atomic_write_text(out / "report.md", text + f"\n![test accuracy]({png.name})\n")
     return text, [png]

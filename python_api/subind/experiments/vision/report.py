@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...engine import records as run_records
 from ...engine import report as R
+from ...engine import statistics as S
 from ...engine.files import atomic_write_text
 from .config import CONDITIONS, RECORD_FIELDS
 from ...shape_bias.evaluation import plot_per_category
@@ -211,14 +212,74 @@ def stage_summary(out: Path) -> str:
                        "pooled accuracy", "seconds"], rows) if rows else ""
 
 
-def markdown(records: list[dict], out: Path) -> str:
+#: the metrics whose statistics the report gives (record field → how the tables name it)
+STATISTICS = {"shape_bias": ("shape bias", lambda r: r["cue_conflict"]["shape_bias"]),
+              "cue_conflict_accuracy": ("cue-conflict accuracy",
+                                        lambda r: r["cue_conflict"]["accuracy"]),
+              "original_accuracy": ("original accuracy", lambda r: r["original_accuracy"]),
+              "pooled_accuracy": ("pooled accuracy", lambda r: r["pooled_accuracy"])}
+
+
+def statistics(records: list[dict]) -> dict:
+    """engine/statistics.py's comparison of the conditions for each of
+    STATISTICS, per architecture, paired by seed (data efficiency on the
+    accuracies only, where the grid has several N)."""
+    return {name: S.compare_conditions(
+                records, read, panel=lambda r: r["arch"],
+                thresholds=S.THRESHOLDS if name.endswith("accuracy") else ())
+            for name, (_, read) in STATISTICS.items()}
+
+
+#: the paper's directional claims (§5, Table 1) this run can test: (metric, other
+#: condition, the claim); each holds when subtask induction minus the other, paired by
+#: seed, has its 95 % CI above 0
+CLAIMS = (("pooled_accuracy", "scratch", "higher accuracy on mean-pooled images than scratch"),
+          ("original_accuracy", "scratch", "higher accuracy on the original images than "
+                                           "scratch (data efficiency)"),
+          ("cue_conflict_accuracy", "scratch", "more cue-conflict images classified by shape "
+                                               "than scratch"),
+          ("shape_bias", "random", "a larger shape bias than the same-size random subnetwork"),
+          ("shape_bias", "scratch", "a larger shape bias than scratch"))
+
+
+def claims(stats: dict) -> list[str]:
+    """Markdown: each claim of CLAIMS per architecture and N, ours with its
+    CI and sign test, and the verdict by the rule in CLAIMS' comment."""
+    rows = []
+    for metric, other, claim in CLAIMS:
+        for row in stats[metric]["paired"]:
+            if row["condition"] != other:
+                continue
+            d = S.Estimate.of(row)
+            verdict = ("reproduced (CI above 0)" if d.low > 0 else
+                       "contradicted (CI below 0)" if d.high < 0 else
+                       "not reproduced (CI includes 0)")
+            rows.append([f"{row['panel']}, N={row['n_disambiguation']}",
+                         f"subtask induction has {claim}", d.cell(),
+                         f"{row['wins']}/{row['losses']}/{row['ties']}",
+                         f"{row['sign_test_p']:.3g}", verdict])
+    if not rows:
+        return []
+    return ["## What the paper claims, and what we measured", "",
+            "Directional claims of the paper's §5 (Table 1), on this run's synthetic shape/"
+            "texture data; the paper's own numbers are for 16-class ImageNet and are not "
+            "comparable.", "",
+            R.markdown(["model", "claim", "subtask induction minus the other [95 % CI]",
+                        "wins/losses/ties", "sign p", "verdict"], rows)]
+
+
+def markdown(records: list[dict], out: Path, stats: dict) -> str:
     dens, _ = densities(out)
     through = pooled_through_transfer(epoch_series(out, records), records)
+    stat_lines = [line for name, (what, _) in STATISTICS.items()
+                  for line in [*S.markdown_lines(stats[name], what), ""]]
     return (f"## Subtask Induction on images (paper Table 1; mean ± std over seeds)\n\n"
             f"{table(records)}\n\n"
             f"Cue-conflict accuracy = images classified by shape; robustness = 1 − images "
             f"classified by the misleading texture; shape bias = shape / (shape + texture) "
             f"decisions (Geirhos); same-class images excluded.\n\n"
+            f"## Statistics (paired by seed)\n\n" + "\n".join(stat_lines) + "\n"
+            + "\n".join(claims(stats)) + "\n\n"
             f"## Pooled accuracy through transfer training (mean over seeds; epochs "
             f"trained)\n\n{through}\n\n"
             f"## Stages\n\n{stage_summary(out)}\n\n"
@@ -228,7 +289,9 @@ def markdown(records: list[dict], out: Path) -> str:
 def report(out: Path) -> tuple[str, list[Path]]:
     out = Path(out)
     records = load_records(out)
-    text = markdown(records, out)
+    stats = statistics(records)
+    text = markdown(records, out, stats)
+    S.write_tables(out, stats)
     figures = [curves(by_arch(epoch_series(out, records)), out / "curves.png"),
                shape_bias_figure(records, out / "shape-bias.png"),
                density_figure(densities(out)[1], out / "densities.png")]
