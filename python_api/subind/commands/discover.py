@@ -123,61 +123,19 @@ class DiscoverRun:
 
 
 OPTIONS = {"inputs": DiscoverConfig, "discovery": Discovery, "run": DiscoverRun}
-# Options that only the trained mask methods use (a selection method ignores them).
-_TRAINING_OPTIONS = ("lambdas", "epochs", "beta_final", "mask_lr", "mask_init", "optimizer",
-                     "bn_stats", "anneal_temperature")
 
 
 def check(cfg: DiscoverConfig, d: Discovery, run: DiscoverRun, given: set) -> None:
     """Every number finite and in range, and no option given that the chosen
     model, data or method ignores (``given``: the options the user set)."""
-    trained = not d.selects
-    if trained:
-        method = d.mask_method()  # named errors
-    elif d.granularity != "weight" or d.n_samples != 1:
-        raise ValueError(f"--method {d.method} selects individual weights: leave "
-                         "--granularity and --n-samples out")
-    if d.target_density is not None:
-        if not trained:
-            raise ValueError(f"--target-density aims the trained masks at a size; --method "
-                             f"{d.method} selects --density itself")
-        validation.in_range("--target-density", d.target_density, 0, 1, low_open=True,
-                            high_open=True)
-        if "lambdas" in given:
-            raise ValueError("--target-density replaces the λ search (a Lagrangian finds the "
-                             "penalty), so --lambdas would be ignored; leave it out")
-        if d.target_warmup is not None and not 0 <= d.target_warmup < d.epochs:
-            raise ValueError(f"--target-warmup must be in [0, --epochs) = [0, {d.epochs}), got "
-                             f"{d.target_warmup}")
-        validation.positive("--lagrangian-lr", d.lagrangian_lr)
-    elif "target_warmup" in given or "lagrangian_lr" in given:
-        raise ValueError("--target-warmup and --lagrangian-lr go with --target-density")
+    d.validate(given)
     if (d.method == "lottery_ticket") != (cfg.pretrained_weights is not None):
         raise ValueError("--pretrained-weights goes with --method lottery_ticket (and it needs "
                          "them: the weights before fine-tuning)")
-    if trained:
-        if d.density is not None:
-            raise ValueError(f"--density is for the selection methods (magnitude, "
-                             f"lottery_ticket); --method {d.method} finds its density "
-                             "through --lambdas")
-        if d.anneal_temperature and not method.sampled:
-            raise ValueError(f"--anneal-temperature is for the sampled methods (hard_concrete, "
-                             f"gumbel); --method {d.method} always anneals β")
-    else:
-        ignored = [flag(name) for name in _TRAINING_OPTIONS if name in given]
-        if ignored:
-            raise ValueError(f"--method {d.method} selects weights without training, so "
-                             f"{', '.join(ignored)} would be ignored; leave them out")
-        if d.density is None:
-            raise ValueError(f"--method {d.method} needs --density (the fraction to keep)")
-        validation.in_range("--density", d.density, 0, 1, low_open=True)
-    validation.unique_positive_numbers("--lambdas", d.lambdas)
-    validation.positive_int("--epochs", d.epochs)
+    if d.selects and "bn_stats" in given:
+        raise ValueError(f"--method {d.method} selects weights without training, so "
+                         "--bn-stats would be ignored; leave it out")
     validation.positive_int("--batch-size", cfg.batch_size)
-    validation.positive("--beta-final", d.beta_final)
-    validation.positive("--mask-lr", d.mask_lr)
-    validation.finite("--mask-init", d.mask_init)
-    validation.non_negative_int("--seed", d.seed)
     if run.eval_batch_size < 1 or run.workers < 0:
         raise ValueError("--eval-batch-size must be >= 1 and --workers >= 0")
     if cfg.autocast and cfg.dtype == "fp64":

@@ -79,19 +79,25 @@ class Paired(NamedTuple):
     corrupted: Any
 
 
+def partners(n: int, seed: int) -> Tensor:
+    """partner[i] of each of ``n`` samples: one cycle through a permutation
+    drawn from ``seed`` (a derangement: nobody is its own partner)."""
+    if n < 2:
+        raise ValueError(f"a corrupted (resample) ablation pairs each sample with another: "
+                         f"the data need at least 2 samples, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    partner = torch.empty(n, dtype=torch.long)
+    partner[order] = order.roll(-1)
+    return partner
+
+
 class CorruptedPairs(Dataset):
     """``dataset`` with each sample paired with another one: sample i with
     sample partner[i], where the partners follow one cycle through a seeded
     permutation (a derangement: nobody is its own partner)."""
 
     def __init__(self, dataset: Dataset, seed: int):
-        n = len(dataset)
-        if n < 2:
-            raise ValueError(f"a corrupted (resample) ablation pairs each sample with another: "
-                             f"the data need at least 2 samples, got {n}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        self.partner = torch.empty(n, dtype=torch.long)
-        self.partner[order] = order.roll(-1)
+        self.partner = partners(len(dataset), seed)
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -128,3 +134,29 @@ class recording_partners:
             sf.nn.record_corrupted(self.model, lambda: self.task.loss(self.model,
                                                                      batch.corrupted))
             yield batch.clean
+
+
+class PairedTensorBatches:
+    """Mini-batches of in-memory rows (as ``TensorBatches`` yields them), each
+    paired with its partners' rows: the tensor counterpart of batching a
+    ``CorruptedPairs`` data set."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 pair_seed: int = 0):
+        from .training import TensorBatches
+
+        partner = partners(tensors[0].shape[0], pair_seed).to(tensors[0].device)
+        self.width = len(tensors)
+        self.batches = TensorBatches(*tensors, *(t[partner] for t in tensors),
+                                     batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Paired]:
+        def one(part):
+            return part[0] if len(part) == 1 else part
+
+        for batch in self.batches:
+            batch = batch if isinstance(batch, tuple) else (batch,)
+            yield Paired(one(batch[:self.width]), one(batch[self.width:]))

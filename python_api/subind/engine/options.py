@@ -4,7 +4,11 @@ help; tyro derives the parser from it.  Defaults are layered: the
 dataclass's, then a named preset's, then a YAML or JSON file given with
 ``--config FILE``, then the command line.  The flag of field ``mask_lr`` is
 ``--mask-lr``; a bool field is ``--name`` / ``--no-name``; a list field takes
-``--lambdas 1e-7,5e-7`` or ``--lambdas 1e-7 5e-7``.
+``--lambdas 1e-7,5e-7`` or ``--lambdas 1e-7 5e-7``.  A field that holds
+another options dataclass (an experiment's ``discovery: Discovery``) adds
+that class's fields as flags of the same namespace, spelled as where the
+class is declared (with its aliases); presets and files give it either as a
+mapping under the field's name or by the inner fields' own names.
 
 We chose tyro over jsonargparse after trying both on `subind discover`: tyro
 keeps the flags' spelling (``--mask-lr``, where jsonargparse writes
@@ -155,6 +159,93 @@ def _field_defaults(cls) -> dict:
     return out
 
 
+def _nested_class(hint) -> Optional[type]:
+    """The options dataclass a field holds, or None for a plain value."""
+    inner = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    return inner if isinstance(inner, type) and dataclasses.is_dataclass(inner) else None
+
+
+def _aliases(hint) -> tuple[str, ...]:
+    """The extra flags a field declares (``tyro.conf.arg(aliases=...)``)."""
+    if typing.get_origin(hint) is not Annotated:
+        return ()
+    return tuple(alias for marker in typing.get_args(hint)[1:]
+                 for alias in (getattr(marker, "aliases", None) or ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionField:
+    """One option of a group: where it lives (field names from the group's
+    class down), its type hint and its other flags."""
+    path: tuple
+    hint: object
+    aliases: tuple = ()
+
+
+def option_fields(cls) -> dict[str, OptionField]:
+    """{option name: OptionField} of ``cls``, the fields of nested options
+    dataclasses flattened into the same namespace."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls, include_extras=True)[f.name]
+        inner = _nested_class(hint)
+        if inner is None:
+            out[f.name] = OptionField((f.name,), hint, _aliases(hint))
+            continue
+        for name, option in option_fields(inner).items():
+            if name in out:
+                raise TypeError(f"{cls.__name__}: option {name!r} declared twice")
+            out[name] = OptionField((f.name, *option.path), option.hint, option.aliases)
+    return out
+
+
+def canonical_names(cls) -> dict[str, str]:
+    """{every name an option answers to (its own, and its aliases' as field
+    names: ``discovery_epochs``): its option name}."""
+    out = {}
+    for name, option in option_fields(cls).items():
+        out[name] = name
+        for alias in option.aliases:
+            out[alias.lstrip("-").replace("-", "_")] = name
+    return out
+
+
+def assign(cls, values: dict, updates: Mapping, source: str) -> dict:
+    """``values`` (``cls``'s top-level fields) with ``updates`` applied: a
+    top-level field as it is (a nested options field also from a mapping of
+    its fields), an inner option by its own name or alias.  An unknown name
+    is an error naming ``source``."""
+    out = dict(values)
+    fields = option_fields(cls)
+    names = canonical_names(cls)
+    top = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in updates.items():
+        if key in top and isinstance(value, Mapping) and _nested_class(
+                typing.get_type_hints(cls, include_extras=True)[key]) is not None:
+            inner = type(out[key])
+            nested = assign(inner, {f.name: getattr(out[key], f.name)
+                                    for f in dataclasses.fields(inner)}, value,
+                            f"{source} ({key})")
+            out[key] = inner(**_typed(inner, nested))
+        elif key in top:
+            out[key] = value
+        elif key in names:
+            path = fields[names[key]].path
+            out[path[0]] = _replaced(out[path[0]], path[1:], value)
+        else:
+            raise ValueError(f"{source}: unknown option {key!r}; the options are "
+                             f"{sorted(fields)}")
+    return out
+
+
+def _replaced(instance, path: tuple, value):
+    """A copy of the dataclass ``instance`` with the field at ``path`` set."""
+    if len(path) == 1:
+        return dataclasses.replace(instance, **{path[0]: value})
+    inner = _replaced(getattr(instance, path[0]), path[1:], value)
+    return dataclasses.replace(instance, **{path[0]: inner})
+
+
 def _typed(cls, values: dict) -> dict:
     """Path-typed fields (and lists of paths) as Paths (a preset or a file's
     positional list gives strings)."""
@@ -202,13 +293,13 @@ class Parsed:
 
 
 def given_names(classes, argv: list[str]) -> set[str]:
-    """Fields of ``classes`` whose flag appears in ``argv``."""
+    """Options of ``classes`` whose flag (or an alias) appears in ``argv``."""
     given = set()
     for cls in classes:
-        for f in dataclasses.fields(cls):
-            spellings = (flag(f.name), "--no-" + flag(f.name)[2:])
-            if any(word in spellings or word.startswith(flag(f.name) + "=") for word in argv):
-                given.add(f.name)
+        for name, option in option_fields(cls).items():
+            spellings = (flag(name), "--no-" + flag(name)[2:], *option.aliases)
+            if any(word.split("=", 1)[0] in spellings for word in argv):
+                given.add(name)
     return given
 
 
@@ -229,22 +320,28 @@ def parse(groups: Mapping[str, type], argv: list[str], *, prog: str, description
     first = next(iter(groups))
     preset = getattr(known, "preset", None)
     if preset is not None:
-        values[first].update(presets[preset])
+        values[first] = assign(groups[first], values[first], presets[preset],
+                               f"preset {preset!r}")
     from_file = read_config_file(known.config) if known.config else {}
-    owner = {field: name for name in reversed(list(groups)) for field in values[name]}
-    unknown = sorted(set(from_file) - set(owner))
+    owner, canonical = {}, {}
+    for name in reversed(list(groups)):
+        for alias, option in canonical_names(groups[name]).items():
+            owner[option], canonical[alias] = name, option
+    unknown = sorted(set(from_file) - set(canonical))
     if unknown:
         raise ValueError(f"--config {known.config}: unknown option(s) {unknown}"
                          + ("; give --preset on the command line" if "preset" in unknown else
                             f"; the command takes {sorted(owner)}"))
+    from_file = {canonical[key]: value for key, value in from_file.items()}
     on_command_line = given_names(groups.values(), argv)
     file_words = []
     for field, value in from_file.items():
-        hint = typing.get_type_hints(groups[owner[field]], include_extras=True)[field]
+        hint = option_fields(groups[owner[field]])[field].hint
         words = None if _is_positional(hint) else _config_words(hint, field, value,
                                                                 known.config)
         if words is None:  # None, or a positional list: set as a default (typed below)
-            values[owner[field]][field] = value
+            values[owner[field]] = assign(groups[owner[field]], values[owner[field]],
+                                          {field: value}, f"--config {known.config}")
         elif not (_appends(hint) and field in on_command_line):  # the flags' own list wins
             file_words += words
     wrapper = _wrapper(groups, presets, default_preset)
@@ -295,7 +392,27 @@ def config_from_preset(config_class, presets: dict, preset: str, **overrides_giv
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(presets)}")
     given = {k: v for k, v in overrides_given.items() if v is not None}
-    cfg = config_class(**{**presets[preset], **given}).validate()
+    values = assign(config_class, _field_defaults(config_class), presets[preset],
+                    f"preset {preset!r}")
+    values = assign(config_class, values, given, "config_for")
+    cfg = config_class(**_typed(config_class, values)).validate()
     if hasattr(cfg, "check_given"):
-        cfg.check_given(set(given))
+        names = canonical_names(config_class)
+        cfg.check_given({names.get(k, k) for k in given})
     return cfg
+
+
+def identity_of(options, leave_out: tuple = ()) -> dict:
+    """``options``' values for a results directory's manifest, except the
+    fields ``leave_out``; a nested options dataclass's fields as
+    ``FIELD.INNER``, so a changed setting is named as such."""
+    out = {}
+    for f in dataclasses.fields(options):
+        if f.name in leave_out:
+            continue
+        value = getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in identity_of(value).items()})
+        else:
+            out[f.name] = value
+    return out

@@ -18,14 +18,16 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional, Protocol
+from typing import Annotated, Callable, Iterable, Literal, Optional, Protocol
 
 import torch
+import tyro
 from torch import nn
 
 import subind_fast as sf
 
-from .options import Floats, Repeated
+from . import validation as check
+from .options import Floats, Repeated, flag
 from .ablation import OBJECTIVES, ablating, recording_partners, start_means
 from .target_density import DensityTarget
 from .training import EpochLog, Task, train
@@ -106,7 +108,7 @@ class Discovery:
     model and the data (`subind discover` takes them as options)."""
     lambdas: Floats = field(default_factory=lambda: list(PAPER_LAMBDAS))
     """L0 penalties to try"""
-    epochs: int = 10
+    epochs: Annotated[int, tyro.conf.arg(aliases=("--discovery-epochs",))] = 10
     """discovery epochs (β 1 → beta_final)"""
     beta_final: float = 100.0
     """β at the end of discovery"""
@@ -114,7 +116,8 @@ class Discovery:
     """learning rate of the mask logits"""
     mask_init: float = sf.nn.DEFAULT_MASK_INIT
     """initial mask logit (the paper: -0.1)"""
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Annotated[Literal["adam", "adamw"],
+                         tyro.conf.arg(aliases=("--mask-optimizer",))] = "adam"
     """optimizer of the mask logits"""
     seed: int = 0
     """seed of the initialisation and data order"""
@@ -149,6 +152,69 @@ class Discovery:
     objective: Literal[OBJECTIVES] = "labels"
     """train the masks on the labels (cross-entropy) or on KL to the unmasked model's output"""
 
+    def validate(self, given: Iterable[str] = ()) -> "Discovery":
+        """Every setting in range and consistent with the method, and none of
+        ``given`` (the options the user set) one that the method would ignore;
+        errors name the flag."""
+        given = set(given)
+        if self.selects:
+            if self.granularity != "weight" or self.n_samples != 1:
+                raise ValueError(f"--method {self.method} selects individual weights: leave "
+                                 "--granularity and --n-samples out")
+            if self.target_density is not None:
+                raise ValueError(f"--target-density aims the trained masks at a size; --method "
+                                 f"{self.method} selects --density itself")
+            if self.ablation != "zero" or self.objective != "labels":
+                raise ValueError(f"--method {self.method} trains nothing: --ablation and "
+                                 "--objective are for the trained methods")
+            ignored = [flag(name) for name in TRAINING_ONLY if name in given]
+            if ignored:
+                raise ValueError(f"--method {self.method} selects weights without training, so "
+                                 f"{', '.join(ignored)} would be ignored; leave them out")
+            if self.density is None:
+                raise ValueError(f"--method {self.method} needs --density (the fraction to "
+                                 "keep)")
+            check.in_range("--density", self.density, 0, 1, low_open=True)
+        else:
+            method = self.mask_method()  # named errors
+            if self.density is not None:
+                raise ValueError(f"--density is for the selection methods (magnitude, "
+                                 f"lottery_ticket); --method {self.method} finds its density "
+                                 "through --lambdas")
+            if self.anneal_temperature and not method.sampled:
+                raise ValueError(f"--anneal-temperature is for the sampled methods "
+                                 f"(hard_concrete, gumbel); --method {self.method} always "
+                                 "anneals β")
+        if self.target_density is not None:
+            check.in_range("--target-density", self.target_density, 0, 1, low_open=True,
+                           high_open=True)
+            if "lambdas" in given:
+                raise ValueError("--target-density replaces the λ search (a Lagrangian finds "
+                                 "the penalty), so --lambdas would be ignored; leave it out")
+            if self.target_warmup is not None and not 0 <= self.target_warmup < self.epochs:
+                raise ValueError(f"--target-warmup must be in [0, --epochs) = [0, "
+                                 f"{self.epochs}), got {self.target_warmup}")
+            check.positive("--lagrangian-lr", self.lagrangian_lr)
+        elif "target_warmup" in given or "lagrangian_lr" in given:
+            raise ValueError("--target-warmup and --lagrangian-lr go with --target-density")
+        elif not self.selects and not self.lambdas:
+            raise ValueError("--lambdas must name at least one L0 penalty")
+        check.unique_positive_numbers("--lambdas", self.lambdas)
+        check.positive_int("--epochs", self.epochs)
+        check.positive("--beta-final", self.beta_final)
+        check.positive("--mask-lr", self.mask_lr)
+        check.finite("--mask-init", self.mask_init)
+        check.non_negative_int("--seed", self.seed)
+        check.positive_int("--n-samples", self.n_samples)
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"--optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.ablation not in sf.nn.ABLATIONS:
+            raise ValueError(f"--ablation must be one of {sf.nn.ABLATIONS}, got "
+                             f"{self.ablation!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        return self
+
     @property
     def selects(self) -> bool:
         """Whether the method chooses the subnetwork without training."""
@@ -156,6 +222,11 @@ class Discovery:
 
     def mask_method(self, generator: Optional[torch.Generator] = None) -> "sf.nn.MaskMethod":
         return sf.nn.MaskMethod(self.method, self.granularity, self.n_samples, generator)
+
+
+# Settings only the trained methods read (a selection method would ignore them).
+TRAINING_ONLY = ("lambdas", "epochs", "beta_final", "mask_lr", "mask_init", "optimizer",
+                 "anneal_temperature", "target_warmup", "lagrangian_lr")
 
 
 def check_fits(model: nn.Module, settings: Discovery, batch_per_rank: int) -> None:

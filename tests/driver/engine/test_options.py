@@ -3,9 +3,10 @@ defaults, presets and --config files; the names the user set are known."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import pytest
+import tyro
 
 from subind.engine.options import MISSING, Floats, Ints, JsonObject, Repeated, parse
 
@@ -172,3 +173,44 @@ def test_a_positional_list_from_a_config_file_is_typed(tmp_path):
     parsed = parse(command("analyze").OPTIONS, ["--config", str(config)],
                    prog="subind analyze", description="")
     assert parsed.options.subnetworks == [Path("a.safetensors"), Path("b.safetensors")]
+
+
+@dataclass
+class Inner:
+    """Settings another command declares."""
+    epochs: Annotated[int, tyro.conf.arg(aliases=("--inner-epochs",))] = 10
+    """epochs"""
+    rate: float = 0.5
+    """a rate"""
+
+
+@dataclass
+class Outer:
+    """A command holding the other's settings."""
+    seeds: Ints = field(default_factory=lambda: [0])
+    """grid"""
+    inner: Inner = field(default_factory=lambda: Inner(epochs=50))
+    """the other command's settings"""
+
+
+def test_nested_settings_are_flags_presets_and_file_keys_of_the_same_namespace(tmp_path):
+    from subind.engine.options import assign, identity_of
+
+    presets = {"short": dict(inner=dict(epochs=3))}
+    parsed = parse({"o": Outer}, ["--inner-epochs=7"], prog="t", description="",
+                   presets=presets, default_preset="short")
+    assert parsed.o.inner == Inner(epochs=7, rate=0.5) and parsed.given == {"epochs"}
+    parsed = parse({"o": Outer}, [], prog="t", description="", presets=presets,
+                   default_preset="short")
+    assert parsed.o.inner == Inner(epochs=3)  # the preset's, the rest the field's default
+    config = tmp_path / "c.yaml"
+    config.write_text("inner_epochs: 4\nrate: 0.25\n")
+    parsed = parse({"o": Outer}, ["--config", str(config), "--rate", "0.125"], prog="t",
+                   description="", presets=presets, default_preset="short")
+    assert parsed.o.inner == Inner(epochs=4, rate=0.125)
+    assert identity_of(parsed.o, ("seeds",)) == {"inner.epochs": 4, "inner.rate": 0.125}
+    with pytest.raises(ValueError, match="preset 'x': unknown option 'speed'"):
+        assign(Outer, {"seeds": [0], "inner": Inner()}, {"speed": 1}, "preset 'x'")
+    config.write_text("speed: 1\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        parse({"o": Outer}, ["--config", str(config)], prog="t", description="")

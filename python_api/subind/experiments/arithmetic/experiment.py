@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -22,15 +22,16 @@ import subind_fast as sf
 from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import manifest
-from ...engine.options import config_from_preset
+from ...engine.options import config_from_preset, identity_of
 from ...engine import validation as check
+from ...engine.ablation import PairedTensorBatches
 from ...engine.models import load_model_file, save_model_file
 from ...engine.records import software_versions
-from ...engine.options import Floats, Ints, Strs
+from ...engine.options import Ints, Strs
 from ...engine.speed import (COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options,
                              check_speed_options)
-from ...engine.protocol import (CONDITIONS, PAPER_LAMBDAS, Discovery, DiscoveryHooks, discover,
-                               needs_subnetwork, transfer_condition)
+from ...engine.protocol import (CONDITIONS, PAPER_LAMBDAS, Discovery, DiscoveryHooks, check_fits,
+                                discover, needs_subnetwork, transfer_condition)
 from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import EpochLog, TensorBatches, train
 from . import data as A
@@ -43,6 +44,9 @@ GRID_FIELDS = ("conditions", "layers", "n_disambiguation", "seeds")
 KEY_FIELDS = ("condition", "layers", "n_disambiguation", "seed")
 RECORD_FIELDS = KEY_FIELDS + ("test_accuracy", "eval_accuracy", "epoch", "config")
 EVAL_BATCH = 4096
+
+
+GPT2_MASKED_LAYERS = ("transformer.h.*.attn.*", "transformer.h.*.mlp.*")
 
 
 @dataclass
@@ -88,14 +92,9 @@ class ArithmeticConfig:
     """base training stops at this test accuracy"""
     subtask_samples: int = 50_000
     """subtask pairs for discovery"""
-    discovery_epochs: int = 50
-    """discovery epochs (β 1 → beta_final)"""
-    lambdas: Floats = field(default_factory=lambda: list(PAPER_LAMBDAS))
-    """L0 penalties to try"""
-    beta_final: float = 100.0
-    """β at the end of discovery"""
-    mask_lr: float = 1e-3
-    """discovery learning rate of the mask logits"""
+    discovery: Discovery = field(default_factory=lambda: Discovery(epochs=50))
+    """how the subnetwork is discovered: every setting of `subind discover`, with the
+    paper's 50 epochs; --include defaults to the GPT-2 blocks' attention and MLP layers"""
     transfer_epochs: int = 100
     """transfer training epochs"""
     transfer_lr: float = 2e-4
@@ -131,35 +130,43 @@ class ArithmeticConfig:
             raise ValueError(f"n_disambiguation {too_many} outside 0..{vocab.n_pairs} "
                              f"(the number of (a, b) pairs)")
         for name in ("n_embd", "n_head", "n_inner", "base_test_samples", "base_max_epochs",
-                     "subtask_samples", "discovery_epochs", "transfer_epochs", "batch_size",
+                     "subtask_samples", "transfer_epochs", "batch_size",
                      "transfer_batch_size"):
             check.positive_int(name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("base_lr", "mask_lr", "transfer_lr", "beta_final"):
+        for name in ("base_lr", "transfer_lr"):
             check.positive(name, getattr(self, name))
         check.in_range("base_fraction", self.base_fraction, 0, 1, low_open=True)
         check.in_range("base_target_accuracy", self.base_target_accuracy, 0, 1)
-        check.unique_positive_numbers("lambdas", self.lambdas)
+        self.discovery.validate()
         if self.reinit not in REINIT_POLICIES:
             raise ValueError(f"reinit must be 'all' or 'masked', got {self.reinit!r}")
         check.device(self.device)
         return self
 
+    def discovery_settings(self) -> Discovery:
+        """The discovery as it runs: on the blocks' attention and MLP layers
+        unless --include names others (the output layer shares the embedding's
+        weights)."""
+        return replace(self.discovery, include=self.discovery.include or list(GPT2_MASKED_LAYERS))
+
+    def check_given(self, given: set) -> None:
+        """Discovery settings the user gave that the discovery method would ignore."""
+        self.discovery.validate(given)
+
     def identity(self) -> dict:
         """The fields that define the experiment (the results-directory
         manifest): all but the grid axes and the device."""
-        return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
+        return identity_of(self, GRID_FIELDS + ("device",))
 
-
-GPT2_MASKED_LAYERS = ("transformer.h.*.attn.*", "transformer.h.*.mlp.*")
 
 PRESETS = {
     # end-to-end in well under a minute on 2 CPU cores (tests)
     "smoke": dict(n_numbers=50, layers=[1], n_disambiguation=[0, 50], seeds=[0],
                   conditions=["subtask_induction", "scratch", "random"], n_embd=32, n_inner=64,
                   base_fraction=0.5, base_test_samples=500, base_max_epochs=15,
-                  subtask_samples=1000, discovery_epochs=3, lambdas=[1e-7], mask_lr=5e-2,
+                  subtask_samples=1000, discovery=dict(epochs=3, lambdas=[1e-7], mask_lr=5e-2),
                   transfer_epochs=5,
                   batch_size=128, base_lr=3e-3),
     # the demo: the paper's numbers 0..999 (10⁶ pairs, so N = 1000 is the paper's 0.1 %), a
@@ -168,7 +175,7 @@ PRESETS = {
     "quick": dict(n_numbers=1000, layers=[2], n_disambiguation=[10, 30, 100, 300, 1000, 3000],
                   seeds=[0, 1], conditions=["subtask_induction", "scratch", "random"],
                   base_lr=1e-3, base_max_epochs=80, base_test_samples=5000, subtask_samples=10_000,
-                  discovery_epochs=50, lambdas=list(PAPER_LAMBDAS), transfer_epochs=40,
+                  discovery=dict(epochs=50, lambdas=list(PAPER_LAMBDAS)), transfer_epochs=40,
                   transfer_lr=1e-3, batch_size=256, reinit="masked"),
     # the paper's full grid (a GPU job)
     "paper": dict(),
@@ -221,6 +228,11 @@ class ArithmeticExperiment:
         self.vocab = A.Vocabulary(cfg.n_numbers, cfg.p)
         self.task = LastTokenTask()
         self._check_writable()
+        if needs_subnetwork(cfg.conditions):
+            with torch.device("meta"):  # the layers' kinds, no weights
+                for n_layer in cfg.layers:
+                    check_fits(make_model(replace(cfg, device="cpu"), n_layer, seed=0),
+                               cfg.discovery_settings(), cfg.batch_size)
         manifest.claim(self.out, EXPERIMENT, cfg.identity())
         keys = [(c, l, n, s) for c in cfg.conditions for l in cfg.layers
                 for n in cfg.n_disambiguation for s in cfg.seeds]
@@ -271,26 +283,36 @@ class ArithmeticExperiment:
 
         return cached_stage(self.out / "base" / f"L{n_layer}" / "model.safetensors", load, build)
 
-    def discovery_settings(self) -> Discovery:
-        cfg = self.cfg
-        return Discovery(lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
-                         beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
-                         include=list(GPT2_MASKED_LAYERS))
+
+    def _discovery_batches(self, rows, batch_size: int, shuffle: bool, pair_seed: int):
+        """A corrupted ablation reads each batch with its partners' rows."""
+        if self.cfg.discovery.ablation != "corrupted":
+            return self._batches(rows, batch_size, seed=0, shuffle=shuffle)
+        return PairedTensorBatches(rows.to(self.cfg.device), batch_size=batch_size,
+                                   shuffle=shuffle, seed=0, pair_seed=pair_seed)
 
     def subnetwork(self, n_layer: int, base: nn.Module) -> sf.Subnetwork:
-        cfg = self.cfg
+        """Discovered in the base model on the subtask (cfg.discovery); the
+        lottery ticket compares the base model with its initialisation."""
+        cfg, settings = self.cfg, self.cfg.discovery_settings()
 
         def build(path):
             sub_rows = A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples, seed=2)
             eval_rows = A.random_set(cfg.subtask, self.vocab, 2000, seed=3)
             start = time.time()
+            initial = (make_model(cfg, n_layer, seed=0) if settings.method == "lottery_ticket"
+                       else None)
             result = discover(base, self.task,
-                              self._batches(sub_rows, cfg.batch_size, seed=0, shuffle=True),
-                              self._eval(eval_rows), self.discovery_settings(),
+                              self._discovery_batches(sub_rows, cfg.batch_size, True,
+                                                      settings.seed),
+                              self._discovery_batches(eval_rows, EVAL_BATCH, False,
+                                                      settings.seed + 1),
+                              settings,
                               DiscoveryHooks(log_dir=path.parent / f"L{n_layer}-logs",
                                              progress=self.progress,
                                              compile_model=apply_speed_options(
-                                                 cfg.kernels, cfg.compile, cfg.device)))
+                                                 cfg.kernels, cfg.compile, cfg.device)),
+                              pretrained=initial)
             result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
             result.subnetwork.save(path)
             return result.subnetwork, {

@@ -9,8 +9,8 @@ from typing import Literal, Optional
 from subind_fast.transfer import REINIT_POLICIES
 
 from ...engine import validation as check
-from ...engine.options import config_from_preset
-from ...engine.options import Floats, Ints, Strs
+from ...engine.options import Floats, Ints, Strs, config_from_preset, identity_of
+from ...engine.protocol import Discovery
 from ...engine.training import BN_STATS
 from ...engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, check_speed_options
 from . import architectures as arch_lib
@@ -115,18 +115,12 @@ class VisionConfig:
     """epochs of the head-only adaptation to the 16 classes"""
     head_lr: float = 1e-2
     """learning rate of the head-only adaptation"""
-    discovery_epochs: int = 100
-    """discovery epochs (β 1 → beta_final)"""
+    discovery: Discovery = field(default_factory=lambda: Discovery(
+        epochs=100, lambdas=[1e-6, 1e-7, 1e-8], optimizer="adamw"))
+    """how the subnetwork is discovered: every setting of `subind discover`, with the
+    paper's 100 epochs, λ grid and AdamW; the classifier is left out unless --mask-head"""
     discovery_batch_size: int = 32
     """discovery batch size"""
-    lambdas: Floats = field(default_factory=lambda: [1e-6, 1e-7, 1e-8])
-    """L0 penalties to try"""
-    beta_final: float = 100.0
-    """β at the end of discovery"""
-    mask_lr: float = 1e-3
-    """discovery learning rate of the mask logits"""
-    mask_optimizer: Literal["adam", "adamw"] = "adamw"
-    """optimizer of the mask logits"""
     mask_head: bool = False
     """mask the classifier too (the authors' code: yes)"""
     transfer_epochs: int = 30
@@ -187,12 +181,12 @@ class VisionConfig:
         for name in ("resnet_width", "vit_width", "base_samples", "vit_base_samples",
                      "train_samples", "pooled_samples", "eval_samples", "base_epochs",
                      "vit_base_epochs", "head_epochs",
-                     "discovery_epochs", "discovery_batch_size", "transfer_epochs",
+                     "discovery_batch_size", "transfer_epochs",
                      "batch_size"):
             check.positive_int(name, getattr(self, name))
         if self.resnet_stem_stride not in (1, 2):
             raise ValueError(f"resnet_stem_stride must be 1 or 2, got {self.resnet_stem_stride}")
-        for name in ("base_lr", "head_lr", "mask_lr", "transfer_lr", "beta_final"):
+        for name in ("base_lr", "head_lr", "transfer_lr"):
             check.positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay", "rotation", "jitter"):
             if getattr(self, name) < 0:
@@ -202,9 +196,18 @@ class VisionConfig:
                              f"{self.object_scale}")
         check.in_range("contrast", self.contrast, 0, 0.5)
         check.in_range("base_untextured", self.base_untextured, 0, 1)
-        check.unique_positive_numbers("lambdas", self.lambdas)
-        if self.mask_optimizer not in ("adam", "adamw"):
-            raise ValueError(f"mask_optimizer must be adam or adamw, got {self.mask_optimizer!r}")
+        self.discovery.validate()
+        if self.discovery.method == "lottery_ticket":
+            # The lottery ticket compares the source with the weights it was trained from.
+            if self.data != "synthetic":
+                raise ValueError("--method lottery_ticket compares the base model with the "
+                                 "weights it was trained from, which the ImageNet weights do "
+                                 "not come with; run `subind discover --method lottery_ticket "
+                                 "--pretrained-weights FILE` instead")
+            if "random_init_discovery" in self.conditions:
+                raise ValueError("--method lottery_ticket and the random_init_discovery "
+                                 "condition: a random-init model was never trained, so no "
+                                 "weight moved; leave one out")
         if self.transfer_optimizer not in ("sgd", "adamw"):
             raise ValueError(f"transfer_optimizer must be sgd or adamw, got "
                              f"{self.transfer_optimizer!r}")
@@ -219,6 +222,7 @@ class VisionConfig:
         """Options the user gave that this configuration's data source would
         ignore: an error naming each (a folder-data option on the synthetic
         data, or a synthetic-data option on a folder)."""
+        self.discovery.validate(given)
         wrong = [name for name in (FOLDER_ONLY if self.data == "synthetic" else SYNTHETIC_ONLY)
                  if name in given]
         if self.data != "synthetic":
@@ -245,7 +249,7 @@ class VisionConfig:
         return self.base_samples, self.base_epochs
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in GRID_FIELDS + ("device",)}
+        return identity_of(self, GRID_FIELDS + ("device",))
 
 
 PRESETS = {
@@ -255,7 +259,7 @@ PRESETS = {
                   seeds=[0], resnet_width=8, vit_width=32, base_samples=320, vit_base_samples=320,
                   train_samples=160, pooled_samples=160, eval_samples=96, base_epochs=2,
                   vit_base_epochs=2, head_epochs=1,
-                  discovery_epochs=2, lambdas=[1e-7], mask_lr=5e-2, transfer_epochs=2,
+                  discovery=dict(epochs=2, lambdas=[1e-7], mask_lr=5e-2), transfer_epochs=2,
                   batch_size=32, bootstrap=20),
     # the demo: ResNet-18 (reduced width), 3 seeds, ≤ 10 min on 2 CPU cores.  Departures
     # from the defaults, for a run this short: masks learn at 1e-2 (15 epochs instead of 100),
@@ -264,16 +268,17 @@ PRESETS = {
     # paper text's reinit="all" this data shows no effect (README).
     "quick": dict(archs=["resnet18"], conditions=["subtask_induction", "scratch", "random",
                                                   "full_model", "pretrained"],
-                  seeds=[0, 1, 2], base_epochs=12, head_epochs=5, discovery_epochs=15,
-                  lambdas=[1e-7], mask_lr=1e-2, transfer_epochs=15, transfer_optimizer="adamw",
+                  seeds=[0, 1, 2], base_epochs=12, head_epochs=5,
+                  discovery=dict(epochs=15, lambdas=[1e-7], mask_lr=1e-2), transfer_epochs=15,
+                  transfer_optimizer="adamw",
                   transfer_lr=2e-3, reinit="masked"),
     # every condition, both architectures, the paper's discovery schedule
     "full": dict(),
     # the paper's §5 / App. C.1 setting on 16-class ImageNet read from disk (a GPU job): timm
     # ResNet-18 and ViT-B/16 from local ImageNet weights; needs --data, --cue-conflict and the
     # weights files.  33,160 SGD steps at batch 128 over 213k images ≈ 20 epochs.
-    "paper": dict(seeds=[0], discovery_epochs=100, discovery_batch_size=32,
-                  lambdas=[1e-6, 1e-7, 1e-8], transfer_epochs=20, transfer_optimizer="sgd",
+    "paper": dict(seeds=[0], discovery=dict(epochs=100, lambdas=[1e-6, 1e-7, 1e-8]),
+                  discovery_batch_size=32, transfer_epochs=20, transfer_optimizer="sgd",
                   transfer_lr=1e-3, momentum=0.9, weight_decay=1e-4, batch_size=128,
                   head_epochs=5, head_lr=1e-3, bootstrap=1000, device="cuda"),
 }

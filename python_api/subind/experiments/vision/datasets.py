@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...engine.ablation import CorruptedPairs, PairedTensorBatches
 from ...engine.classification import IGNORE_LABEL
 from ...engine.training import TensorBatches
 from . import synthetic as S
@@ -38,12 +39,16 @@ class SyntheticData:
             self._cache[key] = S.make_set(kind, n, seed, self.salience)
         return self._cache[key]
 
-    def _batches(self, *tensors, shuffle=False, seed=0, batch_size=None):
+    def _batches(self, *tensors, shuffle=False, seed=0, batch_size=None, pair_seed=None):
+        """``pair_seed``: each batch paired with its corrupted partners
+        (engine/ablation.py), drawn from this seed."""
         device = self.cfg.device
-        return TensorBatches(*(t.to(device) for t in tensors),
-                             batch_size=batch_size or (self.cfg.batch_size if shuffle
-                                                       else EVAL_BATCH),
-                             shuffle=shuffle, seed=seed)
+        tensors = tuple(t.to(device) for t in tensors)
+        batch_size = batch_size or (self.cfg.batch_size if shuffle else EVAL_BATCH)
+        if pair_seed is not None:
+            return PairedTensorBatches(*tensors, batch_size=batch_size, shuffle=shuffle,
+                                       seed=seed, pair_seed=pair_seed)
+        return TensorBatches(*tensors, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
     # seeds 0..9 name the fixed sets; transfer-training sets follow the run's seed
     def base(self, samples: int):
@@ -84,14 +89,14 @@ class SyntheticData:
         s = self._set("aligned", self.cfg.eval_samples, 3)
         return self._batches(s.images, s.shapes)
 
-    def pooled(self):
+    def pooled(self, pair_seed=None):
         s = self._set("pooled", self.cfg.pooled_samples, 2)
         return self._batches(s.images, s.shapes, shuffle=True,
-                             batch_size=self.cfg.discovery_batch_size)
+                             batch_size=self.cfg.discovery_batch_size, pair_seed=pair_seed)
 
-    def pooled_eval(self):
+    def pooled_eval(self, pair_seed=None):
         s = self._set("pooled", self.cfg.eval_samples, 4)
-        return self._batches(s.images, s.shapes)
+        return self._batches(s.images, s.shapes, pair_seed=pair_seed)
 
     def conflict(self):
         """(batches of (images, shape labels), stimuli in the same order); the
@@ -144,13 +149,18 @@ class FolderData:
                  else [T.Resize(int(size * 256 / 224), antialias=True), T.CenterCrop(size)])
         return T.Compose([T.PILToTensor(), *steps])
 
-    def _loader(self, split: str, train: bool, batch_size=None, seed: int = 0):
+    def _loader(self, split: str, train: bool, batch_size=None, seed: int = 0,
+                pair_seed=None):
+        """``pair_seed``: each image paired with a corrupted partner
+        (engine/ablation.py), drawn from this seed."""
         from torchvision.datasets import ImageFolder
 
         dataset = ImageFolder(str(self.root / split), transform=self._transform(train))
         if tuple(dataset.classes) != tuple(self.class_names):
             raise ValueError(f"{self.root / split}: class folders {dataset.classes} are not "
                              f"the 16 categories {list(self.class_names)}")
+        if pair_seed is not None:
+            dataset = CorruptedPairs(dataset, pair_seed)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size or (self.cfg.batch_size if train else EVAL_BATCH // 4),
             shuffle=train, num_workers=self.cfg.workers, pin_memory=self.cfg.device != "cpu",
@@ -180,11 +190,12 @@ class FolderData:
     def original_test(self):
         return self._loader("val", False)
 
-    def pooled(self):
-        return self._loader("discovery-pooled", True, batch_size=self.cfg.discovery_batch_size)
+    def pooled(self, pair_seed=None):
+        return self._loader("discovery-pooled", True, batch_size=self.cfg.discovery_batch_size,
+                            pair_seed=pair_seed)
 
-    def pooled_eval(self):
-        return self._loader("selection-pooled", False)
+    def pooled_eval(self, pair_seed=None):
+        return self._loader("selection-pooled", False, pair_seed=pair_seed)
 
     def pooled_test(self):
         return self._loader("val-pooled", False)

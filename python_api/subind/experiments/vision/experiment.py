@@ -14,6 +14,7 @@ sweep over (architecture, condition, N, seed).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from ...engine.speed import apply_speed_options
 from ...engine import manifest
 from ...engine.models import load_model_file, load_weights, save_model_file
 from ...engine.records import software_versions
-from ...engine.protocol import Discovery, DiscoveryHooks, discover, transfer_condition
+from ...engine.protocol import DiscoveryHooks, check_fits, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import (EpochLog, batchnorm_layers, reestimate_batchnorm,
                                 train_mode_for, train)
@@ -47,9 +48,18 @@ def classifier_name(model: nn.Module) -> str:
 class VisionExperiment:
     def __init__(self, cfg: VisionConfig, out: Path, progress: bool = True):
         self.cfg, self.out, self.progress = cfg.validate(), Path(out), progress
+        self.synthetic = cfg.data == "synthetic"
+        if any(CONDITIONS[c].engine in ("subtask_induction", "random", "complement")
+               for c in cfg.conditions):
+            with torch.device("meta"):  # the layers' kinds, no weights
+                for arch in cfg.archs:
+                    probe = self._architecture(arch, 16, seed=0)
+                    settings = dataclasses.replace(cfg.discovery, exclude=cfg.discovery.exclude
+                                                   + ([] if cfg.mask_head else
+                                                      [classifier_name(probe)]))
+                    check_fits(probe, settings, cfg.discovery_batch_size)
         self.out.mkdir(parents=True, exist_ok=True)
         manifest.claim(self.out, EXPERIMENT, cfg.identity())
-        self.synthetic = cfg.data == "synthetic"
         self.data = SyntheticData(cfg, self.out) if self.synthetic else FolderData(cfg, self.out)
         self.classes = len(self.data.class_names)
         self.base_classes = 2 * self.classes if self.synthetic else 1000
@@ -79,6 +89,11 @@ class VisionExperiment:
                 getattr(self.data, "pooled_test", self.data.pooled_eval)())
 
     def model(self, arch: str, num_classes: int, seed: int) -> nn.Module:
+        return self._architecture(arch, num_classes, seed).to(self.cfg.device)
+
+    def _architecture(self, arch: str, num_classes: int, seed: int) -> nn.Module:
+        """``arch`` as this data uses it (timm's for folder data), initialised
+        from ``seed``, on torch's default device."""
         cfg = self.cfg
         if not self.synthetic:
             import timm
@@ -86,10 +101,9 @@ class VisionExperiment:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return timm.create_model(TIMM_NAMES[arch], pretrained=False,
-                                         num_classes=num_classes).to(cfg.device)
+                                         num_classes=num_classes)
         width = cfg.resnet_width if arch == "resnet18" else cfg.vit_width
-        return arch_lib.make_model(arch, num_classes, width, seed,
-                                   cfg.resnet_stem_stride).to(cfg.device)
+        return arch_lib.make_model(arch, num_classes, width, seed, cfg.resnet_stem_stride)
 
     def _progress(self, text: str) -> Optional[str]:
         return text if self.progress else None
@@ -177,24 +191,33 @@ class VisionExperiment:
         return self.model(arch, self.classes, seed=12345)
 
     def subnetwork(self, arch: str, source_kind: str) -> sf.Subnetwork:
-        """Discovered on pooled images in the adapted (or a random-init) model;
-        masks on every conv/linear weight, the classifier's only with mask_head."""
+        """Discovered on pooled images in the adapted (or a random-init) model
+        as cfg.discovery says; masks on every conv/linear weight, the
+        classifier's only with mask_head.  The lottery ticket compares the
+        adapted model with the base model's initialisation."""
         cfg = self.cfg
         suffix = "" if source_kind == "adapted" else "-random-init"
 
         def build(path):
             source = self.source_model(arch, source_kind)
-            exclude = [] if cfg.mask_head else [classifier_name(source)]
+            settings = dataclasses.replace(cfg.discovery, exclude=cfg.discovery.exclude + (
+                [] if cfg.mask_head else [classifier_name(source)]))
+            paired = settings.ablation == "corrupted"
+            initial = None
+            if settings.method == "lottery_ticket":
+                initial = self.model(arch, 2 * self.classes, seed=0)
+                initial.reset_classifier(self.classes)
             start = time.time()
-            result = discover(source, self.task_for(arch), self.data.pooled(),
-                              self.data.pooled_eval(),
-                              Discovery(lambdas=cfg.lambdas, epochs=cfg.discovery_epochs,
-                                        beta_final=cfg.beta_final, mask_lr=cfg.mask_lr,
-                                        optimizer=cfg.mask_optimizer, exclude=exclude),
+            result = discover(source, self.task_for(arch),
+                              self.data.pooled(pair_seed=settings.seed if paired else None),
+                              self.data.pooled_eval(
+                                  pair_seed=settings.seed + 1 if paired else None),
+                              settings,
                               DiscoveryHooks(log_dir=path.parent / f"{arch}{suffix}-logs",
                                              progress=self.progress,
                                              compile_model=apply_speed_options(
-                                                 cfg.kernels, cfg.compile, cfg.device)))
+                                                 cfg.kernels, cfg.compile, cfg.device)),
+                              pretrained=initial)
             result.subnetwork.metadata.update(arch=arch, source=source_kind)
             result.subnetwork.save(path)
             return result.subnetwork, {

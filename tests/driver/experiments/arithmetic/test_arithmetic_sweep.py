@@ -166,7 +166,14 @@ def test_two_processes_on_one_grid_do_each_run_once(tmp_path):
     (["--transfer-lr", "0"], "transfer_lr must be a positive number"),
     (["--base-max-epochs", "0"], "base_max_epochs must be a positive integer"),
     (["--n-numbers", "5"], "n_numbers must be an integer >= p"),
-    (["--lambdas=-1e-7"], "lambdas must be finite positive numbers"),
+    (["--lambdas=-1e-7"], "--lambdas must be finite positive numbers"),
+    (["--target-density", "1.5"], "--target-density"),
+    (["--method", "magnitude"], "--method magnitude needs --density"),
+    (["--method", "magnitude", "--density", "0.1", "--mask-lr", "1"],
+     "--mask-lr would be ignored"),
+    (["--target-density", "0.1", "--lambdas", "1e-7"], "--lambdas would be ignored"),
+    (["--include", "nothing.*"], "include pattern 'nothing.*' matches no maskable layer"),
+    (["--n-samples", "999", "--method", "hard_concrete"], "--n-samples 999"),
     (["--layers", "0"], "layers must be integers >= 1"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, args, message, capsys):
@@ -188,10 +195,57 @@ def test_cli_exposes_number_range_epochs_and_learning_rates():
                    prog="subind arithmetic", description="", presets=arithmetic.PRESETS,
                    default_preset="quick")
     cfg = parsed.experiment.validate()
-    assert (cfg.n_numbers, cfg.base_max_epochs, cfg.base_lr, cfg.discovery_epochs, cfg.mask_lr,
-            cfg.transfer_epochs, cfg.transfer_lr, cfg.lambdas) == (
+    d = cfg.discovery
+    assert (cfg.n_numbers, cfg.base_max_epochs, cfg.base_lr, d.epochs, d.mask_lr,
+            cfg.transfer_epochs, cfg.transfer_lr, d.lambdas) == (
         1000, 3, 0.002, 7, 0.01, 9, 0.0005, [1e-7, 5e-7])
     assert cfg.subtask_samples == config_for("quick").subtask_samples  # the rest: the preset's
+
+
+def test_every_discovery_setting_of_discover_is_an_arithmetic_option(tmp_path):
+    """The experiment's discovery is `subind discover`'s own Discovery, flags and
+    config-file keys included, not a copy of some of its fields."""
+    import dataclasses
+
+    from subind.commands import arithmetic
+    from subind.engine.options import given_names, option_fields, parse
+    from subind.engine.protocol import Discovery
+
+    options = option_fields(arithmetic.OPTIONS["experiment"])
+    assert {f.name for f in dataclasses.fields(Discovery)} <= set(options)
+    config = tmp_path / "c.yaml"
+    config.write_text("target_density: 0.0768\ndiscovery_epochs: 15\nablation: mean\n")
+    parsed = parse(arithmetic.OPTIONS, ["--out", "x", "--config", str(config), "--granularity",
+                                        "neuron", "--mask-optimizer", "adamw"],
+                   prog="subind arithmetic", description="", presets=arithmetic.PRESETS,
+                   default_preset="quick")
+    d = parsed.experiment.discovery
+    assert (d.target_density, d.epochs, d.ablation, d.granularity, d.optimizer) == (
+        0.0768, 15, "mean", "neuron", "adamw")
+    assert d.lambdas == config_for("quick").discovery.lambdas  # untouched: the preset's
+    assert {"target_density", "epochs", "ablation", "granularity", "optimizer"} <= parsed.given
+    assert given_names([arithmetic.OPTIONS["experiment"]], ["--discovery-epochs=3"]) == {"epochs"}
+    identity = parsed.experiment.identity()
+    assert identity["discovery.target_density"] == 0.0768 and "discovery" not in identity
+
+
+@pytest.mark.parametrize("args", [["--target-density", "0.3"], ["--ablation", "corrupted"],
+                                  ["--method", "lottery_ticket", "--density", "0.2"]])
+def test_discovery_settings_reach_the_discovered_subnetwork(tmp_path, args):
+    out = tmp_path / "out"
+    assert _smoke(out, "--conditions", "subtask_induction", "--n-disambiguation", "0",
+                  *args) == 0
+    sub = sf.Subnetwork.load(out / "subnetworks" / "L1.safetensors")
+    if "--target-density" in args:
+        assert sub.metadata["target_density"] == pytest.approx(0.3)
+        assert sub.density() == pytest.approx(0.3, abs=1e-3)
+    elif "--ablation" in args:
+        assert sub.metadata["ablation"] == "corrupted"
+    else:
+        assert sub.metadata["method"] == "lottery_ticket"
+        assert sub.density() == pytest.approx(0.2, abs=1e-3)
+    assert set(sub.counts()) == {f"transformer.h.0.{p}.weight" for p in (
+        "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
 
 
 @pytest.mark.slow

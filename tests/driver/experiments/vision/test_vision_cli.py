@@ -242,6 +242,37 @@ def test_every_other_condition_runs_and_switches_apply(tmp_path, capsys):
         assert 0 < records[name]["frozen_fraction"] < 1, name
 
 
+@pytest.mark.parametrize("args, check", [
+    (["--ablation", "corrupted", "--discovery-epochs", "1"],
+     lambda sub: sub.metadata["ablation"] == "corrupted"),
+    (["--method", "lottery_ticket", "--density", "0.1"],
+     lambda sub: abs(sub.density() - 0.1) < 1e-3 and "fc.weight" not in sub.names()),
+    (["--target-density", "0.2", "--mask-optimizer", "adam"],
+     lambda sub: abs(sub.density() - 0.2) < 1e-3)])
+def test_every_discovery_setting_reaches_the_vision_subnetwork(tmp_path, args, check):
+    out = tmp_path / "run"
+    assert main(["vision", "--preset", "smoke", "--out", str(out), "--no-progress",
+                 "--archs", "resnet18", "--conditions", "subtask_induction", *args]) == 0
+    from subind_fast import Subnetwork
+
+    assert check(Subnetwork.load(out / "subnetworks" / "resnet18.safetensors"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lottery_ticket", "--density", "0.1", "--conditions",
+      "subtask_induction,random_init_discovery"], "random_init_discovery"),
+    (["--method", "magnitude"], "--method magnitude needs --density"),
+    (["--ablation", "learned", "--method", "gumbel"], "learned"),
+    (["--include", "nothing.*"], "include pattern 'nothing.*'")])
+def test_vision_discovery_settings_are_checked_before_anything_is_written(tmp_path, args,
+                                                                          message, capsys):
+    out = tmp_path / "run"
+    assert main(["vision", "--preset", "smoke", "--out", str(out), "--archs", "resnet18",
+                 *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_inverse_frequency_weights():
     from subind.engine.classification import inverse_frequency_weights
 
