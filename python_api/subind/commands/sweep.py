@@ -20,7 +20,8 @@ class SweepLaunch:
     out: Path = MISSING
     """results directory (resumable; refuses a different configuration)"""
     shard: Optional[str] = None
-    """i/k: run every k-th run of the grid starting at i"""
+    """i/k: run every k-th run of the grid starting at i, then any run no other process has
+    claimed"""
     jobs: int = 1
     """run the grid as this many shard processes on this machine"""
     progress: bool = True

@@ -6,12 +6,19 @@
 * A run is finished when its record (JSON, written atomically) is valid;
   damaged records are moved aside and redone (records.py).
 * A run is claimed with a non-blocking lock; a run another process holds is
-  left to it, so concurrent shards never write the same file.
+  left to it, so concurrent shards never write the same file.  A shard runs
+  its own keys first, then any other shard's key nobody has claimed yet, so
+  shards of unequal speed end together.
 * :func:`cached_stage` builds an artifact shared by many runs (a base model,
   a subnetwork) once: under a lock, reused when complete, rebuilt when damaged.
+  While another process builds a stage, a shard runs what needs no such stage
+  first (scratch runs while the subnetwork is being discovered) and waits only
+  when nothing else is left.
 """
 from __future__ import annotations
 
+import contextvars
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -20,6 +27,16 @@ from . import records
 from .files import atomic_write_json, locked, move_aside
 
 T = TypeVar("T")
+
+
+class StageBusy(Exception):
+    """Another process is building a stage this run needs."""
+
+
+# Set while the sweep has other runs to turn to: a busy stage then raises
+# StageBusy instead of waiting.
+_TURN_AWAY_FROM_BUSY_STAGES = contextvars.ContextVar("turn_away_from_busy_stages",
+                                                     default=False)
 
 
 def parse_shard(spec: Optional[str]) -> tuple[int, int]:
@@ -72,25 +89,44 @@ class Sweep:
 
     def run(self, execute: Callable[[tuple], dict], shard: tuple[int, int] = (0, 1),
             progress: bool = False) -> SweepResult:
-        """``execute(key)`` → record for every unfinished run of this shard."""
+        """``execute(key)`` → record for every unfinished run of this shard,
+        then for every other shard's run that no process has claimed."""
         from tqdm.auto import tqdm
 
         i, k = shard
         mine = self.keys[i::k]
         todo = [key for key in mine if not self.finished(key)]
         result = SweepResult(present=len(mine) - len(todo))
-        for key in tqdm(todo, desc="runs", disable=None if progress else True):
+        queue = deque(todo + [key for key in self.keys if key not in set(mine)])
+        own, turned_away = set(todo), set()
+        bar = tqdm(total=len(todo), desc="runs", disable=None if progress else True)
+        while queue:
+            key = queue.popleft()
             path = self.path_of(key)
             with locked(path, wait=False) as claimed:
                 if not claimed:
-                    result.elsewhere.append(path)
+                    if key in own:
+                        result.elsewhere.append(path)
                     continue
                 if self.finished(key):  # another process finished it meanwhile
-                    result.present += 1
+                    result.present += key in own
                     continue
-                record = {**self.expected(key), **execute(key)}
+                # Turn away from a busy stage while some other run has not been tried.
+                others_untried = any(other not in turned_away for other in queue)
+                token = _TURN_AWAY_FROM_BUSY_STAGES.set(others_untried)
+                try:
+                    record = {**self.expected(key), **execute(key)}
+                except StageBusy:
+                    turned_away.add(key)
+                    queue.append(key)
+                    continue
+                finally:
+                    _TURN_AWAY_FROM_BUSY_STAGES.reset(token)
                 atomic_write_json(path, record)
                 result.written.append(path)
+                turned_away.clear()
+                bar.update(key in own)
+        bar.close()
         return result
 
 
@@ -101,12 +137,19 @@ def cached_stage(artifact: Path, load: Callable[[Path], T], build: Callable[[Pat
     the artifact and returns (object, record) — by one process at a time.  An
     artifact that fails to load is moved aside and rebuilt."""
     meta = artifact.with_suffix(".json")
-    with locked(artifact):
+    complete = artifact.exists() and meta.exists()
+    with locked(artifact, wait=complete or not _TURN_AWAY_FROM_BUSY_STAGES.get()) as claimed:
+        if not claimed:
+            raise StageBusy(artifact)
         if artifact.exists() and meta.exists():
             try:
                 return load(artifact)
             except Exception as err:  # loaders raise many types for damaged files
                 move_aside(artifact, f"unreadable ({type(err).__name__}: {err})")
-        value, record = build(artifact)
+        token = _TURN_AWAY_FROM_BUSY_STAGES.set(False)  # a stage built here finishes here
+        try:
+            value, record = build(artifact)
+        finally:
+            _TURN_AWAY_FROM_BUSY_STAGES.reset(token)
         atomic_write_json(meta, record)
         return value

@@ -159,8 +159,10 @@ def test_sweep_runs_each_key_once_and_shards_partition_the_grid(tmp_path):
         return {"value": key[1] * 10}
 
     first = sweep.run(execute, shard=(0, 2))
+    assert done[:3] == keys[0::2]  # its own runs first, then the other shard's
+    assert sorted(done) == sorted(keys) and len(first) == 6
     second = sweep.run(execute, shard=(1, 2))
-    assert sorted(done) == sorted(keys) and len(first) == len(second) == 3
+    assert len(second) == 0 and second.present == 3  # its own, done by the first
     again = sweep.run(execute)
     assert len(again) == 0 and again.present == 6
     assert json.loads((tmp_path / "b" / "s2.json").read_text()) == {"cond": "b", "seed": 2,
@@ -168,6 +170,34 @@ def test_sweep_runs_each_key_once_and_shards_partition_the_grid(tmp_path):
     with pytest.raises(ValueError, match="twice"):
         Sweep(keys + keys[:1], ("cond", "seed"), (), lambda k: tmp_path)
     assert parse_shard("1/4") == (1, 4)
+
+
+def test_a_shard_turns_to_other_runs_while_another_process_builds_a_stage(tmp_path):
+    import contextlib
+
+    from subind.engine.files import locked
+
+    artifact = tmp_path / "stage.txt"
+    elsewhere = contextlib.ExitStack()
+    elsewhere.enter_context(locked(artifact))  # another process is building the stage
+    order = []
+
+    def build(path):
+        path.write_text("built")
+        return "built", {}
+
+    def execute(key):
+        if key == ("a-needs-the-stage",):
+            order.append((key[0], cached_stage(artifact, lambda p: p.read_text(), build)))
+        else:
+            order.append(key[0])
+            elsewhere.close()  # the other process lets go (without finishing the stage)
+        return {}
+
+    sweep = Sweep([("a-needs-the-stage",), ("b-needs-nothing",)], ("name",), ("name",),
+                  lambda key: tmp_path / f"{key[0]}.json")
+    result = sweep.run(execute)
+    assert order == ["b-needs-nothing", ("a-needs-the-stage", "built")] and len(result) == 2
 
 
 def test_cached_stage_builds_once_and_rebuilds_a_damaged_artifact(tmp_path):

@@ -333,12 +333,18 @@ class ArithmeticExperiment:
     def finished(self, condition: str, n_layer: int, n: int, seed: int) -> bool:
         return self.sweep.finished((condition, n_layer, n, seed))
 
-    def _prepare(self, n_layer: int) -> tuple:
+    def _stages_for(self, condition: str, n_layer: int) -> tuple:
+        """(base model, subnetwork) as ``condition`` reads them (None where it
+        does not: scratch needs neither), each built or loaded once."""
+        if CONDITIONS[condition].choice == "none":
+            return None, None
         if n_layer not in self._prepared:
-            base = self.base_model(n_layer)
-            sub = self.subnetwork(n_layer, base) if needs_subnetwork(self.cfg.conditions) else None
+            self._prepared[n_layer] = (self.base_model(n_layer), None)
+        base, sub = self._prepared[n_layer]
+        if sub is None and needs_subnetwork([condition]):
+            sub = self.subnetwork(n_layer, base)
             self._prepared[n_layer] = (base, sub)
-        return self._prepared[n_layer]
+        return base, sub
 
     def transfer_run(self, condition: str, n_layer: int, n: int, seed: int, base: nn.Module,
                      sub: Optional[sf.Subnetwork]) -> dict:
@@ -373,7 +379,7 @@ class ArithmeticExperiment:
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         """Run this shard's part of the grid (see engine.sweep)."""
         def execute(key):
-            base, sub = self._prepare(key[1])
+            base, sub = self._stages_for(key[0], key[1])
             return self.transfer_run(*key, base, sub)
 
         return self.sweep.run(execute, shard, progress=self.progress)
