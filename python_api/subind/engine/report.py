@@ -36,6 +36,20 @@ def cell(stat, digits: int = 3, count: bool = True) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" + (f" (n={n})" if count else "")
 
 
+def found_by(stage_record: Path) -> str:
+    """How the subnetwork beside a discovery stage's record (``X.json`` →
+    ``X.safetensors``) had its size chosen, from the file's own metadata: the
+    λ the search picked, the target density, or a selection's density."""
+    import subind_fast as sf
+
+    meta = sf.Subnetwork.load(Path(stage_record).with_suffix(".safetensors")).metadata
+    if meta.get("target_density") is not None:
+        return f"target density {meta['target_density']:g}"
+    if meta.get("method") in sf.selection.METHODS:
+        return f"{meta['method']} selection, density {meta.get('density', float('nan')):g}"
+    return f"λ = {meta.get('l0_lambda', float('nan')):g}"
+
+
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

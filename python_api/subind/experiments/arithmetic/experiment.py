@@ -171,7 +171,7 @@ PRESETS = {
                   batch_size=128, base_lr=3e-3),
     # the demo: the paper's numbers 0..999 (10⁶ pairs, so N = 1000 is the paper's 0.1 %), a
     # 2-layer model, a reduced grid and 2 seeds, and the paper's discovery (50 epochs, β 1 →
-    # 100, the λ grid {1e-7, 5e-7, 1e-8}, the most accurate then sparsest); ≤ 20 min on 2 cores
+    # 100, the λ grid {1e-7, 5e-7, 1e-8}, the most accurate then sparsest); 18 min on 2 cores
     "quick": dict(n_numbers=1000, layers=[2], n_disambiguation=[10, 30, 100, 300, 1000, 3000],
                   seeds=[0, 1], conditions=["subtask_induction", "scratch", "random"],
                   base_lr=1e-3, base_max_epochs=80, base_test_samples=5000, subtask_samples=10_000,

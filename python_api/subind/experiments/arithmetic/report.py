@@ -40,9 +40,9 @@ def markdown(records: list[dict], out: Path, stats: dict) -> str:
     for path in sorted((Path(out) / "subnetworks").glob("L*.json")):
         d = json.loads(path.read_text())
         densities.append([d["layers"], f"{100 * d['density']:.2f}%",
-                          f"{d['subtask_accuracy']:.3f}", f"{d['l0_lambda']:g}"])
+                          f"{d['subtask_accuracy']:.3f}", R.found_by(path)])
     table2 = (R.markdown(["layers", "parameters in subnetwork (masked layers)", "subtask accuracy",
-                          "λ"], densities) if densities else "(no subnetworks)")
+                          "chosen by"], densities) if densities else "(no subnetworks)")
     stat_lines = "\n".join(S.markdown_lines(stats["test_accuracy"], "test accuracy"))
     return (f"## Test accuracy (mean ± std over seeds and layer counts)\n\n{table}\n\n"
             f"## Statistics (each seed and layer count one unit; paired by them)\n\n"
@@ -100,13 +100,12 @@ def claims(stats: dict, out: Path) -> list[str]:
             verdict = "not reproduced (CI reaches 1)"
         rows.append(["a random subnetwork needs ~6× the data to reach perfect accuracy (N at "
                      "0.99, random / subtask induction)", "≈ 6×", r.cell(), verdict])
-    densities = [json.loads(p.read_text()) for p in sorted((Path(out) / "subnetworks")
-                                                           .glob("L2.json"))]
-    if densities:
-        d = densities[0]
+    stage = Path(out) / "subnetworks" / "L2.json"
+    if stage.exists():
+        d = json.loads(stage.read_text())
         rows.append(["Table 2: the 2-layer subnetwork keeps 7.68 % of the masked weights",
-                     "7.68 %", f"{100 * d['density']:.2f} % (one discovery; λ = "
-                     f"{d['l0_lambda']:g}, subtask accuracy {d['subtask_accuracy']:.3f})",
+                     "7.68 %", f"{100 * d['density']:.2f} % (one discovery; {R.found_by(stage)}, "
+                     f"subtask accuracy {d['subtask_accuracy']:.3f})",
                      "different model width and number range: compared, not tested"])
     if not rows:
         return []

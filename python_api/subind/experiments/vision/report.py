@@ -61,10 +61,10 @@ def densities(out: Path) -> tuple[str, dict]:
         d = json.loads(path.read_text())
         label = d["arch"] + ("" if d["source"] == "adapted" else " (random init)")
         rows.append([label, f"{100 * d['density']:.2f}%", f"{d['pooled_accuracy']:.3f}",
-                     f"{d['l0_lambda']:g}"])
+                     R.found_by(path)])
         layers[label] = d["layer_density"]
     text = (R.markdown(["subnetwork of", "weights kept (masked layers)", "pooled accuracy",
-                        "λ"], rows) if rows else "(no subnetworks)")
+                        "chosen by"], rows) if rows else "(no subnetworks)")
     return text, layers
 
 
