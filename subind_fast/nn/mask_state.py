@@ -306,6 +306,11 @@ class MaskState:
         (methods.expected_kept), differentiable in the logits."""
         return self._per_weight_sum(expected_kept)
 
+    def hard_kept(self) -> Tensor:
+        """The number of weights the hard mask 1[s > 0] keeps (int64), on the
+        logits' device: no host synchronisation (kept_and_total reads it)."""
+        return self._per_weight_sum(lambda method, s, beta: (s.detach() > 0).sum())
+
     def hard_masks(self) -> dict[str, Tensor]:
         """{weight attribute: 1[s > 0] as a bool tensor shaped like θ}."""
         return {w: expand_units(sharded.whole(s.detach()) > 0, weight.shape)

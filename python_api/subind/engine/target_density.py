@@ -51,8 +51,14 @@ class DensityTarget:
     def expected_density(self) -> Tensor:
         return torch.stack([layer.expected_kept() for layer in self.layers]).sum() / self.total
 
-    def hard_density(self) -> float:
-        return sum(layer.kept_and_total()[0] for layer in self.layers) / self.total
+    def hard_density(self) -> Tensor:
+        """The hard masks' density, on the logits' device (read every step:
+        no host synchronisation); computed in float64 and rounded to float32
+        as a Python number would be."""
+        return (self._hard_kept().to(torch.float64) / self.total).to(torch.float32)
+
+    def _hard_kept(self) -> Tensor:
+        return torch.stack([layer.hard_kept() for layer in self.layers]).sum()
 
     def begin_epoch(self, epoch: int) -> None:
         """The target of this epoch (linear warm-up, then the target)."""
@@ -96,5 +102,5 @@ class DensityTarget:
         with torch.no_grad():
             density = float(self.expected_density())
         return {"target_density": self.target, "expected_density": density,
-                "density_before_cut": self.hard_density(),
+                "density_before_cut": int(self._hard_kept()) / self.total,
                 "lagrange_multipliers": [float(v) for v in self.multipliers.detach()]}

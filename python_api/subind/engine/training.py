@@ -226,7 +226,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
         if before_epoch is not None:
             before_epoch(epoch)
         train_mode(model)
-        running, count = 0.0, 0
+        # The loss sum stays on the loss's device until the epoch ends: reading it
+        # every step would stall a GPU once per step.
+        running, count = None, 0
         for batch in data:
             loss = task.loss(model, batch)
             if extra_loss is not None:
@@ -235,8 +237,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data: 
             loss.backward()
             optimizer.step()
             size = _batch_size(batch)
-            running += loss.item() * size
+            weighted = loss.detach().to(torch.float64) * size
+            running = weighted if running is None else running + weighted
             count += size
+        running = 0.0 if running is None else float(running)
         running, count = sum_over_ranks([running, count])
         metrics = task.evaluate(model, eval_data) if eval_data is not None else None
         write_log(epoch + 1, running / max(1, count), metrics)

@@ -91,3 +91,49 @@ def test_bad_target_settings_are_named():
                                "target_density is for the trained methods")]:
         with pytest.raises(ValueError, match=message):
             discover(model, _Classify(), train_data, eval_data, settings)
+
+
+def _reads_back(monkeypatch, run) -> int:
+    """How often our code (the engine and the library, not torch's own
+    optimizers) read a tensor's value back to the host while ``run()`` ran:
+    on a GPU each such read waits for the device."""
+    import sys
+    from pathlib import Path
+
+    import subind
+    ours = (str(Path(subind.__file__).parent), str(Path(sf.__file__).parent))
+    reads = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            # β's value is checked where it lives on the CPU only (_validation.beta_tensor):
+            # on a GPU the buffer is on the device and nothing is read.
+            if caller.startswith(ours) and not caller.endswith("_validation.py"):
+                reads.append(f"{name} at {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    run()
+    monkeypatch.undo()
+    return len(reads)
+
+
+@pytest.mark.parametrize("target", [None, 0.2])
+def test_a_training_step_reads_nothing_back_from_the_device(monkeypatch, target):
+    """Reads happen per epoch (the log, the evaluation), never per step: twice
+    the steps per epoch, the same number of reads."""
+    model, _, eval_data = _trained()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    settings = Discovery(epochs=2, mask_lr=0.05, **({"target_density": target} if target
+                                                      else {"lambdas": [1e-3]}))
+    counts = [_reads_back(monkeypatch, lambda: discover(
+        model, _Classify(), TensorBatches(x, y, batch_size=size), eval_data, settings))
+        for size in (128, 64)]
+    assert counts[0] == counts[1], counts
