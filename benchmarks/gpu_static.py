@@ -113,7 +113,7 @@ def compile_launch(launch: Launch, config, arch: str) -> dict:
     from subind_fast.backends import triton_kernels as K
 
     kernel = getattr(K, launch.kernel)
-    fn = kernel if hasattr(kernel, "arg_names") else kernel.fn  # an autotuner wraps the JIT function
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
     constexprs = {**launch.constexprs, **config.kwargs}
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
