@@ -186,8 +186,9 @@ def option_fields(cls) -> dict[str, OptionField]:
     """{option name: OptionField} of ``cls``, the fields of nested options
     dataclasses flattened into the same namespace."""
     out = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls, include_extras=True)[f.name]
+        hint = hints[f.name]
         inner = _nested_class(hint)
         if inner is None:
             out[f.name] = OptionField((f.name,), hint, _aliases(hint))
@@ -218,10 +219,10 @@ def assign(cls, values: dict, updates: Mapping, source: str) -> dict:
     out = dict(values)
     fields = option_fields(cls)
     names = canonical_names(cls)
-    top = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    top = {f.name for f in dataclasses.fields(cls)}
     for key, value in updates.items():
-        if key in top and isinstance(value, Mapping) and _nested_class(
-                typing.get_type_hints(cls, include_extras=True)[key]) is not None:
+        if key in top and isinstance(value, Mapping) and _nested_class(hints[key]) is not None:
             inner = type(out[key])
             nested = assign(inner, {f.name: getattr(out[key], f.name)
                                     for f in dataclasses.fields(inner)}, value,

@@ -97,7 +97,8 @@ class Sweep:
         mine = self.keys[i::k]
         todo = [key for key in mine if not self.finished(key)]
         result = SweepResult(present=len(mine) - len(todo))
-        queue = deque(todo + [key for key in self.keys if key not in set(mine)])
+        others = set(self.keys) - set(mine)
+        queue = deque(todo + [key for key in self.keys if key in others])
         own, turned_away = set(todo), set()
         bar = tqdm(total=len(todo), desc="runs", disable=None if progress else True)
         while queue:
