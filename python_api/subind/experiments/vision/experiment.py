@@ -54,10 +54,7 @@ class VisionExperiment:
             with torch.device("meta"):  # the layers' kinds, no weights
                 for arch in cfg.archs:
                     probe = self._architecture(arch, 16, seed=0)
-                    settings = dataclasses.replace(cfg.discovery, exclude=cfg.discovery.exclude
-                                                   + ([] if cfg.mask_head else
-                                                      [classifier_name(probe)]))
-                    check_fits(probe, settings, cfg.discovery_batch_size)
+                    check_fits(probe, self.discovery_settings(probe), cfg.discovery_batch_size)
         self.out.mkdir(parents=True, exist_ok=True)
         manifest.claim(self.out, EXPERIMENT, cfg.identity())
         self.data = SyntheticData(cfg, self.out) if self.synthetic else FolderData(cfg, self.out)
@@ -69,6 +66,13 @@ class VisionExperiment:
                 for n in cfg.n_disambiguation for s in cfg.seeds]
         self.sweep = Sweep(keys, KEY_FIELDS, RECORD_FIELDS, lambda key: self.run_path(*key))
         self._stages: dict = {}
+
+    def discovery_settings(self, model: nn.Module):
+        """The discovery as it runs on ``model``: cfg.discovery, with the
+        classifier left out unless mask_head."""
+        cfg = self.cfg
+        return dataclasses.replace(cfg.discovery, exclude=cfg.discovery.exclude + (
+            [] if cfg.mask_head else [classifier_name(model)]))
 
     def run_path(self, arch: str, condition: str, n: int, seed: int) -> Path:
         return self.out / "runs" / condition / f"{arch}-N{n}-s{seed}.json"
@@ -200,8 +204,7 @@ class VisionExperiment:
 
         def build(path):
             source = self.source_model(arch, source_kind)
-            settings = dataclasses.replace(cfg.discovery, exclude=cfg.discovery.exclude + (
-                [] if cfg.mask_head else [classifier_name(source)]))
+            settings = self.discovery_settings(source)
             paired = settings.ablation == "corrupted"
             initial = None
             if settings.method == "lottery_ticket":
