@@ -138,7 +138,10 @@ def extensions():
         return exts
 
     os.environ["CUDA_HOME"] = str(cuda_home)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+    if not torch.cuda.is_available():
+        # Built without a GPU to ask: A100 (sm_80) and H100 (sm_90) machine
+        # code, plus PTX that newer GPUs compile.  With a GPU, torch builds for it.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     import torch.utils.cpp_extension as cpp_ext
     cpp_ext.CUDA_HOME = str(cuda_home)
     from torch.utils.cpp_extension import CUDAExtension
@@ -154,8 +157,8 @@ def extensions():
                                 "nvcc": ["-O3", "-std=c++20"]},
         )
     )
-    print(f"[subind-fast] building the CUDA extension with {cuda_home} "
-          f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    print(f"[subind-fast] building the CUDA extension with {cuda_home} for "
+          f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'this GPU')}")
     return exts
 
 

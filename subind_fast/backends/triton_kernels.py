@@ -80,6 +80,32 @@ def _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, k
 
 
 @triton.jit
+def _store_mask_grad_tile(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N, stride_m,
+                          stride_n, start_m, start_n, beta, MODE: tl.constexpr,
+                          WANT_S: tl.constexpr, WANT_THETA: tl.constexpr, WANT_WEFF: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_store_mask_grads for the BLOCK_M×BLOCK_N tile at (start_m, start_n) of
+    the M×N θ, s, ∂s, ∂θ and W_eff (all with strides stride_m, stride_n)."""
+    rm = start_m + tl.arange(0, BLOCK_M)
+    rn = start_n + tl.arange(0, BLOCK_N)
+    offs = rm[:, None] * stride_m + rn[None, :] * stride_n
+    keep = (rm[:, None] < M) & (rn[None, :] < N)
+    theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
+    theta = theta_raw.to(tl.float32)
+    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    m, slope = _mask_and_slope(s, beta, MODE)
+    # Each tensor that meets g costs a layout conversion (g is in the MMA
+    # layout), so ∂s's factor is formed first and meets g once.
+    ds_dweff = theta * beta * slope
+    if WANT_WEFF:
+        tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
+    if WANT_THETA:
+        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
+    if WANT_S:
+        tl.store(gs_ptr + offs, g * ds_dweff, mask=keep)
+
+
+@triton.jit
 def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, n, beta_ptr, MODE: tl.constexpr,
                        BLOCK: tl.constexpr):
     """out = θ ⊙ m(s) over n contiguous elements."""
@@ -128,19 +154,104 @@ def sigmoid_slope_kernel(s_ptr, grad_ptr, out_ptr, n, beta_ptr, BLOCK: tl.conste
     tl.store(out_ptr + offs, grad * beta * slope, mask=keep)
 
 
-def _gemm_configs():
+#: Autotune candidates (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) per
+#: operand precision and GEMM variant.  Each one compiles for sm_80 and sm_90a
+#: without register spills and within the block's shared memory, as
+#: benchmarks/gpu_static.py measures and tests/lib/backends/test_gpu_static.py
+#: enforces.  IEEE fp32 dots run on FMA units and need A and B fragments in
+#: registers, hence their small tiles; the mask prologue also stages the fp32
+#: logits of each B tile, hence its shorter list.
+_GEMM_SHAPES = {
+    "16-bit": {
+        "plain": [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
+                  (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
+                  (128, 128, 32, 4, 4)],
+        "mask prologue": [(128, 64, 64, 4, 4), (64, 64, 64, 4, 4), (128, 128, 32, 4, 4)],
+    },
+    "fp32 ieee": {
+        "plain": [(128, 64, 32, 3, 8), (64, 128, 32, 3, 8), (64, 64, 32, 3, 8),
+                  (64, 64, 32, 3, 4), (32, 64, 32, 4, 4), (64, 32, 32, 4, 4),
+                  (64, 64, 16, 4, 4)],
+        "mask prologue": [(64, 64, 32, 3, 8), (64, 64, 16, 4, 4)],
+    },
+    "fp32 tf32": {
+        "plain": [(128, 128, 32, 3, 8), (128, 256, 32, 3, 8), (128, 64, 32, 4, 4),
+                  (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (64, 64, 32, 3, 8)],
+        "mask prologue": [(128, 128, 32, 3, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
+                          (64, 64, 32, 4, 4), (64, 64, 32, 3, 8)],
+    },
+}
+GEMM_OPERANDS = tuple(_GEMM_SHAPES)
+GEMM_VARIANTS = ("plain", "mask prologue", "gradient epilogue")
+#: The gradient epilogue keeps, per accumulator element, θ, s, the mask and
+#: the ∂s factor live beside the accumulator; past 64 accumulator elements per
+#: thread that spills on both architectures.
+_EPILOGUE_ACCUMULATOR_PER_THREAD = 64
+
+
+def gemm_operands(dtype: torch.dtype, ieee: bool) -> str:
+    """The GEMM_OPERANDS class of a launch: 16-bit inputs, or fp32 with IEEE or TF32 dots."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return "16-bit"
+    return "fp32 ieee" if ieee else "fp32 tf32"
+
+
+def _shape_key(config) -> tuple:
+    kw = config.kwargs
+    return (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_stages, config.num_warps)
+
+
+def _config(shape) -> "triton.Config":
+    bm, bn, bk, stages, warps = shape
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                         num_stages=stages, num_warps=warps)
+
+
+def gemm_configs(operands: str, variant: str) -> list:
+    """The configs autotune may pick for a masked_matmul_kernel launch."""
+    if operands not in _GEMM_SHAPES:
+        raise ValueError(f"operands must be one of {GEMM_OPERANDS}, got {operands!r}")
+    if variant not in GEMM_VARIANTS:
+        raise ValueError(f"variant must be one of {GEMM_VARIANTS}, got {variant!r}")
+    shapes = _GEMM_SHAPES[operands]
+    if variant == "gradient epilogue":
+        chosen = [(bm, bn, bk, stages, warps) for bm, bn, bk, stages, warps in shapes["plain"]
+                  if bm * bn // (32 * warps) <= _EPILOGUE_ACCUMULATOR_PER_THREAD]
+    else:
+        chosen = shapes[variant]
+    return [_config(shape) for shape in chosen]
+
+
+def _all_gemm_configs():
     if INTERPRETING:  # the interpreter runs every config: keep one, small
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4},
                               num_warps=4, num_stages=1)]
-    shapes = [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (64, 128, 64, 4, 4),
-              (128, 64, 64, 4, 4), (64, 64, 64, 4, 4), (128, 128, 32, 4, 4)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                          num_stages=stages, num_warps=warps)
-            for bm, bn, bk, stages, warps in shapes]
+    unique = {}
+    for operands in GEMM_OPERANDS:
+        for variant in GEMM_VARIANTS:
+            for config in gemm_configs(operands, variant):
+                unique.setdefault(_shape_key(config), config)
+    return list(unique.values())
 
 
-@triton.autotune(configs=_gemm_configs(),
-                 key=["M", "N", "K", "MASK_B_PROLOGUE", "MASK_GRAD_EPILOGUE", "IEEE"])
+def _launch_variant(kwargs) -> str:
+    if kwargs["MASK_GRAD_EPILOGUE"]:
+        return "gradient epilogue"
+    return "mask prologue" if kwargs["MASK_B_PROLOGUE"] else "plain"
+
+
+def _prune_gemm_configs(configs, named_args, **kwargs):
+    """Autotune only over the configs listed for this launch's operands and variant."""
+    if INTERPRETING:
+        return configs
+    allowed = {_shape_key(c) for c in gemm_configs(
+        gemm_operands(named_args["a_ptr"].dtype, kwargs["IEEE"]), _launch_variant(kwargs))}
+    return [c for c in configs if _shape_key(c) in allowed]
+
+
+@triton.autotune(configs=_all_gemm_configs(),
+                 key=["M", "N", "K", "MASK_B_PROLOGUE", "MASK_GRAD_EPILOGUE", "IEEE"],
+                 prune_configs_by={"early_config_prune": _prune_gemm_configs})
 @triton.jit
 def masked_matmul_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr,
@@ -200,9 +311,17 @@ def masked_matmul_kernel(
 
     out_keep = (rm[:, None] < M) & (rn[None, :] < N)
     if MASK_GRAD_EPILOGUE:
-        t_offs = rm[:, None] * stride_tm + rn[None, :] * stride_tn
-        _store_mask_grads(acc, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, t_offs, out_keep,
-                          beta, MODE, WANT_S, WANT_THETA, WANT_WEFF)
+        # Half a tile at a time: the epilogue's per-element temporaries (θ, s,
+        # the mask, the ∂s factor) for the whole tile beside the accumulator
+        # spilled registers in every 16-bit config but 64×64×64.
+        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        g_left, g_right = tl.split(halves)
+        _store_mask_grad_tile(g_left, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N,
+                              stride_tm, stride_tn, pid_m * BLOCK_M, pid_n * BLOCK_N, beta,
+                              MODE, WANT_S, WANT_THETA, WANT_WEFF, BLOCK_M, BLOCK_N // 2)
+        _store_mask_grad_tile(g_right, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N,
+                              stride_tm, stride_tn, pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2,
+                              beta, MODE, WANT_S, WANT_THETA, WANT_WEFF, BLOCK_M, BLOCK_N // 2)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
