@@ -15,7 +15,12 @@
 // dW_eff) is formed, then consumed by its GEMM while still in L2.  dW_eff is
 // computed straight into the block of ds (or dtheta) and transformed in place.
 // With one block the same code is the unblocked schedule, W_eff in a
-// per-thread scratch buffer reused across calls.
+// per-thread scratch buffer reused across calls.  With several blocks (small
+// M) each intra-op thread takes whole blocks — its own mask passes and
+// single-threaded GEMMs — since one block's GEMMs are too small to split:
+// at M = 64, 768→3072 the two-thread step went from no faster than one thread
+// to 1.7× faster.  A sum over blocks (y or dx, by layout) gets one partial per
+// thread, added at the end.
 //
 // Layouts.  An nn.Linear weight is stored N×K (rows = outputs); GPT-2's
 // Conv1D stores it K×N and hands us the transposed view (rows = inputs).
@@ -129,6 +134,40 @@ at::Tensor packed(const at::Tensor& buffer, int64_t rows, int64_t cols) {
 
 bool small_or_empty(const at::Tensor& weight) { return weight.numel() == 0; }
 
+// The blocks [0, nblocks) over the intra-op threads, whole blocks per thread:
+// fn(t, first, last) runs blocks [first, last) as thread t's share (t = 0 on
+// the calling thread's share).  Blocking only happens at small M, where one
+// block's GEMMs are too small to split over threads (a 64×768×80 GEMM on two
+// threads ran no faster than on one), so each thread runs its blocks' mask
+// passes and GEMMs alone instead.  With one thread: fn(0, 0, nblocks).
+template <typename F>
+void over_threads(int64_t nblocks, F&& fn) {
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), nblocks);
+  if (shares <= 1) {
+    fn(0, 0, nblocks);
+    return;
+  }
+  at::parallel_for(0, shares, 1, [&](int64_t t0, int64_t t1) {
+    // Worker threads do not inherit the caller's dispatch state: this kernel
+    // runs below autograd, and its GEMMs write into preallocated outputs.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t t = t0; t < t1; ++t) fn(t, t * nblocks / shares, (t + 1) * nblocks / shares);
+  });
+}
+
+// Where thread share t accumulates a sum over its blocks: the output itself
+// for share 0, a zeroed partial for the others (added in by sum_partials).
+std::vector<at::Tensor> partials_for(const at::Tensor& out, int64_t nblocks) {
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), nblocks);
+  std::vector<at::Tensor> partials{out};
+  for (int64_t t = 1; t < shares; ++t) partials.push_back(at::zeros_like(out));
+  return partials;
+}
+
+void sum_partials(const std::vector<at::Tensor>& partials) {
+  for (size_t t = 1; t < partials.size(); ++t) partials[0].add_(partials[t]);
+}
+
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                              const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
                              const at::Tensor& beta, c10::string_view mode,
@@ -151,35 +190,46 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   auto y2 = y.view({m, n});
   const bool has_bias = bias.has_value() && bias->defined();
   const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
+  const int64_t nblocks = (w.rows + block - 1) / block;
+  // Stored rows = inputs: y sums over the blocks, one partial per thread share.
+  auto y_partials = w.rows_are_inputs ? partials_for(y2, nblocks)
+                                            : std::vector<at::Tensor>{};
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
-    const auto buffer = subind_cpu::scratch(subind_cpu::kWeffSlot, weight.scalar_type(), std::min(block, w.rows) * w.row_length);
-    for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
-      const int64_t nr = std::min(block, w.rows - r0);
-      auto weff = packed(buffer, nr, w.row_length);
-      MaskPass<weight_t, logit_t> pass;
-      pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
-      pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
-      pass.w_eff = weff.data_ptr<weight_t>();
-      block_pass(pass, c, w, r0, nr);
-      if (!w.rows_are_inputs) {
-        auto out = columns(y2, r0, nr);  // a strided column block: BLAS writes it in place
-        if (has_bias) {
-          at::addmm_out(out, nr == n ? *bias : bias->narrow(0, r0, nr), x2, weff.t());
-        } else {
-          at::mm_out(out, x2, weff.t());
+    over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
+      const auto buffer = subind_cpu::scratch(subind_cpu::kWeffSlot, weight.scalar_type(),
+                                              std::min(block, w.rows) * w.row_length);
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t r0 = b * block, nr = std::min(block, w.rows - r0);
+        auto weff = packed(buffer, nr, w.row_length);
+        MaskPass<weight_t, logit_t> pass;
+        pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
+        pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
+        pass.w_eff = weff.data_ptr<weight_t>();
+        block_pass(pass, c, w, r0, nr);
+        if (!w.rows_are_inputs) {
+          auto out = columns(y2, r0, nr);  // a strided column block: BLAS writes it in place
+          if (has_bias) {
+            at::addmm_out(out, nr == n ? *bias : bias->narrow(0, r0, nr), x2, weff.t());
+          } else {
+            at::mm_out(out, x2, weff.t());
+          }
+          continue;
         }
-      } else if (r0 == 0) {
-        if (has_bias) {
-          at::addmm_out(y2, *bias, columns(x2, 0, nr), weff);
+        auto& acc = y_partials[t];
+        if (b > first) {
+          acc.addmm_(x2.narrow(1, r0, nr), weff);
+        } else if (t == 0 && has_bias) {
+          at::addmm_out(acc, *bias, columns(x2, r0, nr), weff);
+        } else if (t == 0) {
+          at::mm_out(acc, columns(x2, r0, nr), weff);
         } else {
-          at::mm_out(y2, columns(x2, 0, nr), weff);
+          acc.addmm_(x2.narrow(1, r0, nr), weff);  // a zeroed partial
         }
-      } else {
-        y2.addmm_(x2.narrow(1, r0, nr), weff);
       }
-    }
+    });
   });
+  if (w.rows_are_inputs) sum_partials(y_partials);
   return y;
 }
 
@@ -219,45 +269,58 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
   const bool dw_in_s = !need_w && need_s && logits.scalar_type() == weight.scalar_type();
   const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
   const int64_t block_numel = std::min(block, w.rows) * w.row_length;
+  const int64_t nblocks = (w.rows + block - 1) / block;
+  // Stored rows = outputs: dx sums over the blocks, one partial per thread share.
+  auto dx_partials = (need_x && !w.rows_are_inputs) ? partials_for(dx2, nblocks)
+                                                          : std::vector<at::Tensor>{};
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
-    const auto weff_buffer = need_x ? subind_cpu::scratch(subind_cpu::kWeffSlot, weight.scalar_type(), block_numel) : at::Tensor();
-    const auto grad_buffer = (want_dw && !need_w && !dw_in_s)
-                                 ? subind_cpu::scratch(subind_cpu::kGradSlot, weight.scalar_type(), block_numel)
-                                 : at::Tensor();
-    for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
-      const int64_t nr = std::min(block, w.rows - r0);
-      at::Tensor dw;
-      if (want_dw) {
-        dw = need_w ? stored_block(w, grad_w, r0, nr)
-             : dw_in_s ? stored_block(w, grad_s, r0, nr)
-                       : packed(grad_buffer, nr, w.row_length);
+    over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
+      const auto weff_buffer = need_x ? subind_cpu::scratch(subind_cpu::kWeffSlot,
+                                                            weight.scalar_type(), block_numel)
+                                      : at::Tensor();
+      const auto grad_buffer = (want_dw && !need_w && !dw_in_s)
+                                   ? subind_cpu::scratch(subind_cpu::kGradSlot,
+                                                         weight.scalar_type(), block_numel)
+                                   : at::Tensor();
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t r0 = b * block, nr = std::min(block, w.rows - r0);
+        at::Tensor dw;
+        if (want_dw) {
+          dw = need_w ? stored_block(w, grad_w, r0, nr)
+               : dw_in_s ? stored_block(w, grad_s, r0, nr)
+                         : packed(grad_buffer, nr, w.row_length);
+          if (w.rows_are_inputs) {
+            at::mm_out(dw, columns(x2, r0, nr).t(), g2);
+          } else {
+            at::mm_out(dw, columns(g2, r0, nr).t(), x2);
+          }
+        }
+        at::Tensor weff = need_x ? packed(weff_buffer, nr, w.row_length) : at::Tensor();
+        MaskPass<weight_t, logit_t> pass;
+        pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
+        pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
+        pass.g = want_dw ? dw.data_ptr<weight_t>() : nullptr;
+        pass.grad_s = need_s ? grad_s.data_ptr<logit_t>() + r0 * w.row_length : nullptr;
+        pass.grad_theta = need_w ? grad_w.data_ptr<weight_t>() + r0 * w.row_length : nullptr;
+        pass.w_eff = need_x ? weff.data_ptr<weight_t>() : nullptr;
+        block_pass(pass, c, w, r0, nr);
+        if (!need_x) continue;
         if (w.rows_are_inputs) {
-          at::mm_out(dw, columns(x2, r0, nr).t(), g2);
+          auto dx_block = columns(dx2, r0, nr);  // strided: BLAS writes it in place
+          at::mm_out(dx_block, g2, weff.t());
+          continue;
+        }
+        auto& acc = dx_partials[t];
+        if (b == first && t == 0) {
+          at::mm_out(acc, columns(g2, r0, nr), weff);
         } else {
-          at::mm_out(dw, columns(g2, r0, nr).t(), x2);
+          acc.addmm_(g2.narrow(1, r0, nr), weff);  // later blocks, or a zeroed partial
         }
       }
-      at::Tensor weff = need_x ? packed(weff_buffer, nr, w.row_length) : at::Tensor();
-      MaskPass<weight_t, logit_t> pass;
-      pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
-      pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
-      pass.g = want_dw ? dw.data_ptr<weight_t>() : nullptr;
-      pass.grad_s = need_s ? grad_s.data_ptr<logit_t>() + r0 * w.row_length : nullptr;
-      pass.grad_theta = need_w ? grad_w.data_ptr<weight_t>() + r0 * w.row_length : nullptr;
-      pass.w_eff = need_x ? weff.data_ptr<weight_t>() : nullptr;
-      block_pass(pass, c, w, r0, nr);
-      if (!need_x) continue;
-      if (w.rows_are_inputs) {
-        auto dx_block = columns(dx2, r0, nr);  // strided: BLAS writes it in place
-        at::mm_out(dx_block, g2, weff.t());
-      } else if (r0 == 0) {
-        at::mm_out(dx2, columns(g2, 0, nr), weff);
-      } else {
-        dx2.addmm_(g2.narrow(1, r0, nr), weff);
-      }
-    }
+    });
   });
+  if (!dx_partials.empty()) sum_partials(dx_partials);
   return {grad_x, grad_w, grad_s, grad_b};
 }
 

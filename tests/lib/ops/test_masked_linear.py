@@ -135,11 +135,22 @@ def test_compiled_cpu_kernels_serve_cpu_by_default():
 BLOCKED = [((3, 4096), 50), ((16, 4096), 17), ((2, 4, 4096), 40)]
 
 
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+def threads(request):
+    """Blocks are shared out whole over the intra-op threads (one share per
+    thread, uneven when 3 threads take 4 blocks); sums over blocks go
+    through one partial per share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("weight_grad", [False, True])
 @pytest.mark.parametrize("x_shape,n_out", BLOCKED)
-def test_cpu_blocked_schedule(dtype, mode, weight_grad, x_shape, n_out):
+def test_cpu_blocked_schedule(dtype, mode, weight_grad, x_shape, n_out, threads):
     """The blocked forward/backward: dW_eff transformed in place per block, ∂x
     accumulated across blocks, a partial last block."""
     x, w, s, b = make_problem(x_shape, n_out, seed=5)
@@ -149,7 +160,7 @@ def test_cpu_blocked_schedule(dtype, mode, weight_grad, x_shape, n_out):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("weight_grad", [False, True])
 @pytest.mark.parametrize("m", [3, 40])
-def test_cpu_blocked_schedule_of_a_weight_stored_in_by_out(mode, weight_grad, m):
+def test_cpu_blocked_schedule_of_a_weight_stored_in_by_out(mode, weight_grad, m, threads):
     """GPT-2's Conv1D hands over Wᵀ-stored views: blocks of stored rows are
     input features, y accumulates across blocks and ∂x's columns do not."""
     x, w, s, b = make_problem((m, 60), 4096, seed=7)
@@ -158,7 +169,7 @@ def test_cpu_blocked_schedule_of_a_weight_stored_in_by_out(mode, weight_grad, m)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cpu_blocked_schedule_of_sliced_weights(mode):
+def test_cpu_blocked_schedule_of_sliced_weights(mode, threads):
     """A row-sliced weight (row stride larger than the row) is walked row by row, uncopied."""
     x, w, s, b = make_problem((4, 4096), 33, seed=9)
     check_linear(x, w, s, b, 2.0, mode, torch.float32,
