@@ -180,7 +180,9 @@ def render(text: str, rows: list[dict]) -> str:
         if not pattern.search(text):
             raise ValueError(f"README.md has no <!-- bench:{name} --> … <!-- /bench:{name} --> "
                              "markers")
-        text = pattern.sub(lambda m: m.group(1) + make(rows) + m.group(2), text)
+        table = make(rows)
+        if table:  # a bench with no rows here keeps its table (the CSV stays on the machine that ran it)
+            text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
     return text
 
 
