@@ -140,9 +140,13 @@ bool small_or_empty(const at::Tensor& weight) { return weight.numel() == 0; }
 // block's GEMMs are too small to split over threads (a 64×768×80 GEMM on two
 // threads ran no faster than on one), so each thread runs its blocks' mask
 // passes and GEMMs alone instead.  With one thread: fn(0, 0, nblocks).
+int64_t thread_shares(int64_t nblocks) {
+  return std::min<int64_t>(at::get_num_threads(), nblocks);
+}
+
 template <typename F>
 void over_threads(int64_t nblocks, F&& fn) {
-  const int64_t shares = std::min<int64_t>(at::get_num_threads(), nblocks);
+  const int64_t shares = thread_shares(nblocks);
   if (shares <= 1) {
     fn(0, 0, nblocks);
     return;
@@ -158,9 +162,8 @@ void over_threads(int64_t nblocks, F&& fn) {
 // Where thread share t accumulates a sum over its blocks: the output itself
 // for share 0, a zeroed partial for the others (added in by sum_partials).
 std::vector<at::Tensor> partials_for(const at::Tensor& out, int64_t nblocks) {
-  const int64_t shares = std::min<int64_t>(at::get_num_threads(), nblocks);
   std::vector<at::Tensor> partials{out};
-  for (int64_t t = 1; t < shares; ++t) partials.push_back(at::zeros_like(out));
+  for (int64_t t = 1; t < thread_shares(nblocks); ++t) partials.push_back(at::zeros_like(out));
   return partials;
 }
 
@@ -192,8 +195,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
   const int64_t nblocks = (w.rows + block - 1) / block;
   // Stored rows = inputs: y sums over the blocks, one partial per thread share.
-  auto y_partials = w.rows_are_inputs ? partials_for(y2, nblocks)
-                                            : std::vector<at::Tensor>{};
+  auto y_partials = w.rows_are_inputs ? partials_for(y2, nblocks) : std::vector<at::Tensor>{};
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
     over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
@@ -217,14 +219,12 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
           continue;
         }
         auto& acc = y_partials[t];
-        if (b > first) {
-          acc.addmm_(x2.narrow(1, r0, nr), weff);
-        } else if (t == 0 && has_bias) {
+        if (b > first || t > 0) {
+          acc.addmm_(x2.narrow(1, r0, nr), weff);  // later blocks, or a zeroed partial
+        } else if (has_bias) {
           at::addmm_out(acc, *bias, columns(x2, r0, nr), weff);
-        } else if (t == 0) {
-          at::mm_out(acc, columns(x2, r0, nr), weff);
         } else {
-          acc.addmm_(x2.narrow(1, r0, nr), weff);  // a zeroed partial
+          at::mm_out(acc, columns(x2, r0, nr), weff);
         }
       }
     });
@@ -271,8 +271,8 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
   const int64_t block_numel = std::min(block, w.rows) * w.row_length;
   const int64_t nblocks = (w.rows + block - 1) / block;
   // Stored rows = outputs: dx sums over the blocks, one partial per thread share.
-  auto dx_partials = (need_x && !w.rows_are_inputs) ? partials_for(dx2, nblocks)
-                                                          : std::vector<at::Tensor>{};
+  auto dx_partials =
+      (need_x && !w.rows_are_inputs) ? partials_for(dx2, nblocks) : std::vector<at::Tensor>{};
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
     over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
@@ -312,10 +312,10 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
           continue;
         }
         auto& acc = dx_partials[t];
-        if (b == first && t == 0) {
-          at::mm_out(acc, columns(g2, r0, nr), weff);
-        } else {
+        if (b > first || t > 0) {
           acc.addmm_(g2.narrow(1, r0, nr), weff);  // later blocks, or a zeroed partial
+        } else {
+          at::mm_out(acc, columns(g2, r0, nr), weff);
         }
       }
     });

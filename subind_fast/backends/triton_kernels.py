@@ -71,12 +71,15 @@ def _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, k
     theta = theta_raw.to(tl.float32)
     s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
     m, slope = _mask_and_slope(s, beta, MODE)
-    if WANT_S:
-        tl.store(gs_ptr + offs, g * theta * beta * slope, mask=keep)
-    if WANT_THETA:
-        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
+    # In the GEMM epilogue g is in the MMA layout and each tensor that meets it
+    # costs a layout conversion, so ∂s's factor is formed first and meets g once.
+    ds_dweff = theta * beta * slope
     if WANT_WEFF:
         tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
+    if WANT_THETA:
+        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
+    if WANT_S:
+        tl.store(gs_ptr + offs, g * ds_dweff, mask=keep)
 
 
 @triton.jit
@@ -90,19 +93,8 @@ def _store_mask_grad_tile(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, 
     rn = start_n + tl.arange(0, BLOCK_N)
     offs = rm[:, None] * stride_m + rn[None, :] * stride_n
     keep = (rm[:, None] < M) & (rn[None, :] < N)
-    theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
-    theta = theta_raw.to(tl.float32)
-    s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    m, slope = _mask_and_slope(s, beta, MODE)
-    # Each tensor that meets g costs a layout conversion (g is in the MMA
-    # layout), so ∂s's factor is formed first and meets g once.
-    ds_dweff = theta * beta * slope
-    if WANT_WEFF:
-        tl.store(weff_ptr + offs, (theta * m).to(theta_raw.dtype), mask=keep)
-    if WANT_THETA:
-        tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
-    if WANT_S:
-        tl.store(gs_ptr + offs, g * ds_dweff, mask=keep)
+    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta, MODE,
+                      WANT_S, WANT_THETA, WANT_WEFF)
 
 
 @triton.jit
