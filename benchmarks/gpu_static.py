@@ -68,11 +68,11 @@ def gemm_launches(dtype: str) -> list[Launch]:
 
     M, N, K = 4096, 3072, 768
     element, operands = _operands(dtype)
-    common = dict(MODE=0, WANT_S=False, WANT_THETA=False, WANT_WEFF=False,
+    common = dict(MODE=0, WANT_S=False, WANT_THETA=False, WANT_WEFF=False, HAS_GRAD_L0=False,
                   IEEE=operands == "fp32 ieee")
     ptr = {name: element for name in ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "theta_ptr",
                                       "s_ptr", "gs_ptr", "gtheta_ptr", "weff_ptr")}
-    ptr["beta_ptr"] = "fp32"
+    ptr["beta_ptr"] = ptr["grad_l0_ptr"] = "fp32"
     zero_t = dict(stride_tm=0, stride_tn=0)
     forward = dict(M=M, N=N, K=K, stride_am=K, stride_ak=1, stride_bk=1, stride_bn=K,
                    stride_cm=N, stride_cn=1, **zero_t)
@@ -84,13 +84,14 @@ def gemm_launches(dtype: str) -> list[Launch]:
                    dict(ptr, s_ptr="fp32"), forward,
                    dict(common, HAS_BIAS=True, MASK_B_PROLOGUE=True, MASK_GRAD_EPILOGUE=False),
                    gemm_configs(operands, "mask prologue")),
-            # ∂W_eff (N×K) = Gᵀ·x: A = Gᵀ, B = x; the epilogue reads θ, s and writes ∂s, ∂θ, W_eff
+            # ∂W_eff (N×K) = Gᵀ·x: A = Gᵀ, B = x; the epilogue reads θ, s and writes ∂s, ∂θ,
+            # W_eff, with the L0 penalty's gradient (a discovery step's backward)
             Launch("masked_matmul_kernel", "backward, gradient epilogue",
                    dict(ptr, s_ptr="fp32", gs_ptr="fp32"),
                    dict(M=N, N=K, K=M, stride_am=1, stride_ak=N, stride_bk=K, stride_bn=1,
                         stride_cm=0, stride_cn=0, stride_tm=K, stride_tn=1),
                    dict(common, HAS_BIAS=False, MASK_B_PROLOGUE=False, MASK_GRAD_EPILOGUE=True,
-                        WANT_S=True, WANT_THETA=True, WANT_WEFF=True),
+                        WANT_S=True, WANT_THETA=True, WANT_WEFF=True, HAS_GRAD_L0=True),
                    gemm_configs(operands, "gradient epilogue")),
             Launch("masked_matmul_kernel", "backward ∂x", ptr,
                    dict(M=M, N=K, K=N, stride_am=N, stride_ak=1, stride_bk=K, stride_bn=1,
@@ -113,9 +114,9 @@ def elementwise_launches(dtype: str) -> list[Launch]:
     default = [triton.Config({}, num_warps=4, num_stages=3)]
     state = dict(p_ptr=dtype, g_ptr=dtype, bits_ptr="u8")
     return [
-        Launch("mask_weight_kernel", "soft mask", dict(theta_ptr=dtype, s_ptr="fp32",
-                                                       out_ptr=dtype, beta_ptr="fp32"), n,
-               dict(MODE=0, BLOCK=block), default),
+        Launch("mask_weight_kernel", "soft mask and L0 penalty",
+               dict(theta_ptr=dtype, s_ptr="fp32", out_ptr=dtype, l0_ptr="fp32",
+                    beta_ptr="fp32"), n, dict(MODE=0, L0=True, BLOCK=block), default),
         Launch("mask_backward_kernel", "soft mask, all gradients",
                dict(g_ptr=dtype, theta_ptr=dtype, s_ptr="fp32", gs_ptr="fp32", gtheta_ptr=dtype,
                     weff_ptr=dtype, beta_ptr="fp32"), n,

@@ -26,11 +26,11 @@ from . import _extension
 from ._validation import MODES
 
 #: the ops of the namespace, in schema order (csrc/ops/schemas.cpp)
-OP_NAMES = ("mask_weight", "mask_weight_backward", "masked_linear", "masked_linear_backward",
-            "masked_conv", "masked_conv_backward", "sigmoid_sum", "sigmoid_sum_backward",
-            "adamw_step", "sgd_step")
+OP_NAMES = ("mask_weight", "mask_weight_backward", "masked_linear", "masked_linear_l0",
+            "masked_linear_backward", "masked_conv", "masked_conv_l0", "masked_conv_backward",
+            "sigmoid_sum", "sigmoid_sum_backward", "adamw_step", "sgd_step")
 #: ops the CUDA extension serves when built (the Triton launchers serve the others)
-CUDA_EXTENSION_OPS = ("mask_weight", "mask_weight_backward", "masked_conv",
+CUDA_EXTENSION_OPS = ("mask_weight", "mask_weight_backward", "masked_conv", "masked_conv_l0",
                       "masked_conv_backward")
 
 
@@ -90,11 +90,25 @@ def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tens
     return OPS.masked_linear(x, weight, logits, bias, beta, mode, noise)
 
 
+def masked_linear_l0(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                     beta: Tensor, mode: str, noise: Optional[Tensor] = None
+                     ) -> tuple[Tensor, Tensor]:
+    return OPS.masked_linear_l0(x, weight, logits, bias, beta, mode, noise)
+
+
 def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor], beta: Tensor,
                 mode: str, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, noise: Optional[Tensor] = None) -> Tensor:
     return OPS.masked_conv(x, weight, logits, bias, beta, mode, stride, padding, dilation,
                            groups, noise)
+
+
+def masked_conv_l0(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                   beta: Tensor, mode: str, stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], groups: int, noise: Optional[Tensor] = None
+                   ) -> tuple[Tensor, Tensor]:
+    return OPS.masked_conv_l0(x, weight, logits, bias, beta, mode, stride, padding, dilation,
+                              groups, noise)
 
 
 def sigmoid_sum(logits: Tensor, beta: Tensor) -> Tensor:

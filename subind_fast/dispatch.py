@@ -69,8 +69,8 @@ def fused_for(t: torch.Tensor) -> bool:
 
 def kernels_for(t: torch.Tensor):
     """The module whose op functions serve ``t``: subind_fast._ops (fused) or
-    subind_fast.eager — both have mask_weight, masked_linear, masked_conv and
-    sigmoid_sum with the same signatures."""
+    subind_fast.eager — both have mask_weight, masked_linear(_l0),
+    masked_conv(_l0) and sigmoid_sum with the same signatures."""
     return _ops if fused_for(t) else eager
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import noise as noise_lib
+from .backends.reference import penalty_sum
 
 #: the hard-concrete stretch ε: (γ, ζ) = (−ε, 1 + ε); csrc/include/subind/mask_math.h has the same
 STRETCH = 0.1
@@ -54,6 +55,22 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor
     zeros = [0] * (weight.dim() - 2)
     return torch.convolution(x, mask_weight(weight, logits, beta, mode, noise), bias, stride,
                              padding, dilation, False, zeros, groups)
+
+
+def masked_linear_l0(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                     beta: Tensor, mode: str, noise: Optional[Tensor] = None
+                     ) -> tuple[Tensor, Tensor]:
+    """(y, the logits' L0 penalty); here two separate computations."""
+    return (masked_linear(x, weight, logits, bias, beta, mode, noise),
+            penalty_sum(logits, beta, mode))
+
+
+def masked_conv_l0(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                   beta: Tensor, mode: str, stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], groups: int, noise: Optional[Tensor] = None
+                   ) -> tuple[Tensor, Tensor]:
+    return (masked_conv(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups,
+                        noise), penalty_sum(logits, beta, mode))
 
 
 def sigmoid_sum(logits: Tensor, beta: Tensor) -> Tensor:

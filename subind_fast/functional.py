@@ -9,6 +9,10 @@ Each function validates its arguments, then calls the fused op
 ours, the same math in plain PyTorch ops (subind_fast/dispatch.py decides).
 
 β is a positive number or a one-element tensor (a layer passes its buffer).
+``with_penalty=True`` (a training mode) returns (out, Σp(s)) instead: the L0
+penalty of the logits — σ(βs) soft, P(m ≠ 0) concrete, s gumbel, summed —
+from the op's own mask pass, its gradient added to ∂s in the op's backward
+pass (the *_l0 ops), so the logits are read once per pass, not twice.
 Under ``torch.autocast`` masked_linear / masked_conv* compute in the autocast
 dtype exactly where F.linear / F.conv* would (x, θ and the bias are cast);
 the logits and the mask math stay fp32."""
@@ -19,7 +23,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._validation import beta_tensor, check_input, check_masked_weight
+from ._validation import TRAINING_MODES, beta_tensor, check_input, check_masked_weight
 from .dispatch import kernels_for
 from .noise import check_key
 
@@ -45,24 +49,41 @@ def l0(logits: Tensor, beta: float) -> Tensor:
     return kernels_for(logits).sigmoid_sum(logits, beta_tensor(beta, logits))
 
 
+def _check_penalty_mode(mode: str, with_penalty: bool) -> None:
+    if with_penalty and mode not in TRAINING_MODES:
+        raise ValueError(f"with_penalty needs a training mode {TRAINING_MODES}, got mode {mode!r}")
+
+
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
                   bias: Optional[Tensor] = None, mode: str = "soft",
-                  noise: Optional[Tensor] = None) -> Tensor:
-    """y = x · (weight ⊙ m(logits))ᵀ + bias for x of shape (..., in_features)."""
+                  noise: Optional[Tensor] = None, *, with_penalty: bool = False):
+    """y = x · (weight ⊙ m(logits))ᵀ + bias for x of shape (..., in_features);
+    (y, penalty) with ``with_penalty``."""
     _checked(weight, logits, mode, noise)
+    _check_penalty_mode(mode, with_penalty)
     if weight.dim() != 2:
         raise ValueError(f"masked_linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     check_input(x, weight, bias, -1, weight.shape[1], "masked_linear")
-    return linear_kernel(x, weight, logits, bias, beta_tensor(beta, logits), mode, noise)
+    return linear_kernel(x, weight, logits, bias, beta_tensor(beta, logits), mode, noise,
+                         with_penalty)
 
 
 def linear_kernel(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
-                  beta: Tensor, mode: str, noise: Optional[Tensor] = None) -> Tensor:
+                  beta: Tensor, mode: str, noise: Optional[Tensor] = None,
+                  with_penalty: bool = False):
     """masked_linear without the Python checks, for the layers: their θ, s
     and β were checked when set, and the op checks x and the bias against θ
     (naming them) at a fraction of the cost — a small layer's call is
     dominated by fixed costs."""
+    if with_penalty:
+        return kernels_for(x).masked_linear_l0(x, weight, logits, bias, beta, mode, noise)
     return kernels_for(x).masked_linear(x, weight, logits, bias, beta, mode, noise)
+
+
+def linear_kernel_l0(x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
+                     beta: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """linear_kernel's (y, penalty) in a deterministic training mode (the layers' fast path)."""
+    return kernels_for(x).masked_linear_l0(x, weight, logits, bias, beta, mode)
 
 
 def _tuple(value: IntOrTuple, n: int, name: str) -> list[int]:
@@ -90,9 +111,12 @@ def _padding(padding, kernel: Sequence[int], dilation: Sequence[int]) -> list[in
 def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
                 bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
                 padding: Union[str, IntOrTuple] = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                mode: str = "soft", noise: Optional[Tensor] = None) -> Tensor:
-    """N-d convolution (N = weight.dim() − 2) with W_eff = weight ⊙ m(logits)."""
+                mode: str = "soft", noise: Optional[Tensor] = None, *,
+                with_penalty: bool = False):
+    """N-d convolution (N = weight.dim() − 2) with W_eff = weight ⊙ m(logits);
+    (out, penalty) with ``with_penalty``."""
     _checked(weight, logits, mode, noise)
+    _check_penalty_mode(mode, with_penalty)
     nd = weight.dim() - 2
     if nd < 1:
         raise ValueError(f"masked_conv: weight must be (out, in/groups, *kernel), got {tuple(weight.shape)}")
@@ -109,9 +133,13 @@ def masked_conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
         raise ValueError(f"stride {stride} and dilation {dilation} must be >= 1")
     padding = _padding(padding, weight.shape[2:], dilation)
     unbatched = x.dim() == nd + 1
-    out = kernels_for(x).masked_conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
-                                     beta_tensor(beta, logits), mode, stride, padding, dilation,
-                                     groups, noise)
+    kernels = kernels_for(x)
+    conv = kernels.masked_conv_l0 if with_penalty else kernels.masked_conv
+    out = conv(x.unsqueeze(0) if unbatched else x, weight, logits, bias,
+               beta_tensor(beta, logits), mode, stride, padding, dilation, groups, noise)
+    if with_penalty:
+        out, penalty = out
+        return (out.squeeze(0) if unbatched else out), penalty
     return out.squeeze(0) if unbatched else out
 
 
@@ -119,11 +147,11 @@ def _conv_of_rank(nd: int):
     def conv(x: Tensor, weight: Tensor, logits: Tensor, beta: float, bias: Optional[Tensor] = None,
              stride: IntOrTuple = 1, padding: Union[str, IntOrTuple] = 0,
              dilation: IntOrTuple = 1, groups: int = 1, mode: str = "soft",
-             noise: Optional[Tensor] = None) -> Tensor:
+             noise: Optional[Tensor] = None, *, with_penalty: bool = False):
         if isinstance(weight, torch.Tensor) and weight.dim() != nd + 2:
             raise ValueError(f"masked_conv{nd}d: weight must have {nd + 2} dims, got {tuple(weight.shape)}")
         return masked_conv(x, weight, logits, beta, bias, stride, padding, dilation, groups, mode,
-                           noise)
+                           noise, with_penalty=with_penalty)
 
     conv.__name__ = f"masked_conv{nd}d"
     conv.__doc__ = f"{nd}-d convolution with W_eff = weight ⊙ m(logits); see masked_conv."

@@ -62,11 +62,13 @@ MaskParams<logit_t> params_of(const subind::MaskArgs& args) {
 // branch on sign(s) they ran ~10x slower on random logits.  The gradient
 // pointers may alias g (the blocked linear writes ds or dtheta over dW_eff in
 // place); every iteration reads g[i] before writing index i, and `omp simd`
-// states there is no dependence across iterations.
+// states there is no dependence across iterations.  kL0: the pass carries the
+// L0 penalty — a backward pass (kWantS) adds grad_l0·∂p/∂s to ds, a forward
+// pass returns Σp over [begin, end) (else 0).
 template <typename weight_t, typename logit_t, int kMode, bool kWantS, bool kWantTheta,
-          bool kWantWeff>
-void range_loop(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
-                int64_t begin, int64_t end) {
+          bool kWantWeff, bool kL0>
+logit_t range_loop(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
+                   int64_t begin, int64_t end) {
   const weight_t* g = p.g;
   const weight_t* __restrict__ theta = p.theta;
   const logit_t* __restrict__ s = p.s;
@@ -76,7 +78,9 @@ void range_loop(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>&
   const logit_t beta = c.beta;
   const uint32_t key = c.key;
   const int64_t offset = p.offset;
-#pragma omp simd
+  const logit_t grad_l0 = (kL0 && kWantS) ? *p.grad_l0 : logit_t(0);
+  logit_t l0_sum = 0;
+#pragma omp simd reduction(+ : l0_sum)
   for (int64_t i = begin; i < end; ++i) {
     logit_t m, slope;
     if constexpr (kMode == subind::kSoft) {
@@ -92,35 +96,56 @@ void range_loop(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>&
                                      subind::logistic_noise<logit_t>(key, offset + i), kMode,
                                      m, slope);
     }
+    logit_t penalty = 0, penalty_slope = 0;
+    if constexpr (kL0) {
+      subind::penalty_and_slope(s[i], beta, kMode, m, slope, penalty, penalty_slope);
+      if constexpr (!kWantS) l0_sum += penalty;
+    }
     const logit_t ti = static_cast<logit_t>(theta[i]);
     if constexpr (kWantS || kWantTheta) {
       const logit_t gi = static_cast<logit_t>(g[i]);
-      if constexpr (kWantS) grad_s[i] = gi * ti * beta * slope;
+      if constexpr (kWantS) {
+        grad_s[i] = kL0 ? gi * ti * beta * slope + grad_l0 * penalty_slope
+                        : gi * ti * beta * slope;
+      }
       if constexpr (kWantTheta) grad_theta[i] = static_cast<weight_t>(gi * m);
     }
     if constexpr (kWantWeff) w_eff[i] = static_cast<weight_t>(ti * m);
   }
+  return l0_sum;
 }
 
-// Calls f(Mode, S, T, W) with compile-time constants for the mode and for
-// which outputs (logits gradient, weight gradient, w_eff) are wanted, so each
-// combination is its own branch-free, vectorisable instantiation.  A logits
-// gradient exists only in the training modes.
+// Σp over a range accumulates in blocks of the logits' dtype (the loop stays
+// vectorised) added in double, so a sum of millions of terms keeps ~1e-7.
+constexpr int64_t kL0Block = 512;
+
+// Calls f(Mode, S, T, W, L) with compile-time constants for the mode, for
+// which outputs (logits gradient, weight gradient, w_eff) are wanted and for
+// whether the pass carries the L0 penalty, so each combination is its own
+// branch-free, vectorisable instantiation.  A logits gradient and the penalty
+// exist only in the training modes.
 template <typename F>
-void with_mode_and_outputs(int mode, bool want_s, bool want_theta, bool want_weff, F&& f) {
+void with_mode_and_outputs(int mode, bool want_s, bool want_theta, bool want_weff, bool l0,
+                           F&& f) {
   using Y = std::true_type;
   using N = std::false_type;
   auto outputs = [&](auto M) {
     constexpr bool kTraining = subind::mode_is_training(decltype(M)::value);
     const int which = ((want_s && kTraining) ? 4 : 0) | (want_theta ? 2 : 0) | (want_weff ? 1 : 0);
+    auto penalty = [&](auto S, auto T, auto W) {
+      if constexpr (kTraining) {
+        if (l0) return f(M, S, T, W, Y{});
+      }
+      f(M, S, T, W, N{});
+    };
     switch (which) {
-      case 7: if constexpr (kTraining) f(M, Y{}, Y{}, Y{}); break;
-      case 6: if constexpr (kTraining) f(M, Y{}, Y{}, N{}); break;
-      case 5: if constexpr (kTraining) f(M, Y{}, N{}, Y{}); break;
-      case 4: if constexpr (kTraining) f(M, Y{}, N{}, N{}); break;
-      case 3: f(M, N{}, Y{}, Y{}); break;
-      case 2: f(M, N{}, Y{}, N{}); break;
-      case 1: f(M, N{}, N{}, Y{}); break;
+      case 7: if constexpr (kTraining) penalty(Y{}, Y{}, Y{}); break;
+      case 6: if constexpr (kTraining) penalty(Y{}, Y{}, N{}); break;
+      case 5: if constexpr (kTraining) penalty(Y{}, N{}, Y{}); break;
+      case 4: if constexpr (kTraining) penalty(Y{}, N{}, N{}); break;
+      case 3: penalty(N{}, Y{}, Y{}); break;
+      case 2: penalty(N{}, Y{}, N{}); break;
+      case 1: penalty(N{}, N{}, Y{}); break;
       default: break;
     }
   };
@@ -134,20 +159,40 @@ void with_mode_and_outputs(int mode, bool want_s, bool want_theta, bool want_wef
   }
 }
 
-// Elements [begin, end) of the pass on the calling thread.
+// Elements [begin, end) of the pass on the calling thread; returns the
+// penalty's Σp over them in a forward pass that carries it (else 0).
 template <typename weight_t, typename logit_t>
-void pass_range(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
-                int64_t begin, int64_t end) {
-  with_mode_and_outputs(c.mode, p.grad_s != nullptr, p.grad_theta != nullptr,
-                        p.w_eff != nullptr, [&](auto M, auto S, auto T, auto W) {
-                          range_loop<weight_t, logit_t, decltype(M)::value, decltype(S)::value,
-                                     decltype(T)::value, decltype(W)::value>(p, c, begin, end);
-                        });
+double pass_range(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c,
+                  int64_t begin, int64_t end) {
+  const bool l0 = p.grad_s ? p.grad_l0 != nullptr : p.l0_sum != nullptr;
+  double total = 0.0;
+  with_mode_and_outputs(
+      c.mode, p.grad_s != nullptr, p.grad_theta != nullptr, p.w_eff != nullptr, l0,
+      [&](auto M, auto S, auto T, auto W, auto L) {
+        constexpr bool kSum = decltype(L)::value && !decltype(S)::value;
+        const int64_t step = kSum ? kL0Block : end - begin;
+        for (int64_t b = begin; b < end; b += step) {
+          const logit_t part =
+              range_loop<weight_t, logit_t, decltype(M)::value, decltype(S)::value,
+                         decltype(T)::value, decltype(W)::value, decltype(L)::value>(
+                  p, c, b, std::min(end, b + step));
+          if constexpr (kSum) total += static_cast<double>(part);
+        }
+      });
+  return total;
 }
 
-// The whole pass, split over the intra-op threads.
+// The whole pass, split over the intra-op threads; a forward pass that
+// carries the penalty adds its Σp to *p.l0_sum.
 template <typename weight_t, typename logit_t>
 void pass_parallel(const MaskPass<weight_t, logit_t>& p, const MaskParams<logit_t>& c) {
+  if (p.l0_sum != nullptr && p.grad_s == nullptr) {
+    *p.l0_sum += at::parallel_reduce(
+        int64_t(0), p.n, kGrain, 0.0,
+        [&](int64_t begin, int64_t end, double acc) { return acc + pass_range(p, c, begin, end); },
+        std::plus<double>());
+    return;
+  }
   at::parallel_for(0, p.n, kGrain,
                    [&](int64_t begin, int64_t end) { pass_range(p, c, begin, end); });
 }

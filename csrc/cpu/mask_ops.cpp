@@ -89,6 +89,7 @@ TORCH_LIBRARY_IMPL(subind, CPU, m) {
   m.impl("mask_weight", &subind::mask_weight<CpuKernels>);
   m.impl("mask_weight_backward", &subind::mask_weight_backward<CpuKernels>);
   m.impl("masked_conv", &subind::conv_forward<CpuKernels>);
+  m.impl("masked_conv_l0", &subind::conv_forward_l0<CpuKernels>);
   m.impl("masked_conv_backward", &subind::conv_backward<CpuKernels>);
   m.impl("sigmoid_sum", &sigmoid_sum);
   m.impl("sigmoid_sum_backward", &sigmoid_sum_backward);

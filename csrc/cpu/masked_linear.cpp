@@ -2,9 +2,9 @@
 // over the rows of the weight as it is stored, for every mode and layout.
 //
 // Math (W_eff = theta ⊙ m(s), G = dL/dy):
-//   forward   y  = x · W_effᵀ + b
+//   forward   y  = x · W_effᵀ + b    (masked_linear_l0: and Σp(s), the L0 penalty)
 //   backward  dW = Gᵀ · x            (never kept beyond one block)
-//             ds = dW ⊙ theta ⊙ beta·slope,  dtheta = dW ⊙ m
+//             ds = dW ⊙ theta ⊙ beta·slope (+ grad_l0·∂p/∂s),  dtheta = dW ⊙ m
 //             dx = G · W_eff
 //
 // Why blocks.  The GEMMs are ATen's; what the mask adds is element-wise
@@ -80,7 +80,8 @@ Stored stored_rows(const at::Tensor& weight, const at::Tensor& logits) {
 }
 
 // One mask pass over stored rows [r0, r0 + nr).  `pass` holds pointers to
-// row r0 of every array; outputs and g are packed rows of row_length.
+// row r0 of every array; outputs and g are packed rows of row_length.  A
+// forward pass with pass.l0_sum adds the rows' Σp to it.
 template <typename weight_t, typename logit_t>
 void block_pass(MaskPass<weight_t, logit_t> pass, const MaskParams<logit_t>& c,
                 const Stored& w, int64_t r0, int64_t nr) {
@@ -92,7 +93,8 @@ void block_pass(MaskPass<weight_t, logit_t> pass, const MaskParams<logit_t>& c,
     return;
   }
   const int64_t grain = std::max<int64_t>(1, subind_cpu::kGrain / std::max<int64_t>(len, 1));
-  at::parallel_for(0, nr, grain, [&](int64_t begin, int64_t end) {
+  const auto rows = [&](int64_t begin, int64_t end) {
+    double l0_sum = 0.0;
     for (int64_t r = begin; r < end; ++r) {
       MaskPass<weight_t, logit_t> row = pass;
       row.theta = pass.theta + r * w.ld_theta;
@@ -103,9 +105,18 @@ void block_pass(MaskPass<weight_t, logit_t> pass, const MaskParams<logit_t>& c,
       if (row.w_eff) row.w_eff = pass.w_eff + r * len;
       row.n = len;
       row.offset = (r0 + r) * len;
-      subind_cpu::pass_range(row, c, 0, len);
+      l0_sum += subind_cpu::pass_range(row, c, 0, len);
     }
-  });
+    return l0_sum;
+  };
+  if (pass.l0_sum != nullptr && pass.grad_s == nullptr) {
+    *pass.l0_sum += at::parallel_reduce(
+        int64_t(0), nr, grain, 0.0,
+        [&](int64_t begin, int64_t end, double acc) { return acc + rows(begin, end); },
+        std::plus<double>());
+    return;
+  }
+  at::parallel_for(0, nr, grain, [&](int64_t begin, int64_t end) { rows(begin, end); });
 }
 
 // A new weight-shaped tensor whose stored rows are packed like w's.
@@ -171,18 +182,20 @@ void sum_partials(const std::vector<at::Tensor>& partials) {
   for (size_t t = 1; t < partials.size(); ++t) partials[0].add_(partials[t]);
 }
 
-at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
-                             const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
-                             const at::Tensor& beta, c10::string_view mode,
-                             const c10::optional<at::Tensor>& noise) {
-  const char* op = "subind::masked_linear";
+// y, and with `l0.sum` set the logits' L0 penalty summed into it.
+at::Tensor masked_linear_forward(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                 const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
+                                 const at::Tensor& beta, c10::string_view mode,
+                                 const c10::optional<at::Tensor>& noise,
+                                 const subind::L0Terms& l0) {
   subind::check_pair(op, weight, logits);
   subind::check_linear_operands(op, x, weight, bias);
-  if (small_or_empty(weight)) {
+  const auto args = subind::mask_args(op, mode, beta, logits, noise);
+  if (l0.sum.defined()) subind::check_l0_mode(op, args.mode);
+  if (small_or_empty(weight)) {  // Σp over no logits is 0
     return subind::linear_forward<subind_cpu::CpuKernels>(x, weight, logits, bias, beta, mode,
                                                           noise);
   }
-  const auto args = subind::mask_args(op, mode, beta, logits, noise);
   const Stored w = stored_rows(weight, logits);
   const int64_t n = weight.size(0), k = weight.size(1);
   const auto x2 = x.reshape({-1, k});
@@ -196,6 +209,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t nblocks = (w.rows + block - 1) / block;
   // Stored rows = inputs: y sums over the blocks, one partial per thread share.
   auto y_partials = w.rows_are_inputs ? partials_for(y2, nblocks) : std::vector<at::Tensor>{};
+  std::vector<double> l0_shares(std::max<int64_t>(1, thread_shares(nblocks)), 0.0);
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
     over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
@@ -208,6 +222,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
         pass.theta = w.theta.data_ptr<weight_t>() + r0 * w.ld_theta;
         pass.s = w.s.data_ptr<logit_t>() + r0 * w.ld_s;
         pass.w_eff = weff.data_ptr<weight_t>();
+        if (l0.sum.defined()) pass.l0_sum = &l0_shares[t];
         block_pass(pass, c, w, r0, nr);
         if (!w.rows_are_inputs) {
           auto out = columns(y2, r0, nr);  // a strided column block: BLAS writes it in place
@@ -230,7 +245,30 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     });
   });
   if (w.rows_are_inputs) sum_partials(y_partials);
+  if (l0.sum.defined()) {
+    double total = 0.0;
+    for (double share : l0_shares) total += share;
+    *l0.sum.data_ptr<double>() += total;
+  }
   return y;
+}
+
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
+                             const at::Tensor& beta, c10::string_view mode,
+                             const c10::optional<at::Tensor>& noise) {
+  return masked_linear_forward("subind::masked_linear", x, weight, logits, bias, beta, mode,
+                               noise, {});
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_linear_l0_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& beta, c10::string_view mode,
+    const c10::optional<at::Tensor>& noise) {
+  const auto l0 = subind::l0_forward(logits);
+  auto y = masked_linear_forward("subind::masked_linear_l0", x, weight, logits, bias, beta, mode,
+                                 noise, l0);
+  return {y, subind::l0_value(l0, logits)};
 }
 
 // (dx, dtheta, ds, db); what was not asked for is an empty [0] tensor.
@@ -238,12 +276,13 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
                                               const at::Tensor& weight, const at::Tensor& logits,
                                               const at::Tensor& beta, c10::string_view mode,
                                               std::array<bool, 4> needs,
-                                              const c10::optional<at::Tensor>& noise) {
+                                              const c10::optional<at::Tensor>& noise,
+                                              const c10::optional<at::Tensor>& grad_l0) {
   const char* op = "subind::masked_linear_backward";
   subind::check_pair(op, weight, logits);
   if (small_or_empty(weight)) {
     return subind::linear_backward<subind_cpu::CpuKernels>(grad, x, weight, logits, beta, mode,
-                                                           needs, noise);
+                                                           needs, noise, grad_l0);
   }
   const auto args = subind::mask_args(op, mode, beta, logits, noise);
   const Stored w = stored_rows(weight, logits);
@@ -267,6 +306,7 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
   // dW_eff lands where it is transformed in place: in dtheta when that is
   // wanted, else in ds when ds has the weight's dtype, else in scratch.
   const bool dw_in_s = !need_w && need_s && logits.scalar_type() == weight.scalar_type();
+  const auto l0 = subind::l0_backward(grad_l0, logits);
   const int64_t block = block_rows_for(m, w.rows, w.row_length, weight.element_size());
   const int64_t block_numel = std::min(block, w.rows) * w.row_length;
   const int64_t nblocks = (w.rows + block - 1) / block;
@@ -275,6 +315,8 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
       (need_x && !w.rows_are_inputs) ? partials_for(dx2, nblocks) : std::vector<at::Tensor>{};
   SUBIND_DISPATCH_WEIGHT_AND_LOGITS(w.theta, w.s, "subind::masked_linear", [&] {
     const auto c = subind_cpu::params_of<logit_t>(args);
+    const logit_t* grad_l0_ptr = (need_s && l0.grad.defined())
+                                     ? l0.grad.const_data_ptr<logit_t>() : nullptr;
     over_threads(nblocks, [&](int64_t t, int64_t first, int64_t last) {
       const auto weff_buffer = need_x ? subind_cpu::scratch(subind_cpu::kWeffSlot,
                                                             weight.scalar_type(), block_numel)
@@ -304,6 +346,7 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
         pass.grad_s = need_s ? grad_s.data_ptr<logit_t>() + r0 * w.row_length : nullptr;
         pass.grad_theta = need_w ? grad_w.data_ptr<weight_t>() + r0 * w.row_length : nullptr;
         pass.w_eff = need_x ? weff.data_ptr<weight_t>() : nullptr;
+        pass.grad_l0 = grad_l0_ptr;
         block_pass(pass, c, w, r0, nr);
         if (!need_x) continue;
         if (w.rows_are_inputs) {
@@ -328,5 +371,6 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
 
 TORCH_LIBRARY_IMPL(subind, CPU, m) {
   m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_l0", &masked_linear_l0_cpu);
   m.impl("masked_linear_backward", &masked_linear_backward_cpu);
 }

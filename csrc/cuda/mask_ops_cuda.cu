@@ -21,14 +21,20 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(blocks < max_blocks ? blocks : max_blocks);
 }
 
-// One grid-stride pass; beta and the noise key are read from device memory,
-// so nothing waits for the host.
+// One grid-stride pass; beta, the noise key and grad_l0 are read from device
+// memory, so nothing waits for the host.  A forward pass with p.l0_sum sums
+// the penalty per thread, then per block (warp shuffles, then one warp), and
+// adds each block's total to *p.l0_sum atomically.
 template <typename weight_t, typename logit_t>
 __global__ void mask_pass_kernel(subind::MaskPass<weight_t, logit_t> p,
                                  const logit_t* __restrict__ beta_ptr,
                                  const int64_t* __restrict__ key_ptr, int mode) {
   const logit_t beta = *beta_ptr;
   const uint32_t key = key_ptr ? subind::noise_key_hash(key_ptr[0], key_ptr[1]) : 0u;
+  const bool backward_l0 = p.grad_s != nullptr && p.grad_l0 != nullptr;
+  const bool forward_l0 = p.grad_s == nullptr && p.l0_sum != nullptr;
+  const logit_t grad_l0 = backward_l0 ? *p.grad_l0 : logit_t(0);
+  double l0_sum = 0.0;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n;
        i += (int64_t)gridDim.x * blockDim.x) {
     logit_t m, slope;
@@ -41,13 +47,32 @@ __global__ void mask_pass_kernel(subind::MaskPass<weight_t, logit_t> p,
       m = (mode == subind::kHard) ? (p.s[i] > logit_t(0) ? logit_t(1) : logit_t(0)) : logit_t(1);
       slope = logit_t(0);
     }
+    logit_t penalty = 0, penalty_slope = 0;
+    if (forward_l0 || backward_l0) {
+      subind::penalty_and_slope<logit_t>(p.s[i], beta, mode, m, slope, penalty, penalty_slope);
+      l0_sum += static_cast<double>(penalty);
+    }
     const logit_t ti = static_cast<logit_t>(p.theta[i]);
     if (p.w_eff) p.w_eff[i] = static_cast<weight_t>(ti * m);
     if (p.g) {
       const logit_t gi = static_cast<logit_t>(p.g[i]);
-      if (p.grad_s) p.grad_s[i] = gi * ti * beta * slope;
+      if (p.grad_s) p.grad_s[i] = gi * ti * beta * slope + grad_l0 * penalty_slope;
       if (p.grad_theta) p.grad_theta[i] = static_cast<weight_t>(gi * m);
     }
+  }
+  if (!forward_l0) return;
+  __shared__ double warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    l0_sum += __shfl_down_sync(0xffffffffu, l0_sum, offset);
+  }
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = l0_sum;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    l0_sum = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : 0.0;
+    for (int offset = 16; offset > 0; offset /= 2) {
+      l0_sum += __shfl_down_sync(0xffffffffu, l0_sum, offset);
+    }
+    if (threadIdx.x == 0) atomicAdd(p.l0_sum, l0_sum);
   }
 }
 
@@ -80,6 +105,7 @@ TORCH_LIBRARY_IMPL(subind, CUDA, m) {
   m.impl("mask_weight", &subind::mask_weight<CudaKernels>);
   m.impl("mask_weight_backward", &subind::mask_weight_backward<CudaKernels>);
   m.impl("masked_conv", &subind::conv_forward<CudaKernels>);
+  m.impl("masked_conv_l0", &subind::conv_forward_l0<CudaKernels>);
   m.impl("masked_conv_backward", &subind::conv_backward<CudaKernels>);
 }
 

@@ -1,5 +1,5 @@
-// The autocast rule of masked_linear and masked_conv, as F.linear / F.conv*
-// follow it: under torch.autocast the input, θ and the bias are cast to the
+// The autocast rule of masked_linear and masked_conv (and their *_l0 forms,
+// whose penalty is the logits' and stays fp32), as F.linear / F.conv* follow it: under torch.autocast the input, θ and the bias are cast to the
 // autocast dtype (floating tensors other than float64), the logits and β
 // never (the mask math stays fp32); then the op runs with autocast off.
 #include <ATen/autocast_mode.h>
@@ -11,15 +11,16 @@ namespace {
 
 using subind::op_handle;
 
-template <c10::DeviceType kDevice, c10::DispatchKey kKey>
-at::Tensor masked_linear_autocast(const at::Tensor& x, const at::Tensor& weight,
+template <bool kL0>
+using Result = subind::ForwardResult<kL0>;
+
+template <c10::DeviceType kDevice, c10::DispatchKey kKey, bool kL0>
+Result<kL0> masked_linear_autocast(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
                                   const at::Tensor& beta, c10::string_view mode,
                                   const c10::optional<at::Tensor>& noise) {
-  using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const c10::optional<at::Tensor>&, const at::Tensor&, c10::string_view,
-                         const c10::optional<at::Tensor>&);
-  static auto op = op_handle<Sig>("subind::masked_linear");
+  static auto op = op_handle<subind::LinearForwardSig<kL0>>(kL0 ? "subind::masked_linear_l0"
+                                                                 : "subind::masked_linear");
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kKey);
   const auto dtype = at::autocast::get_autocast_dtype(kDevice);
   return op.call(at::autocast::cached_cast(dtype, x, kDevice),
@@ -27,18 +28,15 @@ at::Tensor masked_linear_autocast(const at::Tensor& x, const at::Tensor& weight,
                  at::autocast::cached_cast(dtype, bias, kDevice), beta, mode, noise);
 }
 
-template <c10::DeviceType kDevice, c10::DispatchKey kKey>
-at::Tensor masked_conv_autocast(const at::Tensor& x, const at::Tensor& weight,
+template <c10::DeviceType kDevice, c10::DispatchKey kKey, bool kL0>
+Result<kL0> masked_conv_autocast(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
                                 const at::Tensor& beta, c10::string_view mode,
                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                 at::IntArrayRef dilation, int64_t groups,
                                 const c10::optional<at::Tensor>& noise) {
-  using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const c10::optional<at::Tensor>&, const at::Tensor&, c10::string_view,
-                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
-                         const c10::optional<at::Tensor>&);
-  static auto op = op_handle<Sig>("subind::masked_conv");
+  static auto op = op_handle<subind::ConvForwardSig<kL0>>(kL0 ? "subind::masked_conv_l0"
+                                                               : "subind::masked_conv");
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kKey);
   const auto dtype = at::autocast::get_autocast_dtype(kDevice);
   return op.call(at::autocast::cached_cast(dtype, x, kDevice),
@@ -49,16 +47,18 @@ at::Tensor masked_conv_autocast(const at::Tensor& x, const at::Tensor& weight,
 
 }  // namespace
 
+template <c10::DeviceType kDevice, c10::DispatchKey kKey>
+void register_autocast(torch::Library& m) {
+  m.impl("masked_linear", &masked_linear_autocast<kDevice, kKey, false>);
+  m.impl("masked_linear_l0", &masked_linear_autocast<kDevice, kKey, true>);
+  m.impl("masked_conv", &masked_conv_autocast<kDevice, kKey, false>);
+  m.impl("masked_conv_l0", &masked_conv_autocast<kDevice, kKey, true>);
+}
+
 TORCH_LIBRARY_IMPL(subind, AutocastCPU, m) {
-  m.impl("masked_linear",
-         &masked_linear_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
-  m.impl("masked_conv",
-         &masked_conv_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+  register_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>(m);
 }
 
 TORCH_LIBRARY_IMPL(subind, AutocastCUDA, m) {
-  m.impl("masked_linear",
-         &masked_linear_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
-  m.impl("masked_conv",
-         &masked_conv_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
+  register_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>(m);
 }

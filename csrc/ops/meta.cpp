@@ -51,6 +51,23 @@ at::Tensor masked_linear_meta(const at::Tensor& x, const at::Tensor& weight,
   return at::empty_symint(sizes, x.options());
 }
 
+// The penalty of a *_l0 op: a scalar in the logits' dtype.
+std::tuple<at::Tensor, at::Tensor> with_penalty(const char* op, const at::Tensor& out,
+                                                const at::Tensor& logits,
+                                                c10::string_view mode) {
+  subind::check_l0_mode(op, subind::parse_mode(op, mode));
+  return {out, at::empty({}, logits.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_linear_l0_meta(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& beta, c10::string_view mode,
+    const c10::optional<at::Tensor>& noise) {
+  return with_penalty("subind::masked_linear_l0",
+                      masked_linear_meta(x, weight, logits, bias, beta, mode, noise), logits,
+                      mode);
+}
+
 subind::TensorQuad with_input_and_bias(const at::Tensor& x, const at::Tensor& weight,
                                        const at::Tensor& logits, c10::string_view mode,
                                        std::array<bool, 4> needs, const at::Tensor& grad) {
@@ -64,7 +81,8 @@ subind::TensorQuad masked_linear_backward_meta(const at::Tensor& grad, const at:
                                                const at::Tensor& weight,
                                                const at::Tensor& logits, const at::Tensor& beta,
                                                c10::string_view mode, std::array<bool, 4> needs,
-                                               const c10::optional<at::Tensor>& noise) {
+                                               const c10::optional<at::Tensor>& noise,
+                                               const c10::optional<at::Tensor>& grad_l0) {
   return with_input_and_bias(x, weight, logits, mode, needs, grad);
 }
 
@@ -78,13 +96,25 @@ at::Tensor masked_conv_meta(const at::Tensor& x, const at::Tensor& weight,
                          subind::zeros_for(weight), groups);
 }
 
+std::tuple<at::Tensor, at::Tensor> masked_conv_l0_meta(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& beta, c10::string_view mode,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const c10::optional<at::Tensor>& noise) {
+  return with_penalty("subind::masked_conv_l0",
+                      masked_conv_meta(x, weight, logits, bias, beta, mode, stride, padding,
+                                       dilation, groups, noise),
+                      logits, mode);
+}
+
 subind::TensorQuad masked_conv_backward_meta(const at::Tensor& grad, const at::Tensor& x,
                                              const at::Tensor& weight, const at::Tensor& logits,
                                              const at::Tensor& beta, c10::string_view mode,
                                              at::IntArrayRef stride, at::IntArrayRef padding,
                                              at::IntArrayRef dilation, int64_t groups,
                                              std::array<bool, 4> needs,
-                                             const c10::optional<at::Tensor>& noise) {
+                                             const c10::optional<at::Tensor>& noise,
+                                             const c10::optional<at::Tensor>& grad_l0) {
   return with_input_and_bias(x, weight, logits, mode, needs, grad);
 }
 
@@ -110,8 +140,10 @@ TORCH_LIBRARY_IMPL(subind, Meta, m) {
   m.impl("mask_weight", &mask_weight_meta);
   m.impl("mask_weight_backward", &mask_weight_backward_meta);
   m.impl("masked_linear", &masked_linear_meta);
+  m.impl("masked_linear_l0", &masked_linear_l0_meta);
   m.impl("masked_linear_backward", &masked_linear_backward_meta);
   m.impl("masked_conv", &masked_conv_meta);
+  m.impl("masked_conv_l0", &masked_conv_l0_meta);
   m.impl("masked_conv_backward", &masked_conv_backward_meta);
   m.impl("sigmoid_sum", &sigmoid_sum_meta);
   m.impl("sigmoid_sum_backward", &sigmoid_sum_backward_meta);

@@ -9,7 +9,12 @@
 //   masked_linear          y = x·W_effᵀ + b
 //                          ∂x = G·W_eff, ∂θ = (Gᵀx) ⊙ m, ∂s = (Gᵀx) ⊙ θ ⊙ β·slope, ∂b = Σ G
 //   masked_conv            the same with the convolution as the GEMM
-//   sigmoid_sum            Σ σ(β·s), with ∂s = β·m(1−m)  (the L0 penalty)
+//   masked_linear_l0,      (y, Σ p(s)): the op and the L0 penalty of its logits from
+//   masked_conv_l0         the one mask pass (training modes; p per mode in
+//                          subind/mask_math.h: σ(βs) soft, P(m≠0) concrete, s gumbel);
+//                          their backward is the op's with grad_l0 = ∂L/∂penalty,
+//                          which adds grad_l0·∂p/∂s to ∂s in the same pass
+//   sigmoid_sum            Σ σ(β·s), with ∂s = β·m(1−m)  (the L0 penalty on its own)
 //   adamw_step, sgd_step   in-place optimizer updates of the elements not frozen
 // `*_backward` take the `need_*` / `needs` flags (x, weight, logits, bias)
 // and return an empty [0] tensor for each gradient not asked for.
@@ -28,15 +33,21 @@ TORCH_LIBRARY(subind, m) {
         "Tensor? noise=None) -> (Tensor, Tensor, Tensor)", tags);
   m.def("masked_linear(Tensor x, Tensor weight, Tensor logits, Tensor? bias, Tensor beta, "
         "str mode, Tensor? noise=None) -> Tensor", tags);
+  m.def("masked_linear_l0(Tensor x, Tensor weight, Tensor logits, Tensor? bias, Tensor beta, "
+        "str mode, Tensor? noise=None) -> (Tensor, Tensor)", tags);
   m.def("masked_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor logits, "
-        "Tensor beta, str mode, bool[4] needs, Tensor? noise=None) "
+        "Tensor beta, str mode, bool[4] needs, Tensor? noise=None, Tensor? grad_l0=None) "
         "-> (Tensor, Tensor, Tensor, Tensor)", tags);
   m.def("masked_conv(Tensor x, Tensor weight, Tensor logits, Tensor? bias, Tensor beta, "
         "str mode, int[] stride, int[] padding, int[] dilation, int groups, "
         "Tensor? noise=None) -> Tensor", tags);
+  m.def("masked_conv_l0(Tensor x, Tensor weight, Tensor logits, Tensor? bias, Tensor beta, "
+        "str mode, int[] stride, int[] padding, int[] dilation, int groups, "
+        "Tensor? noise=None) -> (Tensor, Tensor)", tags);
   m.def("masked_conv_backward(Tensor grad, Tensor x, Tensor weight, Tensor logits, "
         "Tensor beta, str mode, int[] stride, int[] padding, int[] dilation, int groups, "
-        "bool[4] needs, Tensor? noise=None) -> (Tensor, Tensor, Tensor, Tensor)", tags);
+        "bool[4] needs, Tensor? noise=None, Tensor? grad_l0=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor)", tags);
   m.def("sigmoid_sum(Tensor logits, Tensor beta) -> Tensor", tags);
   m.def("sigmoid_sum_backward(Tensor grad, Tensor logits, Tensor beta) -> Tensor", tags);
   m.def("adamw_step(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "

@@ -1,6 +1,10 @@
 """The CUDA kernels of the ``subind`` ops that are written in Python: the
 Triton launchers (triton_backend.py), and the composition of the mask ops
-with cuBLAS/cuDNN where Triton has no kernel (the sampled modes).  They are
+with cuBLAS/cuDNN where Triton has no kernel (the sampled modes).  The *_l0
+ops fuse the L0 penalty into the Triton pass (soft mode) and into the CUDA
+extension's convolution pass; on the composed path (the sampled modes' linear
+layers) the penalty and its gradient are a separate element-wise pass
+(reference.penalty_and_slope).  They are
 registered under the ops' C++ schemas for the CUDA dispatch key, so eager
 calls, torch.compile and autograd reach them as they reach the C++ kernels.
 
@@ -83,10 +87,37 @@ def masked_linear(x, weight, logits, bias, beta, mode, noise=None):
     return y.detach() if y._is_view() else y
 
 
-def masked_linear_backward(grad, x, weight, logits, beta, mode, needs, noise=None):
-    backend = _COMPOSED if noise is not None else _triton()
-    gx, gw, gs, gb = backend.linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
-                                             list(needs), noise)
+def masked_linear_l0(x, weight, logits, bias, beta, mode, noise=None):
+    if noise is None:
+        check_input(x, weight, bias, -1, weight.shape[1], "subind::masked_linear_l0")
+        y, penalty = _triton().linear_forward_l0(x, weight, logits, bias, beta, mode)
+        return (y.detach() if y._is_view() else y), penalty
+    from .reference import penalty_sum
+
+    return masked_linear(x, weight, logits, bias, beta, mode, noise), penalty_sum(logits, beta,
+                                                                                  mode)
+
+
+def _with_penalty_grad(grads, logits, beta, mode, grad_l0):
+    """A composed backward's (∂x, ∂θ, ∂s, ∂b) with the penalty's gradient added to ∂s."""
+    if grad_l0 is None:
+        return grads
+    from .reference import add_penalty_grad
+
+    gx, gw, gs, gb = grads
+    return gx, gw, add_penalty_grad(gs, logits, beta, mode, grad_l0), gb
+
+
+def masked_linear_backward(grad, x, weight, logits, beta, mode, needs, noise=None,
+                           grad_l0=None):
+    if noise is None:
+        grads = _triton().linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
+                                          list(needs), grad_l0=grad_l0)
+    else:
+        grads = _with_penalty_grad(
+            _COMPOSED.linear_backward(grad.contiguous(), x, weight, logits, beta, mode,
+                                      list(needs), noise), logits, beta, mode, grad_l0)
+    gx, gw, gs, gb = grads
     return gx.contiguous(), gw, gs, gb
 
 
@@ -96,10 +127,19 @@ def masked_conv(x, weight, logits, bias, beta, mode, stride, padding, dilation, 
                                   groups, noise)
 
 
+def masked_conv_l0(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups,
+                   noise=None):
+    from .reference import penalty_sum
+
+    return (masked_conv(x, weight, logits, bias, beta, mode, stride, padding, dilation, groups,
+                        noise), penalty_sum(logits, beta, mode))
+
+
 def masked_conv_backward(grad, x, weight, logits, beta, mode, stride, padding, dilation, groups,
-                         needs, noise=None):
-    gx, gw, gs, gb = _COMPOSED.conv_backward(grad, x, weight, logits, beta, mode, stride,
-                                             padding, dilation, groups, list(needs), noise)
+                         needs, noise=None, grad_l0=None):
+    gx, gw, gs, gb = _with_penalty_grad(
+        _COMPOSED.conv_backward(grad, x, weight, logits, beta, mode, stride, padding, dilation,
+                                groups, list(needs), noise), logits, beta, mode, grad_l0)
     return gx.contiguous(), gw, gs, gb
 
 

@@ -5,6 +5,8 @@ ops (σ and its slope in the logits' precision, fp32 or fp64, whatever the
 weight dtype)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -15,6 +17,9 @@ from .base import FAMILIES, NoiseKeyedMaskBackend, not_requested
 #: the hard-concrete stretch ε: (γ, ζ) = (−ε, 1 + ε) (Louizos et al.'s −0.1, 1.1);
 #: csrc/include/subind/mask_math.h has the same constant
 STRETCH = 0.1
+#: −log(−γ/ζ) = −log(ε/(1+ε)): a hard-concrete gate is non-zero with probability
+#: σ(s + this/β) (mask_math.h: kZeroGateLogOdds)
+ZERO_GATE_LOG_ODDS = -math.log(STRETCH / (1 + STRETCH))
 
 
 def _opmath(logits: Tensor) -> torch.dtype:
@@ -54,6 +59,37 @@ def mask_and_slope(logits: Tensor, beta: Tensor, mode: str,
     if mode == "hard":
         return (s > 0).to(s.dtype), None
     return torch.ones_like(s), None
+
+
+def penalty_and_slope(logits: Tensor, beta: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """The L0 penalty of each logit of a training mode and its derivative
+    (mask_math.h: penalty_and_slope), in the logits' precision: σ(βs) and
+    β·σ(βs)σ(−βs) (soft); P(m ≠ 0) = σ(s + ZERO_GATE_LOG_ODDS/β) and its
+    slope (concrete); s and 1 (gumbel).  The layer's penalty is the sum."""
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"the L0 penalty belongs to the training modes {TRAINING_MODES}, "
+                         f"got mode {mode!r}")
+    s = logits.to(_opmath(logits))
+    b = beta_like(beta, s)
+    if mode == "gumbel":
+        return s, torch.ones_like(s)
+    z = b * s if mode == "soft" else s + ZERO_GATE_LOG_ODDS / b
+    slope = torch.sigmoid(z) * torch.sigmoid(-z)
+    return torch.sigmoid(z), (b * slope if mode == "soft" else slope)
+
+
+def penalty_sum(logits: Tensor, beta: Tensor, mode: str) -> Tensor:
+    """Σ of penalty_and_slope's penalty, accumulated in float64, in the logits' dtype."""
+    return penalty_and_slope(logits, beta, mode)[0].sum(dtype=torch.float64).to(logits.dtype)
+
+
+def add_penalty_grad(grad_s: Tensor, logits: Tensor, beta: Tensor, mode: str,
+                     grad_l0: Tensor | None) -> Tensor:
+    """∂s plus grad_l0·∂p/∂s (the backward of a *_l0 op on a composed path)."""
+    if grad_l0 is None or grad_s.numel() == 0:
+        return grad_s
+    _, slope = penalty_and_slope(logits, beta, mode)
+    return (grad_s.to(slope.dtype) + grad_l0.to(slope).reshape(()) * slope).to(grad_s.dtype)
 
 
 def _into_layout_of(weight: Tensor, value: Tensor, dtype: torch.dtype) -> Tensor:

@@ -34,9 +34,10 @@ def _no_sampled_masks(noise) -> None:
                                  "to the mask ops")
 
 
-def _device_beta(beta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """β as a one-element fp32 tensor on ``like``'s device (no copy when it is one)."""
-    return beta.reshape(1).to(device=like.device, dtype=torch.float32, non_blocking=True)
+def _device_scalar(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A one-element tensor (β, ∂L/∂penalty) as fp32 on ``like``'s device, as
+    the kernels read it (no copy when it is one; no host sync)."""
+    return value.reshape(1).to(device=like.device, dtype=torch.float32, non_blocking=True)
 
 
 def _elementwise_grid(n: int):
@@ -44,9 +45,10 @@ def _elementwise_grid(n: int):
 
 
 def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, beta, bias=None,
-            theta=None, logits=None, mode="soft", prologue=False, grads=None):
+            theta=None, logits=None, mode="soft", prologue=False, grads=None, grad_l0=None):
     """acc = A·B over explicit strides, with the epilogue/prologue chosen by the
-    arguments (see masked_matmul_kernel)."""
+    arguments (see masked_matmul_kernel); ``grad_l0`` (a one-element fp32
+    device tensor) adds the L0 penalty's gradient in the gradient epilogue."""
     gs, gtheta, weff = grads if grads is not None else (None, None, None)
     dummy = a  # never dereferenced when the matching constexpr switch is off
     t_strides = (theta.stride(0), theta.stride(1)) if (grads is not None) else (0, 0)
@@ -58,11 +60,12 @@ def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, beta, bias=
         a, b, c if c is not None else dummy, bias if bias is not None else dummy,
         theta if theta is not None else dummy, logits if logits is not None else dummy,
         gs if gs is not None else dummy, gtheta if gtheta is not None else dummy,
-        weff if weff is not None else dummy,
+        weff if weff is not None else dummy, grad_l0 if grad_l0 is not None else beta,
         M, N, Kdim, beta, *a_strides, *b_strides, *c_strides, *t_strides,
         MODE=_MODE[mode], HAS_BIAS=bias is not None, MASK_B_PROLOGUE=prologue,
         MASK_GRAD_EPILOGUE=grads is not None, WANT_S=gs is not None,
-        WANT_THETA=gtheta is not None, WANT_WEFF=weff is not None, IEEE=_ieee(a.dtype))
+        WANT_THETA=gtheta is not None, WANT_WEFF=weff is not None,
+        HAS_GRAD_L0=grad_l0 is not None, IEEE=_ieee(a.dtype))
 
 
 class TritonBackend(ComposedBackend):
@@ -77,13 +80,16 @@ class TritonBackend(ComposedBackend):
         self.forward_variant = variant
 
     # -- element-wise ---------------------------------------------------------
-    def mask_weight(self, weight, logits, beta, mode):
+    def mask_weight(self, weight, logits, beta, mode, l0_sum=None):
+        """W_eff; with ``l0_sum`` (a zeroed fp32 scalar on the device, soft
+        mode) the pass also adds Σσ(β·s) to it."""
         out = torch.empty_like(weight)
         n = weight.numel()
         if n:
-            K.mask_weight_kernel[_elementwise_grid(n)](weight, logits, out, n,
-                                                       _device_beta(beta, logits),
-                                                       MODE=_MODE[mode], BLOCK=K.ELEMENTWISE_BLOCK)
+            K.mask_weight_kernel[_elementwise_grid(n)](
+                weight, logits, out, l0_sum if l0_sum is not None else out, n,
+                _device_scalar(beta, logits), MODE=_MODE[mode], L0=l0_sum is not None,
+                BLOCK=K.ELEMENTWISE_BLOCK)
         return out
 
     def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
@@ -98,7 +104,7 @@ class TritonBackend(ComposedBackend):
         n = weight.numel()
         if n:
             K.mask_backward_kernel[_elementwise_grid(n)](
-                g, weight, logits, gs, gw, weff, n, _device_beta(beta, logits), MODE=_MODE[mode],
+                g, weight, logits, gs, gw, weff, n, _device_scalar(beta, logits), MODE=_MODE[mode],
                 WANT_S=need_logits_grad, WANT_THETA=need_weight_grad, WANT_WEFF=need_weff,
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return weff, gw, gs
@@ -108,7 +114,7 @@ class TritonBackend(ComposedBackend):
         out = torch.zeros((), dtype=torch.float32, device=s.device)
         if s.numel():
             K.sigmoid_sum_kernel[_elementwise_grid(s.numel())](
-                s, out, s.numel(), _device_beta(beta, s), BLOCK=K.ELEMENTWISE_BLOCK)
+                s, out, s.numel(), _device_scalar(beta, s), BLOCK=K.ELEMENTWISE_BLOCK)
         return out.to(logits.dtype)
 
     def sigmoid_sum_backward(self, grad, logits, beta):
@@ -116,29 +122,42 @@ class TritonBackend(ComposedBackend):
         out = torch.empty_like(s)
         if s.numel():
             K.sigmoid_slope_kernel[_elementwise_grid(s.numel())](
-                s, grad.to(torch.float32).reshape(1), out, s.numel(), _device_beta(beta, s),
+                s, grad.to(torch.float32).reshape(1), out, s.numel(), _device_scalar(beta, s),
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return out
 
     # -- fused masked linear ----------------------------------------------------
-    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None):
+    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None, l0_sum=None):
+        """y; with ``l0_sum`` (soft mode) the mask pre-pass also sums the L0
+        penalty into it (the prologue schedule has no pre-pass, so the penalty
+        takes the pre-pass schedule)."""
         _no_sampled_masks(noise)
         _check_gemm_dtype(x)
         n_out, n_in = weight.shape
         x2 = x.reshape(-1, n_in)
         M = x2.shape[0]
         y = torch.empty((M, n_out), dtype=x.dtype, device=x.device)
-        if self.forward_variant == "prologue" and mode != "none":
+        if self.forward_variant == "prologue" and mode != "none" and l0_sum is None:
             b, prologue = weight, True
         else:
-            b, prologue = self.mask_weight(weight, logits, beta, mode), False
+            b, prologue = self.mask_weight(weight, logits, beta, mode, l0_sum), False
         # B = W_effᵀ (K×N): element (k, n) lives at n·stride(0) + k·stride(1).
         _matmul(x2, b, y, M, n_out, n_in, x2.stride(), (b.stride(1), b.stride(0)), y.stride(),
-                beta=_device_beta(beta, logits), bias=bias,
+                beta=_device_scalar(beta, logits), bias=bias,
                 logits=logits if prologue else None, mode=mode, prologue=prologue)
         return y.reshape(*x.shape[:-1], n_out)
 
-    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None):
+    def linear_forward_l0(self, x, weight, logits, bias, beta, mode, noise=None):
+        """(y, Σσ(β·s)) from one mask pass (soft mode: the only training mode here)."""
+        if mode != "soft":
+            raise ValueError(f"masked_linear_l0 on the triton backend: the L0 penalty belongs "
+                             f"to the training mode 'soft' here, got {mode!r}")
+        l0_sum = torch.zeros(1, dtype=torch.float32, device=logits.device)
+        y = self.linear_forward(x, weight, logits, bias, beta, mode, noise, l0_sum)
+        return y, l0_sum.reshape(()).to(logits.dtype)
+
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None,
+                        grad_l0=None):
         _no_sampled_masks(noise)
         _check_gemm_dtype(x)
         need_x, need_w, need_s, need_b = needs
@@ -154,8 +173,10 @@ class TritonBackend(ComposedBackend):
             # ∂W_eff[n, k] = Σ_m G[m, n]·x[m, k]: A = Gᵀ (N×M), B = x (M×K); the
             # epilogue writes ∂s, ∂θ and W_eff straight from the accumulator.
             _matmul(g2, x2, None, n_out, n_in, M, (g2.stride(1), g2.stride(0)), x2.stride(),
-                    (0, 0), beta=_device_beta(beta, logits), theta=weight, logits=logits,
-                    mode=mode, grads=(gs, gw, weff))
+                    (0, 0), beta=_device_scalar(beta, logits), theta=weight, logits=logits,
+                    mode=mode, grads=(gs, gw, weff),
+                    grad_l0=_device_scalar(grad_l0, logits) if (need_s and grad_l0 is not None)
+                    else None)
         else:
             gs = gw = None
             weff = self.mask_weight(weight, logits, beta, mode) if need_x else None
@@ -163,7 +184,7 @@ class TritonBackend(ComposedBackend):
         if need_x:
             gx = torch.empty((M, n_in), dtype=x.dtype, device=x.device)
             _matmul(g2, weff, gx, M, n_in, n_out, g2.stride(), weff.stride(), gx.stride(),
-                    beta=_device_beta(beta, logits))
+                    beta=_device_scalar(beta, logits))
             gx = gx.reshape(x.shape)
         gb = g2.sum(0, dtype=torch.float32).to(grad.dtype) if need_b else not_requested(grad)
         return (gx, gw if gw is not None else not_requested(weight),

@@ -64,9 +64,11 @@ def _mask_and_slope(s, beta, MODE: tl.constexpr):
 
 @triton.jit
 def _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta,
-                      MODE: tl.constexpr, WANT_S: tl.constexpr, WANT_THETA: tl.constexpr,
-                      WANT_WEFF: tl.constexpr):
-    """From g = ∂L/∂W_eff (fp32) at ``offs``: ∂s = g⊙θ⊙β·m(1−m), ∂θ = g⊙m, W_eff = θ⊙m."""
+                      grad_l0, MODE: tl.constexpr, WANT_S: tl.constexpr,
+                      WANT_THETA: tl.constexpr, WANT_WEFF: tl.constexpr,
+                      HAS_GRAD_L0: tl.constexpr):
+    """From g = ∂L/∂W_eff (fp32) at ``offs``: ∂s = g⊙θ⊙β·m(1−m), ∂θ = g⊙m, W_eff = θ⊙m;
+    HAS_GRAD_L0 (soft mode) adds the L0 penalty's grad_l0·β·m(1−m) to ∂s."""
     theta_raw = tl.load(theta_ptr + offs, mask=keep, other=0.0)
     theta = theta_raw.to(tl.float32)
     s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
@@ -79,28 +81,33 @@ def _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, k
     if WANT_THETA:
         tl.store(gtheta_ptr + offs, (g * m).to(theta_raw.dtype), mask=keep)
     if WANT_S:
-        tl.store(gs_ptr + offs, g * ds_dweff, mask=keep)
+        if HAS_GRAD_L0:
+            tl.store(gs_ptr + offs, g * ds_dweff + grad_l0 * beta * slope, mask=keep)
+        else:
+            tl.store(gs_ptr + offs, g * ds_dweff, mask=keep)
 
 
 @triton.jit
 def _store_mask_grad_tile(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N, stride_m,
-                          stride_n, start_m, start_n, beta, MODE: tl.constexpr,
+                          stride_n, start_m, start_n, beta, grad_l0, MODE: tl.constexpr,
                           WANT_S: tl.constexpr, WANT_THETA: tl.constexpr, WANT_WEFF: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          HAS_GRAD_L0: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
     """_store_mask_grads for the BLOCK_M×BLOCK_N tile at (start_m, start_n) of
     the M×N θ, s, ∂s, ∂θ and W_eff (all with strides stride_m, stride_n)."""
     rm = start_m + tl.arange(0, BLOCK_M)
     rn = start_n + tl.arange(0, BLOCK_N)
     offs = rm[:, None] * stride_m + rn[None, :] * stride_n
     keep = (rm[:, None] < M) & (rn[None, :] < N)
-    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta, MODE,
-                      WANT_S, WANT_THETA, WANT_WEFF)
+    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta,
+                      grad_l0, MODE, WANT_S, WANT_THETA, WANT_WEFF, HAS_GRAD_L0)
 
 
 @triton.jit
-def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, n, beta_ptr, MODE: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    """out = θ ⊙ m(s) over n contiguous elements."""
+def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, l0_ptr, n, beta_ptr, MODE: tl.constexpr,
+                       L0: tl.constexpr, BLOCK: tl.constexpr):
+    """out = θ ⊙ m(s) over n contiguous elements; L0 (soft mode): also
+    l0 += Σ σ(β·s), the L0 penalty, from the same σ (fp32 atomics)."""
     beta = tl.load(beta_ptr).to(tl.float32)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     keep = offs < n
@@ -108,6 +115,8 @@ def mask_weight_kernel(theta_ptr, s_ptr, out_ptr, n, beta_ptr, MODE: tl.constexp
     s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
     m, _ = _mask_and_slope(s, beta, MODE)
     tl.store(out_ptr + offs, (theta.to(tl.float32) * m).to(theta.dtype), mask=keep)
+    if L0:
+        tl.atomic_add(l0_ptr, tl.sum(tl.where(keep, m, 0.0), axis=0))
 
 
 @triton.jit
@@ -119,8 +128,8 @@ def mask_backward_kernel(g_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, 
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     keep = offs < n
     g = tl.load(g_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta,
-                      MODE, WANT_S, WANT_THETA, WANT_WEFF)
+    _store_mask_grads(g, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, offs, keep, beta, 0.0,
+                      MODE, WANT_S, WANT_THETA, WANT_WEFF, False)
 
 
 @triton.jit
@@ -246,13 +255,13 @@ def _prune_gemm_configs(configs, named_args, **kwargs):
                  prune_configs_by={"early_config_prune": _prune_gemm_configs})
 @triton.jit
 def masked_matmul_kernel(
-    a_ptr, b_ptr, c_ptr, bias_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr,
+    a_ptr, b_ptr, c_ptr, bias_ptr, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, grad_l0_ptr,
     M, N, K, beta_ptr,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
     stride_tm, stride_tn,
     MODE: tl.constexpr, HAS_BIAS: tl.constexpr, MASK_B_PROLOGUE: tl.constexpr,
     MASK_GRAD_EPILOGUE: tl.constexpr, WANT_S: tl.constexpr, WANT_THETA: tl.constexpr,
-    WANT_WEFF: tl.constexpr, IEEE: tl.constexpr,
+    WANT_WEFF: tl.constexpr, HAS_GRAD_L0: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """acc = A[M,K]·B[K,N] in fp32, then one of three epilogues:
@@ -261,7 +270,9 @@ def masked_matmul_kernel(
     * MASK_B_PROLOGUE:     B is θ (addressed as K×N) and each B tile is
                            multiplied by m(s) on load (s shares θ's strides)
     * MASK_GRAD_EPILOGUE:  acc is ∂W_eff; θ and s (strides stride_tm/tn over the
-                           M×N output) give ∂s, ∂θ and W_eff; C is not written
+                           M×N output) give ∂s, ∂θ and W_eff; C is not written;
+                           HAS_GRAD_L0 adds the L0 penalty's gradient
+                           grad_l0·β·m(1−m) (a scalar on the device) to ∂s
     """
     # β is read on the device (a one-element tensor), so annealing it never
     # recompiles or syncs; the plain GEMMs get any valid fp pointer and ignore it.
@@ -306,14 +317,17 @@ def masked_matmul_kernel(
         # Half a tile at a time: the epilogue's per-element temporaries (θ, s,
         # the mask, the ∂s factor) for the whole tile beside the accumulator
         # spilled registers in every 16-bit config but 64×64×64.
+        grad_l0 = tl.load(grad_l0_ptr).to(tl.float32) if HAS_GRAD_L0 else 0.0
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
         g_left, g_right = tl.split(halves)
         _store_mask_grad_tile(g_left, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N,
                               stride_tm, stride_tn, pid_m * BLOCK_M, pid_n * BLOCK_N, beta,
-                              MODE, WANT_S, WANT_THETA, WANT_WEFF, BLOCK_M, BLOCK_N // 2)
+                              grad_l0, MODE, WANT_S, WANT_THETA, WANT_WEFF, HAS_GRAD_L0,
+                              BLOCK_M, BLOCK_N // 2)
         _store_mask_grad_tile(g_right, theta_ptr, s_ptr, gs_ptr, gtheta_ptr, weff_ptr, M, N,
                               stride_tm, stride_tn, pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2,
-                              beta, MODE, WANT_S, WANT_THETA, WANT_WEFF, BLOCK_M, BLOCK_N // 2)
+                              beta, grad_l0, MODE, WANT_S, WANT_THETA, WANT_WEFF, HAS_GRAD_L0,
+                              BLOCK_M, BLOCK_N // 2)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]

@@ -56,10 +56,16 @@ class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         mode = self._deterministic_weight_mode()
         if mode is not None:  # the common case, kept short: a small layer is mostly fixed cost
-            return SF.linear_kernel(x, *self._operands(), mode)
+            weight, logits, bias, beta = self._operands()
+            if self._fuses_penalty(mode, logits):
+                y, penalty = SF.linear_kernel_l0(x, weight, logits, bias, beta, mode)
+                self._keep_penalty(penalty, logits)
+                return y
+            return SF.linear_kernel(x, weight, logits, bias, beta, mode)
         return self._masked_output(
             x, self.weight, self.logits, self.bias,
-            lambda x, w, s, b, mode, noise: SF.linear_kernel(x, w, s, b, self.beta, mode, noise),
+            lambda x, w, s, b, mode, noise, with_penalty: SF.linear_kernel(
+                x, w, s, b, self.beta, mode, noise, with_penalty),
             F.linear)
 
     def extra_repr(self) -> str:
@@ -78,9 +84,9 @@ class _MaskedConvNd(_FromModule, MaskedWeightMixin):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
 
-        def op(x, w, s, b, mode, noise):
+        def op(x, w, s, b, mode, noise, with_penalty=False):
             return SF.masked_conv(x, w, s, self.beta, b, self.stride, padding, self.dilation,
-                                  self.groups, mode, noise)
+                                  self.groups, mode, noise, with_penalty=with_penalty)
 
         def gemm(x, w):
             conv = (F.conv1d, F.conv2d, F.conv3d)[w.dim() - 3]
@@ -141,11 +147,15 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
         mode = self._deterministic_weight_mode()
         if mode is not None:  # the common case, kept short
             weight, logits, bias, beta = self._operands()
+            if self._fuses_penalty(mode, logits):
+                y, penalty = SF.linear_kernel_l0(x, weight.t(), logits.t(), bias, beta, mode)
+                self._keep_penalty(penalty, logits)
+                return y
             return SF.linear_kernel(x, weight.t(), logits.t(), bias, beta, mode)
         return self._masked_output(
             x, self.weight, self.logits, self.bias,
-            lambda x, w, s, b, mode, noise: SF.linear_kernel(x, w.t(), s.t(), b, self.beta, mode,
-                                                             noise),
+            lambda x, w, s, b, mode, noise, with_penalty: SF.linear_kernel(
+                x, w.t(), s.t(), b, self.beta, mode, noise, with_penalty),
             lambda x, w: x @ w)
 
     def extra_repr(self) -> str:

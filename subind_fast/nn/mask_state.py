@@ -298,8 +298,11 @@ class MaskState:
     def l0_penalty(self) -> Tensor:
         """The method's sparsity penalty over the layer's logits (methods.py):
         for continuous sparsification Σσ(β·s), the expected number of kept
-        weights."""
-        return self._per_weight_sum(l0_penalty)
+        weights.  The penalty the last training forward computed in its mask
+        pass when that is still current (nn/masked_forward.py), else a pass
+        of its own."""
+        fused = self.forward_penalty()
+        return fused if fused is not None else self._per_weight_sum(l0_penalty)
 
     def expected_kept(self) -> Tensor:
         """The expected number of weights the training mask keeps

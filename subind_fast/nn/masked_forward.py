@@ -5,9 +5,18 @@ plain GEMM's outputs (neurons, channels, the heads of a q/k/v projection) or
 its inputs (the heads an output projection reads) at unit granularity; under an
 ablation (nn/ablation.py) the removed weights add what they compute on the
 reference input.  Every path marks the mask as run (``mask_ran``, checked by
-nn/coverage.py)."""
+nn/coverage.py).
+
+A training forward at weight granularity calls the op's *_l0 form, whose
+mask pass also yields the layer's L0 penalty (and whose backward adds the
+penalty's gradient to ∂s in its pass): the penalty is kept for the step
+(``forward_penalty``), and ``sf.l0_penalty`` takes it instead of reading the
+logits twice more.  It is kept outside the module (a weak map), so copying or
+pickling a layer never meets a tensor of the autograd graph."""
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -24,6 +33,26 @@ ABLATION_ATTRIBUTE = "ablation"
 ABLATION_CODES = {"zero": 0, "mean": 1, "learned": 2, "corrupted": 3}
 #: the state an ablated layer saves besides its mask state (nn/ablation.py)
 ABLATION_STATE = ("ablation_code", "ablation_input")
+
+#: layer → (penalty, logits, logits' version, β's version, stamp) of its last training forward
+_FORWARD_PENALTIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STAMPS = itertools.count()
+
+
+def _forget_when_backward_runs(layer, penalty: Tensor, stamp: int) -> None:
+    """Drop the layer's kept penalty when backward reaches the op that made it:
+    its graph is then spent (a second backward through it would fail).  The
+    hook holds the layer weakly and the stamp, never the penalty (no cycle
+    through the autograd graph)."""
+    layer_ref = weakref.ref(layer)
+
+    def spent(_grads):
+        owner = layer_ref()
+        kept = _FORWARD_PENALTIES.get(owner) if owner is not None else None
+        if kept is not None and kept[4] == stamp:
+            del _FORWARD_PENALTIES[owner]
+
+    penalty.grad_fn.register_prehook(spent)
 
 
 class MaskedForward:
@@ -46,6 +75,39 @@ class MaskedForward:
             return SF.mask_weight(weight, logits, self.beta, mode, noise)
         return weight * expand_units(unit_mask(logits, self.beta, mode, noise),
                                      weight.shape).to(weight.dtype)
+
+    def _fuses_penalty(self, mode: str, logits: Tensor) -> bool:
+        """Whether this forward computes the L0 penalty with the output: the
+        method's training mode, a graph being built for the logits, and
+        outside torch.compile (a compiled forward keeps no Python state, so
+        sf.l0_penalty then makes its own pass)."""
+        return (mode == self.mask_method.training_op_mode and logits.requires_grad
+                and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+    def _keep_penalty(self, penalty: Tensor, logits: Tensor) -> None:
+        stamp = next(_STAMPS)
+        _FORWARD_PENALTIES[self] = (penalty, logits, logits._version,
+                                    self._buffers["beta"]._version, stamp)
+        if penalty.grad_fn is not None:
+            _forget_when_backward_runs(self, penalty, stamp)
+
+    def forward_penalty(self) -> Optional[Tensor]:
+        """The L0 penalty the last forward computed, handed out once, if it
+        is still the penalty of the current logits and β (neither changed
+        since, no backward through it yet), over the logits the layer holds
+        now (not a gathered copy of sharded ones) and differentiable where it
+        must be; else None."""
+        kept = _FORWARD_PENALTIES.pop(self, None)
+        if kept is None or len(self.masked_weights) != 1:
+            return None
+        penalty, logits, logits_version, beta_version, _ = kept
+        if logits is not getattr(self, self.masked_weights[0][1]) \
+                or logits._version != logits_version \
+                or self._buffers["beta"]._version != beta_version:
+            return None
+        if torch.is_grad_enabled() and logits.requires_grad and not penalty.requires_grad:
+            return None
+        return penalty
 
     def _deterministic_weight_mode(self) -> Optional[str]:
         """The mode, marking the mask as run, when the layer's output is one call
@@ -70,7 +132,8 @@ class MaskedForward:
     def _masked_output(self, x: Tensor, weight: Tensor, logits: Tensor, bias: Optional[Tensor],
                        op: Callable, gemm: Callable) -> Tensor:
         """The layer's output in the current mode: ``op(x, θ, s, b, mode,
-        noise)`` (the fused masked op) at weight granularity; at unit
+        noise, with_penalty)`` (the fused masked op; with_penalty: its *_l0
+        form, which returns (out, penalty)) at weight granularity; at unit
         granularity ``gemm(x, θ)`` with its outputs (or, for units along the
         input axis, its inputs) scaled by the units' mask, plus b.  A
         sampled mode with n samples applies sample k to the k-th slice of the
@@ -80,10 +143,17 @@ class MaskedForward:
         n = method.n_samples if mode in SAMPLED_MODES else 1
         keys = noise_keys(logits, n, method.generator) if mode in SAMPLED_MODES else [None]
         parts = _batch_slices(x, n)
+        # the first sample's op also yields the penalty (the reference pass never does)
+        fuse = [method.granularity == "weight" and self._fuses_penalty(mode, logits)]
 
         def masked(part, key, bias):
             if method.granularity == "weight":
-                return op(part, weight, logits, bias, mode, key)
+                if fuse[0]:
+                    fuse[0] = False
+                    out, penalty = op(part, weight, logits, bias, mode, key, True)
+                    self._keep_penalty(penalty, logits)
+                    return out
+                return op(part, weight, logits, bias, mode, key, False)
             if self.mask_unit_axes["weight"] == self._unit_axis:
                 return self._scaled_units(gemm(part, weight),
                                           unit_mask(logits, self.beta, mode, key), bias)

@@ -35,7 +35,6 @@ granularity (subind_fast/units.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,13 +42,11 @@ import torch
 from torch import Tensor
 
 from .. import functional as SF
-from ..backends.reference import STRETCH, mask_and_slope
+from ..backends.reference import ZERO_GATE_LOG_ODDS, mask_and_slope
 
 TRAINED = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"}
 METHODS = tuple(TRAINED)
 GRANULARITIES = ("weight", "neuron", "head")
-#: −log(−γ/ζ) = −log(ε/(1+ε)): a hard-concrete gate is non-zero with probability σ(s + this·τ)
-_LOG_ODDS_OF_ZERO_GATE = -math.log(STRETCH / (1 + STRETCH))
 #: a default inverse temperature per trained method (continuous anneals β itself)
 DEFAULT_BETA = {"continuous": 1.0, "hard_concrete": 1.5, "gumbel": 1.0}
 
@@ -157,7 +154,7 @@ def l0_penalty(method: MaskMethod, logits: Tensor, beta: Tensor) -> Tensor:
         return SF.l0(logits, beta)
     if method.name == "hard_concrete":
         # P(m ≠ 0) = σ(s − τ·log(−γ/ζ)), τ = 1/β
-        shift = _LOG_ODDS_OF_ZERO_GATE / beta.to(device=logits.device, dtype=torch.float64)
+        shift = ZERO_GATE_LOG_ODDS / beta.to(device=logits.device, dtype=torch.float64)
         return _ShiftedSigmoidSum.apply(logits, shift.reshape(()))
     return logits.sum()  # gumbel
 

@@ -9,8 +9,11 @@
 // which, for the n elements of the pass, computes m (and its slope) from s,
 // beta, the mode and -- in a sampled mode -- the noise of element offset + i,
 // then writes whichever of w_eff = theta*m, dtheta = g*m and
-// ds = g*theta*beta*slope the pass asks for (subind/mask_math.h).  The same
-// driver serves every mode, deterministic or sampled.
+// ds = g*theta*beta*slope the pass asks for (subind/mask_math.h).  A pass in
+// a training mode may also carry the L0 penalty (mask_math.h:
+// penalty_and_slope): a forward pass adds sum(p) to `l0_sum`, a backward pass
+// adds grad_l0 * dp/ds to ds.  The same driver serves every mode,
+// deterministic or sampled.
 //
 // An output that was not requested is returned as an empty tensor of shape
 // [0] (`empty_marker`): a custom op cannot return None.  The autograd kernels
@@ -60,7 +63,44 @@ struct MaskPass {
   weight_t* w_eff = nullptr;
   int64_t n = 0;
   int64_t offset = 0;  // the noise index of element 0
+  // The L0 penalty's share of the pass, on the pass's device: a forward pass
+  // adds sum(p) to *l0_sum; a backward pass (grad_s set) adds *grad_l0 * dp/ds.
+  double* l0_sum = nullptr;
+  const logit_t* grad_l0 = nullptr;
 };
+
+// The L0 penalty a pass takes part in: `sum`, a zeroed float64 scalar the
+// forward pass accumulates into; `grad`, dL/d(penalty) for a backward pass.
+// Both undefined: the pass has no penalty.
+struct L0Terms {
+  at::Tensor sum;
+  at::Tensor grad;
+};
+
+// A zeroed float64 accumulator for the penalty of a forward pass, on the logits' device.
+inline L0Terms l0_forward(const at::Tensor& logits) {
+  return {at::zeros({}, logits.options().dtype(at::kDouble)), at::Tensor()};
+}
+
+// dL/d(penalty) as the backward pass reads it: a scalar in the logits' dtype
+// on their device (copied without a host sync), or none.
+inline L0Terms l0_backward(const c10::optional<at::Tensor>& grad_l0, const at::Tensor& logits) {
+  if (!grad_l0.has_value() || !grad_l0->defined()) return {};
+  TORCH_CHECK(grad_l0->numel() == 1, "subind: grad_l0 must be a one-element tensor, got shape ",
+              grad_l0->sizes());
+  return {at::Tensor(), grad_l0->reshape({}).to(logits.device(), logits.scalar_type(),
+                                                /*non_blocking=*/true)};
+}
+
+// The penalty a forward pass accumulated, in the logits' dtype.
+inline at::Tensor l0_value(const L0Terms& l0, const at::Tensor& logits) {
+  return l0.sum.to(logits.scalar_type());
+}
+
+inline void check_l0_mode(const char* op, int mode) {
+  TORCH_CHECK(mode_is_training(mode), op, ": the L0 penalty is fused into the training modes "
+              "(soft, concrete, gumbel) only, got mode '", kModeNames[mode], "'");
+}
 
 inline at::Tensor empty_marker(const at::Tensor& like) {
   return at::empty({0}, like.options());
@@ -167,13 +207,14 @@ template <class Kernels>
 TensorTriple run_mask_pass(const at::Tensor& g, const at::Tensor& theta,
                            const at::Tensor& s, const MaskArgs& args, bool need_weff,
                            bool need_weight_grad, bool need_logits_grad,
-                           bool transient_weff = false) {
+                           bool transient_weff = false, const L0Terms& l0 = {}) {
   at::Tensor w_eff = !need_weff   ? empty_marker(theta)
                : transient_weff ? Kernels::transient_like(theta)
                                 : at::empty_like(theta);
   auto grad_w = need_weight_grad ? at::empty_like(theta) : empty_marker(theta);
   auto grad_s = need_logits_grad ? at::empty_like(s) : empty_marker(s);
-  if (theta.numel() == 0 || !(need_weff || need_weight_grad || need_logits_grad)) {
+  if (theta.numel() == 0 || !(need_weff || need_weight_grad || need_logits_grad ||
+                             l0.sum.defined())) {
     return {w_eff, grad_w, grad_s};
   }
   const c10::OptionalDeviceGuard device_guard(theta.device());
@@ -186,6 +227,8 @@ TensorTriple run_mask_pass(const at::Tensor& g, const at::Tensor& theta,
     p.grad_theta = need_weight_grad ? grad_w.data_ptr<weight_t>() : nullptr;
     p.w_eff = need_weff ? w_eff.data_ptr<weight_t>() : nullptr;
     p.n = theta.numel();
+    if (l0.sum.defined()) p.l0_sum = l0.sum.data_ptr<double>();
+    if (l0.grad.defined() && need_logits_grad) p.grad_l0 = l0.grad.const_data_ptr<logit_t>();
     Kernels::template pass<weight_t, logit_t>(p, args);
   });
   return {w_eff, grad_w, grad_s};
@@ -224,11 +267,12 @@ TensorTriple mask_weight_backward(const at::Tensor& grad_weff, const at::Tensor&
 
 // The weight side of a composed backward: (W_eff if need_x, dtheta, ds) from
 // G_W = dL/dW_eff (undefined when neither weight gradient is wanted).  W_eff
-// is transient: the caller consumes it before returning.
+// is transient: the caller consumes it before returning.  `l0.grad` adds the
+// penalty's gradient to ds.
 template <class Kernels>
 TensorTriple weight_side(const at::Tensor& grad_w, const at::Tensor& weight,
                          const at::Tensor& logits, const MaskArgs& args, bool need_x,
-                         bool need_weight, bool need_logits) {
+                         bool need_weight, bool need_logits, const L0Terms& l0 = {}) {
   at::Tensor theta, s;
   std::tie(theta, s) = flat_operands(weight, logits);
   if (!grad_w.defined()) {
@@ -238,7 +282,7 @@ TensorTriple weight_side(const at::Tensor& grad_w, const at::Tensor& weight,
   }
   auto g = with_layout_of(grad_w.to(theta.scalar_type()), theta);
   return run_mask_pass<Kernels>(g, theta, s, args, need_x, need_weight, need_logits,
-                                /*transient_weff=*/true);
+                                /*transient_weff=*/true, l0);
 }
 
 // ---------------------------------------------------------------- linear
@@ -257,7 +301,8 @@ template <class Kernels>
 TensorQuad linear_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& logits, const at::Tensor& beta,
                            c10::string_view mode, std::array<bool, 4> needs,
-                           const c10::optional<at::Tensor>& noise) {
+                           const c10::optional<at::Tensor>& noise,
+                           const c10::optional<at::Tensor>& grad_l0) {
   const auto args = mask_args("subind::masked_linear_backward", mode, beta, logits, noise);
   const bool need_x = needs[0], need_w = needs[1], need_b = needs[3];
   const bool need_s = needs[2] && mode_is_training(args.mode);
@@ -272,7 +317,7 @@ TensorQuad linear_backward(const at::Tensor& grad, const at::Tensor& x, const at
   }
   at::Tensor weff, gw, gs;
   std::tie(weff, gw, gs) = weight_side<Kernels>(grad_w, weight, logits, args, need_x, need_w,
-                                                need_s);
+                                                need_s, l0_backward(grad_l0, logits));
   auto gx = need_x ? at::_unsafe_view(at::mm(g2, weff), x.sizes()) : empty_marker(x);
   auto gb = need_b ? g2.sum(0) : empty_marker(grad);
   return {gx, gw, gs, gb};
@@ -283,19 +328,46 @@ inline std::vector<int64_t> zeros_for(const at::Tensor& weight) {
   return std::vector<int64_t>(weight.dim() - 2, 0);
 }
 
+// The convolution of W_eff, whose mask pass also sums the penalty when `l0.sum` is set.
+template <class Kernels>
+at::Tensor conv_of_masked_weight(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                 const at::Tensor& logits, const c10::optional<at::Tensor>& bias,
+                                 const at::Tensor& beta, c10::string_view mode,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups,
+                                 const c10::optional<at::Tensor>& noise, const L0Terms& l0) {
+  const auto args = mask_args(op, mode, beta, logits, noise);
+  if (l0.sum.defined()) check_l0_mode(op, args.mode);
+  at::Tensor theta, s;
+  std::tie(theta, s) = flat_operands(weight, logits);
+  auto weff = std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, true, false,
+                                                 false, /*transient_weff=*/true, l0));
+  return at::convolution(x, weff, bias, stride, padding, dilation, false, zeros_for(weight),
+                         groups);
+}
+
 template <class Kernels>
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
                         const c10::optional<at::Tensor>& bias, const at::Tensor& beta,
                         c10::string_view mode, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups,
                         const c10::optional<at::Tensor>& noise) {
-  const auto args = mask_args("subind::masked_conv", mode, beta, logits, noise);
-  at::Tensor theta, s;
-  std::tie(theta, s) = flat_operands(weight, logits);
-  auto weff = std::get<0>(run_mask_pass<Kernels>(at::Tensor(), theta, s, args, true, false,
-                                                 false, /*transient_weff=*/true));
-  return at::convolution(x, weff, bias, stride, padding, dilation, false, zeros_for(weight),
-                         groups);
+  return conv_of_masked_weight<Kernels>("subind::masked_conv", x, weight, logits, bias, beta,
+                                        mode, stride, padding, dilation, groups, noise, {});
+}
+
+// (y, the L0 penalty of the logits): one mask pass gives W_eff and the penalty.
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> conv_forward_l0(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& beta, c10::string_view mode,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const c10::optional<at::Tensor>& noise) {
+  const auto l0 = l0_forward(logits);
+  auto y = conv_of_masked_weight<Kernels>("subind::masked_conv_l0", x, weight, logits, bias,
+                                          beta, mode, stride, padding, dilation, groups, noise,
+                                          l0);
+  return {y, l0_value(l0, logits)};
 }
 
 template <class Kernels>
@@ -303,7 +375,8 @@ TensorQuad conv_backward(const at::Tensor& grad, const at::Tensor& x, const at::
                          const at::Tensor& logits, const at::Tensor& beta, c10::string_view mode,
                          at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation, int64_t groups, std::array<bool, 4> needs,
-                         const c10::optional<at::Tensor>& noise) {
+                         const c10::optional<at::Tensor>& noise,
+                         const c10::optional<at::Tensor>& grad_l0) {
   const auto args = mask_args("subind::masked_conv_backward", mode, beta, logits, noise);
   const bool need_x = needs[0], need_w = needs[1], need_b = needs[3];
   const bool need_s = needs[2] && mode_is_training(args.mode);
@@ -321,7 +394,7 @@ TensorQuad conv_backward(const at::Tensor& grad, const at::Tensor& x, const at::
   }
   at::Tensor weff, gw, gs;
   std::tie(weff, gw, gs) = weight_side<Kernels>(grad_w, weight, logits, args, need_x, need_w,
-                                                need_s);
+                                                need_s, l0_backward(grad_l0, logits));
   at::Tensor gx = empty_marker(x);
   if (need_x) {
     gx = std::get<0>(at::convolution_backward(grad, x, weff, at::IntArrayRef(bias_sizes), stride,

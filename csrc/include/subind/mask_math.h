@@ -206,4 +206,30 @@ SUBIND_HD void sampled_mask_and_slope(T s, T beta, T noise, int mode, T& m, T& s
   }
 }
 
+// ---------------------------------------------------------------- the L0 penalty
+// Each training mode's sparsity penalty per logit, p(s), and its derivative:
+//
+//   soft:      p = sigmoid(beta * s)            dp/ds = beta * slope (the mask's own)
+//   concrete:  p = sigmoid(s + kZeroGate/beta)  dp/ds = sigmoid'(s + kZeroGate/beta)
+//              = P(m != 0), the expected L0 (kZeroGate = -log(eps/(1+eps)))
+//   gumbel:    p = s                            dp/ds = 1
+//
+// The layer's penalty is the sum of p over its logits.  A mask pass that takes
+// part in it adds p to a sum (forward) or grad_l0 * dp/ds to ds (backward); in
+// soft mode both come from the mask's sigmoid, so fusing costs no extra exp.
+constexpr double kZeroGateLogOdds = 2.397895272798370544;  // log(11) = -log(0.1 / 1.1)
+
+template <typename T>
+SUBIND_HD void penalty_and_slope(T s, T beta, int mode, T m, T slope, T& p, T& dp) {
+  if (mode == kSoft) {
+    p = m;
+    dp = beta * slope;
+  } else if (mode == kConcrete) {
+    sigmoid_and_slope(s + T(kZeroGateLogOdds) / beta, p, dp);
+  } else {
+    p = s;
+    dp = T(1);
+  }
+}
+
 }  // namespace subind

@@ -3,13 +3,10 @@
 Counted at the dispatcher: each call of a subind op that evaluates the
 training mask over a weight (the masked GEMMs and their backward in a
 training mode, the L0 penalty and its gradient) is one pass over that weight.
-Issue 31 asks for two per step (forward, backward) with the L0 penalty fused
-into them; today the penalty adds its own two, which the strict xfail records
-until the fused path lands (it then passes, and strict turns that into a
-failure that asks for the marker's removal)."""
+A step makes two (forward, backward): the L0 penalty is fused into them (the
+*_l0 ops), where it used to add two of its own (sigmoid_sum and its backward)."""
 from collections import Counter
 
-import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,9 +14,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from subind.engine.protocol import Discovery, DiscoveryHooks, discover
 from subind.engine.training import Metrics, TensorBatches
 
+from classify_task import ClassifyTask
+
 #: ops → the index of their mode argument (None: the op always evaluates σ)
-SIGMA_OPS = {"masked_linear": 5, "masked_linear_backward": 5, "masked_conv": 5,
-             "masked_conv_backward": 5, "mask_weight": 3, "mask_weight_backward": 4,
+SIGMA_OPS = {"masked_linear": 5, "masked_linear_l0": 5, "masked_linear_backward": 5,
+             "masked_conv": 5, "masked_conv_l0": 5, "masked_conv_backward": 5,
+             "mask_weight": 3, "mask_weight_backward": 4,
              "sigmoid_sum": None, "sigmoid_sum_backward": None}
 TRAINING_MODES = {"soft", "concrete", "gumbel"}
 
@@ -39,12 +39,11 @@ class _CountSigmaPasses(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-class _Classify:
-    def loss(self, model, batch):
-        return nn.functional.cross_entropy(model(batch[0]), batch[1])
 
-    @torch.no_grad()
-    def evaluate(self, model, data):
+class _StepsOnly(ClassifyTask):
+    """Evaluation runs no forward, so only the training steps are counted."""
+
+    def evaluate(self, model, batches):
         return Metrics(0.0, 0.0)
 
 
@@ -54,7 +53,7 @@ def _count_one_epoch(batches_per_epoch: int) -> tuple[Counter, int]:
     x, y = torch.randn(16 * batches_per_epoch, 8), torch.randint(0, 2, (16 * batches_per_epoch,))
     data = TensorBatches(x, y, batch_size=16)
     with _CountSigmaPasses() as counter:
-        discover(model, _Classify(), data, data, Discovery(lambdas=[1e-4], epochs=1),
+        discover(model, _StepsOnly(), data, data, Discovery(lambdas=[1e-4], epochs=1),
                  DiscoveryHooks())
     return counter.passes, batches_per_epoch
 
@@ -62,12 +61,12 @@ def _count_one_epoch(batches_per_epoch: int) -> tuple[Counter, int]:
 def test_the_counter_sees_the_masked_gemms_of_every_step():
     passes, steps = _count_one_epoch(3)
     layers = 2
-    assert passes["masked_linear"] == passes["masked_linear_backward"] == layers * steps
+    forward = passes["masked_linear"] + passes["masked_linear_l0"]
+    assert forward == passes["masked_linear_backward"] == layers * steps
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31: the L0 penalty is not fused into the masked "
-                                       "ops yet (sigmoid_sum and its backward run separately)")
 def test_a_discovery_step_evaluates_sigma_twice_per_masked_weight():
     passes, steps = _count_one_epoch(3)
     layers = 2
     assert sum(passes.values()) == 2 * layers * steps, dict(passes)
+    assert passes["masked_linear_l0"] == layers * steps, dict(passes)

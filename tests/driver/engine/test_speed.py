@@ -5,23 +5,10 @@ from torch import nn
 import subind_fast as sf
 from subind.engine.protocol import Discovery, DiscoveryHooks, discover
 from subind.engine.speed import apply_speed_options, compile_wanted
-from subind.engine.training import Metrics, TensorBatches
+from subind.engine.training import TensorBatches
 
+from classify_task import ClassifyTask
 
-class ClassifyTask:
-    """The smallest Task: cross-entropy on (x, label) batches, accuracy."""
-
-    def loss(self, model, batch):
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y)
-
-    def evaluate(self, model, batches):
-        correct = total = 0
-        with torch.no_grad():
-            for x, y in batches:
-                correct += (model(x).argmax(-1) == y).sum().item()
-                total += len(y)
-        return Metrics(loss=0.0, accuracy=correct / total)
 
 
 def test_auto_compiles_on_cuda_only_and_kernels_are_set_per_process():

@@ -72,6 +72,35 @@ def test_backward_epilogue_matches_oracle(backends, mode, transposed, m, k, n):
             assert_matches_oracle(g.cpu(), o, None, torch.float32, name)
 
 
+@pytest.mark.parametrize("variant", ["prepass", "prologue"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_fused_l0_penalty_matches_oracle(backends, variant, transposed):
+    """linear_forward_l0's penalty Σσ(βs) from the mask pre-pass, and the
+    epilogue's ∂s with the penalty's gradient c·β·σ(1−σ) added."""
+    x, w, s, b = _problem(9, 21, 34, seed=4)
+    c = 0.6
+    want, want_grads = run_with_grads(
+        lambda *t: composite_linear(t[0], t[1], t[2], 2.0, t[3], "soft"),
+        [leaf(x), leaf(w), leaf(s), leaf(b)])
+    s64 = leaf(s)
+    penalty_want = c * torch.sigmoid(2.0 * s64).sum()
+    (penalty_grad,) = torch.autograd.grad(penalty_want, [s64])
+    backend = backends[variant]
+    y, penalty = backend.linear_forward_l0(_on_device(x), _on_device(w, transposed=transposed),
+                                           _on_device(s, transposed=transposed), _on_device(b),
+                                           _beta(2.0), "soft")
+    assert_matches_oracle(y.cpu(), want, None, torch.float32, "y")
+    assert abs(c * penalty.item() - penalty_want.item()) <= 1e-5 * penalty_want.item()
+    upstream = torch.randn(want.shape, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64)
+    _, _, gs, _ = backend.linear_backward(
+        _on_device(upstream), _on_device(x), _on_device(w, transposed=transposed),
+        _on_device(s, transposed=transposed), _beta(2.0), "soft", [True, True, True, True],
+        grad_l0=torch.tensor(c, device=DEVICE))
+    assert_matches_oracle(gs.cpu(), want_grads[2] + penalty_grad, None, torch.float32,
+                          "d_logits with the penalty")
+
+
 def test_batched_input_and_partial_needs(backends):
     x, w, s, b = _problem(6, 9, 5)
     x3 = x.view(2, 3, 9)

@@ -35,6 +35,14 @@ def _samples():
                                              [True, True, True, True])
     yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), torch.tensor(2.0), "hard",
                                              [True, False, True, False])
+    yield torch_ops.masked_linear_l0, (x, w, s, b, torch.tensor(2.0), "soft")
+    yield torch_ops.masked_linear_l0, (x, w, s, b, torch.tensor(1.5), "concrete",
+                                       torch.tensor([7, 1]))
+    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), torch.tensor(2.0), "soft",
+                                             [True, True, True, True], None, torch.tensor(0.3))
+    yield torch_ops.masked_linear_backward, (g, x.detach(), w.detach(), s.detach(), torch.tensor(1.0), "gumbel",
+                                             [False, False, True, False], torch.tensor([3, 0]),
+                                             torch.tensor(0.7))
     yield torch_ops.mask_weight, (w, s, torch.tensor(3.0), "soft")
     yield torch_ops.mask_weight, (w.detach().t(), s.detach().t(), torch.tensor(3.0), "hard")
     yield torch_ops.mask_weight_backward, (torch.randn(5, 6), w.detach(), s.detach(), torch.tensor(3.0), "soft",
@@ -44,9 +52,15 @@ def _samples():
     cx, cw, cs, cb = _conv()
     yield torch_ops.masked_conv, (cx, cw, cs, cb, torch.tensor(1.5), "soft", [1, 1], [1, 1], [1, 1], 2)
     yield torch_ops.masked_conv, (cx, cw, cs, None, torch.tensor(1.5), "hard", [2, 1], [0, 1], [1, 2], 2)
+    yield torch_ops.masked_conv_l0, (cx, cw, cs, cb, torch.tensor(1.5), "soft", [1, 1], [1, 1], [1, 1], 2)
+    yield torch_ops.masked_conv_l0, (cx, cw, cs, None, torch.tensor(1.5), "gumbel", [1, 1], [0, 0], [1, 1], 2,
+                                     torch.tensor([5, 2]))
     cg = torch.randn(2, 6, 7, 7)
     yield torch_ops.masked_conv_backward, (cg, cx.detach(), cw.detach(), cs.detach(), torch.tensor(1.5), "soft",
                                            [1, 1], [1, 1], [1, 1], 2, [True, True, True, True])
+    yield torch_ops.masked_conv_backward, (cg, cx.detach(), cw.detach(), cs.detach(), torch.tensor(1.5), "soft",
+                                           [1, 1], [1, 1], [1, 1], 2, [True, False, True, True], None,
+                                           torch.tensor(2.5))
     # The optimizer steps mutate the parameter and its state in place.
     p, grad = torch.randn(37), torch.randn(37)
     bits = sf.pack_bits(torch.rand(37) < 0.3)
