@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .. import sharded
 from ..units import expand_units
 from .._validation import MODE_CODES, check_beta, check_mode
-from .masked_forward import ABLATION_ATTRIBUTE, ABLATION_CODES, ABLATION_STATE
+from .masked_forward import ABLATION_ATTRIBUTE, ABLATION_CODES, ABLATION_STATE, PENALTY_WANTED
 from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kept, l0_penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
@@ -300,7 +300,8 @@ class MaskState:
         for continuous sparsification Σσ(β·s), the expected number of kept
         weights.  The penalty the last training forward computed in its mask
         pass when that is still current (nn/masked_forward.py), else a pass
-        of its own."""
+        of its own; from the first call on, training forwards compute it."""
+        self.__dict__[PENALTY_WANTED] = True  # later training forwards compute it
         fused = self.forward_penalty()
         return fused if fused is not None else self._per_weight_sum(l0_penalty)
 

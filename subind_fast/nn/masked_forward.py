@@ -7,11 +7,14 @@ ablation (nn/ablation.py) the removed weights add what they compute on the
 reference input.  Every path marks the mask as run (``mask_ran``, checked by
 nn/coverage.py).
 
-A training forward at weight granularity calls the op's *_l0 form, whose
-mask pass also yields the layer's L0 penalty (and whose backward adds the
-penalty's gradient to ∂s in its pass): the penalty is kept for the step
-(``forward_penalty``), and ``sf.l0_penalty`` takes it instead of reading the
-logits twice more.  It is kept outside the module (a weak map), so copying or
+Once the layer's L0 penalty has been asked for (``l0_penalty``: from then on
+a training loop is expected to ask every step), a training forward at weight
+granularity calls the op's *_l0 form, whose mask pass also yields the
+penalty (and whose backward adds the penalty's gradient to ∂s in its pass):
+the penalty is kept for the step (``forward_penalty``), and ``sf.l0_penalty``
+takes it instead of reading the logits twice more.  A layer never asked for
+its penalty (a target-density run, inference, a benchmark of the layer)
+computes none.  It is kept outside the module (a weak map), so copying or
 pickling a layer never meets a tensor of the autograd graph."""
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ ABLATION_CODES = {"zero": 0, "mean": 1, "learned": 2, "corrupted": 3}
 #: the state an ablated layer saves besides its mask state (nn/ablation.py)
 ABLATION_STATE = ("ablation_code", "ablation_input")
 
+#: the layer attribute set once its L0 penalty has been asked for (nn/mask_state.py)
+PENALTY_WANTED = "_l0_penalty_wanted"
 #: layer → (penalty, logits, logits' version, β's version, stamp) of its last training forward
 _FORWARD_PENALTIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _STAMPS = itertools.count()
@@ -78,10 +83,12 @@ class MaskedForward:
 
     def _fuses_penalty(self, mode: str, logits: Tensor) -> bool:
         """Whether this forward computes the L0 penalty with the output: the
-        method's training mode, a graph being built for the logits, and
-        outside torch.compile (a compiled forward keeps no Python state, so
-        sf.l0_penalty then makes its own pass)."""
-        return (mode == self.mask_method.training_op_mode and logits.requires_grad
+        penalty has been asked of the layer before, the method's training
+        mode, a graph being built for the logits, and outside torch.compile
+        (a compiled forward keeps no Python state, so sf.l0_penalty then
+        makes its own pass)."""
+        return (self.__dict__.get(PENALTY_WANTED, False)
+                and mode == self.mask_method.training_op_mode and logits.requires_grad
                 and torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
     def _keep_penalty(self, penalty: Tensor, logits: Tensor) -> None:

@@ -122,6 +122,7 @@ def _model(method="continuous"):
         with torch.no_grad():
             layer.logits.normal_(0, 1.5)
     sf.set_beta(model, 2.0)
+    sf.l0_penalty(model)  # asked for once: from now on the training forwards compute it
     return model.train()
 
 
@@ -158,6 +159,14 @@ def test_a_stale_forward_penalty_is_not_used():
     assert all(layer.forward_penalty() is None for layer in layers)
     penalty = sf.l0_penalty(model)  # the separate pass
     torch.testing.assert_close(penalty.double(), _separate_penalty(model), rtol=1e-6, atol=1e-4)
+
+
+def test_a_layer_never_asked_for_its_penalty_computes_none():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16))
+    sf.mask_model(model)
+    model.train()(torch.randn(4, 12))
+    assert not any(layer in _FORWARD_PENALTIES for layer in sf.masked_layers(model).values())
 
 
 def test_a_layer_with_a_kept_penalty_copies_and_pickles():
