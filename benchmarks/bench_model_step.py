@@ -18,12 +18,19 @@ parameters and buffers (CPU) or peak allocated memory (CUDA); appends every
 number to benchmarks/results/results.csv (``benchmarks/report.py`` makes the
 README's table from it).
 
+Round-robin medians of a few rounds do not resolve a few per cent on a shared
+VM.  ``--paired ours/plain`` times two providers only, back to back in pairs
+whose order alternates, and reports the per-pair ratio's median [p20, p80]:
+the numbers the ≤ 1.03× targets are judged by.
+
     python -m benchmarks.bench_model_step --threads 1,2
+    python -m benchmarks.bench_model_step --threads 1,2 --paired ours/plain --pairs 30
     python -m benchmarks.bench_model_step --device cuda
 """
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -205,11 +212,57 @@ def run_case(case, providers, device, dtype, rec, budget_s):
     return results, skipped
 
 
+def time_pairs(first, second, pairs: int, warmup: int = 2) -> harness.Stats:
+    """The ratio first/second over ``pairs`` back-to-back pairs (the order
+    alternates, so neither always runs on a cache the other warmed)."""
+    for _ in range(warmup):
+        first()
+        second()
+    ratios = []
+    for k in range(pairs):
+        times = {}
+        for name, fn in ((("a", first), ("b", second)) if k % 2 == 0
+                         else (("b", second), ("a", first))):
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["a"] / times["b"])
+    return harness.Stats.of(ratios)
+
+
+def run_paired(case, pair: tuple[str, str], pairs: int, device, dtype, rec) -> harness.Stats:
+    batch = case.make_batch(device, dtype)
+    steps = [step_fn(*build(p, case, device, dtype), batch) for p in pair]
+    if device.type == "cuda":  # a pair's wall time must include the GPU's work
+        steps = [lambda s=s: (s(), torch.cuda.synchronize()) for s in steps]
+    stats = time_pairs(*steps, pairs=pairs)
+    rec.add(case.name, "/".join(pair), "paired", "ratio", stats, config=f"pairs={pairs}")
+    return stats
+
+
+def _pair(text: str) -> tuple[str, str]:
+    pair = tuple(p.strip() for p in text.split("/"))
+    if len(pair) != 2 or any(p not in PROVIDERS for p in pair) or pair[0] == pair[1]:
+        raise argparse.ArgumentTypeError(f"expected two different providers as A/B, e.g. "
+                                         f"ours/plain, from {PROVIDERS}; got {text!r}")
+    return pair
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_common_args(parser, budget_s=6.0)
     parser.add_argument("--providers", default=",".join(PROVIDERS))
     parser.add_argument("--cases", help="comma-separated substrings of case names")
+    parser.add_argument("--paired", type=_pair, metavar="A/B",
+                        help="time only A against B in back-to-back pairs (e.g. ours/plain)")
+    parser.add_argument("--pairs", type=_positive, default=30,
+                        help="pairs per case with --paired (default 30)")
     args = parser.parse_args(argv)
     device = harness.device_from_args(parser, args)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -218,6 +271,22 @@ def main(argv=None) -> int:
     providers = [p.strip() for p in args.providers.split(",")]
     if "ours" not in providers:
         providers.append("ours")
+
+    def run_pairs():
+        rec = harness.Recorder("model_step_paired", device,
+                               dtype=str(dtype).removeprefix("torch."),
+                               config=harness.run_config(device))
+        print(f"device: {harness.device_name(device)}, {dtype}, torch {torch.__version__}")
+        rows = []
+        for case in cases:
+            if "neurosurgeon" in args.paired and case.neurosurgeon_why_not:
+                rows.append([case.name, "n/a", case.neurosurgeon_why_not])
+                continue
+            stats = run_paired(case, args.paired, args.pairs, device, dtype, rec)
+            rows.append([case.name, f"{stats.p50:.3f}", f"[{stats.p20:.3f}, {stats.p80:.3f}]"])
+        print(harness.markdown_table(["model", "/".join(args.paired) + " median", "[p20, p80]"],
+                                     rows), "\n", flush=True)
+        print(f"rows appended to {harness.append_csv(rec, args.csv)}")
 
     def run():
         rec = harness.Recorder("model_step", device, dtype=str(dtype).removeprefix("torch."),
@@ -237,7 +306,7 @@ def main(argv=None) -> int:
         path = harness.append_csv(rec, args.csv)
         print(f"rows appended to {path}")
 
-    harness.run_at_thread_counts(device, args, run)
+    harness.run_at_thread_counts(device, args, run_pairs if args.paired else run)
     return 0
 
 

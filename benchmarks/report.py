@@ -140,6 +140,32 @@ def model_step_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def model_step_paired_table(rows: list[dict]) -> str:
+    """One row per model, one column per thread count (device): the paired
+    ratio's median [p20, p80] and the number of pairs."""
+    runs = latest_runs(rows, "model_step_paired")
+    if not runs:
+        return ""
+    pairs = sorted({r["provider"] for run in runs.values() for r in run})
+    shapes = _shapes([r for run in runs.values() for r in run])
+    out = []
+    for pair in pairs:
+        body = []
+        for shape in shapes:
+            cells = [shape]
+            for run in runs.values():
+                row = next((r for r in run if (r["shape"], r["provider"]) == (shape, pair)), None)
+                count = row["config"].split("pairs=")[-1] if row else ""
+                cells.append(f"{float(row['p50']):.3f} [{float(row['p20']):.3f}, "
+                             f"{float(row['p80']):.3f}] ({count} pairs)" if row else "n/a")
+            body.append(cells)
+        first = next(iter(runs.values()))[0]
+        out.append(f"**{pair}**, paired ({first['dtype']}, torch {first['torch']}, run "
+                   f"{first['timestamp'][:16]}Z, {first['git_sha']})\n\n"
+                   + _table(["model", *runs], body))
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], path: Path = PLOT) -> None:
     import matplotlib
 
@@ -171,7 +197,8 @@ def plot(rows: list[dict], path: Path = PLOT) -> None:
     plt.close(fig)
 
 
-SECTIONS = {"layers": layers_table, "optim": optim_table, "model-step": model_step_table}
+SECTIONS = {"layers": layers_table, "optim": optim_table, "model-step": model_step_table,
+            "model-step-paired": model_step_paired_table}
 
 
 def render(text: str, rows: list[dict]) -> str:

@@ -31,9 +31,10 @@ def test_latest_run_per_device_fills_the_marked_sections(tmp_path):
     readme = "".join(f"<!-- bench:{n} -->\nkept {n}\n<!-- /bench:{n} -->\n"
                      for n in report.SECTIONS)
     rendered = report.render(readme, loaded)
-    assert "kept model-step" not in rendered and "**10 ms · 5 MiB**" in rendered
+    assert "kept model-step\n" not in rendered and "**10 ms · 5 MiB**" in rendered
     # benches without rows here keep their tables (their CSV is on the machine that ran them)
     assert "kept layers" in rendered and "kept optim" in rendered
+    assert "kept model-step-paired" in rendered
 
 
 def test_missing_markers_are_an_error():
@@ -64,3 +65,31 @@ def test_transfer_curves_names_a_directory_that_is_not_a_vision_run(tmp_path):
 
     with pytest.raises(SystemExit, match="not a finished `subind vision` directory"):
         transfer_curves.main([f"x={tmp_path}"])
+
+
+def test_the_paired_table_has_a_column_per_thread_count(tmp_path):
+    rows = []
+    for device, ratio in (("AMD EPYC (1 thread)", 1.02), ("AMD EPYC (2 threads)", 1.04)):
+        rows.append({**{c: "" for c in harness.CSV_COLUMNS}, "timestamp": "2026-02-01T00:00:00",
+                     "git_sha": "abc", "device": device, "torch": "2.14", "dtype": "float32",
+                     "bench": "model_step_paired", "shape": "GPT-2", "config": "threads=1 pairs=30",
+                     "provider": "ours/plain", "mode": "paired", "metric": "ratio",
+                     "p20": str(ratio - 0.01), "p50": str(ratio), "p80": str(ratio + 0.01)})
+    text = report.model_step_paired_table(rows)
+    assert "| model | AMD EPYC (1 thread) | AMD EPYC (2 threads) |" in text
+    assert "| GPT-2 | 1.020 [1.010, 1.030] (30 pairs) | 1.040 [1.030, 1.050] (30 pairs) |" in text
+
+
+def test_a_pair_names_two_known_providers():
+    import argparse
+
+    from benchmarks import bench_model_step
+
+    assert bench_model_step._pair("ours/plain") == ("ours", "plain")
+    for text in ("ours", "ours/ours", "ours/nosuch", "a/b/c"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_model_step._pair(text)
+    calls = []
+    stats = bench_model_step.time_pairs(lambda: calls.append("a"), lambda: calls.append("b"),
+                                        pairs=4, warmup=0)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"] and stats.p50 > 0
