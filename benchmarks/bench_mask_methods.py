@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import subind_fast as sf
-from subind_fast.memory import saved_bytes
+from subind_fast.testing.memory import saved_bytes
 
 from . import harness
 

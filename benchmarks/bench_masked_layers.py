@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import subind_fast as sf
-from subind_fast.baselines import eager_composite
-from subind_fast.memory import saved_bytes
+from subind_fast.testing.baselines import eager_composite
+from subind_fast.testing.memory import saved_bytes
 
 from . import harness
 

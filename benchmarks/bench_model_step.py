@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import subind_fast as sf
-from subind_fast.baselines import eager_composite, soft_masks
-from subind_fast.memory import saved_bytes
+from subind_fast.testing.baselines import eager_composite, soft_masks
+from subind_fast.testing.memory import saved_bytes
 
 from . import harness
 

@@ -15,7 +15,7 @@ Specialisations, as Triton's launcher applies them to real arguments:
 pointers 16-byte aligned (torch's allocations are), integer arguments equal to
 1 become constants, the other sizes and strides divisible by 16 (the layer
 shapes our users run: 768, 3072, …).  The variants are the launches
-``backends/triton_backend.py`` makes: the forward GEMM (mask pre-pass then a
+``ops/cuda/triton_launch.py`` makes: the forward GEMM (mask pre-pass then a
 plain GEMM with bias), the forward with the mask in the B-tile prologue, the
 backward GEMM whose epilogue writes ∂s, ∂θ and W_eff, and the ∂x GEMM; each
 with the configs ``triton_kernels.gemm_configs`` lets autotune pick for it.
@@ -64,7 +64,7 @@ def _operands(dtype: str) -> tuple[str, str]:
 def gemm_launches(dtype: str) -> list[Launch]:
     """The four masked_matmul_kernel launches of a masked linear layer with
     N outputs and K inputs over M rows (x is M×K, θ and s are N×K)."""
-    from subind_fast.backends.triton_kernels import gemm_configs
+    from subind_fast.ops.cuda.triton_kernels import gemm_configs
 
     M, N, K = 4096, 3072, 768
     element, operands = _operands(dtype)
@@ -105,7 +105,7 @@ def elementwise_launches(dtype: str) -> list[Launch]:
     the frozen-mask optimizer steps), launched with Triton's defaults."""
     import triton
 
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     if dtype == "tf32":  # no dots: the same kernels as fp32
         return []
@@ -141,7 +141,7 @@ def compile_launch(launch: Launch, config, arch: str) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     kernel = getattr(K, launch.kernel)
     fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel

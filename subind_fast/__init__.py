@@ -7,18 +7,16 @@ subnetworks, transfer into a fresh model, and fused optimizers that leave the
 frozen subnetwork untouched.
 Importing never touches CUDA and never fails for a missing compiled part.
 """
-from . import _ops  # loads the compiled library: registers the torch.ops.subind ops
-from ._extension import MissingKernelError
-from .dispatch import backend_info, kernels, set_kernels, use_kernels
-from .functional import (l0, mask_weight, masked_conv, masked_conv1d, masked_conv2d,
-                         masked_conv3d, masked_linear)
+from .ops import (MissingKernelError, backend_info, kernels, l0, mask_weight, masked_conv,
+                  masked_conv1d, masked_conv2d, masked_conv3d, masked_linear, set_kernels,
+                  use_kernels)  # importing ops loads the compiled library
 from .nn import (l0_penalty, mask_model, masked_layers, set_beta, set_mode, unmask_model)
 from . import nn, sharded
-from . import analysis, selection
+from .subnetworks import analysis, selection
 from .bits import pack_bits, unpack_bits
-from .optim import MaskedAdamW, MaskedSGD
+from .subnetworks.optim import MaskedAdamW, MaskedSGD
 from .subnetwork import Subnetwork
-from .transfer import FrozenMasks, transfer
+from .subnetworks.transfer import FrozenMasks, transfer
 
 __version__ = "0.1.0"
 

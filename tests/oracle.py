@@ -75,8 +75,8 @@ def assert_matches_oracle(ours, oracle, same_dtype=None, dtype=torch.float32, wh
 
 def extra_saved_bytes(fn, owned):
     """(bytes autograd saves beyond the storage of ``owned``, fn's output):
-    the library's probe (subind_fast/memory.py), as the tests read it."""
-    from subind_fast.memory import saved_bytes
+    the library's probe (subind_fast/testing/memory.py), as the tests read it."""
+    from subind_fast.testing.memory import saved_bytes
 
     saved = saved_bytes(fn, owned)
     return saved.total, saved.output
@@ -87,7 +87,7 @@ def composite_sampled_weight(weight, logits, beta, mode, key):
     stretched by ε = 0.1 (γ = −0.1, ζ = 1.1) and clamped, Gumbel thresholded with
     a straight-through gradient; the noise is the library's keyed noise (the
     one thing both sides must share)."""
-    from subind_fast import noise as noise_lib
+    from subind_fast.ops import noise as noise_lib
 
     eps = 0.1
     noise = noise_lib.logistic(key, noise_lib.element_offsets(logits), logits.dtype)

@@ -1,7 +1,9 @@
 """The project's import graph, read from the source (every import statement,
-those inside functions too): no module takes part in an import cycle, and
-the layers point one way — csrc → subind_fast → subind.engine →
-subind.shape_bias → subind.experiments → subind.commands."""
+those inside functions too): no module takes part in an import cycle, the
+layers point one way — csrc → subind_fast → subind.engine →
+subind.shape_bias → subind.experiments → subind.commands — and inside
+subind_fast the rooms do too: the floor (its top-level data modules) → ops →
+nn → subnetworks → testing, with the face (subind_fast/__init__.py) above all."""
 from __future__ import annotations
 
 import ast
@@ -102,6 +104,25 @@ def test_no_import_cycle():
 def test_layers_point_one_way():
     wrong = sorted(f"{a} imports {b}" for a, targets in _graph().items() for b in targets
                    if _layer(b) > _layer(a))
+    assert wrong == []
+
+
+#: subind_fast's rooms, lowest first; a top-level module is on the floor
+ROOMS = ("floor", "ops", "nn", "subnetworks", "testing")
+
+
+def _room(module: str) -> int:
+    parts = module.split(".")
+    if parts == ["subind_fast"]:
+        return len(ROOMS)  # the face
+    return ROOMS.index(parts[1]) if len(parts) > 2 or parts[1] in ROOMS else 0
+
+
+def test_the_rooms_of_the_kernel_library_point_one_way():
+    graph = {a: targets for a, targets in _graph().items() if a.startswith("subind_fast")}
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 2} == set(ROOMS[1:])
+    wrong = sorted(f"{a} imports {b}" for a, targets in graph.items() for b in targets
+                   if _room(b) > _room(a))
     assert wrong == []
 
 

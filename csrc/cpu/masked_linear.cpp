@@ -143,8 +143,6 @@ at::Tensor packed(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return at::from_blob(buffer.data_ptr(), {rows, cols}, buffer.options());
 }
 
-bool small_or_empty(const at::Tensor& weight) { return weight.numel() == 0; }
-
 // The blocks [0, nblocks) over the intra-op threads, whole blocks per thread:
 // fn(t, first, last) runs blocks [first, last) as thread t's share (t = 0 on
 // the calling thread's share).  Blocking only happens at small M, where one
@@ -192,7 +190,7 @@ at::Tensor masked_linear_forward(const char* op, const at::Tensor& x, const at::
   subind::check_linear_operands(op, x, weight, bias);
   const auto args = subind::mask_args(op, mode, beta, logits, noise);
   if (l0.sum.defined()) subind::check_l0_mode(op, args.mode);
-  if (small_or_empty(weight)) {  // Σp over no logits is 0
+  if (weight.numel() == 0) {  // Σp over no logits is 0
     return subind::linear_forward<subind_cpu::CpuKernels>(x, weight, logits, bias, beta, mode,
                                                           noise);
   }
@@ -280,7 +278,7 @@ subind::TensorQuad masked_linear_backward_cpu(const at::Tensor& grad, const at::
                                               const c10::optional<at::Tensor>& grad_l0) {
   const char* op = "subind::masked_linear_backward";
   subind::check_pair(op, weight, logits);
-  if (small_or_empty(weight)) {
+  if (weight.numel() == 0) {
     return subind::linear_backward<subind_cpu::CpuKernels>(grad, x, weight, logits, beta, mode,
                                                            needs, noise, grad_l0);
   }

@@ -1,7 +1,7 @@
 // CUDA kernels of the mask ops: the element-wise mask pass, which the shared
 // host driver (csrc/include/subind/mask_driver.h) composes into mask_weight,
 // its backward and the masked convolutions around cuDNN; masked linear layers
-// on CUDA use the fused Triton GEMMs (subind_fast/backends/triton_backend.py),
+// on CUDA use the fused Triton GEMMs (subind_fast/ops/cuda/triton_launch.py),
 // or this pass around cuBLAS for the sampled modes.  Same per-element math as
 // the CPU kernels (csrc/include/subind/mask_math.h).
 #include <torch/extension.h>

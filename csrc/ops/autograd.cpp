@@ -30,26 +30,31 @@ c10::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
-// The `needs` flags (x, weight, logits, bias) as saved at forward time, and
-// the mode, packed in one integer (a small layer's call is mostly fixed cost).
+// The `needs` flags (x, weight, logits, bias) as saved at forward time,
+// packed in one integer, and the mode as its name: each op parses the name
+// once, in its own kernel, and the backward op decides whether the mode
+// trains the logits (a mode that does not returns ∂s as an empty marker).
 void save_needs(AutogradContext* ctx, std::array<bool, 4> needs, c10::string_view mode) {
-  const int code = subind::parse_mode("subind autograd", mode);
-  const bool training = subind::mode_is_training(code);
-  ctx->saved_data["state"] = static_cast<int64_t>(needs[0] | needs[1] << 1 |
-                                                  (needs[2] && training) << 2 | needs[3] << 3 |
-                                                  code << 4);
+  ctx->saved_data["needs"] = static_cast<int64_t>(needs[0] | needs[1] << 1 | needs[2] << 2 |
+                                                  needs[3] << 3);
+  ctx->saved_data["mode"] = std::string(mode);
 }
 
 std::array<bool, 4> saved_needs(AutogradContext* ctx) {
-  const int64_t bits = ctx->saved_data["state"].toInt();
+  const int64_t bits = ctx->saved_data["needs"].toInt();
   return {(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0};
 }
 
 c10::string_view saved_mode(AutogradContext* ctx) {
-  return subind::kModeNames[ctx->saved_data["state"].toInt() >> 4];
+  return ctx->saved_data["mode"].toStringRef();
 }
 
 at::Tensor if_needed(bool need, const at::Tensor& t) { return need ? t : at::Tensor(); }
+
+// ∂s when the logits needed one and the mode gave one (not an empty marker).
+at::Tensor logits_grad(bool need, const at::Tensor& grad_s, const at::Tensor& logits) {
+  return need && grad_s.sizes() == logits.sizes() ? grad_s : at::Tensor();
+}
 
 // ------------------------------------------------------------------ mask_weight
 using MaskWeightBackward = subind::TensorTriple(const at::Tensor&, const at::Tensor&,
@@ -78,8 +83,8 @@ class MaskWeightFunction : public torch::autograd::Function<MaskWeightFunction> 
     auto [weff, gw, gs] = op.call(grads[0], saved[0], saved[1], saved[2],
                                   saved_mode(ctx), false, needs[1],
                                   needs[2], optional_of(saved[3]));
-    return {if_needed(needs[1], gw), if_needed(needs[2], gs), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {if_needed(needs[1], gw), logits_grad(needs[2], gs, saved[1]), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -163,7 +168,7 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     auto [gx, gw, gs, gb] = op.call(kL0 ? output_grad(ctx, grads) : grads[0], saved[0], saved[1],
                                     saved[2], saved[3], saved_mode(ctx), needs,
                                     optional_of(saved[4]), penalty_grad(grads, kL0));
-    return {if_needed(needs[0], gx), if_needed(needs[1], gw), if_needed(needs[2], gs),
+    return {if_needed(needs[0], gx), if_needed(needs[1], gw), logits_grad(needs[2], gs, saved[2]),
             if_needed(needs[3], gb), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -229,7 +234,7 @@ class MaskedConvFunction : public torch::autograd::Function<MaskedConvFunction<k
                                     saved[1], saved[2], saved[3], saved_mode(ctx), stride,
                                     padding, dilation, ctx->saved_data["groups"].toInt(), needs,
                                     optional_of(saved[4]), penalty_grad(grads, kL0));
-    return {if_needed(needs[0], gx), if_needed(needs[1], gw), if_needed(needs[2], gs),
+    return {if_needed(needs[0], gx), if_needed(needs[1], gw), logits_grad(needs[2], gs, saved[2]),
             if_needed(needs[3], gb), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -16,7 +16,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..heads import head_units
+from .heads import head_units
 from .layers import _FromModule
 from .base import MaskedWeightMixin
 from .mask_state import DEFAULT_MASK_INIT, MaskInit
@@ -51,8 +51,8 @@ class MaskedMultiheadAttention(_FromModule, MaskedWeightMixin, nn.MultiheadAtten
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim=None, vdim=None,
                  batch_first: bool = False, *, init: MaskInit = DEFAULT_MASK_INIT,
-                 beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                 method=None, device=None, dtype=None):
+                 beta: Optional[float] = None, mode: Optional[str] = None,
+                 freeze_weight: bool = True, method=None, device=None, dtype=None):
         nn.MultiheadAttention.__init__(self, embed_dim, num_heads, dropout, bias, add_bias_kv,
                                        add_zero_attn, kdim, vdim, batch_first, device=device,
                                        dtype=dtype)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import functional as SF
+from ..ops import functional as SF
 from .base import MaskedWeightMixin
 from .mask_state import DEFAULT_MASK_INIT, HeadUnits, MaskInit
 from .registry import masks
@@ -31,8 +31,8 @@ class _FromModule:
 
     @classmethod
     def from_module(cls, module: nn.Module, init: MaskInit = DEFAULT_MASK_INIT,
-                    beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                    method=None, heads: Optional[HeadUnits] = None):
+                    beta: Optional[float] = None, mode: Optional[str] = None,
+                    freeze_weight: bool = True, method=None, heads: Optional[HeadUnits] = None):
         """Wrap ``module``'s weight and bias (shared Parameters, not copies);
         ``heads`` (heads.head_units) lays out head-level logits."""
         return cls._wrapping(module, init, beta, mode, freeze_weight, method, heads)
@@ -47,7 +47,7 @@ class MaskedLinear(_FromModule, MaskedWeightMixin, nn.Linear):
     _input_axis = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
+                 init: MaskInit = DEFAULT_MASK_INIT, beta: Optional[float] = None,
                  mode: Optional[str] = None, freeze_weight: bool = True, method=None,
                  device=None, dtype=None):
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
@@ -101,8 +101,8 @@ class _MaskedConvNd(_FromModule, MaskedWeightMixin):
 def _conv_class(plain: type, name: str) -> type:
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", *, init: MaskInit = DEFAULT_MASK_INIT,
-                 beta: float = 1.0, mode: Optional[str] = None, freeze_weight: bool = True,
-                 method=None, device=None, dtype=None):
+                 beta: Optional[float] = None, mode: Optional[str] = None,
+                 freeze_weight: bool = True, method=None, device=None, dtype=None):
         plain.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                        groups, bias, padding_mode, device=device, dtype=dtype)
         self._setup_mask(init, beta, mode, freeze_weight, method)
@@ -127,9 +127,9 @@ class MaskedGPT2Conv1D(_FromModule, MaskedWeightMixin, nn.Module):
     _unit_axis = 1  # the weight is stored in × out
     _input_axis = 0
 
-    def __init__(self, nf: int, nx: int, *, init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0,
-                 mode: Optional[str] = None, freeze_weight: bool = True, method=None,
-                 device=None, dtype=None):
+    def __init__(self, nf: int, nx: int, *, init: MaskInit = DEFAULT_MASK_INIT,
+                 beta: Optional[float] = None, mode: Optional[str] = None,
+                 freeze_weight: bool = True, method=None, device=None, dtype=None):
         super().__init__()
         self.nf, self.nx = nf, nx
         self.weight = nn.Parameter(torch.empty(nx, nf, device=device, dtype=dtype))

@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from .. import sharded
 from ..units import expand_units
-from .._validation import MODE_CODES, check_beta, check_mode
+from ..ops.checks import check_beta
+from ..ops.modes import MODES, mode as mode_of
 from .masked_forward import ABLATION_ATTRIBUTE, ABLATION_CODES, ABLATION_STATE, PENALTY_WANTED
-from .methods import GRANULARITIES, METHODS, MaskMethod, as_method, expected_kept, l0_penalty
+from .methods import DEFAULT_BETA, MaskMethod, as_method, expected_kept, l0_penalty
 
 # Paper, Appendix A: "initialize mask weights as -0.1 for all our experiments".
 DEFAULT_MASK_INIT = -0.1
@@ -50,8 +51,8 @@ HeadUnits = Mapping[int, tuple[int, int]]
 
 _AUTO_MODE = -1  # mask_mode value for "follow train()/eval()"
 #: the buffers every masked layer holds besides its logits (saved with it)
-MASK_BUFFERS = ("beta", "mask_mode", "mask_method_code")
-_MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
+MASK_BUFFERS = ("beta", "mask_mode", "mask_method_name")
+_MODE_NAMES = {m.code: m.name for m in MODES}
 _FULL_PRECISION = (torch.float32, torch.float64)
 
 
@@ -98,9 +99,10 @@ class MaskState:
                         "torch.compile or torch.export, or sf.unmask_model(model) first to script "
                         "the plain model with the hard mask baked in")
 
-    def _setup_mask(self, init: MaskInit, beta: float, mode: Optional[str],
+    def _setup_mask(self, init: MaskInit, beta: Optional[float], mode: Optional[str],
                     freeze_weight: bool, method=None, heads: Optional[HeadUnits] = None) -> None:
         method = as_method(method or "continuous")
+        beta = DEFAULT_BETA[method.name] if beta is None else beta
         self.__dict__["mask_method"] = method
         self.__dict__["mask_unit_axes"] = {}
         device = None
@@ -117,7 +119,7 @@ class MaskState:
         nn.Module.register_buffer(self, "mask_mode", torch.tensor(_AUTO_MODE, dtype=torch.int8,
                                                                   device=device))
         # Saved so that a checkpoint reloads with the method and granularity it was trained with.
-        nn.Module.register_buffer(self, "mask_method_code", _method_code(method, device))
+        nn.Module.register_buffer(self, "mask_method_name", method_tensor(method, device))
         self.mode = mode
         self.__dict__["mask_ran"] = False
 
@@ -204,9 +206,10 @@ class MaskState:
 
     @mode.setter
     def mode(self, value: Optional[str]) -> None:
-        self.__dict__["_mode"] = None if value is None else check_mode(value)
+        spec = None if value is None else mode_of(value)
+        self.__dict__["_mode"] = None if spec is None else spec.name
         with torch.no_grad():
-            self._buffers["mask_mode"].fill_(_AUTO_MODE if value is None else MODE_CODES[value])
+            self._buffers["mask_mode"].fill_(_AUTO_MODE if spec is None else spec.code)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -214,6 +217,17 @@ class MaskState:
         if problem:  # an error even under strict=False: the output would silently change
             error_msgs.append(problem)
             return
+        saved = saved_method(state_dict, prefix, where=prefix)
+        if saved is not None:
+            mine = self.mask_method
+            if (saved.name, saved.granularity, saved.n_samples) != (
+                    mine.name, mine.granularity, mine.n_samples):
+                raise ValueError(f"{prefix or 'the layer'}: the state was saved with mask method "
+                                 f"{saved.as_dict()}, this layer uses {mine.as_dict()}; mask the "
+                                 "model with the saved method (sf.nn.masked_from_pretrained reads "
+                                 "it)")
+            state_dict.pop(prefix + LEGACY_METHOD_KEY, None)  # a file from before the text form
+            state_dict[prefix + "mask_method_name"] = self._buffers["mask_method_name"]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if "ablation_input" in self._buffers and prefix + "ablation_input" in state_dict:
@@ -222,13 +236,6 @@ class MaskState:
         if code != _AUTO_MODE and code not in _MODE_NAMES:
             raise ValueError(f"{prefix}mask_mode holds {code}, not a mask mode code")
         self.__dict__["_mode"] = None if code == _AUTO_MODE else _MODE_NAMES[code]
-        saved = method_of_code(self._buffers["mask_method_code"], prefix)
-        mine = self.mask_method
-        if (saved.name, saved.granularity, saved.n_samples) != (
-                mine.name, mine.granularity, mine.n_samples):
-            raise ValueError(f"{prefix or 'the layer'}: the state was saved with mask method "
-                             f"{saved.as_dict()}, this layer uses {mine.as_dict()}; mask the "
-                             "model with the saved method (sf.nn.masked_from_pretrained reads it)")
 
     def _ablation_mismatch(self, state_dict, prefix) -> Optional[str]:
         """Why ``state_dict`` cannot load into this layer's ablation (None: it
@@ -349,15 +356,46 @@ class MaskState:
         return f"beta={float(self.beta):g}, mode={self._mode or 'auto'}{extra}"
 
 
-def _method_code(method: MaskMethod, device) -> Tensor:
-    return torch.tensor([METHODS.index(method.name), GRANULARITIES.index(method.granularity),
-                         method.n_samples], dtype=torch.int32, device=device)
+#: the key under which main up to 1ff13e0 saved the method, as positions in
+#: these two tuples (of that time: fixed here, whatever METHODS becomes)
+LEGACY_METHOD_KEY = "mask_method_code"
+_LEGACY_METHODS = ("continuous", "hard_concrete", "gumbel")
+_LEGACY_GRANULARITIES = ("weight", "neuron", "head")
 
 
-def method_of_code(code: Tensor, where: str = "") -> MaskMethod:
-    """The MaskMethod a saved ``mask_method_code`` buffer names."""
+def method_tensor(method: MaskMethod, device=None) -> Tensor:
+    """The saved form of a mask method: the text "<method> <granularity>
+    <n_samples>" as UTF-8 bytes in a uint8 tensor (any checkpoint format
+    holds it, and no reordering of a table relabels it)."""
+    text = f"{method.name} {method.granularity} {method.n_samples}"
+    return torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+
+
+def method_of_tensor(saved: Tensor, where: str = "") -> MaskMethod:
+    """The MaskMethod a saved ``mask_method_name`` buffer names."""
+    try:
+        name, granularity, n_samples = bytes(saved.reshape(-1).tolist()).decode().split(" ")
+        return MaskMethod(name, granularity, int(n_samples))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where}mask_method_name does not name a mask method ({err})") from None
+
+
+def method_of_legacy_code(code: Tensor, where: str = "") -> MaskMethod:
+    """The MaskMethod a ``mask_method_code`` buffer of main up to 1ff13e0 names."""
     values = [int(v) for v in code.reshape(-1).tolist()]
-    if len(values) != 3 or not (0 <= values[0] < len(METHODS)
-                                and 0 <= values[1] < len(GRANULARITIES) and values[2] >= 1):
-        raise ValueError(f"{where}mask_method_code holds {values}, not a mask method code")
-    return MaskMethod(METHODS[values[0]], GRANULARITIES[values[1]], values[2])
+    if len(values) != 3 or not (0 <= values[0] < len(_LEGACY_METHODS)
+                                and 0 <= values[1] < len(_LEGACY_GRANULARITIES)
+                                and values[2] >= 1):
+        raise ValueError(f"{where}{LEGACY_METHOD_KEY} holds {values}, not a mask method code")
+    return MaskMethod(_LEGACY_METHODS[values[0]], _LEGACY_GRANULARITIES[values[1]], values[2])
+
+
+def saved_method(state: Mapping[str, Tensor], prefix: str = "",
+                 where: str = "") -> Optional[MaskMethod]:
+    """The mask method a layer's saved state names (either form), or None
+    when it names none (a partial state)."""
+    if prefix + "mask_method_name" in state:
+        return method_of_tensor(state[prefix + "mask_method_name"], where)
+    if prefix + LEGACY_METHOD_KEY in state:
+        return method_of_legacy_code(state[prefix + LEGACY_METHOD_KEY], where)
+    return None

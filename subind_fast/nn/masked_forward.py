@@ -25,8 +25,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .. import functional as SF
-from .._validation import SAMPLED_MODES
+from ..ops import functional as SF
+from ..ops.modes import mode as mode_of
 from ..units import expand_units, unit_vector
 from .methods import noise_keys, unit_mask
 
@@ -74,7 +74,7 @@ class MaskedForward:
         weight, logits = self.masked_parameters()[weight_name]
         mode = self.mode
         noise = None
-        if mode in SAMPLED_MODES:
+        if mode_of(mode).sampled:
             noise = noise_keys(logits, 1, self.mask_method.generator)[0]
         if self.mask_method.granularity == "weight":
             return SF.mask_weight(weight, logits, self.beta, mode, noise)
@@ -120,7 +120,7 @@ class MaskedForward:
         """The mode, marking the mask as run, when the layer's output is one call
         of its fused op (weight granularity, a deterministic mode); else None."""
         mode = self.mode
-        if self.mask_method.granularity != "weight" or mode in SAMPLED_MODES \
+        if self.mask_method.granularity != "weight" or mode_of(mode).sampled \
                 or ABLATION_ATTRIBUTE in self.__dict__:
             return None
         self._note_mask_ran()
@@ -147,8 +147,9 @@ class MaskedForward:
         batch (dim 0)."""
         self._note_mask_ran()
         mode, method = self.mode, self.mask_method
-        n = method.n_samples if mode in SAMPLED_MODES else 1
-        keys = noise_keys(logits, n, method.generator) if mode in SAMPLED_MODES else [None]
+        sampled = mode_of(mode).sampled
+        n = method.n_samples if sampled else 1
+        keys = noise_keys(logits, n, method.generator) if sampled else [None]
         parts = _batch_slices(x, n)
         # the first sample's op also yields the penalty (the reference pass never does)
         fuse = [method.granularity == "weight" and self._fuses_penalty(mode, logits)]

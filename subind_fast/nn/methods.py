@@ -19,16 +19,16 @@ which under the symmetric stretch is the same test.  The noise is drawn on the
 logits' device: each forward draws one 62-bit seed from ``generator`` (the
 user's torch.Generator, or torch's default one — seeded by torch.manual_seed
 and restored by activation checkpointing) and the kernels expand it into
-per-element noise that backward regenerates (subind_fast/noise.py).
+per-element noise that backward regenerates (subind_fast/ops/noise.py).
 
 Subnetworks chosen without training (magnitude, lottery ticket) are not
-mask methods: subind_fast/selection.py returns them as Subnetworks, and
+mask methods: subind_fast/subnetworks/selection.py returns them as Subnetworks, and
 ``mask_model(model, subnetwork=…)`` installs one (frozen ±1 logits, hard mode).
 
 Granularity: ``weight`` (one logit per weight), ``neuron`` (one logit per
 output unit — a row of a Linear weight, an output channel of a convolution;
 the unit's mask scales the unit's output) or ``head`` (one logit per
-attention head of each projection that subind_fast/heads.py knows — q/k/v
+attention head of each projection that subind_fast/nn/heads.py knows — q/k/v
 rows, the output projection's columns — and per output unit elsewhere).  A
 unit's penalty counts the unit's weights, so λ means the same at every
 granularity (subind_fast/units.py).
@@ -41,8 +41,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import functional as SF
-from ..backends.reference import ZERO_GATE_LOG_ODDS, mask_and_slope
+from ..ops import functional as SF
+from ..ops.mask_math import differentiable_mask
+from ..ops.modes import ZERO_GATE_LOG_ODDS, mode as mode_of
 
 TRAINED = {"continuous": "soft", "hard_concrete": "concrete", "gumbel": "gumbel"}
 METHODS = tuple(TRAINED)
@@ -79,7 +80,8 @@ class MaskMethod:
 
     @property
     def sampled(self) -> bool:
-        return self.name in ("hard_concrete", "gumbel")
+        """Whether the training mask is drawn from noise (ops/modes.py)."""
+        return mode_of(self.training_op_mode).sampled
 
     @property
     def training_op_mode(self) -> str:
@@ -118,15 +120,9 @@ def noise_keys(logits: Tensor, n: int, generator: Optional[torch.Generator]) -> 
 
 def unit_mask(logits: Tensor, beta: Tensor, mode: str, noise: Optional[Tensor]) -> Tensor:
     """The mask of per-unit logits (neuron granularity): the same values and
-    gradient β·slope as the weight-level ops (backends/reference.py), on the
-    few unit logits with autograd: m + β·slope·(s − sg(s)) has value m and
-    derivative β·slope."""
-    m, slope = mask_and_slope(logits, beta, mode, noise)
-    m = m.to(logits.dtype)
-    if slope is None or not logits.requires_grad:
-        return m
-    return m.detach() + (beta.to(logits) * slope.to(logits.dtype)).detach() * (
-        logits - logits.detach())
+    gradient β·slope as the weight-level ops, on the few unit logits with
+    autograd (ops/mask_math.py: differentiable_mask)."""
+    return differentiable_mask(logits, beta, mode, noise)
 
 
 class _ShiftedSigmoidSum(torch.autograd.Function):

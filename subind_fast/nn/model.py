@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import sharded
 from ..naming import parameter_names
-from ..heads import head_units
+from .heads import head_units
 from ..subnetwork import Subnetwork
 from ..units import collapse_units, expand_units
 from . import coverage
@@ -143,8 +143,9 @@ def select_modules(model: nn.Module, include: Patterns = None, exclude: Patterns
 
 
 def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
-               init: MaskInit = DEFAULT_MASK_INIT, beta: float = 1.0, freeze_base: bool = True,
-               mode: Optional[str] = None, check_coverage: str = "first", method="continuous",
+               init: MaskInit = DEFAULT_MASK_INIT, beta: Optional[float] = None,
+               freeze_base: bool = True, mode: Optional[str] = None,
+               check_coverage: str = "first", method="continuous",
                granularity: Optional[str] = None, n_samples: Optional[int] = None,
                generator: Optional[torch.Generator] = None,
                subnetwork: Optional[Subnetwork] = None) -> MaskReport:
@@ -168,7 +169,7 @@ def mask_model(model: nn.Module, include: Patterns = None, exclude: Patterns = N
     attention; an output projection's logits cover the columns each head
     writes through) and every other layer one per output unit.
     ``subnetwork`` installs a chosen one instead (a selection's,
-    subind_fast/selection.py, or a saved discovery's): each masked weight's
+    subind_fast/subnetworks/selection.py, or a saved discovery's): each masked weight's
     logits become +1 where it keeps the weight (or the unit, at a unit
     granularity: the subnetwork must keep whole units) and −1 elsewhere,
     frozen, and the layers stay in hard mode."""

@@ -20,12 +20,11 @@ from safetensors import safe_open
 from torch import nn
 
 from .ablation import set_ablation
-from .mask_state import method_of_code
+from .mask_state import LEGACY_METHOD_KEY, saved_method
 from .masked_forward import ABLATION_CODES
 from .model import mask_model, masked_layers
 
 _MASK_MODE = ".mask_mode"
-_METHOD_CODE = ".mask_method_code"
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
@@ -75,12 +74,15 @@ def _saved_method(folder: Path, keys: dict, prefixes: list[str]):
     """The mask method every masked layer of the checkpoint was saved with."""
     methods = {}
     for prefix in prefixes:
-        key = prefix + _METHOD_CODE
-        if key not in keys:
-            raise ValueError(f"{folder}: {key} is missing (a checkpoint from before mask "
-                             "methods were saved); mask the model and load_state_dict by hand")
+        key = next((prefix + "." + name for name in ("mask_method_name", LEGACY_METHOD_KEY)
+                    if prefix + "." + name in keys), None)
+        if key is None:
+            raise ValueError(f"{folder}: {prefix}.mask_method_name is missing (a checkpoint from "
+                             "before mask methods were saved); mask the model and "
+                             "load_state_dict by hand")
         with safe_open(str(keys[key]), framework="pt") as handle:
-            methods[prefix] = method_of_code(handle.get_tensor(key), f"{folder}: {prefix}.")
+            methods[prefix] = saved_method({key: handle.get_tensor(key)}, prefix + ".",
+                                           f"{folder}: {prefix}.")
     distinct = set(methods.values())
     if len(distinct) > 1:
         raise ValueError(f"{folder}: the masked layers were saved with different mask methods "
@@ -132,20 +134,28 @@ def masked_from_pretrained(model_class: type, folder, *, freeze_base: bool = Tru
     if ablation != "zero":
         set_ablation(model, ablation)
     wanted = _mask_state_keys(model)
-    missing = sorted(wanted - set(keys))
+    # a checkpoint of main up to 1ff13e0 names the method under its old key
+    # (the layer reads either form: nn/mask_state.py)
+    stored_as = {k: k for k in wanted}
+    for prefix in prefixes:
+        new, old = f"{prefix}.mask_method_name", f"{prefix}.{LEGACY_METHOD_KEY}"
+        if new in wanted and new not in keys and old in keys:
+            stored_as[new] = old
+    missing = sorted(k for k in wanted if stored_as[k] not in keys)
     if missing:
         raise ValueError(f"{folder}: mask state missing from the checkpoint: {missing[:8]}")
     # Every key a masked layer saved of its own must be loaded: none may be dropped.
     own = re.compile("|".join(rf"{re.escape(p)}\.[^.]+$" for p in prefixes))
     plain = set(model.state_dict()) - wanted
-    extra = sorted(k for k in keys if own.match(k) and k not in wanted and k not in plain)
+    stored = set(stored_as.values())
+    extra = sorted(k for k in keys if own.match(k) and k not in stored and k not in plain)
     if extra:
         raise ValueError(f"{folder}: the checkpoint holds mask state this version cannot place: "
                          f"{extra[:8]}")
     state = {}
-    for path in sorted({keys[k] for k in wanted}):
+    for path in sorted({keys[k] for k in stored}):
         with safe_open(str(path), framework="pt") as handle:
-            state.update({k: handle.get_tensor(k) for k in wanted if keys[k] == path})
+            state.update({k: handle.get_tensor(k) for k in stored if keys[k] == path})
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{folder}: unexpected mask state {result.unexpected_keys[:8]}")

@@ -33,7 +33,7 @@ namespace subind {
 // The mask mode: one definition for the whole stack.  The op schemas take
 // the name (a `str`), the host driver parses it once per call
 // (mask_driver.h: parse_mode), device loops take the code, and Python reads
-// both from the built extension (subind_fast/_validation.py checks that its
+// both from the built extension (subind_fast/ops/modes.py checks that its
 // table equals this one).
 enum MaskMode : int { kSoft = 0, kHard = 1, kNone = 2, kConcrete = 3, kGumbel = 4 };
 constexpr int kModeCount = 5;
@@ -88,34 +88,6 @@ SUBIND_HD void sigmoid_and_slope(T z, T& m, T& slope) {
   slope = big * small;
 }
 
-template <typename T>
-SUBIND_HD T mask_value(T s, T beta, int mode) {
-  if (mode == kSoft) {
-    T m, slope;
-    sigmoid_and_slope(beta * s, m, slope);
-    return m;
-  }
-  if (mode == kHard) return s > T(0) ? T(1) : T(0);
-  return T(1);
-}
-
-// One element of the backward pass: from g = dL/dw_eff produce the logits
-// gradient, the weight gradient and (recomputed) w_eff.
-template <typename T>
-SUBIND_HD void mask_backward_element(T g, T theta, T s, T beta, int mode,
-                                     T& grad_s, T& grad_theta, T& w_eff) {
-  T m, slope;
-  if (mode == kSoft) {
-    sigmoid_and_slope(beta * s, m, slope);
-  } else {
-    m = (mode == kHard) ? (s > T(0) ? T(1) : T(0)) : T(1);
-    slope = T(0);
-  }
-  grad_s = g * theta * beta * slope;
-  grad_theta = g * m;
-  w_eff = theta * m;
-}
-
 // ---------------------------------------------------------------- sampled masks
 // Hard-concrete (Louizos et al.) and Gumbel-sigmoid with a straight-through
 // estimator (Csordas et al.), from logistic noise L of element i:
@@ -126,7 +98,7 @@ SUBIND_HD void mask_backward_element(T g, T theta, T s, T beta, int mode,
 //   gumbel:   m = 1[z > 0]  (= 1[y > 1/2]),  slope = y'  (straight through)
 //
 // with ds = g * theta * beta * slope as in soft mode.  The noise is a pure
-// function of (seed, stream, i) -- subind_fast/noise.py states the hash --
+// function of (seed, stream, i) -- subind_fast/ops/noise.py states the hash --
 // so backward regenerates it instead of storing it.
 constexpr double kStretch = 0.1;
 

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 
 import subind_fast as sf
-from subind_fast.baselines import eager_composite
-from subind_fast.memory import saved_bytes
+from subind_fast.testing.baselines import eager_composite
+from subind_fast.testing.memory import saved_bytes
 
 PROVIDERS = ("ours", "eager", "compile")
 GIB = 2 ** 30

@@ -2,7 +2,7 @@
 whether the discovery model is compiled (``--kernels``, ``--compile``).
 
 * kernels ``fused`` (default): our ops; ``eager``: the same math in plain
-  PyTorch ops (subind_fast/dispatch.py).  Set once per process.
+  PyTorch ops (subind_fast/ops/choice.py).  Set once per process.
 * compile ``on``: torch.compile of the masked model during discovery (our ops
   are nodes of the graph; Inductor fuses the rest); ``off``: eager; ``auto``:
   the faster one as measured (README, "Kernels and compile"): off on the CPU,
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subind_fast as sf
 
-KERNEL_CHOICES = sf.dispatch.KERNEL_CHOICES
+KERNEL_CHOICES = sf.ops.choice.KERNEL_CHOICES
 COMPILE_CHOICES = ("auto", "on", "off")
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[3]
 OURS = (str(ROOT / "python_api"), str(ROOT / "subind_fast"))
 CONVERSIONS = ("item", "__float__", "__int__", "__bool__", "tolist", "__index__")
 #: reads our code guards to CPU tensors (never a GPU's): β's value check on a CPU β
-CPU_ONLY_READS = {("_validation.py", "beta_tensor")}
+CPU_ONLY_READS = {("checks.py", "beta_tensor")}
 
 
 

@@ -9,7 +9,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 import subind_fast as sf
 from subind.engine import memory_plan as mp
-from subind_fast.baselines import eager_composite
+from subind_fast.testing.baselines import eager_composite
 from subind.engine.distributed import blocks_of
 
 MODELS = {

@@ -109,9 +109,9 @@ def _reads_back(monkeypatch, run) -> int:
 
         def read(self, *args, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
-            # β's value is checked where it lives on the CPU only (_validation.beta_tensor):
+            # β's value is checked where it lives on the CPU only (ops/checks.py: beta_tensor):
             # on a GPU the buffer is on the device and nothing is read.
-            if caller.startswith(ours) and not caller.endswith("_validation.py"):
+            if caller.startswith(ours) and not caller.endswith("checks.py"):
                 reads.append(f"{name} at {caller}:{sys._getframe(1).f_lineno}")
             return original(self, *args, **kwargs)
         return read

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import subind_fast as sf
-from subind_fast import noise as noise_lib
-from subind_fast.backends.reference import ReferenceBackend
-from subind_fast.dispatch import backend_info
+from subind_fast.ops import noise as noise_lib
+from subind_fast.ops import reference
+from subind_fast.ops.choice import backend_info
 from subind_fast.nn.methods import MaskMethod
 from oracle import (assert_matches_oracle, composite_sampled_weight, extra_saved_bytes, leaf,
                     run_with_grads)
@@ -90,18 +90,19 @@ def test_cpu_kernels_and_reference_backend_agree_on_a_transposed_layout(mode):
     w, s = torch.randn(33, 20), torch.randn(33, 20)
     key, beta = torch.tensor([5, 9]), torch.tensor(2.0)
     cpu = torch.ops.subind.mask_weight(w.t(), s.t(), beta, mode, key)
-    ref = ReferenceBackend().sampled_mask_weight(w.t(), s.t(), beta, mode, key)
+    ref = reference.mask_weight(w.t(), s.t(), beta, mode, key)
     assert cpu.stride() == w.t().stride()
     if mode == "gumbel":
         assert ((cpu != 0) != (ref != 0)).sum() <= 1
     else:
         torch.testing.assert_close(cpu, ref, atol=1e-6, rtol=1e-5)
     layer = sf.nn.MaskedGPT2Conv1D(20, 33, method="hard_concrete", init=0.3)
+    assert float(layer.beta) == 1.5  # the method's default β (1/τ, Louizos et al.'s τ = 2/3)
     layer.__dict__["mask_method"] = MaskMethod("hard_concrete",
                                                generator=torch.Generator().manual_seed(0))
     x = torch.randn(4, 33)
     seed = torch.randint(0, 2 ** 62, (), generator=torch.Generator().manual_seed(0))
-    expected = x @ composite_sampled_weight(layer.weight.double(), layer.logits.double(), 1.0,
+    expected = x @ composite_sampled_weight(layer.weight.double(), layer.logits.double(), 1.5,
                                             "concrete", torch.stack([seed, seed * 0])
                                             ).float() + layer.bias
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)

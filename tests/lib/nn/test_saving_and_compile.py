@@ -2,6 +2,8 @@
 buffer each): torch.save, safetensors, transformers save_pretrained — with
 identical outputs; and annealing β under torch.compile(fullgraph=True)
 compiles once."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -43,12 +45,47 @@ def _assert_same_masks(a, b):
 def test_beta_and_mode_are_buffers_in_the_state_dict():
     layer = sf.nn.MaskedLinear(4, 3, beta=2.5, mode="hard")
     state = layer.state_dict()
-    assert set(state) == {"weight", "bias", "logits", "beta", "mask_mode", "mask_method_code"}
+    assert set(state) == {"weight", "bias", "logits", "beta", "mask_mode", "mask_method_name"}
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert state["beta"].shape == () and float(state["beta"]) == 2.5
     fresh = sf.nn.MaskedLinear(4, 3)
     fresh.load_state_dict(state)
     assert float(fresh.beta) == 2.5 and fresh.mode == "hard"
+
+
+def test_the_saved_method_is_its_name():
+    layer = sf.nn.MaskedLinear(4, 3, method=sf.nn.MaskMethod("gumbel", "neuron", n_samples=2))
+    saved = layer.state_dict()["mask_method_name"]
+    assert saved.dtype == torch.uint8 and bytes(saved.tolist()) == b"gumbel neuron 2"
+    other = sf.nn.MaskedLinear(4, 3, method="hard_concrete")
+    with pytest.raises(ValueError, match="saved with mask method .*'gumbel'"):
+        other.load_state_dict(layer.state_dict())
+    bad = {**layer.state_dict(), "mask_method_name": torch.tensor(list(b"nosuch weight 1"),
+                                                              dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="mask_method_name does not name a mask method"):
+        layer.load_state_dict(bad)
+
+
+def test_a_file_written_by_main_1ff13e0_still_loads():
+    """tests/lib/nn/data/masked_1ff13e0*.safetensors: a hard-concrete,
+    neuron-level model (Linear 6→4, ReLU, Linear 4→3) saved by main 1ff13e0,
+    which named the method by positions (mask_method_code), and its eval
+    output on a fixed input."""
+    from safetensors.torch import load_file
+
+    data = Path(__file__).parent / "data"
+    state = load_file(str(data / "masked_1ff13e0.safetensors"))
+    io = load_file(str(data / "masked_1ff13e0_io.safetensors"))
+    assert "0.mask_method_code" in state and "0.mask_method_name" not in state
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    sf.mask_model(model, method="hard_concrete", granularity="neuron")
+    model.load_state_dict(state)
+    torch.testing.assert_close(model.eval()(io["x"]), io["y"])
+    assert bytes(model.state_dict()["0.mask_method_name"].tolist()) == b"hard_concrete neuron 1"
+    wrong = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    sf.mask_model(wrong)  # continuous, weight-level: the old code names another method
+    with pytest.raises(ValueError, match="saved with mask method .*'hard_concrete'"):
+        wrong.load_state_dict(state, strict=False)
 
 
 def test_beta_assignment_writes_the_buffer_in_place():

@@ -1,6 +1,6 @@
 """The L0 penalty fused into the masked ops (masked_linear_l0, masked_conv_l0
 and the backward ops' grad_l0), against the float64 oracle
-(backends/reference.penalty_and_slope), and the layers' use of it through
+(ops/mask_math.py: penalty_and_slope), and the layers' use of it through
 sf.l0_penalty: the same numbers as the separate penalty, handed out only
 while current."""
 import copy
@@ -11,7 +11,7 @@ import torch
 
 import subind_fast as sf
 from subind_fast import functional as SF
-from subind_fast.backends.reference import penalty_and_slope
+from subind_fast.ops.mask_math import penalty_and_slope
 from subind_fast.nn.masked_forward import _FORWARD_PENALTIES
 
 MODES = ("soft", "concrete", "gumbel")

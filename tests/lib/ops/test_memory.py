@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import subind_fast as sf
-from subind_fast.baselines import eager_composite
+from subind_fast.testing.baselines import eager_composite
 from oracle import extra_saved_bytes
 
 

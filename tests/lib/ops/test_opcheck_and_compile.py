@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind_fast import _ops
+from subind_fast.ops import library
 
 torch_ops = torch.ops.subind
 
@@ -44,6 +44,15 @@ def _samples():
                                              [False, False, True, False], torch.tensor([3, 0]),
                                              torch.tensor(0.7))
     yield torch_ops.mask_weight, (w, s, torch.tensor(3.0), "soft")
+    # the sampled modes, each with its noise key
+    yield torch_ops.masked_linear, (x, w, s, b, torch.tensor(1.5), "concrete", torch.tensor([4, 0]))
+    yield torch_ops.masked_linear, (x, w, s, None, torch.tensor(1.0), "gumbel", torch.tensor([4, 1]))
+    yield torch_ops.mask_weight, (w, s, torch.tensor(1.5), "concrete", torch.tensor([9, 2]))
+    yield torch_ops.mask_weight_backward, (torch.randn(5, 6), w.detach(), s.detach(),
+                                           torch.tensor(1.0), "gumbel", True, True, True,
+                                           torch.tensor([9, 3]))
+    yield torch_ops.masked_conv, (*_conv()[:3], None, torch.tensor(1.5), "concrete", [1, 1],
+                                  [1, 1], [1, 1], 2, torch.tensor([6, 0]))
     yield torch_ops.mask_weight, (w.detach().t(), s.detach().t(), torch.tensor(3.0), "hard")
     yield torch_ops.mask_weight_backward, (torch.randn(5, 6), w.detach(), s.detach(), torch.tensor(3.0), "soft",
                                            True, True, True)
@@ -81,7 +90,7 @@ def test_opcheck(index):
 
 def test_every_op_is_opchecked():
     checked = {str(op).removeprefix("subind.") for op, _ in _samples()}
-    assert checked == set(_ops.OP_NAMES)
+    assert checked == set(library.OP_NAMES)
 
 
 class _Small(torch.nn.Module):

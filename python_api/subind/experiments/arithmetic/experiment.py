@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import subind_fast as sf
-from subind_fast.transfer import REINIT_POLICIES
+from subind_fast.subnetworks.transfer import REINIT_POLICIES
 
 from ...engine import manifest
 from ...engine.options import config_from_preset, identity_of

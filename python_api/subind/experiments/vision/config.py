@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from subind_fast.transfer import REINIT_POLICIES
+from subind_fast.subnetworks.transfer import REINIT_POLICIES
 
 from ...engine import validation as check
 from ...engine.options import Floats, Ints, Strs, config_from_preset, identity_of

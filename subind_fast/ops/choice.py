@@ -1,14 +1,15 @@
-"""The one place that decides which kernels serve the masked ops.
+"""The kernel choice: fused or eager.  (Which kernel serves an op on a
+device is the dispatcher's business: ops/library.py registers them.)
 
 Two choices (``--kernels`` on the command line):
 
 * ``fused`` (the default): our ops, ``torch.ops.subind`` — C++ kernels on the
   CPU (csrc/cpu), on CUDA the CUDA extension's element-wise kernels around
   cuDNN for convolutions and the Triton fused GEMMs for linear layers
-  (subind_fast/_ops.py says which serves which op).  Only the inputs are
+  (``backend_info()`` says which serves which op).  Only the inputs are
   saved for backward: nothing weight-sized is kept between the passes.
 * ``eager``: the same math written with plain PyTorch ops and differentiated
-  by PyTorch (subind_fast/eager.py), as NeuroSurgeon computes it.  It is also
+  by PyTorch (ops/eager.py), as NeuroSurgeon computes it.  It is also
   what a device without our kernels gets (e.g. Apple MPS): the fused kernels
   exist for CPU and CUDA tensors only.
 
@@ -24,7 +25,8 @@ import os
 
 import torch
 
-from . import _extension, _ops, eager
+from . import eager, library
+from .extensions import available, triton_available
 
 KERNEL_CHOICES = ("fused", "eager")
 
@@ -68,27 +70,26 @@ def fused_for(t: torch.Tensor) -> bool:
 
 
 def kernels_for(t: torch.Tensor):
-    """The module whose op functions serve ``t``: subind_fast._ops (fused) or
-    subind_fast.eager — both have mask_weight, masked_linear(_l0),
+    """The module whose op functions serve ``t``: ops/library.py (fused) or
+    ops/eager.py — both have mask_weight, masked_linear(_l0),
     masked_conv(_l0) and sigmoid_sum with the same signatures."""
-    return _ops if fused_for(t) else eager
+    return library if fused_for(t) else eager
 
 
 def backend_info() -> dict:
     """The kernel choice, which implementation serves each op on each device,
     and what is built."""
-    built = _extension.available("_C")
+    built = available("_C")
     cpu = "cpu (C++)" if built else "not built"
     return {
         "kernels": _choice,
         "devices": {
-            "cpu": {name: cpu for name in _ops.OP_NAMES},
-            "cuda": {name: _ops.cuda_kernel_source(name) if built else "not built"
-                     for name in _ops.OP_NAMES},
+            "cpu": {name: cpu for name in library.OP_NAMES},
+            "cuda": {name: library.cuda_kernel_source(name) for name in library.OP_NAMES},
         },
-        "other devices": "eager",
+        "other devices": "eager (a direct torch.ops.subind call: the reference kernels)",
         "compiled": {"_C (schemas, cpu)": built,
-                     "_C_cuda (cuda)": _extension.available("_C_cuda"),
-                     "triton": _extension.triton_available()},
+                     "_C_cuda (cuda)": available("_C_cuda"),
+                     "triton": triton_available()},
         "cuda_device": torch.cuda.is_available(),
     }

@@ -1,18 +1,22 @@
-"""The Python side of the ``torch.ops.subind`` ops.
+"""The compiled library and the typed entry points of the ``torch.ops.subind`` ops.
 
 The schemas, and the CPU, Meta, Autograd and Autocast kernels, are C++
 (csrc/ops, csrc/cpu; csrc/include/subind has the shared math and host
 driver): loading the compiled library registers them.  The CUDA extension
-(csrc/cuda), when built, registers the CUDA kernels of the mask ops and the
-masked convolutions.  This module registers the Triton launchers
-(backends/triton_backend.py) as the CUDA kernels of the rest — the fused
-masked GEMMs, the L0 penalty and the optimizer steps, where Triton is the
-faster choice — and of everything when the CUDA extension is not built.
+(csrc/cuda), when built, registers the CUDA kernels of the mask passes and
+the masked convolutions.  Then the Python CUDA kernels (ops/cuda/kernels.py)
+are registered for every op that has no CUDA kernel yet — the fused masked
+GEMMs, the L0 penalty and the optimizer steps, where Triton is the faster
+choice, and everything when the CUDA extension is not built — and the
+reference kernels (ops/reference.py) as every op's default kernel.  The op
+list and which kernel serves which op are read from the dispatcher.
+
+``import subind_fast`` never fails because a compiled part is missing: a
+missing extension raises MissingKernelError (ops/extensions.py) at the first
+kernel call, naming what is missing and how to build it.
 
 The wrappers below are the typed entry points the functional API calls; each
 is one call of the op's default overload (about 5 µs of Python on the CPU).
-An output that was not requested comes back as an empty [0] tensor
-(backends/base.py: ``not_requested``), the one marker of the whole stack.
 """
 from __future__ import annotations
 
@@ -22,62 +26,68 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _extension
-from ._validation import MODES
-
-#: the ops of the namespace, in schema order (csrc/ops/schemas.cpp)
-OP_NAMES = ("mask_weight", "mask_weight_backward", "masked_linear", "masked_linear_l0",
-            "masked_linear_backward", "masked_conv", "masked_conv_l0", "masked_conv_backward",
-            "sigmoid_sum", "sigmoid_sum_backward", "adamw_step", "sgd_step")
-#: ops the CUDA extension serves when built (the Triton launchers serve the others)
-CUDA_EXTENSION_OPS = ("mask_weight", "mask_weight_backward", "masked_conv", "masked_conv_l0",
-                      "masked_conv_backward")
+from .extensions import available, load
+from .modes import check_compiled_table
 
 
-def _load() -> Optional[object]:
-    """torch.ops.subind with the compiled kernels registered, or None if the
-    CPU extension is not built (a kernel call then raises MissingKernelError)."""
-    if not _extension.available("_C"):
-        return None
-    compiled_modes = tuple(_extension.load("_C").MODE_NAMES)
-    if compiled_modes != MODES:
-        raise ImportError(f"subind_fast._C spells the mask modes {compiled_modes}, this package "
-                          f"{MODES}: the build is stale; rebuild with `make build`")
-    cuda_built = _extension.available("_C_cuda")
-    from .backends.cuda_registration import register_triton_cuda_kernels
-
-    register_triton_cuda_kernels(
-        [name for name in OP_NAMES if not (cuda_built and name in CUDA_EXTENSION_OPS)])
-    return torch.ops.subind
+def _registered_ops() -> tuple[str, ...]:
+    """The ops of the ``subind`` namespace, as the dispatcher knows them."""
+    return tuple(sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
+                        if name.startswith("subind::")))
 
 
-_NAMESPACE = _load()
+def _has_cuda_kernel(name: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"subind::{name}", "CUDA")
+
+
+def _load() -> tuple[tuple[str, ...], frozenset]:
+    """(the op names, the ops the CUDA extension serves), with every kernel
+    registered; ((), ∅) if the compiled library is not built."""
+    if not available("_C"):
+        return (), frozenset()
+    compiled = load("_C")
+    check_compiled_table(compiled.MODE_NAMES, compiled.STRETCH)
+    available("_C_cuda")  # registers its CUDA kernels when built
+    names = _registered_ops()
+    from . import reference
+    from .cuda import kernels as cuda_kernels
+
+    extension_served = frozenset(n for n in names if _has_cuda_kernel(n))
+    unknown = set(cuda_kernels.KERNELS) ^ set(names)
+    if unknown:
+        raise ImportError(f"the compiled ops and the Python kernels differ in {sorted(unknown)}: "
+                          "the build is stale; rebuild with `make build`")
+    cuda_kernels.register(n for n in names if n not in extension_served)
+    reference.register_default_kernels()
+    return names, extension_served
+
+
+#: the ops of the namespace, and those the CUDA extension serves (the Python
+#: CUDA kernels serve the rest)
+OP_NAMES, CUDA_EXTENSION_OPS = _load()
 
 
 def cuda_kernel_source(op_name: str) -> str:
     """Which implementation serves ``op_name`` on CUDA tensors."""
-    if op_name in CUDA_EXTENSION_OPS and _extension.available("_C_cuda"):
-        return "cuda (C++ extension)"
-    return "triton"
+    return "cuda (C++ extension)" if op_name in CUDA_EXTENSION_OPS else "triton"
 
 
 def op(name: str):
     """The default overload of ``torch.ops.subind.<name>``."""
-    if _NAMESPACE is None:
-        _extension.load("_C")  # raises MissingKernelError naming how to build it
-    return getattr(_NAMESPACE, name).default
+    if not OP_NAMES:
+        load("_C")  # raises MissingKernelError naming how to build it
+    return getattr(torch.ops.subind, name).default
 
 
-def _missing(name: str):
-    def call(*args, **kwargs):
-        op(name)  # raises MissingKernelError
+class _NotBuilt:
+    """OPS without the compiled library: any op raises MissingKernelError."""
 
-    return call
+    def __getattr__(self, name: str):
+        load("_C")  # raises MissingKernelError naming how to build it
 
 
 #: the op overloads, bound once (attribute lookups cost on a hot path)
-OPS = SimpleNamespace(**{name: op(name) if _NAMESPACE is not None else _missing(name)
-                         for name in OP_NAMES})
+OPS = SimpleNamespace(**{name: op(name) for name in OP_NAMES}) if OP_NAMES else _NotBuilt()
 
 
 def mask_weight(weight: Tensor, logits: Tensor, beta: Tensor, mode: str,

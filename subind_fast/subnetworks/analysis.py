@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Mapping, Sequence
 
-from .bits import count_ones
-from .naming import block_of
-from .heads import HeadSlicing, attention_heads  # noqa: F401 (attention_heads: re-exported)
-from .subnetwork import Subnetwork
+from ..bits import count_ones
+from ..naming import block_of
+from ..nn.heads import HeadSlicing, attention_heads  # noqa: F401 (attention_heads: re-exported)
+from ..subnetwork import Subnetwork
 
 TOTAL = "total"
 
@@ -168,8 +168,8 @@ def _without(model, removed: Subnetwork, ablation: str, reference, forward):
     ablated = copy.deepcopy(model)
     if ablation == "zero":
         return removed.ablate(ablated, "zero")
-    from . import nn as snn
-    from .naming import parameter_names
+    from .. import nn as snn
+    from ..naming import parameter_names
 
     kept = ~removed
     table = parameter_names(ablated)

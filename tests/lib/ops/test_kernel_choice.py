@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind_fast import _ops
+from subind_fast.ops import library
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def test_every_op_is_defined_in_cpp_with_cpu_meta_and_autograd_kernels():
-    for name in _ops.OP_NAMES:
+    assert len(library.OP_NAMES) == 12, library.OP_NAMES
+    for name in library.OP_NAMES:
         qualified = f"subind::{name}"
         for key in ("CPU", "Meta"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key), (name, key)
@@ -29,7 +30,7 @@ def test_every_op_is_defined_in_cpp_with_cpu_meta_and_autograd_kernels():
 
 
 def test_every_op_has_a_cuda_kernel_registered_without_touching_a_gpu():
-    for name in _ops.OP_NAMES:
+    for name in library.OP_NAMES:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"subind::{name}", "CUDA"), name
     cuda = sf.backend_info()["devices"]["cuda"]
     assert cuda["masked_linear"] == "triton" and cuda["sigmoid_sum"] == "triton"
@@ -39,7 +40,8 @@ def test_every_op_has_a_cuda_kernel_registered_without_touching_a_gpu():
 def test_no_python_string_names_a_cpp_function():
     """Python reaches compiled code only through torch.ops.subind (schemas in C++)."""
     sources = [p for p in (REPO / "subind_fast").rglob("*.py")]
-    pattern = re.compile(r"\._lib\.|\b_C\.(?!MODE_NAMES)\w+|\b_C_cuda\.\w+|load\(\"_C\w*\"\)\.(?!MODE_NAMES)")
+    pattern = re.compile(r"\._lib\.|(?<!torch\.)\b_C\.(?!MODE_NAMES|STRETCH)\w+|\b_C_cuda\.\w+|"
+                         r"load\(\"_C\w*\"\)\.(?!MODE_NAMES|STRETCH)")
     offenders = [f"{p}:{n}" for p in sources
                  for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
@@ -47,12 +49,68 @@ def test_no_python_string_names_a_cpp_function():
 
 def test_python_spells_the_modes_as_the_kernels_parse_them():
     from subind_fast import _C
-    from subind_fast._validation import MODE_CODES, MODES
+    from subind_fast.ops.modes import MODE_NAMES, MODES, STRETCH
 
-    assert tuple(_C.MODE_NAMES) == MODES
-    assert [MODE_CODES[m] for m in MODES] == list(range(len(MODES)))
+    assert tuple(_C.MODE_NAMES) == MODE_NAMES and _C.STRETCH == STRETCH
+    assert [m.code for m in MODES] == list(range(len(MODES)))
     with pytest.raises(RuntimeError, match="unknown mask mode 'fuzzy'"):
         torch.ops.subind.mask_weight(torch.randn(3), torch.randn(3), torch.tensor(1.0), "fuzzy")
+
+
+def test_an_unknown_mode_is_an_error_in_every_python_path():
+    from subind_fast.ops import eager, mask_math, noise, reference
+    from subind_fast.ops.cuda.triton_launch import _deterministic
+
+    s, w, beta = torch.randn(3), torch.randn(3), torch.tensor(1.0)
+    calls = [lambda: mask_math.mask_and_slope(s, beta, "fuzzy"),
+             lambda: mask_math.penalty_and_slope(s, beta, "fuzzy"),
+             lambda: eager.mask_weight(w, s, beta, "fuzzy"),
+             lambda: reference.mask_weight(w, s, beta, "fuzzy"),
+             lambda: noise.check_key(None, "fuzzy", s),
+             lambda: _deterministic("fuzzy"),
+             lambda: sf.mask_weight(w, s, 1.0, "fuzzy")]
+    for call in calls:
+        with pytest.raises(ValueError, match="mode must be one of"):
+            call()
+
+
+def test_the_op_list_is_the_dispatchers_and_every_op_has_each_kernel():
+    """The ops are read from the dispatcher; each has a Python CUDA kernel
+    (used where the CUDA extension serves none) and a reference kernel as its
+    default (CompositeExplicitAutograd), so no list is kept by hand."""
+    from subind_fast.ops import reference
+    from subind_fast.ops.cuda import kernels
+
+    registered = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                        if n.startswith("subind::"))
+    assert list(library.OP_NAMES) == registered
+    assert set(kernels.KERNELS) == set(reference.KERNELS) == set(registered)
+    for name in registered:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"subind::{name}", "CompositeExplicitAutograd"), name
+
+
+def test_the_default_kernels_agree_with_the_cpu_kernels():
+    """The reference kernels (what a device without our kernels runs) against
+    the compiled CPU ones, every deterministic and sampled training mode."""
+    from subind_fast.ops import reference
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, s = (torch.randn(shape, generator=gen, dtype=torch.float64)
+               for shape in ((5, 4), (3, 4), (3, 4)))
+    beta, key = torch.tensor(2.0, dtype=torch.float64), torch.tensor([7, 1])
+    for mode, noise in (("soft", None), ("hard", None), ("concrete", key), ("gumbel", key)):
+        for name, args in (("masked_linear", (x, w, s, None, beta, mode, noise)),
+                           ("mask_weight", (w, s, beta, mode, noise))):
+            torch.testing.assert_close(reference.KERNELS[name](*args),
+                                       getattr(torch.ops.subind, name)(*args))
+        needs = [True, True, mode != "hard", False]
+        grad = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        for got, want in zip(reference.masked_linear_backward(grad, x, w, s, beta, mode, needs,
+                                                              noise),
+                             torch.ops.subind.masked_linear_backward(grad, x, w, s, beta, mode,
+                                                                     needs, noise)):
+            torch.testing.assert_close(got, want)
 
 
 def test_eager_kernels_compute_the_same_as_the_fused_ones():
@@ -108,11 +166,3 @@ def test_cuda_extension_links_and_rejects_cpu_tensors_when_built():
     kernel = torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
     assert "subind::mask_weight" in kernel
 
-
-def test_a_backend_must_implement_every_family_it_declares():
-    from subind_fast.backends.base import Backend, ComposedBackend
-
-    with pytest.raises(TypeError, match=r"does not define \['sigmoid_sum', 'sigmoid_sum_backward'\]"):
-        type("Half", (ComposedBackend,), {"families": frozenset({"l0"})})
-    with pytest.raises(TypeError, match="unknown op families"):
-        type("Odd", (Backend,), {"families": frozenset({"attention"})})

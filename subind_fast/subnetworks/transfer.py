@@ -24,8 +24,8 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from .naming import buffer_names, parameter_names
-from .subnetwork import Subnetwork
+from ..naming import buffer_names, parameter_names
+from ..subnetwork import Subnetwork
 
 REINIT_POLICIES = ("all", "masked")
 

@@ -6,24 +6,10 @@ import math
 
 import torch
 
-#: soft σ(βs), hard 1[s>0], none 1, and the two sampled training masks
-#: (hard-concrete, Gumbel-sigmoid straight-through; subind_fast/noise.py), in
-#: the order of their codes.  The kernels' own table (csrc/include/subind/
-#: mask_math.h) is the definition; loading the compiled library checks this
-#: copy against it (subind_fast/_ops.py), which Python needs without a build.
-MODES = ("soft", "hard", "none", "concrete", "gumbel")
-MODE_CODES = {name: code for code, name in enumerate(MODES)}
-SAMPLED_MODES = ("concrete", "gumbel")
-#: modes whose mask passes a gradient to the logits
-TRAINING_MODES = ("soft", "concrete", "gumbel")
+from .modes import mode as mode_of
+
 WEIGHT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 LOGIT_DTYPES = (torch.float32, torch.float64)
-
-
-def check_mode(mode) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
 
 
 def check_beta(beta) -> float:
@@ -88,7 +74,7 @@ def check_masked_weight(weight, logits, mode) -> None:
     if logits.dtype == torch.float64 and weight.dtype != torch.float64:
         raise TypeError(f"logits may be float64 only with a float64 weight (weight is {weight.dtype}); "
                         "use float32 logits")
-    check_mode(mode)
+    mode_of(mode)
 
 
 def check_input(x, weight, bias, in_dim: int, expected_in: int, op: str) -> None:

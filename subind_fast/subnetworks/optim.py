@@ -9,9 +9,9 @@ momentum would still move them.)
 
 Each parameter is updated by one fused pass that reads the packed bits: the
 custom ops ``subind::adamw_step`` / ``subind::sgd_step`` (schemas with
-mutation annotations and fakes, subind_fast/_ops.py), served by compiled C++
-on the CPU, Triton on CUDA, PyTorch elsewhere (the ``optim`` family in
-subind_fast.dispatch).  The step count lives
+mutation annotations and fakes, csrc/ops/schemas.cpp), served by compiled C++
+on the CPU, Triton on CUDA, and the reference kernels in PyTorch ops elsewhere
+(ops/reference.py).  The step count lives
 in a CPU tensor, so ``step()`` never synchronises the device.
 
 Sharded parameters (FSDP2 DTensors) are stepped shard by shard: each rank
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops
-from . import sharded
-from .bits import pack_bits, packed_size, unpack_bits
+from .. import sharded
+from ..ops import library as ops
+from ..bits import pack_bits, packed_size, unpack_bits
 
 _PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -155,7 +155,7 @@ class MaskedAdamW(_FrozenMaskOptimizer):
         step_size = group["lr"] / (1 - beta1 ** t)
         inv_sqrt_bias2 = 1 / math.sqrt(1 - beta2 ** t)
         vmax = state["max_exp_avg_sq"] if group["amsgrad"] else p.new_empty(0)
-        kernel = _ops.adamw_step
+        kernel = ops.adamw_step
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, state["exp_avg"], state["exp_avg_sq"], vmax, bits, group["lr"], beta1, beta2,
             group["eps"], group["weight_decay"], step_size, inv_sqrt_bias2))
@@ -183,7 +183,7 @@ class MaskedSGD(_FrozenMaskOptimizer):
             # Frozen entries keep this zero; free ones take g on the first step.
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         buf = state["momentum_buffer"] if group["momentum"] != 0 else p.new_empty(0)
-        kernel = _ops.sgd_step
+        kernel = ops.sgd_step
         self._run_on_contiguous(p, lambda q: kernel(
             q, grad, buf, bits, group["lr"], group["momentum"], group["dampening"],
             group["weight_decay"], group["nesterov"], first_step))

@@ -17,10 +17,10 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 
 
 @pytest.fixture(scope="module")
-def backends():
-    from subind_fast.backends.triton_backend import TritonBackend
+def launchers():
+    from subind_fast.ops.cuda.triton_launch import TritonKernels
 
-    return {"prepass": TritonBackend("prepass"), "prologue": TritonBackend("prologue")}
+    return {"prepass": TritonKernels("prepass"), "prologue": TritonKernels("prologue")}
 
 
 def _problem(m, k, n, seed=0, transposed=False):
@@ -38,17 +38,17 @@ def _on_device(t, dtype=torch.float32, transposed=False):
 
 
 def _beta(value: float) -> torch.Tensor:
-    """β as the backends take it: a one-element tensor on the device."""
+    """β as the launchers take it: a one-element tensor on the device."""
     return torch.tensor(value, device=DEVICE)
 
 
 @pytest.mark.parametrize("variant", ["prepass", "prologue"])
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 5, 3), (17, 33, 20), (33, 18, 47)])
-def test_forward_matches_oracle(backends, variant, mode, m, k, n):
+def test_forward_matches_oracle(launchers, variant, mode, m, k, n):
     x, w, s, b = _problem(m, k, n)
     want = composite_linear(x, w, s, 3.0, b, mode)
-    got = backends[variant].linear_forward(_on_device(x), _on_device(w), _on_device(s),
+    got = launchers[variant].linear_forward(_on_device(x), _on_device(w), _on_device(s),
                                            _on_device(b), _beta(3.0), mode)
     assert_matches_oracle(got.cpu(), want, None, torch.float32, f"{variant} forward")
 
@@ -56,13 +56,13 @@ def test_forward_matches_oracle(backends, variant, mode, m, k, n):
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("m,k,n", [(5, 7, 3), (20, 17, 33), (2, 40, 18)])
-def test_backward_epilogue_matches_oracle(backends, mode, transposed, m, k, n):
+def test_backward_epilogue_matches_oracle(launchers, mode, transposed, m, k, n):
     x, w, s, b = _problem(m, k, n, seed=1)
     want, want_grads = run_with_grads(lambda *t: composite_linear(t[0], t[1], t[2], 2.0, t[3], mode),
                                       [leaf(x), leaf(w), leaf(s), leaf(b)])
     gen = torch.Generator().manual_seed(0)
     upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-    got = backends["prepass"].linear_backward(
+    got = launchers["prepass"].linear_backward(
         _on_device(upstream), _on_device(x), _on_device(w, transposed=transposed),
         _on_device(s, transposed=transposed), _beta(2.0), mode, [True, True, True, True])
     for name, g, o in zip(("d_input", "d_weight", "d_logits", "d_bias"), got, want_grads):
@@ -74,7 +74,7 @@ def test_backward_epilogue_matches_oracle(backends, mode, transposed, m, k, n):
 
 @pytest.mark.parametrize("variant", ["prepass", "prologue"])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_the_fused_l0_penalty_matches_oracle(backends, variant, transposed):
+def test_the_fused_l0_penalty_matches_oracle(launchers, variant, transposed):
     """linear_forward_l0's penalty Σσ(βs) from the mask pre-pass, and the
     epilogue's ∂s with the penalty's gradient c·β·σ(1−σ) added."""
     x, w, s, b = _problem(9, 21, 34, seed=4)
@@ -85,7 +85,7 @@ def test_the_fused_l0_penalty_matches_oracle(backends, variant, transposed):
     s64 = leaf(s)
     penalty_want = c * torch.sigmoid(2.0 * s64).sum()
     (penalty_grad,) = torch.autograd.grad(penalty_want, [s64])
-    backend = backends[variant]
+    backend = launchers[variant]
     y, penalty = backend.linear_forward_l0(_on_device(x), _on_device(w, transposed=transposed),
                                            _on_device(s, transposed=transposed), _on_device(b),
                                            _beta(2.0), "soft")
@@ -101,26 +101,26 @@ def test_the_fused_l0_penalty_matches_oracle(backends, variant, transposed):
                           "d_logits with the penalty")
 
 
-def test_batched_input_and_partial_needs(backends):
+def test_batched_input_and_partial_needs(launchers):
     x, w, s, b = _problem(6, 9, 5)
     x3 = x.view(2, 3, 9)
-    got = backends["prepass"].linear_forward(_on_device(x3), _on_device(w), _on_device(s), None,
+    got = launchers["prepass"].linear_forward(_on_device(x3), _on_device(w), _on_device(s), None,
                                              _beta(1.5), "soft")
     assert got.shape == (2, 3, 5)
     assert_matches_oracle(got.cpu(), composite_linear(x3, w, s, 1.5), None, torch.float32, "3-D")
     upstream = torch.ones(2, 3, 5, dtype=torch.float32, device=DEVICE)
-    gx, gw, gs, gb = backends["prepass"].linear_backward(
+    gx, gw, gs, gb = launchers["prepass"].linear_backward(
         upstream, _on_device(x3), _on_device(w), _on_device(s), _beta(1.5), "soft",
         [True, False, False, False])
     assert gw.numel() == 0 and gs.numel() == 0 and gb.numel() == 0 and gx.shape == x3.shape
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "none"])
-def test_elementwise_kernels(backends, mode):
+def test_elementwise_kernels(launchers, mode):
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(37, 29, generator=gen, dtype=torch.float64)
     s = torch.randn(37, 29, generator=gen, dtype=torch.float64) * 3
-    backend = backends["prepass"]
+    backend = launchers["prepass"]
     assert_matches_oracle(backend.mask_weight(_on_device(w), _on_device(s), _beta(4.0), mode).cpu(),
                           effective_weight(w, s, 4.0, mode), None, torch.float32, "w_eff")
     want, (gw_want, gs_want) = run_with_grads(lambda a, c: effective_weight(a, c, 4.0, mode),
@@ -136,10 +136,10 @@ def test_elementwise_kernels(backends, mode):
         assert gs.numel() == 0
 
 
-def test_l0_kernels_and_saturation(backends):
+def test_l0_kernels_and_saturation(launchers):
     s = torch.cat([torch.randn(3000, dtype=torch.float64) * 0.1,
                    torch.tensor([-1e4, 1e4, 0.0], dtype=torch.float64)])
-    backend = backends["prepass"]
+    backend = launchers["prepass"]
     want, (g_want,) = run_with_grads(lambda t: torch.sigmoid(50.0 * t).sum(), [leaf(s)])
     got = backend.sigmoid_sum(_on_device(s), _beta(50.0))
     assert abs(got.item() - want.item()) <= 1e-5 * want.item()
@@ -149,8 +149,8 @@ def test_l0_kernels_and_saturation(backends):
     assert torch.isfinite(grad).all() and grad[-3].item() == 0.0 and grad[-2].item() == 0.0
 
 
-def test_float64_is_rejected_with_a_clear_error(backends):
+def test_float64_is_rejected_with_a_clear_error(launchers):
     x, w, s, b = _problem(2, 3, 4)
     with pytest.raises(TypeError, match="fp32/bf16/fp16, got torch.float64"):
-        backends["prepass"].linear_forward(x.to(DEVICE), w.to(DEVICE), s.to(DEVICE), None,
+        launchers["prepass"].linear_forward(x.to(DEVICE), w.to(DEVICE), s.to(DEVICE), None,
                                            _beta(1.0), "soft")

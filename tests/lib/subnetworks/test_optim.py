@@ -22,11 +22,13 @@ def kernel_backend(request, cpu_kernels):
     interpreter)."""
     if request.param == "triton":
         pytest.importorskip("triton")
-        from subind_fast.backends.triton_backend import TritonBackend as backend_class
+        from subind_fast.ops.cuda.triton_launch import TritonKernels
+
+        cpu_kernels(TritonKernels(), ["adamw_step", "sgd_step"])
     elif request.param == "reference":
-        from subind_fast.backends.reference import ReferenceBackend as backend_class
-    if request.param != "cpu":
-        cpu_kernels(backend_class(), ["adamw_step", "sgd_step"])
+        from subind_fast.ops import reference
+
+        cpu_kernels(reference, ["adamw_step", "sgd_step"])
     return request.param
 
 

@@ -95,7 +95,7 @@ def attention_heads(model: nn.Module) -> dict[str, list[HeadSlicing]]:
     the attention modules of ``model`` that state a head count (timm, GPT-2 and
     other transformers, nn.MultiheadAttention), keyed by canonical weight
     names as Subnetworks use them."""
-    from .naming import parameter_names
+    from ..naming import parameter_names
 
     table = parameter_names(model)
     found: dict[str, list[HeadSlicing]] = {}

@@ -36,24 +36,26 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import MODE_CODES
+from ..modes import mode
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-MODE_SOFT, MODE_HARD, MODE_NONE = MODE_CODES["soft"], MODE_CODES["hard"], MODE_CODES["none"]
+# the deterministic modes' codes, as compile-time constants of the kernels
+MODE_SOFT = tl.constexpr(mode("soft").code)
+MODE_HARD = tl.constexpr(mode("hard").code)
 ELEMENTWISE_BLOCK = 1024
 
 
 @triton.jit
 def _mask_and_slope(s, beta, MODE: tl.constexpr):
     """m and dm/dz for z = β·s (same formulas as csrc/include/subind/mask_math.h)."""
-    if MODE == 0:
+    if MODE == MODE_SOFT:
         z = beta * s
         e = tl.exp(-tl.abs(z))  # in (0, 1]: never overflows
         big = 1.0 / (1.0 + e)   # σ(|z|)
         small = e * big         # σ(−|z|)
         m = tl.where(z >= 0, big, small)
         slope = big * small     # σ(z)σ(−z), underflows to 0, never NaN
-    elif MODE == 1:
+    elif MODE == MODE_HARD:
         m = tl.where(s > 0, 1.0, 0.0)
         slope = tl.zeros_like(s)
     else:
@@ -139,7 +141,7 @@ def sigmoid_sum_kernel(s_ptr, out_ptr, n, beta_ptr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     keep = offs < n
     s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
-    m, _ = _mask_and_slope(s, beta, 0)
+    m, _ = _mask_and_slope(s, beta, MODE_SOFT)
     tl.atomic_add(out_ptr, tl.sum(tl.where(keep, m, 0.0), axis=0))
 
 
@@ -151,14 +153,14 @@ def sigmoid_slope_kernel(s_ptr, grad_ptr, out_ptr, n, beta_ptr, BLOCK: tl.conste
     keep = offs < n
     s = tl.load(s_ptr + offs, mask=keep, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr).to(tl.float32)
-    _, slope = _mask_and_slope(s, beta, 0)
+    _, slope = _mask_and_slope(s, beta, MODE_SOFT)
     tl.store(out_ptr + offs, grad * beta * slope, mask=keep)
 
 
 #: Autotune candidates (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) per
 #: operand precision and GEMM variant.  Each one compiles for sm_80 and sm_90a
 #: without register spills and within the block's shared memory, as
-#: benchmarks/gpu_static.py measures and tests/lib/backends/test_gpu_static.py
+#: benchmarks/gpu_static.py measures and tests/lib/ops/cuda/test_gpu_static.py
 #: enforces.  IEEE fp32 dots run on FMA units and need A and B fragments in
 #: registers, hence their small tiles; the mask prologue also stages the fp32
 #: logits of each B tile, hence its shorter list.

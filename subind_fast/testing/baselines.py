@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .nn.mask_state import DEFAULT_MASK_INIT
+from ..nn.mask_state import DEFAULT_MASK_INIT
 
 
 class SoftMask(nn.Module):
@@ -36,8 +36,8 @@ def eager_composite(model: nn.Module, include: Optional[Sequence[str]] = None,
     weights); every other parameter frozen.  Returns ``model``."""
     from torch.nn.utils import parametrize
 
-    from .nn.model import mask_model, masked_layers
-    from .nn.registry import masked_class_for
+    from ..nn.model import mask_model, masked_layers
+    from ..nn.registry import masked_class_for
 
     if masked_class_for(type(model)) is not None:  # a bare layer
         chosen = {"": masked_class_for(type(model))}

@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .modes import mode as mode_of
+
 _LOW32 = 0xFFFFFFFF
 _M1, _M2 = 0x7FEB352D, 0x846CA68B
 
@@ -81,9 +83,7 @@ def logistic(key: Tensor, offsets: Tensor, dtype: torch.dtype) -> Tensor:
 def check_key(noise: Optional[Tensor], mode: str, logits: Tensor) -> None:
     """A sampled mode needs an int64 key [seed, stream] on the logits' device
     (or the CPU); the deterministic modes take none."""
-    from ._validation import SAMPLED_MODES
-
-    if mode not in SAMPLED_MODES:
+    if not mode_of(mode).sampled:
         if noise is not None:
             raise ValueError(f"mode {mode!r} is deterministic; pass noise=None")
         return

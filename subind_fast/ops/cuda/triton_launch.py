@@ -1,6 +1,7 @@
 """Launchers for the Triton kernels (triton_kernels.py): allocate, compute
-strides, launch.  Masked linear uses the fused GEMMs; convolutions use the
-element-wise kernels around cuDNN (base.ComposedBackend)."""
+strides, launch — the element-wise mask passes, the fused masked GEMMs of
+linear layers, the L0 penalty and the frozen-mask optimizer steps, for the
+deterministic modes (ops/cuda/kernels.py sends the sampled modes elsewhere)."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,9 @@ import os
 import torch
 import triton
 
+from ..composed import not_requested
+from ..modes import mode as mode_of
 from . import triton_kernels as K
-from .base import FAMILIES, ComposedBackend, UnsupportedOpError, not_requested
-
-from .._validation import MODE_CODES as _MODE
 
 
 def _ieee(dtype: torch.dtype) -> bool:
@@ -25,13 +25,14 @@ def _check_gemm_dtype(t: torch.Tensor) -> None:
                         "use the eager kernels for float64 (subind_fast.set_kernels('eager'))")
 
 
-def _no_sampled_masks(noise) -> None:
-    """The fused GEMMs compute the deterministic masks only (dispatch sends
-    the sampled modes to the backend of the ``sampled`` family)."""
-    if noise is not None:
-        raise UnsupportedOpError("the triton backend has no sampled-mask kernels (the sampled "
-                                 "op family); backends/cuda_registration.py routes those modes "
-                                 "to the mask ops")
+def _deterministic(mode: str) -> int:
+    """The mode's code; the Triton kernels compute the deterministic masks
+    only (ops/cuda/kernels.py routes the sampled modes elsewhere)."""
+    spec = mode_of(mode)
+    if spec.sampled:
+        raise ValueError(f"the Triton kernels have no sampled masks, got mode {mode!r}; "
+                         "ops/cuda/kernels.py routes those modes to the composed path")
+    return spec.code
 
 
 def _device_scalar(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -62,16 +63,16 @@ def _matmul(a, b, c, M, N, Kdim, a_strides, b_strides, c_strides, *, beta, bias=
         gs if gs is not None else dummy, gtheta if gtheta is not None else dummy,
         weff if weff is not None else dummy, grad_l0 if grad_l0 is not None else beta,
         M, N, Kdim, beta, *a_strides, *b_strides, *c_strides, *t_strides,
-        MODE=_MODE[mode], HAS_BIAS=bias is not None, MASK_B_PROLOGUE=prologue,
+        MODE=_deterministic(mode), HAS_BIAS=bias is not None, MASK_B_PROLOGUE=prologue,
         MASK_GRAD_EPILOGUE=grads is not None, WANT_S=gs is not None,
         WANT_THETA=gtheta is not None, WANT_WEFF=weff is not None,
         HAS_GRAD_L0=grad_l0 is not None, IEEE=_ieee(a.dtype))
 
 
-class TritonBackend(ComposedBackend):
-    name = "triton"
-    devices = frozenset({"cuda"})
-    families = frozenset(FAMILIES) - {"sampled"}
+class TritonKernels:
+    """The launchers; ``forward_variant`` picks the masked GEMM's forward
+    schedule: "prepass" (W_eff formed by an element-wise pass, then a plain
+    GEMM) or "prologue" (the mask applied to each B tile in the GEMM)."""
 
     def __init__(self, forward_variant: str | None = None):
         variant = forward_variant or os.environ.get("SUBIND_TRITON_FWD", "prepass")
@@ -88,13 +89,13 @@ class TritonBackend(ComposedBackend):
         if n:
             K.mask_weight_kernel[_elementwise_grid(n)](
                 weight, logits, out, l0_sum if l0_sum is not None else out, n,
-                _device_scalar(beta, logits), MODE=_MODE[mode], L0=l0_sum is not None,
+                _device_scalar(beta, logits), MODE=_deterministic(mode), L0=l0_sum is not None,
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return out
 
     def mask_weight_backward(self, grad_weff, weight, logits, beta, mode, need_weff,
                              need_weight_grad, need_logits_grad):
-        need_logits_grad = need_logits_grad and mode == "soft"
+        need_logits_grad = need_logits_grad and mode_of(mode).trains_logits
         g = grad_weff
         if g.stride() != weight.stride() or g.dtype != weight.dtype:
             g = torch.empty_like(weight).copy_(grad_weff)  # the kernel walks θ's memory order
@@ -104,7 +105,8 @@ class TritonBackend(ComposedBackend):
         n = weight.numel()
         if n:
             K.mask_backward_kernel[_elementwise_grid(n)](
-                g, weight, logits, gs, gw, weff, n, _device_scalar(beta, logits), MODE=_MODE[mode],
+                g, weight, logits, gs, gw, weff, n, _device_scalar(beta, logits),
+                MODE=_deterministic(mode),
                 WANT_S=need_logits_grad, WANT_THETA=need_weight_grad, WANT_WEFF=need_weff,
                 BLOCK=K.ELEMENTWISE_BLOCK)
         return weff, gw, gs
@@ -127,11 +129,10 @@ class TritonBackend(ComposedBackend):
         return out
 
     # -- fused masked linear ----------------------------------------------------
-    def linear_forward(self, x, weight, logits, bias, beta, mode, noise=None, l0_sum=None):
+    def linear_forward(self, x, weight, logits, bias, beta, mode, l0_sum=None):
         """y; with ``l0_sum`` (soft mode) the mask pre-pass also sums the L0
         penalty into it (the prologue schedule has no pre-pass, so the penalty
         takes the pre-pass schedule)."""
-        _no_sampled_masks(noise)
         _check_gemm_dtype(x)
         n_out, n_in = weight.shape
         x2 = x.reshape(-1, n_in)
@@ -147,21 +148,19 @@ class TritonBackend(ComposedBackend):
                 logits=logits if prologue else None, mode=mode, prologue=prologue)
         return y.reshape(*x.shape[:-1], n_out)
 
-    def linear_forward_l0(self, x, weight, logits, bias, beta, mode, noise=None):
+    def linear_forward_l0(self, x, weight, logits, bias, beta, mode):
         """(y, Σσ(β·s)) from one mask pass (soft mode: the only training mode here)."""
-        if mode != "soft":
-            raise ValueError(f"masked_linear_l0 on the triton backend: the L0 penalty belongs "
-                             f"to the training mode 'soft' here, got {mode!r}")
+        if not mode_of(mode).trains_logits:
+            raise ValueError(f"masked_linear_l0 on the Triton kernels: the L0 penalty belongs "
+                             f"to a training mode, got {mode!r}")
         l0_sum = torch.zeros(1, dtype=torch.float32, device=logits.device)
-        y = self.linear_forward(x, weight, logits, bias, beta, mode, noise, l0_sum)
+        y = self.linear_forward(x, weight, logits, bias, beta, mode, l0_sum)
         return y, l0_sum.reshape(()).to(logits.dtype)
 
-    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, noise=None,
-                        grad_l0=None):
-        _no_sampled_masks(noise)
+    def linear_backward(self, grad, x, weight, logits, beta, mode, needs, grad_l0=None):
         _check_gemm_dtype(x)
         need_x, need_w, need_s, need_b = needs
-        need_s = need_s and mode == "soft"
+        need_s = need_s and mode_of(mode).trains_logits
         n_out, n_in = weight.shape
         g2 = grad.reshape(-1, n_out)
         x2 = x.reshape(-1, n_in)

@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .naming import parameter_names
-from .nn.model import select_modules
-from .subnetwork import Subnetwork
+from ..naming import parameter_names
+from ..nn.model import select_modules
+from ..subnetwork import Subnetwork
 
 SCOPES = ("layer", "global")
 METHODS = ("magnitude", "lottery_ticket")

@@ -32,6 +32,7 @@ def _try_load(name: str) -> tuple[ModuleType | None, str]:
 
 
 def available(name: str) -> bool:
+    """Whether the compiled extension ``name`` ("_C", "_C_cuda") loads."""
     return _try_load(name)[0] is not None
 
 

@@ -47,7 +47,7 @@ def test_the_table_covers_every_launch_config_dtype_and_arch(compiled):
     """What autotune may pick is what was compiled: the configs come from the
     kernels' own lists (triton_kernels.gemm_configs), per operand type and variant."""
     from benchmarks import gpu_static
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     _, rows = compiled
     cuda_sources = {Path(source).name for source in gpu_static.CUDA_SOURCES}
@@ -78,7 +78,7 @@ def test_the_cuda_extension_is_checked_where_it_was_built(compiled):
 
 
 def test_the_gradient_epilogue_list_keeps_the_accumulator_small():
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     for operands in K.GEMM_OPERANDS:
         for config in K.gemm_configs(operands, "gradient epilogue"):
@@ -87,7 +87,7 @@ def test_the_gradient_epilogue_list_keeps_the_accumulator_small():
 
 
 def test_unknown_operands_or_variant_are_named():
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     with pytest.raises(ValueError, match="operands must be one of"):
         K.gemm_configs("fp8", "plain")
@@ -106,7 +106,7 @@ def test_autotune_prunes_to_the_checked_list(monkeypatch, dtype, ieee, operands,
     """At launch the autotuner keeps exactly the configs the static check compiled."""
     import torch
 
-    from subind_fast.backends import triton_kernels as K
+    from subind_fast.ops.cuda import triton_kernels as K
 
     monkeypatch.setattr(K, "INTERPRETING", False)
     union = [K._config(K._shape_key(c)) for operands_ in K.GEMM_OPERANDS

@@ -2,11 +2,13 @@
 m = σ(β·s) ("soft", continuous sparsification), 1[s>0] ("hard") or 1
 ("none"), or a sampled training mask — "concrete" (hard-concrete) and
 "gumbel" (Gumbel-sigmoid, straight-through), which take ``noise``, an int64
-key [seed, stream] naming the draw (subind_fast/noise.py); W_eff = θ ⊙ m.  Gradients flow to the input, the logits s (soft mode only),
-the bias, and θ when it requires grad (csrc/ops/schemas.cpp has the formulas).
-Each function validates its arguments, then calls the fused op
-(``torch.ops.subind``) or, with the eager kernels or on a device without
-ours, the same math in plain PyTorch ops (subind_fast/dispatch.py decides).
+key [seed, stream] naming the draw (ops/noise.py); W_eff = θ ⊙ m (ops/modes.py
+lists the modes).  Gradients flow to the input, the logits s (the training
+modes soft, concrete, gumbel), the bias, and θ when it requires grad
+(csrc/ops/schemas.cpp has the formulas).  Each function validates its
+arguments, then calls the fused op (``torch.ops.subind``) or, with the eager
+kernels or on a device without ours, the same math in plain PyTorch ops
+(ops/choice.py decides).
 
 β is a positive number or a one-element tensor (a layer passes its buffer).
 ``with_penalty=True`` (a training mode) returns (out, Σp(s)) instead: the L0
@@ -23,8 +25,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._validation import TRAINING_MODES, beta_tensor, check_input, check_masked_weight
-from .dispatch import kernels_for
+from .checks import beta_tensor, check_input, check_masked_weight
+from .choice import kernels_for
+from .modes import TRAINING_MODE_NAMES, mode as mode_of
 from .noise import check_key
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -50,8 +53,9 @@ def l0(logits: Tensor, beta: float) -> Tensor:
 
 
 def _check_penalty_mode(mode: str, with_penalty: bool) -> None:
-    if with_penalty and mode not in TRAINING_MODES:
-        raise ValueError(f"with_penalty needs a training mode {TRAINING_MODES}, got mode {mode!r}")
+    if with_penalty and not mode_of(mode).trains_logits:
+        raise ValueError(f"with_penalty needs a training mode {TRAINING_MODE_NAMES}, got mode "
+                         f"{mode!r}")
 
 
 def masked_linear(x: Tensor, weight: Tensor, logits: Tensor, beta: float,
