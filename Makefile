@@ -59,7 +59,7 @@ build: $(EXT_STAMP)
 test: build
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
-test-fast: $(STAMP)
+test-fast: build
 	$(PY) -m pytest tests -q -m "not slow" -p no:cacheprovider
 
 bench-layers: build

@@ -10,9 +10,9 @@ if os.environ.get("SUBIND_TEST_GPU") != "1":
 import pytest
 import torch
 
+# the shared test helpers: oracle.py, and discover_entries.py (the models and data that
+# command tests name as entry:discover_entries:…)
 sys.path.insert(0, os.path.dirname(__file__))
-# the entry points (models, data) that command tests name as entry:discover_entries:…
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
 
 
 def pytest_report_header(config):

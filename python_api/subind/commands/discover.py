@@ -14,8 +14,6 @@ arguments resumes from its last epoch, on any number of ranks.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,16 +33,15 @@ from ..engine.classification import Classification
 from ..engine.ablation import CorruptedPairs
 from ..engine.data_sources import (check_data_fits, check_out_outside_data, evaluation_split,
                                    local_directory)
-from ..engine.controls import ShuffledLabels, controls_table, random_weight_copy
+from ..engine.controls import ShuffledLabels, random_weight_copy
 from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
-from ..engine.files import atomic_write_json, atomic_write_text
+from ..engine.discovery_results import EXPERIMENT, write_results
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
 from ..engine.protocol import Discovery, DiscoveryHooks, check_fits, discover
-from ..engine.training import BN_STATS, train_mode_for
+from ..engine.training import BN_STATS, SumsOverRanks, train_mode_for
 
-EXPERIMENT = "discover"
 HELP = "find a subnetwork in any model (torchrun-ready)"
 RESUMABLE = True
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -179,16 +176,6 @@ def _enable_activation_checkpointing(model: nn.Module, blocks_pattern: Optional[
     return f"checkpoint_wrapper on {len(chosen)} blocks"
 
 
-def _density_table(sub) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["parameter", "shape", "kept", "total", "density"])
-    for name, (kept, total) in sub.counts().items():
-        writer.writerow([name, "x".join(map(str, sub.shape(name))), kept, total,
-                         f"{kept / total:.6f}" if total else "0"])
-    return buffer.getvalue()
-
-
 def run(parsed, argv=None) -> int:
     cfg, settings, run_options = parsed.inputs, parsed.discovery, parsed.run
     check(cfg, settings, run_options, parsed.given)
@@ -241,7 +228,7 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
                   if cfg.pretrained_weights else None)
     check_fits(model, settings, cfg.batch_size // ranks.world)
     dtype = DTYPES[cfg.dtype]
-    if data.task is not None and hasattr(data.task, "sum_over_ranks"):
+    if isinstance(data.task, SumsOverRanks):
         data.task.sum_over_ranks = ranks.sum  # metrics over every rank's share
     task = data.task or Classification(
         input_dtype=torch.float64 if dtype == torch.float64 else
@@ -286,7 +273,7 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
             controls, not_run = _run_controls(cfg, settings, args, ranks, data, eval_set, task,
                                               pretrained, prepare, compiled)
         if ranks.is_main:
-            _write_results(args.out, cfg, result, ranks, notes, started, compiled, controls,
+            write_results(args.out, cfg, result, ranks, notes, started, compiled, controls,
                            not_run)
         ranks.barrier()
     return 0
@@ -342,62 +329,3 @@ RERUN_HINT = ("a discovery directory holds one configuration: use another --out,
               "with the options it was started with to resume it")
 
 
-def report(out: Path) -> tuple[str, list]:
-    """`subind report OUT` for a discovery directory: the λ candidates and the
-    per-parameter density table."""
-    out = Path(out)
-    if not (out / "summary.json").is_file():
-        started = "checkpoint" in {p.name for p in out.iterdir()} or any(out.glob("lambda-*"))
-        raise FileNotFoundError(
-            f"{out}: no summary.json: " + ("the discovery was interrupted; rerun its command to "
-                                           "resume it" if started else
-                                           "the discovery stopped before its first epoch "
-                                           "ended (see its error); rerun its command"))
-    import json
-
-    summary = json.loads((out / "summary.json").read_text())
-    aimed = summary.get("target_density")
-    chosen = (f"aimed at density {aimed:g} (Lagrangian; density "
-              f"{summary['density_before_cut']:.4f} before the exact cut)" if aimed is not None
-              else f"chosen λ = {summary['l0_lambda']:g}")
-    lines = [f"# discovery in {out}", "",
-             f"{chosen}: accuracy {summary['accuracy']:.4f}, density "
-             f"{summary['density']:.4f} ({summary['ranks']} rank(s), {summary['seconds']} s)"]
-    if aimed is None:
-        lines += ["", "| λ | accuracy | density |", "|---|---|---|"]
-        with open(out / "candidates.csv", newline="") as f:
-            lines += [f"| {r['l0_lambda']} | {r['accuracy']} | {r['density']} |"
-                      for r in csv.DictReader(f)]
-    lines += ["", *controls_table(summary["accuracy"], summary["density"],
-                                  summary.get("controls"), summary.get("controls_not_run"))]
-    lines += ["", "| parameter | shape | kept | total | density |", "|---|---|---|---|---|"]
-    with open(out / "density.csv", newline="") as f:
-        lines += [f"| {r['parameter']} | {r['shape']} | {r['kept']} | {r['total']} | "
-                  f"{r['density']} |" for r in csv.DictReader(f)]
-    return "\n".join(lines), []
-
-
-def _write_results(out: Path, cfg, result, ranks: Ranks, notes, started: float,
-                   compiled: bool, controls: dict, not_run: dict) -> None:
-    if controls or not_run:  # with the file, so that analyze shows them wherever it goes
-        result.subnetwork.metadata["controls"] = controls
-        if not_run:
-            result.subnetwork.metadata["controls_not_run"] = not_run
-    seconds = time.time() - started
-    result.subnetwork.save(out / "subnetwork.safetensors")
-    atomic_write_text(out / "density.csv", _density_table(result.subnetwork))
-    atomic_write_text(out / "candidates.csv", "l0_lambda,accuracy,density\n" + "".join(
-        f"{lam:g},{acc:.6f},{dens:.6f}\n" for lam, acc, dens in result.candidates))
-    atomic_write_json(out / "summary.json", {
-        "l0_lambda": result.l0_lambda, "accuracy": result.accuracy,
-        "density": result.density, "ranks": ranks.world, "seconds": round(seconds, 1),
-        "activation_checkpointing": notes[0] if notes else None,
-        **{key: result.subnetwork.metadata[key] for key in (
-            "target_density", "expected_density", "density_before_cut", "lagrange_multipliers")
-           if key in result.subnetwork.metadata},
-        "kernels": sf.kernels(), "compiled": compiled,
-        **({"controls": controls} if controls else {}),
-        **({"controls_not_run": not_run} if not_run else {})})
-    print(f"subnetwork: λ={result.l0_lambda:g}, accuracy {result.accuracy:.4f}, density "
-          f"{result.density:.4f} ({ranks.world} rank(s), {seconds:.0f} s) → "
-          f"{out / 'subnetwork.safetensors'}")

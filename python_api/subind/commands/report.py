@@ -30,18 +30,17 @@ OPTIONS = {"report": ReportOptions}
 def run(parsed, argv) -> int:
     args = parsed.options
     from ..engine import manifest
-    from . import discover
 
     name = manifest.read(args.out)["experiment"]
-    if name != discover.EXPERIMENT and name not in experiments.EXPERIMENTS:
+    report = experiments.reporter(name)
+    if report is None:
         written = sorted(p.name for p in Path(args.out).iterdir()
                          if p.is_file() and not p.name.startswith(".")
                          and p.name != manifest.MANIFEST)
         raise ValueError(f"{args.out} holds the results of `subind {name}`, which wrote its "
                          f"outputs itself ({', '.join(written[:8]) or 'none yet'}); `subind "
                          "report` covers the experiments and `subind discover`")
-    source = discover if name == discover.EXPERIMENT else experiments.load(name)
-    text, figures = source.report(args.out)
+    text, figures = report(args.out)
     print(text)
     for path in figures:
         print(f"figure: {path}")

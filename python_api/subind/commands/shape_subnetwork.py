@@ -14,6 +14,7 @@ renormalise the shrinking signal."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-import subind_fast as sf
-
-from ..engine.options import MISSING, Floats
+from ..engine.options import MISSING, identity_of
+from ..engine.protocol import Discovery
 from ..engine.files import atomic_write_json
 from ..engine.training import BN_STATS, TensorBatches, train_mode_for
 from ..shape_bias import categories as G
@@ -71,19 +71,13 @@ class ShapeSubnetworkOptions:
     """cue-conflict stimuli (Geirhos layout)"""
     out: Path = MISSING
     """results folder"""
-    epochs: int = 10
-    """discovery epochs"""
-    lambdas: Floats = field(default_factory=lambda: [1e-7])
-    """L0 penalties to try"""
-    mask_lr: float = 1e-2
-    """learning rate of the mask logits"""
+    discovery: Discovery = field(default_factory=lambda: Discovery(
+        lambdas=[1e-7], epochs=10, mask_lr=1e-2, optimizer="adamw"))
+    """the discovery settings (engine/protocol.py: Discovery), as flags of this command"""
     batch_size: int = 16
     """discovery batch size"""
     mask_head: bool = False
     """mask the classifier too"""
-    mask_init: float = sf.nn.DEFAULT_MASK_INIT
-    """initial mask logit (the paper: -0.1, every weight off in the hard mask; a positive
-    value starts from the whole model)"""
     bn_stats: Literal[BN_STATS] = "batch"
     """BatchNorm statistics while the masks learn (see the command's description)"""
     device: str = "cpu"
@@ -102,11 +96,11 @@ def run(parsed, argv) -> int:
     from ..shape_bias.classifiers import load_classifier, preprocessing_of
     from ..shape_bias.stimuli import scan
 
-    check.positive_int("--epochs", args.epochs)
+    args.discovery.validate(parsed.given)
+    if args.discovery.ablation == "corrupted":
+        raise ValueError("--ablation corrupted needs paired corrupted images, which "
+                         "shape-subnetwork does not build; use zero, mean or learned")
     check.positive_int("--batch-size", args.batch_size)
-    check.positive("--mask-lr", args.mask_lr)
-    check.finite("--mask-init", args.mask_init)
-    check.unique_positive_numbers("--lambdas", args.lambdas)
     check.device(args.device)
     manifest.check_out(args.out)
     start = time.time()
@@ -117,9 +111,9 @@ def run(parsed, argv) -> int:
                                 if args.device.startswith("cuda") else None)
     train_x, train_y = _load_folders(args.train, pre.size)
     select_x, select_y = _load_folders(args.select, pre.size)
-    identity = {name: getattr(args, name) for name in (
-        "model", "weights", "epochs", "lambdas", "mask_lr", "batch_size", "mask_head",
-        "mask_init", "bn_stats")}
+    identity = {name: value for name, value in identity_of(args).items()
+                if name in ("model", "weights", "batch_size", "mask_head", "bn_stats")
+                or name.startswith("discovery.")}
     identity.update({name: [str(Path(f).resolve()) for f in getattr(args, name)]
                      for name in ("train", "select")},
                     cue_conflict=str(args.cue_conflict.resolve()),
@@ -132,7 +126,7 @@ def run(parsed, argv) -> int:
 
 def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, select_x,
                           select_y, start) -> int:
-    from ..engine.protocol import Discovery, DiscoveryHooks, discover
+    from ..engine.protocol import DiscoveryHooks, discover
     from ..shape_bias.classify import decide
     from ..shape_bias.evaluation import plot_per_category, summarize, write_decisions
 
@@ -142,10 +136,10 @@ def _discover_and_compare(args, model, pre, task, stimuli, train_x, train_y, sel
                                                                  batch_size=64)).accuracy,
                      "select": task.evaluate(model, select_data).accuracy}
     head = model.pretrained_cfg.get("classifier", "classifier")
-    result = discover(model, task, train_data, select_data,
-                      Discovery(lambdas=args.lambdas, epochs=args.epochs, mask_lr=args.mask_lr,
-                                optimizer="adamw", mask_init=args.mask_init,
-                                exclude=[] if args.mask_head else [head]),
+    settings = args.discovery
+    if not args.mask_head:
+        settings = dataclasses.replace(settings, exclude=[*settings.exclude, head])
+    result = discover(model, task, train_data, select_data, settings,
                       DiscoveryHooks(log_dir=args.out / "discovery-logs",
                                      progress=args.progress,
                                      train_mode=train_mode_for(args.bn_stats)))

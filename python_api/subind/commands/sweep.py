@@ -109,12 +109,10 @@ def run_sweep(parsed: Parsed, argv: list[str], make_experiment: Callable[[], obj
 
 
 def run_experiment(parsed: Parsed, argv: list[str], experiment_class) -> int:
-    """A sweep command's ``run``: the experiment's configuration, checked
-    (``validate``, and ``check_given`` for options its data would ignore),
-    then the sweep."""
-    cfg = parsed.options.validate()
-    if hasattr(cfg, "check_given"):
-        cfg.check_given(parsed.given)
+    """A sweep command's ``run``: the experiment's configuration, checked once
+    (``validate``, with the options the user set: none may be one its data
+    or method would ignore), then the sweep."""
+    cfg = parsed.options.validate(parsed.given)
     launch = parsed.launch
     return run_sweep(parsed, argv,
                      lambda: experiment_class(cfg, launch.out, progress=launch.progress))

@@ -24,6 +24,8 @@ from torch.utils.data import Dataset
 
 import subind_fast as sf
 
+from .training import ScoresBatches
+
 OBJECTIVES = ("labels", "kl")
 
 
@@ -32,7 +34,7 @@ class KLToFullModel:
     the batch's counted rows; evaluation and everything else as ``task``."""
 
     def __init__(self, task):
-        if not hasattr(task, "batch_logits"):
+        if not isinstance(task, ScoresBatches):
             raise ValueError(f"objective 'kl' needs a task with batch_logits(model, batch), "
                              f"which {type(task).__name__} lacks")
         self.task = task

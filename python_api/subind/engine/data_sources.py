@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .training import evaluating
+from .training import ScoresInputs, evaluating
 
 
 @dataclass
@@ -152,7 +152,7 @@ def check_data_fits(model: nn.Module, task, train: Dataset, eval_set: Dataset, *
             except ValueError as err:
                 raise ValueError(f"--data {spec}: {err}") from None
             with _named_failure(model_spec, spec):
-                outputs = (task.logits(model, batch[0]) if hasattr(task, "logits")
+                outputs = (task.logits(model, batch[0]) if isinstance(task, ScoresInputs)
                            and isinstance(batch, (list, tuple)) else None)
             classes = getattr(dataset, "classes", None)
             if outputs is not None and classes is not None and outputs.shape[-1] < len(classes):

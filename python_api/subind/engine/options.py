@@ -396,11 +396,9 @@ def config_from_preset(config_class, presets: dict, preset: str, **overrides_giv
     values = assign(config_class, _field_defaults(config_class), presets[preset],
                     f"preset {preset!r}")
     values = assign(config_class, values, given, "config_for")
-    cfg = config_class(**_typed(config_class, values)).validate()
-    if hasattr(cfg, "check_given"):
-        names = canonical_names(config_class)
-        cfg.check_given({names.get(k, k) for k in given})
-    return cfg
+    names = canonical_names(config_class)
+    return config_class(**_typed(config_class, values)).validate(
+        {names.get(k, k) for k in given})
 
 
 def identity_of(options, leave_out: tuple = ()) -> dict:

@@ -62,7 +62,7 @@ def method_beta(method: "sf.nn.MaskMethod", epoch: int, epochs: int, beta_final:
     anneal it to β_final with ``anneal_temperature``."""
     from subind_fast.nn.methods import DEFAULT_BETA
 
-    start = DEFAULT_BETA.get(method.name, 1.0)
+    start = DEFAULT_BETA[method.name]
     if method.name == "continuous" or anneal_temperature:
         return beta_schedule(epoch, epochs, beta_final, start)
     return start
@@ -157,6 +157,7 @@ class Discovery:
         ``given`` (the options the user set) one that the method would ignore;
         errors name the flag."""
         given = set(given)
+        check.choices_of(self)  # a Discovery built in code meets no parser
         if self.selects:
             if self.granularity != "weight" or self.n_samples != 1:
                 raise ValueError(f"--method {self.method} selects individual weights: leave "
@@ -206,13 +207,6 @@ class Discovery:
         check.finite("--mask-init", self.mask_init)
         check.non_negative_int("--seed", self.seed)
         check.positive_int("--n-samples", self.n_samples)
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"--optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.ablation not in sf.nn.ABLATIONS:
-            raise ValueError(f"--ablation must be one of {sf.nn.ABLATIONS}, got "
-                             f"{self.ablation!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
         return self
 
     @property

@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Protocol
+from typing import Callable, Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,37 @@ class Metrics:
 
 
 class Task(Protocol):
+    """What discovery and training need of a task: a loss on a batch and
+    metrics over data.  The capabilities below are optional; code that needs
+    one asks ``isinstance(task, Capability)``."""
+
     def loss(self, model: nn.Module, batch) -> Tensor: ...
 
     def evaluate(self, model: nn.Module, data: Iterable) -> Metrics: ...
+
+
+@runtime_checkable
+class ScoresInputs(Protocol):
+    """A task that gives the model's class scores of its inputs (the data
+    checks compare their width with the data's classes)."""
+
+    def logits(self, model: nn.Module, inputs: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class ScoresBatches(Protocol):
+    """A task that gives a batch's scores with the rows its loss counts (the
+    KL objective compares them with the unmasked model's)."""
+
+    def batch_logits(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class SumsOverRanks(Protocol):
+    """A task whose metrics total over distributed ranks (each scores its own
+    part of the data) through this function."""
+
+    sum_over_ranks: Callable[[list[float]], list[float]]
 
 
 def model_device(model: nn.Module) -> torch.device:

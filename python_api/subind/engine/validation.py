@@ -90,3 +90,23 @@ def rgb(name: str, values, positive: bool = False) -> None:
     if bad:
         raise ValueError(f"{name} must be three finite{' positive' if positive else ''} "
                          f"numbers, got {values}")
+
+
+def choices_of(options) -> None:
+    """Each field of the dataclass instance ``options`` typed Literal[...] holds
+    one of its choices (a parser restricts a flag; this restricts a value set
+    in code); the error names the flag."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(options), include_extras=True)
+    for f in dataclasses.fields(options):
+        hint = hints[f.name]
+        while typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+        if typing.get_origin(hint) is typing.Literal:
+            choices = typing.get_args(hint)
+            value = getattr(options, f.name)
+            if value not in choices:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
+                                 f"{', '.join(map(str, choices))}, got {value!r}")

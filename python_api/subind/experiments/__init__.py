@@ -12,6 +12,18 @@ def load(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def reporter(name: str):
+    """``report(out) -> (markdown, figure paths)`` of the results directories
+    whose manifest names ``name``: an experiment's, or `subind discover`'s
+    (engine/discovery_results.py); None for a command that writes its
+    outputs itself."""
+    from ..engine import discovery_results
+
+    if name == discovery_results.EXPERIMENT:
+        return discovery_results.report
+    return load(name).report if name in EXPERIMENTS else None
+
+
 def discovery_sets(name: str, which: str):
     """The data set ``which`` that experiment ``name`` offers to commands taking
     any data (``--data experiment:NAME/WHICH``)."""

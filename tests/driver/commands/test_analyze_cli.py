@@ -181,10 +181,6 @@ def test_empty_masks_have_iom_one_like_iou(tmp_path):
 
 
 def _mlp_subnetwork(tmp_path, metadata=None):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[2] / "distributed"))
     import discover_entries
 
     model = discover_entries.block_mlp()

@@ -20,7 +20,7 @@ MODEL = ["--model", "entry:discover_entries:block_mlp"]
 BASE = [*MODEL, "--data", "entry:discover_entries:gaussian_data", "--batch-size", "32",
         "--epochs", "4", "--mask-lr", "0.05", "--no-progress"]
 LAMBDA = ["--lambdas", "1e-4"]
-ENTRIES = os.path.join(os.path.dirname(__file__), "..", "..", "distributed")
+ENTRIES = os.path.join(os.path.dirname(__file__), "..", "..")  # discover_entries.py
 
 
 def _crashed(args, crash_after: str):

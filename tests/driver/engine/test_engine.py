@@ -313,3 +313,15 @@ def test_report_and_imagenet16_name_a_missing_path(tmp_path, capsys):
     manifest.claim(tmp_path / "sb", "shape-bias", {})
     assert main(["report", str(tmp_path / "sb")]) == 2
     assert "holds the results of `subind shape-bias`" in capsys.readouterr().err
+
+
+def test_a_discovery_built_in_code_is_held_to_its_choices():
+    """A Discovery made in Python meets no parser: validate() checks every
+    Literal field against its choices, naming the flag."""
+    from subind.engine.protocol import Discovery
+
+    Discovery(optimizer="adamw", ablation="mean", objective="kl").validate()
+    for name, value in (("optimizer", "sgd"), ("ablation", "noise"), ("objective", "mse"),
+                        ("method", "random"), ("granularity", "layer")):
+        with pytest.raises(ValueError, match=f"--{name} must be one of"):
+            Discovery(**{name: value}).validate()

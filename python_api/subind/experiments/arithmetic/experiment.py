@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterable, Literal, Optional
 
 import torch
 from torch import nn
@@ -112,7 +112,9 @@ class ArithmeticConfig:
     compile: Literal[COMPILE_CHOICES] = "auto"
     """torch.compile the discovery model: auto (on for CUDA, off on the CPU), on, off"""
 
-    def validate(self) -> "ArithmeticConfig":
+    def validate(self, given: Iterable[str] = ()) -> "ArithmeticConfig":
+        """Every setting in range; ``given`` (the options the user set) holds
+        none the discovery method would ignore."""
         """Every field checked before any training (errors name the field)."""
         check_speed_options(self.kernels, self.compile)
         for name in ("base", "subtask", "target"):
@@ -139,7 +141,7 @@ class ArithmeticConfig:
             check.positive(name, getattr(self, name))
         check.in_range("base_fraction", self.base_fraction, 0, 1, low_open=True)
         check.in_range("base_target_accuracy", self.base_target_accuracy, 0, 1)
-        self.discovery.validate()
+        self.discovery.validate(given)
         if self.reinit not in REINIT_POLICIES:
             raise ValueError(f"reinit must be 'all' or 'masked', got {self.reinit!r}")
         check.device(self.device)
@@ -150,10 +152,6 @@ class ArithmeticConfig:
         unless --include names others (the output layer shares the embedding's
         weights)."""
         return replace(self.discovery, include=self.discovery.include or list(GPT2_MASKED_LAYERS))
-
-    def check_given(self, given: set) -> None:
-        """Discovery settings the user gave that the discovery method would ignore."""
-        self.discovery.validate(given)
 
     def identity(self) -> dict:
         """The fields that define the experiment (the results-directory
@@ -224,7 +222,7 @@ def make_model(cfg: ArithmeticConfig, n_layer: int, seed: int) -> nn.Module:
 # ------------------------------------------------------------------ stages
 class ArithmeticExperiment:
     def __init__(self, cfg: ArithmeticConfig, out: Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg.validate(), Path(out), progress
+        self.cfg, self.out, self.progress = cfg, Path(out), progress  # validated where built
         self.vocab = A.Vocabulary(cfg.n_numbers, cfg.p)
         self.task = LastTokenTask()
         self._check_writable()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterable, Literal, Optional
 
 from subind_fast.subnetworks.transfer import REINIT_POLICIES
 
@@ -42,7 +42,7 @@ CONDITIONS = {
     "pretrained": VisionCondition(None, trains=False),          # head-only adaptation
     "random_init_discovery": VisionCondition("subtask_induction", source="random_init"),
 }
-# Options only one data source reads (VisionConfig.check_given).
+# Options only one data source reads (VisionConfig.validate refuses the others).
 FOLDER_ONLY = ("cue_conflict", "resnet18_weights", "vit_weights", "image_size", "workers")
 #: the synthetic-data settings that only one architecture reads
 ARCH_ONLY = {"resnet18": ("resnet_width", "resnet_stem_stride"),
@@ -150,7 +150,7 @@ class VisionConfig:
     compile: Literal[COMPILE_CHOICES] = "auto"
     """torch.compile the discovery model: auto (on for CUDA, off on the CPU), on, off"""
 
-    def validate(self) -> "VisionConfig":
+    def validate(self, given: Iterable[str] = ()) -> "VisionConfig":
         check_speed_options(self.kernels, self.compile)
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown or not self.conditions:
@@ -196,7 +196,7 @@ class VisionConfig:
                              f"{self.object_scale}")
         check.in_range("contrast", self.contrast, 0, 0.5)
         check.in_range("base_untextured", self.base_untextured, 0, 1)
-        self.discovery.validate()
+        self.discovery.validate(given)
         if self.discovery.method == "lottery_ticket":
             # The lottery ticket compares the source with the weights it was trained from.
             if self.data != "synthetic":
@@ -216,13 +216,13 @@ class VisionConfig:
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         check.device(self.device)
+        self._refuse_ignored(set(given))
         return self
 
-    def check_given(self, given: set) -> None:
+    def _refuse_ignored(self, given: set) -> None:
         """Options the user gave that this configuration's data source would
         ignore: an error naming each (a folder-data option on the synthetic
         data, or a synthetic-data option on a folder)."""
-        self.discovery.validate(given)
         wrong = [name for name in (FOLDER_ONLY if self.data == "synthetic" else SYNTHETIC_ONLY)
                  if name in given]
         if self.data != "synthetic":

@@ -47,7 +47,7 @@ def classifier_name(model: nn.Module) -> str:
 
 class VisionExperiment:
     def __init__(self, cfg: VisionConfig, out: Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg.validate(), Path(out), progress
+        self.cfg, self.out, self.progress = cfg, Path(out), progress  # validated where built
         self.synthetic = cfg.data == "synthetic"
         if any(CONDITIONS[c].engine in ("subtask_induction", "random", "complement")
                for c in cfg.conditions):
