@@ -25,6 +25,7 @@ the numbers the ≤ 1.03× targets are judged by.
 
     python -m benchmarks.bench_model_step --threads 1,2
     python -m benchmarks.bench_model_step --threads 1,2 --paired ours/plain --pairs 30
+    python -m benchmarks.bench_model_step --threads 2 --profile ours   # where a step's time goes
     python -m benchmarks.bench_model_step --device cuda
 """
 from __future__ import annotations
@@ -240,6 +241,30 @@ def run_paired(case, pair: tuple[str, str], pairs: int, device, dtype, rec) -> h
     return stats
 
 
+def profile_step(case, provider: str, device, dtype, steps: int = 5) -> str:
+    """torch.profiler over ``steps`` steps of ``provider`` on ``case``: the
+    operators by self time, and the share of the step in our ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = case.make_batch(device, dtype)
+    step = step_fn(*build(provider, case, device, dtype), batch)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ours = {e.key: e.self_cpu_time_total for e in events if e.key.startswith("subind::")}
+    shares = ", ".join(f"{k.removeprefix('subind::')} {v / total:.1%}"
+                       for k, v in sorted(ours.items(), key=lambda kv: -kv[1]))
+    return (f"{case.name}, {provider}: {total / steps / 1e3:.1f} ms self CPU time per step; "
+            f"our ops: {shares or 'none'}\n"
+            + events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def _pair(text: str) -> tuple[str, str]:
     pair = tuple(p.strip() for p in text.split("/"))
     if len(pair) != 2 or any(p not in PROVIDERS for p in pair) or pair[0] == pair[1]:
@@ -263,6 +288,8 @@ def main(argv=None) -> int:
                         help="time only A against B in back-to-back pairs (e.g. ours/plain)")
     parser.add_argument("--pairs", type=_positive, default=30,
                         help="pairs per case with --paired (default 30)")
+    parser.add_argument("--profile", choices=PROVIDERS, metavar="PROVIDER",
+                        help="print torch.profiler's operator table of one provider's step")
     args = parser.parse_args(argv)
     device = harness.device_from_args(parser, args)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -306,7 +333,16 @@ def main(argv=None) -> int:
         path = harness.append_csv(rec, args.csv)
         print(f"rows appended to {path}")
 
-    harness.run_at_thread_counts(device, args, run_pairs if args.paired else run)
+    def run_profile():
+        print(f"device: {harness.device_name(device)}, {dtype}, torch {torch.__version__}")
+        for case in cases:
+            if args.profile == "neurosurgeon" and case.neurosurgeon_why_not:
+                print(f"{case.name}: {case.neurosurgeon_why_not}")
+                continue
+            print(profile_step(case, args.profile, device, dtype), flush=True)
+
+    harness.run_at_thread_counts(
+        device, args, run_profile if args.profile else run_pairs if args.paired else run)
     return 0
 
 

@@ -141,20 +141,19 @@ def model_step_table(rows: list[dict]) -> str:
 
 
 def model_step_paired_table(rows: list[dict]) -> str:
-    """One row per model, one column per thread count (device): the paired
-    ratio's median [p20, p80] and the number of pairs."""
-    runs = latest_runs(rows, "model_step_paired")
-    if not runs:
-        return ""
-    pairs = sorted({r["provider"] for run in runs.values() for r in run})
-    shapes = _shapes([r for run in runs.values() for r in run])
+    """One table per pair (ours/plain, ours+compile/compile, …), one row per
+    model, one column per thread count (device): each pair's latest run there,
+    its ratio's median [p20, p80] and the number of pairs."""
+    paired = [r for r in rows if r["bench"] == "model_step_paired"]
     out = []
-    for pair in pairs:
+    for pair in sorted({r["provider"] for r in paired}, reverse=True):
+        runs = latest_runs([r for r in paired if r["provider"] == pair], "model_step_paired")
+        shapes = _shapes([r for run in runs.values() for r in run])
         body = []
         for shape in shapes:
             cells = [shape]
             for run in runs.values():
-                row = next((r for r in run if (r["shape"], r["provider"]) == (shape, pair)), None)
+                row = next((r for r in run if r["shape"] == shape), None)
                 count = row["config"].split("pairs=")[-1] if row else ""
                 cells.append(f"{float(row['p50']):.3f} [{float(row['p20']):.3f}, "
                              f"{float(row['p80']):.3f}] ({count} pairs)" if row else "n/a")

@@ -75,7 +75,11 @@ def test_the_paired_table_has_a_column_per_thread_count(tmp_path):
                      "bench": "model_step_paired", "shape": "GPT-2", "config": "threads=1 pairs=30",
                      "provider": "ours/plain", "mode": "paired", "metric": "ratio",
                      "p20": str(ratio - 0.01), "p50": str(ratio), "p80": str(ratio + 0.01)})
-    text = report.model_step_paired_table(rows)
+    other = [{**rows[0], "provider": "ours+compile/compile", "timestamp": "2026-02-01T01:00:00",
+              "p50": "0.9", "p20": "0.8", "p80": "1.0"}]
+    text = report.model_step_paired_table(rows + other)
+    assert text.index("**ours/plain**") < text.index("**ours+compile/compile**")
+    assert "| GPT-2 | 0.900 [0.800, 1.000] (30 pairs) |" in text
     assert "| model | AMD EPYC (1 thread) | AMD EPYC (2 threads) |" in text
     assert "| GPT-2 | 1.020 [1.010, 1.030] (30 pairs) | 1.040 [1.030, 1.050] (30 pairs) |" in text
 

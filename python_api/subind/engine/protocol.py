@@ -382,6 +382,12 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
                 state.save(probe, opt, lam, e + 1, carried)
             return False
 
+        if target is None:
+            # Asked for once before the first step, the penalty is computed in the
+            # layers' mask pass from that step on — on a resumed run as on an
+            # uninterrupted one, whose losses then agree to the last bit.
+            with torch.no_grad():
+                sf.l0_penalty(probe)
         log = EpochLog(log_dir / f"discovery-lambda{lam:g}.csv" if log_dir else None,
                        ["epoch", "beta", "train_loss", "eval_loss", "eval_accuracy", "density"]
                        + (["target", "expected_density"] if target else []),
