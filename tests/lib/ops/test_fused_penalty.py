@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import subind_fast as sf
-from subind_fast import functional as SF
+from subind_fast.ops import functional as SF
 from subind_fast.ops.mask_math import penalty_and_slope
 from subind_fast.nn.masked_forward import _FORWARD_PENALTIES
 
