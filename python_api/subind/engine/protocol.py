@@ -292,35 +292,18 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
     ``settings.lambdas``; the selection methods (magnitude, lottery_ticket)
     choose ``settings.density`` of the weights without training (the lottery
     ticket from the model before fine-tuning, ``pretrained``)."""
-    s, h = settings, hooks
+    s, h = settings.validate(), hooks  # the settings' one set of rules (Discovery.validate)
     include, exclude = s.include or None, s.exclude or None
     if s.selects:
-        if s.target_density is not None:
-            raise ValueError(f"target_density is for the trained methods; the {s.method} "
-                             "selection keeps density")
-        if s.granularity != "weight" or s.n_samples != 1:
-            raise ValueError(f"the {s.method} selection keeps individual weights: granularity "
-                             "'weight', one sample")
-        if s.ablation != "zero" or s.objective != "labels":
-            raise ValueError(f"the {s.method} selection trains nothing: ablation and objective "
-                             "are for the trained methods")
         return _select(model, task, eval_data, s.method, s.density, pretrained, include,
                        exclude, h.in_place, h.prepare)
     method = s.mask_method(h.generator)
-    if s.density is not None:
-        raise ValueError("density is for the selection methods; the trained methods find "
-                         "their density through λ")
     if pretrained is not None:
         raise ValueError("pretrained is for the lottery_ticket selection")
     lambdas, epochs, beta_final, mask_lr = s.lambdas, s.epochs, s.beta_final, s.mask_lr
     mask_init, seed, anneal_temperature = s.mask_init, s.seed, s.anneal_temperature
     log_dir, progress, train_mode, prepare = h.log_dir, h.progress, h.train_mode, h.prepare
     before_epoch, state, sum_over_ranks = h.before_epoch, h.state, h.sum_over_ranks
-    if s.target_density is None and not lambdas:
-        raise ValueError("lambdas must name at least one L0 penalty")
-    if epochs < 1 or beta_final <= 0 or mask_lr <= 0:
-        raise ValueError(f"need epochs >= 1, beta_final > 0, mask_lr > 0 (got {epochs}, "
-                         f"{beta_final}, {mask_lr})")
     probe = model if h.in_place else copy.deepcopy(model)
     sf.mask_model(probe, include=include, exclude=exclude, init=mask_init, method=method)
     # Before prepare: a learned ablation adds parameters that DDP/FSDP2 must see.
@@ -435,8 +418,6 @@ def discover(model: nn.Module, task: Task, train_data: Iterable, eval_data: Iter
 def _select(model, task, eval_data, method, density, pretrained, include, exclude, in_place,
             prepare):
     """Discovery by a selection method: mask, score the hard mask, done."""
-    if density is None:
-        raise ValueError(f"the {method} selection needs density (the fraction to keep)")
     probe = model if in_place else copy.deepcopy(model)
     chosen = sf.selection.select(method, probe, density, pretrained=pretrained, include=include,
                                  exclude=exclude)

@@ -30,12 +30,7 @@ class DensityTarget:
     """The Lagrangian of one discovery run over ``layers`` (masked layers)."""
 
     def __init__(self, layers, target: float, warmup: int, lr: float):
-        if not 0.0 < target < 1.0:
-            raise ValueError(f"target_density must be in (0, 1), got {target!r}")
-        if warmup < 0:
-            raise ValueError(f"target_warmup must be >= 0 epochs, got {warmup!r}")
-        if not lr > 0:
-            raise ValueError(f"lagrangian_lr must be positive, got {lr!r}")
+        # target, warmup and lr come from a Discovery its validate() checked
         self.layers = list(layers)
         self.total = sum(layer.kept_and_total()[1] for layer in self.layers)
         device = next(iter(self.layers[0].masked_parameters().values()))[1].device

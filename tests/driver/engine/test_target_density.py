@@ -85,10 +85,11 @@ def test_shift_to_density_moves_every_logit_by_one_constant():
 
 def test_bad_target_settings_are_named():
     model, train_data, eval_data = _trained()
-    for settings, message in [(Discovery(target_density=1.0), "target_density must be in"),
-                              (Discovery(target_density=0.1, target_warmup=-1), "target_warmup"),
+    for settings, message in [(Discovery(target_density=1.0), "--target-density must be in"),
+                              (Discovery(target_density=0.1, target_warmup=-1),
+                               "--target-warmup must be in"),
                               (Discovery(target_density=0.1, method="magnitude", density=0.1),
-                               "target_density is for the trained methods")]:
+                               "--target-density aims the trained masks at a size")]:
         with pytest.raises(ValueError, match=message):
             discover(model, _Classify(), train_data, eval_data, settings)
 
