@@ -97,3 +97,14 @@ def composite_sampled_weight(weight, logits, beta, mode, key):
     else:
         m = (y > 0.5).to(y.dtype) + y - y.detach()
     return weight.to(logits.dtype) * m
+
+
+def optional_import(module: str, *names: str):
+    """``names`` from an optional package (transformers, timm: the driver's
+    extras); the test skips where it is not installed — the kernel library's
+    core install (torch, numpy, safetensors, triton) runs without them."""
+    import pytest
+
+    found = pytest.importorskip(module)
+    values = tuple(getattr(found, name) for name in names)
+    return values[0] if len(values) == 1 else values

@@ -7,10 +7,11 @@ from torch import nn
 
 import subind_fast as sf
 from subind_fast.naming import parameter_names, strip_wrappers
+from oracle import optional_import
 
 
 def _gpt2(seed):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2Config, GPT2LMHeadModel = optional_import("transformers", "GPT2Config", "GPT2LMHeadModel")
 
     torch.manual_seed(seed)
     return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=40,

@@ -14,13 +14,11 @@ from torch import nn
 
 import subind_fast as sf
 
-from oracle import mask_of
-
-transformers = pytest.importorskip("transformers")
+from oracle import mask_of, optional_import
 
 
 def _conv1d_gpt2(n_in, n_out):
-    from transformers.pytorch_utils import Conv1D
+    Conv1D = optional_import("transformers.pytorch_utils", "Conv1D")
 
     return Conv1D(n_out, n_in)
 
@@ -102,6 +100,7 @@ def test_ablated_layer_equals_the_float64_oracle(kind, granularity, how, mode):
 
 
 def _gpt2():
+    transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40, n_positions=16)
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).double().eval()
@@ -149,6 +148,7 @@ def test_ablation_errors_are_named():
 
 
 def _ablated_llama(how: str):
+    transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2,
                                       vocab_size=60, max_position_embeddings=32)
@@ -170,7 +170,8 @@ def test_save_pretrained_round_trips_an_ablation(tmp_path, how):
     reloaded model computes what the saved one did."""
     _, model, ids = _ablated_llama(how)
     model.save_pretrained(tmp_path)
-    back = sf.nn.masked_from_pretrained(transformers.LlamaForCausalLM, tmp_path,
+    LlamaForCausalLM = optional_import("transformers", "LlamaForCausalLM")
+    back = sf.nn.masked_from_pretrained(LlamaForCausalLM, tmp_path,
                                         dtype=torch.float64).eval()
     assert {sf.nn.ablation.ablation_of(layer) for layer in sf.masked_layers(back).values()} \
         == {how}

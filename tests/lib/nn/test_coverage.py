@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import subind_fast as sf
-from oracle import effective_weight
+from oracle import effective_weight, optional_import
 
 
 def _randomise(model):
@@ -77,8 +77,8 @@ def test_multihead_attention_with_separate_kv_dims_matches_the_composite(batch_f
 
 
 def test_linear_subclasses_are_masked_and_keep_their_type():
-    import timm
-    from timm.layers import Linear as TimmLinear
+    timm = pytest.importorskip("timm")
+    TimmLinear = optional_import("timm.layers", "Linear")
 
     model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=7)
     assert type(model.classifier) is TimmLinear
@@ -160,7 +160,7 @@ def test_always_policy_checks_every_forward():
 ])
 def test_timm_attention_that_reads_qkv_weight_is_fixed_without_changing_its_output(name, kwargs,
                                                                                    size):
-    import timm
+    timm = pytest.importorskip("timm")
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=4, **kwargs).eval()
@@ -219,7 +219,8 @@ def test_unmaskable_matrix_weights_are_warned_about():
 
 @pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
 def test_timm_tf_same_padding_conv_is_masked_after_its_padding(stride, dilation):
-    from timm.layers.conv2d_same import Conv2dSame, conv2d_same
+    Conv2dSame, conv2d_same = optional_import("timm.layers.conv2d_same", "Conv2dSame",
+                                              "conv2d_same")
 
     torch.manual_seed(0)
     model = nn.Sequential(Conv2dSame(3, 5, 3, stride=stride, dilation=dilation, groups=1))

@@ -8,6 +8,8 @@ from subind_fast.nn import (MaskedConv1d, MaskedConv2d, MaskedGPT2Conv1D, Masked
                             l0_penalty, mask_model, masked_layers, set_beta, set_mode,
                             unmask_model)
 
+from oracle import optional_import
+
 
 def _randomise_logits(model, std=0.5):
     for layer in masked_layers(model).values():
@@ -72,7 +74,7 @@ def test_conv_round_trip(cls, plain, shape):
 
 
 def test_gpt2_conv1d_round_trip():
-    from transformers.pytorch_utils import Conv1D
+    Conv1D = optional_import("transformers.pytorch_utils", "Conv1D")
 
     plain = Conv1D(12, 8)
     nn.init.normal_(plain.bias)
@@ -97,7 +99,7 @@ def test_state_dict_keeps_beta_and_mode():
 
 
 def _tiny_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2Config, GPT2LMHeadModel = optional_import("transformers", "GPT2Config", "GPT2LMHeadModel")
 
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
                         n_inner=64)

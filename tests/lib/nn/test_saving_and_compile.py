@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 import subind_fast as sf
+from oracle import optional_import
 
 
 def _gpt2(seed=0):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2Config, GPT2LMHeadModel = optional_import("transformers", "GPT2Config", "GPT2LMHeadModel")
 
     torch.manual_seed(seed)
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=8,
@@ -109,7 +110,7 @@ def test_torch_save_state_dict_round_trip(tmp_path):
 
 
 def test_torch_save_whole_model_with_a_linear_subclass(tmp_path):
-    from timm.layers import Linear as TimmLinear
+    TimmLinear = optional_import("timm.layers", "Linear")
 
     model = nn.Sequential(TimmLinear(5, 4), nn.ReLU(), nn.Linear(4, 2))
     sf.mask_model(model)
@@ -136,7 +137,7 @@ def test_safetensors_save_model_round_trip_with_tied_weights(tmp_path):
 
 
 def test_transformers_save_pretrained_and_masked_from_pretrained(tmp_path):
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = optional_import("transformers", "GPT2LMHeadModel")
 
     model = _masked_gpt2()
     model.save_pretrained(tmp_path)
@@ -149,7 +150,7 @@ def test_transformers_save_pretrained_and_masked_from_pretrained(tmp_path):
 @pytest.mark.parametrize("method", [sf.nn.MaskMethod("hard_concrete"),
                                     sf.nn.MaskMethod("gumbel", "neuron", n_samples=2)])
 def test_saving_and_reloading_keeps_the_mask_method(tmp_path, method):
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = optional_import("transformers", "GPT2LMHeadModel")
 
     model = _gpt2()
     sf.mask_model(model, include=["transformer.h.*"], method=method)
@@ -167,7 +168,7 @@ def test_saving_and_reloading_keeps_the_mask_method(tmp_path, method):
 
 
 def test_masked_from_pretrained_refuses_an_unmasked_checkpoint(tmp_path):
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = optional_import("transformers", "GPT2LMHeadModel")
 
     _gpt2().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds no masked layers"):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import subind_fast as sf
-from oracle import assert_matches_oracle, effective_weight
+from oracle import assert_matches_oracle, effective_weight, optional_import
 
 LOW = [torch.bfloat16, torch.float16]
 
@@ -95,7 +95,7 @@ def test_double_casts_logits_and_beta_too():
 
 
 def test_bf16_weight_model_trains_its_fp32_logits():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2Config, GPT2LMHeadModel = optional_import("transformers", "GPT2Config", "GPT2LMHeadModel")
 
     torch.manual_seed(0)
     config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=40, n_positions=8,

@@ -68,9 +68,14 @@ def test_the_table_covers_every_launch_config_dtype_and_arch(compiled):
 def test_the_cuda_extension_is_checked_where_it_was_built(compiled):
     """Where the build compiled the CUDA extension (CI requires it), its
     kernels were compiled for both architectures and reported."""
+    from benchmarks import gpu_static
+
     built = list((ROOT / "subind_fast").glob("_C_cuda*.so"))
     if not built:
         pytest.skip("the CUDA extension was not built here (no matching CUDA toolkit)")
+    if gpu_static._cuda_toolkit() is None and os.environ.get("SUBIND_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("built, but this environment has no CUDA toolkit to compile it for the "
+                    "check (a core install; CI requires one)")
     _, rows = compiled
     cuda = [r for r in rows if r["variant"] == "mask_ops_cuda.cu"]
     assert {r["arch"] for r in cuda} == {"sm_80", "sm_90a"}
