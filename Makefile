@@ -16,7 +16,7 @@ SUBIND_REQUIRE_CUDA_BUILD ?= 0
 export SUBIND_SKIP_CUDA_BUILD SUBIND_REQUIRE_CUDA_BUILD
 CUDA_TOOLKIT_PACKAGES := nvidia-cuda-nvcc nvidia-cuda-crt nvidia-nvvm nvidia-cuda-cccl nvidia-cuda-runtime
 
-.PHONY: all venv install build cuda-toolkit test test-fast demo bench bench-layers bench-optim bench-model bench-report clean
+.PHONY: all venv install build cuda-toolkit test test-fast test-install demo bench bench-layers bench-optim bench-model bench-report clean
 
 all: test
 
@@ -58,6 +58,11 @@ build: $(EXT_STAMP)
 
 test: build
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# Both install routes in a fresh venv (a wheel run with no compiler on PATH,
+# and `pip install .` from a clean clone of HEAD); CI runs it after `test`.
+test-install: build
+	$(PY) tests/install/check_install.py
 
 test-fast: build
 	$(PY) -m pytest tests -q -m "not slow" -p no:cacheprovider

@@ -18,7 +18,9 @@ so the extension compiles against the installed torch.
 from __future__ import annotations
 
 import os
+import platform
 import re
+import shlex
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -29,26 +31,52 @@ ROOT = Path(__file__).parent.resolve()
 INCLUDE = str(ROOT / "csrc" / "include")
 
 
-def _cpu_arch_flags() -> list[str]:
-    """Vector ISA flags for the machine that builds (the build is local, like
-    -march=native, but limited to the ISAs the loops were written for, so they
-    vectorise predictably): AVX2/FMA, and AVX-512 at full width where the CPU
-    has it (the mask passes run 1.8x faster with 16 lanes than with 8)."""
-    override = os.environ.get("SUBIND_CPU_ARCH_FLAGS")
-    if override is not None:
-        return override.split()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(re.findall(r"\b(avx2|fma|avx512f|avx512dq|avx512bw|avx512vl)\b", cpuinfo))
-    if not {"avx2", "fma"} <= flags:
-        return []
-    chosen = ["-mavx2", "-mfma"]
-    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
-        chosen += ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
-                   "-mprefer-vector-width=512"]
-    return chosen
+# The CPU loops are compiled once per x86-64 vector ISA, each unit with its
+# ISA's flags (csrc/cpu/loops/cpu_loops.h), and chosen at load from the running
+# CPU; everything else compiles for the baseline ISA, so a library built on
+# one machine runs on any x86-64 CPU.  AVX-512 runs the mask passes about
+# 1.8x faster than AVX2 (16 lanes against 8).
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+CPU_LOOP_UNITS = {
+    "default": ["-march=x86-64", "-mtune=generic"] if _X86_64 else [],
+    **({"avx2": ["-march=x86-64", *_AVX2],
+        "avx512": ["-march=x86-64", *_AVX2, "-mavx512f", "-mavx512dq", "-mavx512bw",
+                   "-mavx512vl", "-mprefer-vector-width=512"]} if _X86_64 else {}),
+}
+LOOPS_DIR = ROOT / "csrc" / "cpu" / "loops"
+_CPU_LOOP_MACROS = [("SUBIND_HAVE_X86_LOOPS", None)] if _X86_64 else []
+_CPU_LOOP_FLAGS = ["-O3", "-fPIC", "-std=c++20", "-fopenmp-simd", "-fno-trapping-math",
+                   "-fno-math-errno", "-fvisibility=hidden",
+                   *[f"-D{name}" for name, _ in _CPU_LOOP_MACROS]]
+
+
+def _cpu_loop_headers() -> list[Path]:
+    return sorted(LOOPS_DIR.glob("*.h")) + sorted((ROOT / "csrc" / "include" / "subind").glob("*.h"))
+
+
+def compile_cpu_loops(build_temp: str) -> list[str]:
+    """One object per CPU capability, compiled in parallel with the C++
+    compiler the extension uses ($CXX, else c++); redone when its unit or a
+    header it may include is newer than the object."""
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    out_dir = Path(build_temp) / "cpu_loops"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    newest_header = max(h.stat().st_mtime for h in _cpu_loop_headers())
+    jobs, objects = [], []
+    for capability, isa_flags in CPU_LOOP_UNITS.items():
+        source = LOOPS_DIR / f"loops_{capability}.cpp"
+        obj = out_dir / f"loops_{capability}.o"
+        objects.append(str(obj))
+        if obj.exists() and obj.stat().st_mtime > max(newest_header, source.stat().st_mtime):
+            continue
+        cmd = [*cxx, *_CPU_LOOP_FLAGS, *isa_flags, f"-I{INCLUDE}", "-c", str(source), "-o", str(obj)]
+        print("[subind-fast]", " ".join(cmd))
+        jobs.append((cmd, subprocess.Popen(cmd)))
+    for cmd, job in jobs:
+        if job.wait() != 0:
+            raise RuntimeError(f"compiling the CPU loops failed: {' '.join(cmd)}")
+    return objects
 
 
 def _cuda_home_matching(torch_cuda: str) -> Path | None:
@@ -108,16 +136,21 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension
 
     cxx = ["-O3", "-fopenmp", "-std=c++20", "-fno-trapping-math", "-fno-math-errno",
-           *_cpu_arch_flags()]
+           *CPU_LOOP_UNITS["default"]]
     exts = [
         CppExtension(
             "subind_fast._C",
             ["csrc/ops/schemas.cpp", "csrc/ops/meta.cpp", "csrc/ops/autograd.cpp",
              "csrc/ops/autocast.cpp", "csrc/ops/module.cpp", "csrc/cpu/mask_ops.cpp",
-             "csrc/cpu/masked_linear.cpp", "csrc/cpu/optim.cpp"],
+             "csrc/cpu/masked_linear.cpp", "csrc/cpu/optim.cpp",
+             "csrc/cpu/loops/capability.cpp"],
             include_dirs=[INCLUDE],
+            define_macros=_CPU_LOOP_MACROS,
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
+            # The per-capability loop objects (compile_cpu_loops) join at link time.
+            depends=[str(LOOPS_DIR / f"loops_{c}.cpp") for c in CPU_LOOP_UNITS]
+            + [str(h) for h in _cpu_loop_headers()],
         )
     ]
 
@@ -163,6 +196,46 @@ def extensions():
 
 
 OPTIONAL_EXTENSIONS = ("subind_fast._C_cuda",)
+# Written beside the compiled parts: what they were built against, read by
+# subind_fast/ops/extensions.py before it loads them.
+BUILD_RECORD = "_built_with.json"
+
+
+def torch_minor(version: str) -> str:
+    """'2.14' of '2.14.1+cu130'."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def core_dependencies() -> list[str]:
+    """The kernel library's requirements.  A C++ extension is bound to the ABI
+    of the torch it was compiled against, so torch is pinned to that minor
+    release; without torch at metadata time (an sdist) any supported one."""
+    try:
+        import torch
+        torch_requirement = f"torch=={torch_minor(torch.__version__)}.*"
+    except ImportError:
+        torch_requirement = "torch>=2.6"
+    return [torch_requirement, "triton>=3.1; platform_system == 'Linux'", "numpy",
+            "safetensors"]
+
+
+def write_build_record(package_dir: Path, cuda_built: bool) -> None:
+    import json
+
+    import torch
+
+    record = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_extension": cuda_built,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda_built else None,
+        "cpu_capabilities": list(CPU_LOOP_UNITS),
+    }
+    package_dir.mkdir(parents=True, exist_ok=True)
+    path = package_dir / BUILD_RECORD
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, path)
 
 
 def _warn_cuda_skipped(reason: str) -> None:
@@ -172,21 +245,36 @@ def _warn_cuda_skipped(reason: str) -> None:
 
 
 def build_ext_class():
-    """torch's BuildExtension, except that a failed optional extension is one
-    warning rather than a failed install (unless SUBIND_REQUIRE_CUDA_BUILD=1)."""
+    """torch's BuildExtension, which also compiles the CPU loops of each
+    capability for the CPU library, and for which a failed optional extension
+    is one warning rather than a failed install (unless SUBIND_REQUIRE_CUDA_BUILD=1)."""
     from torch.utils.cpp_extension import BuildExtension
 
     base = BuildExtension.with_options(use_ninja=True)
 
     class BuildWithOptionalCuda(base):
+        cuda_built = False
+
+        def run(self):
+            super().run()
+            if any(ext.name == "subind_fast._C" for ext in self.extensions):
+                write_build_record(Path(self.get_ext_fullpath("subind_fast._C")).parent,
+                                   cuda_built=self.cuda_built)
+
         def build_extension(self, ext):
+            if ext.name == "subind_fast._C":
+                ext.extra_objects = compile_cpu_loops(self.build_temp)
             if ext.name not in OPTIONAL_EXTENSIONS or os.environ.get(
                     "SUBIND_REQUIRE_CUDA_BUILD") == "1":
-                return super().build_extension(ext)
-            try:
-                return super().build_extension(ext)
-            except Exception as err:  # the compiler's message is already on stderr
-                _warn_cuda_skipped(f"compiling it failed ({str(err).splitlines()[0]})")
+                super().build_extension(ext)
+            else:
+                try:
+                    super().build_extension(ext)
+                except Exception as err:  # the compiler's message is already on stderr
+                    _warn_cuda_skipped(f"compiling it failed ({str(err).splitlines()[0]})")
+                    return
+            if ext.name == "subind_fast._C_cuda":
+                self.cuda_built = True
 
     return BuildWithOptionalCuda
 
@@ -196,6 +284,7 @@ def main():
     # so the extensions are built once, with the CUDA toolkit already present.
     in_place_later = os.environ.get("SUBIND_SKIP_BUILD_IN_INSTALL") == "1"
     setup(
+        install_requires=core_dependencies(),
         ext_modules=[] if in_place_later else extensions(),
         cmdclass={"build_ext": build_ext_class()},
     )

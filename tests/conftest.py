@@ -28,13 +28,16 @@ def pytest_report_header(config):
         except md.PackageNotFoundError:
             return "not installed"
 
-    built = sf.backend_info()["compiled"]
+    info = sf.backend_info()
+    built = info["compiled"]
     return [
         f"subind-fast: python {platform.python_version()}, torch {torch.__version__} "
         f"(CUDA {torch.version.cuda}), triton {version('triton')}, transformers "
         f"{version('transformers')}, timm {version('timm')}, torchvision {version('torchvision')}",
         "subind-fast: compiled parts " + ", ".join(f"{k}={'yes' if v else 'no'}"
                                                   for k, v in built.items())
+        + f"; CPU loops {info['cpu_capability']['running']} (runnable: "
+        + ", ".join(info["cpu_capability"]["runnable"]) + ")"
         + f"; torch threads {torch.get_num_threads()}",
     ]
 

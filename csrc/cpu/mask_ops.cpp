@@ -1,8 +1,8 @@
 // CPU kernels of the mask ops: mask_weight and its backward, the masked
 // convolutions (the mask pass around ATen's convolution, composed by the
 // shared host driver, subind/mask_driver.h) and the L0 penalty Σσ(βs).  The
-// element-wise loop is cpu_kernels.h's; the fp32 loops vectorise (the exp is
-// a branch-free polynomial, subind/mask_math.h).
+// element-wise loops are the chosen CPU capability's (loops/cpu_loops.h); the
+// fp32 loops vectorise (the exp is a branch-free polynomial, subind/mask_math.h).
 #include <torch/library.h>
 
 #include "cpu_kernels.h"
@@ -11,47 +11,21 @@ namespace {
 
 using subind_cpu::kGrain;
 
-// fp32 partial sums over short blocks keep the loop vectorised; the blocks are
-// added in double so the total stays accurate to ~1e-7 relative.
-template <typename T>
-double sigmoid_sum_range(const T* __restrict__ s, T beta, int64_t begin,
-                         int64_t end) {
-  constexpr int64_t kBlock = 512;
-  double acc = 0.0;
-  for (int64_t b = begin; b < end; b += kBlock) {
-    const int64_t stop = std::min(end, b + kBlock);
-    T local = 0;
-#pragma omp simd reduction(+ : local)
-    for (int64_t i = b; i < stop; ++i) {
-      T m, slope;
-      subind::sigmoid_and_slope(beta * s[i], m, slope);
-      local += m;
-    }
-    acc += static_cast<double>(local);
-  }
-  return acc;
-}
-
 template <typename T>
 double sigmoid_sum_loop(const T* s, T beta, int64_t n) {
+  const auto range = std::get<subind_cpu::SigmoidSumFn<T>>(subind_cpu::active_loops().sigmoid_sum);
   return at::parallel_reduce(
       int64_t(0), n, kGrain, 0.0,
-      [=](int64_t begin, int64_t end, double acc) {
-        return acc + sigmoid_sum_range(s, beta, begin, end);
-      },
+      [=](int64_t begin, int64_t end, double acc) { return acc + range(s, beta, begin, end); },
       std::plus<double>());
 }
 
 template <typename T>
 void sigmoid_slope_loop(const T* s, T beta, T scale, T* out, int64_t n) {
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      T m, slope;
-      subind::sigmoid_and_slope(beta * s[i], m, slope);
-      out[i] = scale * slope;
-    }
-  });
+  const auto range =
+      std::get<subind_cpu::SigmoidSlopeFn<T>>(subind_cpu::active_loops().sigmoid_slope);
+  at::parallel_for(0, n, kGrain,
+                   [&](int64_t begin, int64_t end) { range(s, beta, scale, out, begin, end); });
 }
 
 // sum(sigmoid(beta * s)), accumulated per chunk then in double: one pass, no

@@ -1,18 +1,16 @@
 // Fused frozen-mask optimizer steps on the CPU: one pass per parameter reads
 // the gradient, the state and the packed frozen bits and writes parameter and
-// state in place.  Math: csrc/include/subind/optim_math.h.
+// state in place.  Math: csrc/include/subind/optim_math.h; the loops are the
+// chosen CPU capability's (loops/cpu_loops.h).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 
-#include "subind/optim_math.h"
+#include "loops/cpu_loops.h"
 
 namespace {
 
 constexpr int64_t kGrain = 32768;
-
-// The per-element lambdas must inline into the SIMD loops or nothing vectorises.
-#define SUBIND_ALWAYS_INLINE __attribute__((always_inline))
 
 void check_same(const char* op, const at::Tensor& param, const at::Tensor& other,
                 const char* name) {
@@ -32,61 +30,21 @@ const uint8_t* frozen_ptr(const char* op, const at::Tensor& param, const at::Ten
   return bits.data_ptr<uint8_t>();
 }
 
-// Calls f(i, frozen) for i in [begin, end).  With a mask, whole bytes are
-// walked one at a time and their 8 elements form one SIMD lane group (the
-// per-element form bits[i >> 3] >> (i & 7) kept GCC from vectorising: 5x
-// slower); the ragged ends of a chunk are done element by element.
-template <typename F>
-SUBIND_ALWAYS_INLINE inline void for_each_with_frozen_bit(int64_t begin, int64_t end, const uint8_t* bits, F&& f) {
-  if (bits == nullptr) {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) f(i, false);
-    return;
-  }
-  const int64_t first_byte = (begin + 7) / 8, last_byte = end / 8;
-  if (first_byte >= last_byte) {
-    for (int64_t i = begin; i < end; ++i) f(i, subind::is_frozen(bits, i));
-    return;
-  }
-  for (int64_t i = begin; i < first_byte * 8; ++i) f(i, subind::is_frozen(bits, i));
-  for (int64_t j = first_byte; j < last_byte; ++j) {
-    const uint32_t byte = bits[j];
-#pragma omp simd
-    for (int k = 0; k < 8; ++k) f(j * 8 + k, ((byte >> k) & 1u) != 0);
-  }
-  for (int64_t i = last_byte * 8; i < end; ++i) f(i, subind::is_frozen(bits, i));
-}
-
 template <typename T>
 void adamw_loop(T* p, const T* g, T* m, T* v, T* vmax, const uint8_t* bits,
                 const subind::AdamWScalars c, int64_t n) {
+  const auto range = std::get<subind_cpu::AdamWRangeFn<T>>(subind_cpu::active_loops().adamw);
   at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-    if (vmax != nullptr) {
-      for_each_with_frozen_bit(begin, end, bits, [=](int64_t i, bool frozen) SUBIND_ALWAYS_INLINE {
-        subind::adamw_element<T>(p[i], g[i], m[i], v[i], vmax + i, c, frozen);
-      });
-    } else {
-      for_each_with_frozen_bit(begin, end, bits, [=](int64_t i, bool frozen) SUBIND_ALWAYS_INLINE {
-        subind::adamw_element<T>(p[i], g[i], m[i], v[i], nullptr, c, frozen);
-      });
-    }
+    range(p, g, m, v, vmax, bits, c, begin, end);
   });
 }
 
 template <typename T>
 void sgd_loop(T* p, const T* g, T* buf, const uint8_t* bits, const subind::SGDScalars c,
               int64_t n) {
-  at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-    if (buf != nullptr) {
-      for_each_with_frozen_bit(begin, end, bits, [=](int64_t i, bool frozen) SUBIND_ALWAYS_INLINE {
-        subind::sgd_element<T>(p[i], g[i], buf + i, c, frozen);
-      });
-    } else {
-      for_each_with_frozen_bit(begin, end, bits, [=](int64_t i, bool frozen) SUBIND_ALWAYS_INLINE {
-        subind::sgd_element<T>(p[i], g[i], nullptr, c, frozen);
-      });
-    }
-  });
+  const auto range = std::get<subind_cpu::SgdRangeFn<T>>(subind_cpu::active_loops().sgd);
+  at::parallel_for(0, n, kGrain,
+                   [=](int64_t begin, int64_t end) { range(p, g, buf, bits, c, begin, end); });
 }
 
 void adamw_step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,

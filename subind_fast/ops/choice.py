@@ -91,5 +91,6 @@ def backend_info() -> dict:
         "compiled": {"_C (schemas, cpu)": built,
                      "_C_cuda (cuda)": available("_C_cuda"),
                      "triton": triton_available()},
+        "cpu_capability": library.cpu_capability(),
         "cuda_device": torch.cuda.is_available(),
     }

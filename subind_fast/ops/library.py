@@ -47,6 +47,9 @@ def _load() -> tuple[tuple[str, ...], frozenset]:
         return (), frozenset()
     compiled = load("_C")
     check_compiled_table(compiled.MODE_NAMES, compiled.STRETCH)
+    # The CPU loops' capability is chosen now, so a bad SUBIND_CPU_CAPABILITY
+    # fails the import, naming the variable, rather than a later op call.
+    compiled.cpu_capability()
     available("_C_cuda")  # registers its CUDA kernels when built
     names = _registered_ops()
     from . import reference
@@ -65,6 +68,17 @@ def _load() -> tuple[tuple[str, ...], frozenset]:
 #: the ops of the namespace, and those the CUDA extension serves (the Python
 #: CUDA kernels serve the rest)
 OP_NAMES, CUDA_EXTENSION_OPS = _load()
+
+
+def cpu_capability() -> dict:
+    """Which CPU capability's loops run ("default": baseline x86-64, "avx2",
+    "avx512"), which the running CPU could run, and the override's name."""
+    if not OP_NAMES:
+        return {"running": None, "runnable": (), "override": "SUBIND_CPU_CAPABILITY"}
+    compiled = load("_C")
+    return {"running": compiled.cpu_capability(),
+            "runnable": tuple(compiled.runnable_cpu_capabilities()),
+            "override": "SUBIND_CPU_CAPABILITY"}
 
 
 def cuda_kernel_source(op_name: str) -> str:
