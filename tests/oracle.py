@@ -3,6 +3,7 @@ composites (sigmoid → mul → F.linear / convolution), independent of every
 line of our backward code."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -103,8 +104,24 @@ def optional_import(module: str, *names: str):
     """``names`` from an optional package (transformers, timm: the driver's
     extras); the test skips where it is not installed — the kernel library's
     core install (torch, numpy, safetensors, triton) runs without them."""
-    import pytest
-
     found = pytest.importorskip(module)
     values = tuple(getattr(found, name) for name in names)
     return values[0] if len(values) == 1 else values
+
+
+def _inductor_cpu_compiles() -> bool:
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or an Inductor without the helper
+        return False
+    return True
+
+
+#: torch.compile's default backend (Inductor) compiles generated C++ for CPU
+#: tensors, so it needs a C++ compiler; the library's wheel does not, and on a
+#: machine without one these tests skip (torch's requirement, not ours).
+needs_inductor_cpu = pytest.mark.skipif(
+    not _inductor_cpu_compiles(),
+    reason="torch.compile (Inductor) needs a C++ compiler for CPU tensors, and none is installed")

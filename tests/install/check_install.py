@@ -1,6 +1,6 @@
 """The two install routes, each checked in a fresh virtual environment that
 holds only the kernel library's requirements (torch, triton, numpy,
-safetensors; pytest to test): `make test-install` runs this, and CI after
+safetensors; pytest and hypothesis to test): `make test-install` runs this, and CI after
 `make test`.
 
 1. From source: `pip install --no-build-isolation .` in a clean clone (a
@@ -54,7 +54,12 @@ def pinned_core_requirements() -> list[str]:
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"triton=={md.version('triton')}",
             f"numpy=={md.version('numpy')}", f"safetensors=={md.version('safetensors')}",
-            f"pytest=={md.version('pytest')}"]
+            *testing_tools()]
+
+
+def testing_tools() -> list[str]:
+    """What the tests themselves use (the `test` extra, less the benchmark plugin)."""
+    return [f"pytest=={md.version('pytest')}", f"hypothesis=={md.version('hypothesis')}"]
 
 
 def compiler_free_path(work: Path, venv: Path) -> str:
@@ -69,10 +74,12 @@ def compiler_free_path(work: Path, venv: Path) -> str:
 
 
 def tests_copy(clone: Path, work: Path) -> Path:
-    """tests/, README.md and setup.py of the clone, without the package."""
+    """tests/ (and benchmarks/, which the GPU static check runs), README.md and
+    setup.py of the clone, without the package."""
     copy = work / "tests-only"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(clone / "tests", copy / "tests")
+    shutil.copytree(clone / "benchmarks", copy / "benchmarks")
     for name in ("README.md", "setup.py", "pyproject.toml"):
         shutil.copy2(clone / name, copy / name)
     return copy
@@ -99,16 +106,18 @@ def main() -> None:
     base_python = getattr(sys, "_base_executable", sys.executable)
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     try:
-        step(f"a clean clone of {ROOT} (HEAD)")
-        clone = work / "clone"
-        shutil.rmtree(clone, ignore_errors=True)
-        run(["git", "clone", "-q", ROOT, clone])
+        step(f"two clean clones of {ROOT} (HEAD): one per route, so no build output is shared")
+        clones = {}
+        for route in ("wheel", "source"):
+            clones[route] = work / f"clone-{route}"
+            shutil.rmtree(clones[route], ignore_errors=True)
+            run(["git", "clone", "-q", ROOT, clones[route]])
 
         step("the wheel, built by this interpreter (it has the compilers)")
         dist = work / "dist"
         shutil.rmtree(dist, ignore_errors=True)
         run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
-             "-w", dist, clone], env=clean_env)
+             "-w", dist, clones["wheel"]], env=clean_env)
         wheels = sorted(dist.glob("subind_fast-*.whl"))
         assert len(wheels) == 1, f"expected one wheel in {dist}, found {wheels}"
         names = zipfile.ZipFile(wheels[0]).namelist()
@@ -132,9 +141,9 @@ def main() -> None:
 
         step("route 1: pip install --no-build-isolation . (from the clone, not editable)")
         run([*pip, "install", "-q", "setuptools>=77", "wheel", "ninja"], env=clean_env)
-        run([*pip, "install", "-q", "--no-build-isolation", clone],
+        run([*pip, "install", "-q", "--no-build-isolation", clones["source"]],
             env={**clean_env, "SUBIND_SKIP_CUDA_BUILD": "1", "SUBIND_REQUIRE_CUDA_BUILD": "0"})
-        copy = tests_copy(clone, work)
+        copy = tests_copy(clones["source"], work)
         run_tests(venv, copy, clean_env, *KERNEL_TESTS)
         run([*pip, "uninstall", "-q", "-y", "subind-fast", "setuptools", "wheel", "ninja"])
 

@@ -12,7 +12,7 @@ from subind_fast.ops import reference
 from subind_fast.ops.choice import backend_info
 from subind_fast.nn.methods import MaskMethod
 from oracle import (assert_matches_oracle, composite_sampled_weight, extra_saved_bytes, leaf,
-                    run_with_grads)
+                    needs_inductor_cpu, run_with_grads)
 
 SAMPLED = ["concrete", "gumbel"]
 EPS = 0.1
@@ -179,6 +179,7 @@ class _Small(torch.nn.Module):
         return self.lin(torch.relu(self.conv(x)).flatten(1))
 
 
+@needs_inductor_cpu
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [MaskMethod("hard_concrete"), MaskMethod("gumbel", n_samples=2),
                                     MaskMethod("continuous", "neuron"),

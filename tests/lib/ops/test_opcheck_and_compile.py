@@ -4,6 +4,7 @@ import torch
 
 import subind_fast as sf
 from subind_fast.ops import library
+from oracle import needs_inductor_cpu
 
 torch_ops = torch.ops.subind
 
@@ -104,6 +105,7 @@ class _Small(torch.nn.Module):
         return self.lin(h.flatten(1))
 
 
+@needs_inductor_cpu
 @pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
