@@ -16,7 +16,7 @@ SUBIND_REQUIRE_CUDA_BUILD ?= 0
 export SUBIND_SKIP_CUDA_BUILD SUBIND_REQUIRE_CUDA_BUILD
 CUDA_TOOLKIT_PACKAGES := nvidia-cuda-nvcc nvidia-cuda-crt nvidia-nvvm nvidia-cuda-cccl nvidia-cuda-runtime
 
-.PHONY: all venv install build cuda-toolkit test test-fast test-install demo bench bench-layers bench-optim bench-model bench-report clean
+.PHONY: all venv install build cuda-toolkit test test-fast test-install demo bench bench-layers bench-optim bench-model bench-capabilities bench-report clean
 
 all: test
 
@@ -76,6 +76,9 @@ bench-optim: build
 bench-model: build
 	$(PY) -m benchmarks.bench_model_step
 
+bench-capabilities: build
+	$(PY) -m benchmarks.bench_cpu_capabilities
+
 # The README's benchmark tables and plot, from benchmarks/results/results.csv.
 bench-report:
 	$(PY) -m benchmarks.report
@@ -90,7 +93,7 @@ demo: build
 	$(VENV)/bin/subind report $(DEMO_OUT)/arithmetic
 	$(VENV)/bin/subind report $(DEMO_OUT)/vision
 
-bench: bench-layers bench-optim bench-model
+bench: bench-layers bench-optim bench-model bench-capabilities
 
 clean:
 	rm -rf build subind_fast/*.so *.egg-info
