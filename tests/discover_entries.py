@@ -66,3 +66,20 @@ class AttentionClassifier(nn.Module):
 def attention_classifier():
     torch.manual_seed(5)
     return AttentionClassifier()
+
+
+def random_subnetwork_files(folder, labels, density: float, seed: int):
+    """(one random subnetwork file per label over block_mlp's linear weights,
+    the model's weights file) in ``folder``: what the analyze tests compare."""
+    import subind_fast as sf
+
+    model = block_mlp()
+    g = torch.Generator().manual_seed(seed)
+    files = []
+    for label in labels:
+        masks = {f"{n}.weight": torch.rand(m.weight.shape, generator=g) < density
+                 for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        files.append(str(sf.Subnetwork.from_masks(masks).save(folder / f"{label}.safetensors")))
+    weights = folder / "w.pt"
+    torch.save(model.state_dict(), weights)
+    return files, weights

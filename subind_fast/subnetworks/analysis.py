@@ -13,6 +13,11 @@ bytes; padding bits are 0), per parameter and over all parameters:
                                              are empty, like IoU; 0 when only one is)
     shared(A → B) = |A ∩ B| / |A|            (the fraction of A's weights also in B)
 
+Stability across seeds compares each pair of seeds' masks with the chance
+level — the overlap two random masks of the same per-parameter sizes have in
+expectation — and keeps the weights every seed (the core) and a majority of
+seeds found.
+
 P_reuse of two masks of the same function (e.g. found in two contexts) is
 shared weights as IoM — 1 means the smaller mask is entirely reused; P_specialize
 of masks of two different functions is 1 − IoM — 1 means no weight is shared.
@@ -22,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Mapping, Sequence
+
+import torch
 
 from ..bits import count_ones
 from ..naming import block_of
@@ -114,15 +121,77 @@ def shared_with_others(masks: Mapping[str, Subnetwork]) -> dict[str, dict[str, f
     return out
 
 
-def stability(masks: Sequence[Subnetwork]) -> dict:
-    """Pairwise IoU of masks found with different seeds: {"pairs": {(i, j): IoU},
-    "mean": …, "min": …}.  Needs at least two masks."""
+def chance_overlap(a: Subnetwork, b: Subnetwork) -> Overlap:
+    """The expected Overlap, over all parameters, of two masks drawn uniformly
+    at random with A's and B's number of kept weights in every parameter:
+    E|A ∩ B| = Σ |A_p|·|B_p| / n_p per parameter p (hypergeometric), rounded
+    to the nearest count.  Its IoU is the chance level of a stability or
+    overlap: a mask keeping 30 % of every layer shares IoU ≈ 0.18 with
+    another such mask by chance alone."""
+    rows = overlap(a, b)
+    expected = sum(r.a * r.b / r.size for name, r in rows.items() if name != TOTAL and r.size)
+    total = rows[TOTAL]
+    both = round(expected)
+    return Overlap(total.size, total.a, total.b, both, total.a + total.b - both)
+
+
+def votes(masks: Sequence[Subnetwork], at_least: int) -> Subnetwork:
+    """The weights kept by at least ``at_least`` of the masks (1: their union,
+    len(masks): their intersection)."""
+    if not 1 <= at_least <= len(masks):
+        raise ValueError(f"at_least must be in [1, {len(masks)}], got {at_least}")
+    first = masks[0]
+    for other in masks[1:]:
+        first & other  # raises unless they cover the same parameters
+    counts = {name: sum(m.mask(name).to(torch.int32) for m in masks) for name in first.names()}
+    return Subnetwork.from_masks({name: c >= at_least for name, c in counts.items()},
+                                 metadata={"votes": f"kept by >= {at_least} of {len(masks)}"})
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How alike the masks of one subtask found with different seeds are:
+    every pair's Overlap over all parameters and per block (naming.block_of),
+    the chance level of each pair (:func:`chance_overlap`), and the weights
+    every seed kept (``core``) and more than half of them kept (``majority``)."""
+    labels: tuple[str, ...]
+    pairs: dict[tuple[str, str], Overlap]
+    chance: dict[tuple[str, str], Overlap]
+    by_block: dict[tuple[str, str], dict[str, Overlap]]
+    core: Subnetwork
+    majority: Subnetwork
+
+    def iou(self) -> list[float]:
+        return [row.iou for row in self.pairs.values()]
+
+    def chance_iou(self) -> list[float]:
+        return [row.iou for row in self.chance.values()]
+
+    @property
+    def mean_iou(self) -> float:
+        return sum(self.iou()) / len(self.pairs)
+
+    @property
+    def mean_chance_iou(self) -> float:
+        return sum(self.chance_iou()) / len(self.chance)
+
+
+def stability(masks: Mapping[str, Subnetwork] | Sequence[Subnetwork]) -> Stability:
+    """:class:`Stability` of masks found with different seeds, labelled by the
+    mapping's keys (a sequence's positions).  Needs at least two masks."""
     if len(masks) < 2:
         raise ValueError(f"stability needs at least two subnetworks, got {len(masks)}")
-    pairs = {(i, j): overlap(masks[i], masks[j])[TOTAL].iou
-             for i, j in combinations(range(len(masks)), 2)}
-    values = list(pairs.values())
-    return {"pairs": pairs, "mean": sum(values) / len(values), "min": min(values)}
+    named = dict(masks) if isinstance(masks, Mapping) else {str(i): m for i, m in
+                                                            enumerate(masks)}
+    labels = tuple(named)
+    pairs, chance, by_block = {}, {}, {}
+    for i, j in combinations(labels, 2):
+        pairs[(i, j)] = overlap(named[i], named[j])[TOTAL]
+        chance[(i, j)] = chance_overlap(named[i], named[j])
+        by_block[(i, j)] = overlap_by_group(named[i], named[j])
+    seeds = list(named.values())
+    return Stability(labels, pairs, chance, by_block, core=votes(seeds, len(seeds)),
+                     majority=votes(seeds, len(seeds) // 2 + 1))
 
 
 def removal_controls(subnetwork: Subnetwork, seed: int = 0) -> dict[str, Subnetwork]:
@@ -184,6 +253,65 @@ def _without(model, removed: Subnetwork, ablation: str, reference, forward):
         snn.set_ablation(ablated, "corrupted")
         snn.record_corrupted_before_each_forward(ablated)
     return ablated
+
+
+@dataclass(frozen=True)
+class Specificity:
+    """Is each subnetwork its own subtask's?  For subnetworks found for
+    different subtasks of one model, the accuracy on every subtask of the
+    model with only the subnetwork's weights (``alone``: every other weight
+    the subnetworks cover zeroed) and with the subnetwork's weights zeroed
+    (``removed``), beside the intact model's (``intact``).
+
+    ``score[label]``: own-subtask accuracy alone minus the mean accuracy alone
+    on the other subtasks — high when the subnetwork does its subtask and not
+    the others.  ``removal_score[label]``: the drop from intact its removal
+    causes on its own subtask minus the mean drop on the others — high when
+    the subtask needs these weights and the others do not."""
+    own: dict[str, str]                       # subnetwork label -> its subtask
+    intact: dict[str, float]                  # subtask -> accuracy of the whole model
+    alone: dict[str, dict[str, float]]        # label -> subtask -> accuracy
+    removed: dict[str, dict[str, float]]
+
+    def _contrast(self, table: dict[str, dict[str, float]], label: str) -> float:
+        mine = self.own[label]
+        others = [v for task, v in table[label].items() if task != mine]
+        return table[label][mine] - sum(others) / len(others)
+
+    @property
+    def score(self) -> dict[str, float]:
+        return {label: self._contrast(self.alone, label) for label in self.own}
+
+    @property
+    def removal_score(self) -> dict[str, float]:
+        drops = {label: {task: self.intact[task] - acc for task, acc in row.items()}
+                 for label, row in self.removed.items()}
+        return {label: self._contrast(drops, label) for label in self.own}
+
+
+def specificity(model, masks: Mapping[str, Subnetwork], evaluators: Mapping[str, object],
+                own: Mapping[str, str]) -> Specificity:
+    """:class:`Specificity` of ``masks`` (label -> subnetwork) on the subtasks
+    ``evaluators`` (subtask -> ``evaluate(model) -> accuracy``), each
+    subnetwork's own subtask named by ``own`` (label -> subtask).  Needs two
+    subtasks or more; ``model`` is not modified."""
+    import copy
+
+    if len(evaluators) < 2:
+        raise ValueError(f"specificity compares subtasks: it needs at least two, got "
+                         f"{list(evaluators)}")
+    missing = {label: task for label, task in own.items() if task not in evaluators}
+    if set(own) != set(masks) or missing:
+        raise ValueError(f"every subnetwork needs its own subtask among {list(evaluators)}; "
+                         f"got {dict(own)} for {list(masks)}")
+    intact = {task: evaluate(model) for task, evaluate in evaluators.items()}
+    alone, removed = {}, {}
+    for label, sub in masks.items():
+        kept = sub.ablate(copy.deepcopy(model), "keep")
+        without = sub.ablate(copy.deepcopy(model), "zero")
+        alone[label] = {task: evaluate(kept) for task, evaluate in evaluators.items()}
+        removed[label] = {task: evaluate(without) for task, evaluate in evaluators.items()}
+    return Specificity(dict(own), intact, alone, removed)
 
 
 def overlap_by_group(a: Subnetwork, b: Subnetwork, group=block_of) -> dict[str, Overlap]:

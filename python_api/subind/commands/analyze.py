@@ -5,8 +5,10 @@ fractions), each mask's share of weights in the union of the others, P_reuse
 and P_specialize for the first two, and seed stability (pairwise IoU) with
 --stability.  One file gives its per-block density.  With --model, the same
 per attention head (for models whose attention modules state their head
-count), and with --eval-data the inverse-mask test.  Writes overlap.csv,
-sharing.csv, heads.csv, summary.md and PNG plots.
+count), with --eval-data the inverse-mask test, and with --specificity (one
+--eval-data set per subnetwork, its own subtask) every subnetwork scored on
+every subtask, alone and removed.  Writes overlap.csv, sharing.csv,
+heads.csv, specificity.csv, summary.md and PNG plots.
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ class AnalyzeOptions:
     """one label per file (when left out: the file names)"""
     stability: bool = False
     """the files are one subtask found with different seeds"""
+    specificity: bool = False
+    """the files are subnetworks of different subtasks, one per --eval-data set in the same
+    order (each file's own subtask): every subnetwork scored on every subtask, alone and
+    removed, with a specificity score (needs --model)"""
     model: Optional[str] = None
     """timm:NAME, hf:DIR or entry:MODULE:FUNCTION (as for discover)"""
     weights: Optional[str] = None
@@ -99,6 +105,15 @@ def _check_options(args: AnalyzeOptions, given: set) -> None:
         check_hf_class_applies(args.model)
     if len(args.subnetworks) == 1 and args.stability:
         raise ValueError("--stability needs the subnetworks of at least two seeds")
+    if args.specificity:
+        if not args.model:
+            raise ValueError("--specificity scores the subnetworks in their model: it needs "
+                             "--model")
+        if len(args.subnetworks) < 2 or len(args.eval_data) != len(args.subnetworks):
+            raise ValueError(f"--specificity needs two or more subnetworks and one --eval-data "
+                             f"set per subnetwork, its own subtask, in the same order; got "
+                             f"{len(args.subnetworks)} subnetwork(s) and "
+                             f"{len(args.eval_data)} --eval-data set(s)")
 
 
 def _model_for(args, masks: dict):
@@ -171,7 +186,7 @@ def _analyze(args) -> int:
                       *controls_table(sub.metadata["subtask_accuracy"], sub.density(),
                                       sub.metadata.get("controls"),
                                       sub.metadata.get("controls_not_run"))]
-    heads = {}
+    heads, specific = {}, None
     if args.model:
         model = _model_for(args, masks)
         heads = A.head_overlap(first, second, A.attention_heads(model))
@@ -186,14 +201,20 @@ def _analyze(args) -> int:
                  for module, head in heads])
         if args.eval_data:
             lines += ["", *_inverse_mask_tables(args, model, masks)]
+        if args.specificity:
+            specific = found = A.specificity(model, masks, _evaluators(args, model), dict(zip(
+                labels, (_set_name(spec) for spec in args.eval_data))))
+            lines += ["", *_specificity_lines(found)]
+            outputs["specificity.csv"] = _specificity_csv(found)
     if args.stability:
-        result = A.stability(list(masks.values()))
+        result = A.stability(masks)
         lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
-                      f"{result['mean']:.4f}, min {result['min']:.4f}"]
+                      f"{result.mean_iou:.4f}, min {min(result.iou()):.4f}"]
     text = "\n".join(lines) + "\n"
     identity = {"subnetworks": {label: str(path.resolve()) for label, path
                                 in zip(labels, args.subnetworks)},
-                **{name: getattr(args, name) for name in ("stability", "model", "weights",
+                **{name: getattr(args, name) for name in ("stability", "specificity", "model",
+                                                          "weights",
                                                           "hf_class", "model_kwargs",
                                                           "eval_data", "seed", "ablation")},
                 "content": manifest.content_of(
@@ -206,8 +227,8 @@ def _analyze(args) -> int:
     for name, content in outputs.items():
         atomic_write_text(args.out / name, content)
     atomic_write_text(args.out / "summary.md", text)
-    figures = _plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads
-                                          else [])
+    figures = (_plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads else [])
+               + ([_specificity_plot(specific, args.out)] if specific else []))
     print(text)
     for path in figures:
         print(f"figure: {path}")
@@ -244,9 +265,12 @@ def even_batches(n: int, at_most: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
-def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
-    """Markdown rows: for each subnetwork and each removal, the accuracy on
-    every --eval-data set."""
+def _set_name(spec: str) -> str:
+    return spec.rpartition("/")[2] or spec
+
+
+def _eval_sets(args, model) -> dict:
+    """{set name: (task, batches)} of every --eval-data set."""
     from torch.utils.data import DataLoader
 
     from ..experiments import data_for
@@ -256,9 +280,54 @@ def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
     for spec in args.eval_data:
         data = data_for(spec, model)
         rows = evaluation_split(data, spec, "--eval-data")
-        sets[spec.rpartition("/")[2] or spec] = (data.task or Classification(),
-                                                 DataLoader(rows, batch_sampler=even_batches(
-                                                     len(rows), EVAL_BATCH)))
+        sets[_set_name(spec)] = (data.task or Classification(),
+                                 DataLoader(rows, batch_sampler=even_batches(len(rows),
+                                                                             EVAL_BATCH)))
+    return sets
+
+
+def _evaluators(args, model) -> dict:
+    return {name: (lambda m, t=task, d=data: t.evaluate(m, d).accuracy)
+            for name, (task, data) in _eval_sets(args, model).items()}
+
+
+def _specificity_lines(found: A.Specificity) -> list[str]:
+    tasks = list(found.intact)
+    lines = ["specificity: accuracy on each subtask of the model with only the subnetwork's "
+             "weights (alone) and with them zeroed (removed); score = own subtask minus the "
+             "mean of the others (alone), removal score = the drop on its own subtask minus "
+             "the mean drop on the others", "",
+             "| subnetwork | own subtask | " + " | ".join(f"alone on {t}" for t in tasks)
+             + " | " + " | ".join(f"removed, on {t}" for t in tasks)
+             + " | score | removal score |",
+             "|" + "---|" * (4 + 2 * len(tasks)),
+             "| (intact model) | – | " + " | ".join(f"{found.intact[t]:.4f}" for t in tasks)
+             + " | " + " | ".join("–" for _ in tasks) + " | – | – |"]
+    for label, task in found.own.items():
+        lines.append(f"| {label} | {task} | "
+                     + " | ".join(f"{found.alone[label][t]:.4f}" for t in tasks) + " | "
+                     + " | ".join(f"{found.removed[label][t]:.4f}" for t in tasks)
+                     + f" | {found.score[label]:+.4f} | {found.removal_score[label]:+.4f} |")
+    return lines
+
+
+def _specificity_csv(found: A.Specificity) -> str:
+    """One row per subnetwork and subtask (the intact model's rows first), and
+    per subnetwork a "(score)" row holding its score and removal score."""
+    rows = [["(intact)", "", task, f"{acc:.6f}", "", ""] for task, acc in found.intact.items()]
+    for label, own in found.own.items():
+        rows += [[label, own, task, f"{found.intact[task]:.6f}",
+                  f"{found.alone[label][task]:.6f}", f"{found.removed[label][task]:.6f}"]
+                 for task in found.intact]
+        rows.append([label, own, "(score)", "", f"{found.score[label]:.6f}",
+                     f"{found.removal_score[label]:.6f}"])
+    return _csv(["subnetwork", "own_subtask", "subtask", "intact", "alone", "removed"], rows)
+
+
+def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
+    """Markdown rows: for each subnetwork and each removal, the accuracy on
+    every --eval-data set."""
+    sets = _eval_sets(args, model)
     header = ["subnetwork", "removed", *[f"accuracy on {name}" for name in sets]]
     removal = {"zero": "zeroed", "mean": "ablated to their mean input",
                "corrupted": "ablated to another example's input (resample)"}[args.ablation]
@@ -334,6 +403,39 @@ def _head_plot(heads: dict, labels: list, out: Path) -> Path:
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03)
     path = out / "heads.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _specificity_plot(found: A.Specificity, out: Path) -> Path:
+    """The matrix of accuracy alone: subnetworks (rows) × subtasks (columns),
+    each row's own subtask outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    labels, tasks = list(found.own), list(found.intact)
+    grid = [[found.alone[label][task] for task in tasks] for label in labels]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(tasks), 1.2 + 0.6 * len(labels)))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i, label in enumerate(labels):
+        for j, task in enumerate(tasks):
+            ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i][j] < 0.6 else "black")
+        j = tasks.index(found.own[label])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    ax.set_xticks(range(len(tasks)), [f"{t}\n(intact {found.intact[t]:.2f})" for t in tasks],
+                  fontsize=7, rotation=30 if max(map(len, tasks)) > 8 else 0, ha="right"
+                  if max(map(len, tasks)) > 8 else "center")
+    ax.set_yticks(range(len(labels)), [f"{l} ({found.score[l]:+.2f})" for l in labels],
+                  fontsize=7)
+    ax.set_title("accuracy with only the subnetwork (score)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = out / "specificity.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

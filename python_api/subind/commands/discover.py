@@ -9,13 +9,16 @@ model and data, in one process or under torchrun (DDP or FSDP2), resumable.
 Writes OUT/subnetwork.safetensors (1 bit per weight), OUT/density.csv (per
 parameter), OUT/candidates.csv (every λ), OUT/discovery-lambda<λ>.csv (epoch
 logs) and OUT/summary.json.  A killed run started again with the same
-arguments resumes from its last epoch, on any number of ranks.
+arguments resumes from its last epoch, on any number of ranks.  With
+--seeds 0,1,2,… each seed's discovery is such a directory, OUT/seed-<k>, and
+OUT/stability.json (+ .csv, .md, a heatmap) says how alike they are.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -28,7 +31,7 @@ from ..experiments import data_for
 from ..engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, apply_speed_options
 from ..engine import manifest
 from ..engine import validation
-from ..engine.options import MISSING, Floats, JsonObject, flag
+from ..engine.options import MISSING, Floats, Ints, JsonObject, flag
 from ..engine.classification import Classification
 from ..engine.ablation import CorruptedPairs
 from ..engine.data_sources import (check_data_fits, check_out_outside_data, evaluation_split,
@@ -38,6 +41,7 @@ from ..engine.dist_checkpoint import CheckpointedDiscovery
 from ..engine.distributed import (STRATEGIES, Ranks, blocks_of, eval_loader, start,
                                  train_loader, wrap)
 from ..engine.discovery_results import EXPERIMENT, write_results
+from ..engine.seed_stability import seed_directory, seed_stability, write_seed_stability
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
 from ..engine.protocol import Discovery, DiscoveryHooks, check_fits, discover
 from ..engine.training import BN_STATS, SumsOverRanks, train_mode_for
@@ -82,6 +86,10 @@ class DiscoverConfig:
     or each rank's batch statistics"""
     pretrained_weights: Optional[str] = None
     """lottery_ticket: the model's weights before fine-tuning (--weights: after)"""
+    seeds: Optional[Ints] = None
+    """run the whole discovery once per seed (OUT/seed-<k>; replaces --seed) and report how
+    alike the subnetworks are: pairwise IoU against the chance level of random masks of the
+    same sizes, and the weights every seed and a majority of seeds kept, each scored alone"""
     controls: bool = True
     """faithfulness controls: the same discovery on a random-weight copy of the model and on
     the data with shuffled labels (engine/controls.py); on by default, they take about twice
@@ -126,6 +134,15 @@ def check(cfg: DiscoverConfig, d: Discovery, run: DiscoverRun, given: set) -> No
     """Every number finite and in range, and no option given that the chosen
     model, data or method ignores (``given``: the options the user set)."""
     d.validate(given)
+    if cfg.seeds is not None:
+        validation.int_list("--seeds", cfg.seeds, 0)
+        if len(cfg.seeds) < 2:
+            raise ValueError(f"--seeds needs at least two seeds to compare, got {cfg.seeds}")
+        if "seed" in given:
+            raise ValueError("--seeds runs one discovery per seed; leave out --seed")
+        if d.selects:
+            raise ValueError(f"--method {d.method} selects weights without training: every "
+                             "seed would select the same ones, so --seeds has nothing to compare")
     if (d.method == "lottery_ticket") != (cfg.pretrained_weights is not None):
         raise ValueError("--pretrained-weights goes with --method lottery_ticket (and it needs "
                          "them: the weights before fine-tuning)")
@@ -186,6 +203,8 @@ def run(parsed, argv=None) -> int:
         hf_logging.disable_progress_bar()  # its "Loading weights" bar
     ranks = start(run_options.device)
     try:
+        if cfg.seeds:
+            return _run_seeds(cfg, settings, run_options, ranks)
         return _run(cfg, settings, run_options, ranks)
     finally:
         ranks.close()
@@ -213,20 +232,13 @@ def _batches(dataset, settings: Discovery, seed_offset: int = 0):
     return CorruptedPairs(dataset, settings.seed + seed_offset)
 
 
-def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ranks) -> int:
-    started = time.time()
-    torch.manual_seed(settings.seed)  # the same initialisation on every rank
-    # Everything is built and checked before the results directory is touched:
-    # a failed start leaves it as it was.
-    check_out_outside_data(args.out, cfg.data, cfg.eval_data)
+def _inputs(cfg: DiscoverConfig, ranks: Ranks):
+    """(model, data, evaluation set, task): built and checked, touching no file."""
     model = build_model(cfg.model, cfg.weights, cfg.hf_class, cfg.model_kwargs)
     data = data_for(cfg.data, model, cfg.image_size, cfg.mean, cfg.std)
     eval_set = (evaluation_split(data_for(cfg.eval_data, model, cfg.image_size, cfg.mean,
                                           cfg.std), cfg.eval_data, "--eval-data")
                 if cfg.eval_data else evaluation_split(data, cfg.data, "--data"))
-    pretrained = (build_model(cfg.model, cfg.pretrained_weights, cfg.hf_class, cfg.model_kwargs)
-                  if cfg.pretrained_weights else None)
-    check_fits(model, settings, cfg.batch_size // ranks.world)
     dtype = DTYPES[cfg.dtype]
     if isinstance(data.task, SumsOverRanks):
         data.task.sum_over_ranks = ranks.sum  # metrics over every rank's share
@@ -234,6 +246,20 @@ def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ran
         input_dtype=torch.float64 if dtype == torch.float64 else
         (torch.float32 if cfg.autocast or dtype == torch.float32 else dtype),
         autocast=torch.bfloat16 if cfg.autocast else None, sum_over_ranks=ranks.sum)
+    return model, data, eval_set, task
+
+
+def _run(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun, ranks: Ranks) -> int:
+    started = time.time()
+    torch.manual_seed(settings.seed)  # the same initialisation on every rank
+    # Everything is built and checked before the results directory is touched:
+    # a failed start leaves it as it was.
+    check_out_outside_data(args.out, cfg.data, cfg.eval_data)
+    model, data, eval_set, task = _inputs(cfg, ranks)
+    pretrained = (build_model(cfg.model, cfg.pretrained_weights, cfg.hf_class, cfg.model_kwargs)
+                  if cfg.pretrained_weights else None)
+    check_fits(model, settings, cfg.batch_size // ranks.world)
+    dtype = DTYPES[cfg.dtype]
     # Checked on the model as built (its own dtype), before it is cast and masked.
     check_data_fits(model, data.task or Classification(), data.train, eval_set,
                     model_spec=cfg.model,
@@ -323,6 +349,40 @@ def _run_controls(cfg, settings, args, ranks, data, eval_set, task, pretrained, 
             pretrained=pretrained)
         found[name] = {"accuracy": control.accuracy, "density": control.density}
     return found, not_run
+
+
+def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
+               ranks: Ranks) -> int:
+    """One whole discovery per seed, each its own resumable directory
+    OUT/seed-<k> (data order, mask noise, controls and every draw from that
+    seed), then how alike their subnetworks are (engine/seed_stability.py):
+    pairwise overlap against chance, the core and majority subnetworks scored
+    alone on the evaluation data."""
+    started = time.time()
+    check_out_outside_data(args.out, cfg.data, cfg.eval_data)
+    identity = {**_identity(cfg, settings, args), "seed": None}
+    with contextlib.ExitStack() as claimed:
+        if ranks.is_main:
+            claimed.enter_context(manifest.held(args.out, EXPERIMENT, identity,
+                                                hint=RERUN_HINT))
+        ranks.barrier()
+        for seed in cfg.seeds:
+            _run(replace(cfg, seeds=None), replace(settings, seed=seed),
+                 replace(args, out=seed_directory(args.out, seed)), ranks)
+        model, _, eval_set, task = _inputs(cfg, ranks)
+        eval_batches = eval_loader(_batches(eval_set, settings, 1), args.eval_batch_size, ranks,
+                                   args.workers)
+
+        def accuracy_alone(subnetwork: sf.Subnetwork) -> float:
+            scored = subnetwork.ablate(copy.deepcopy(model), "keep")
+            scored.to(DTYPES[cfg.dtype]).to(ranks.device)
+            return task.evaluate(scored, eval_batches).accuracy
+
+        found = seed_stability(args.out, cfg.seeds, accuracy_alone)
+        if ranks.is_main:
+            write_seed_stability(args.out, found, started)
+        ranks.barrier()
+    return 0
 
 
 RERUN_HINT = ("a discovery directory holds one configuration: use another --out, or rerun "

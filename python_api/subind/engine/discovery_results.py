@@ -12,6 +12,7 @@ from pathlib import Path
 
 import subind_fast as sf
 
+from . import seed_stability
 from .controls import controls_table
 from .files import atomic_write_json, atomic_write_text
 
@@ -57,8 +58,20 @@ def write_results(out: Path, cfg, result, ranks, notes, started: float,
 
 def report(out: Path) -> tuple[str, list]:
     """`subind report OUT` for a discovery directory: the λ candidates and the
-    per-parameter density table."""
+    per-parameter density table; for a run over several seeds (--seeds), the
+    seed stability and then each seed's report."""
     out = Path(out)
+    seeds = sorted(out.glob("seed-*"), key=lambda p: int(p.name.split("-", 1)[1])
+                   if p.name.split("-", 1)[1].isdigit() else -1)
+    if seeds:
+        stability = seed_stability.report(out)
+        if not stability:
+            raise FileNotFoundError(f"{out}: no {seed_stability.STABILITY}: the run over seeds "
+                                    "was interrupted; rerun its command to resume it")
+        parts = [f"# discovery over seeds in {out}", "", *stability]
+        for folder in seeds:
+            parts += ["", report(folder)[0].replace("# discovery in", "## discovery in", 1)]
+        return "\n".join(parts), []
     if not (out / "summary.json").is_file():
         started = "checkpoint" in {p.name for p in out.iterdir()} or any(out.glob("lambda-*"))
         raise FileNotFoundError(

@@ -1,6 +1,7 @@
 """`subind analyze`: tables, CSVs and plots from subnetwork files."""
 import csv
 
+import pytest
 import torch
 
 import subind_fast as sf
@@ -239,3 +240,40 @@ def test_a_failed_analysis_leaves_no_folder_behind(tmp_path, capsys):
     assert main(["analyze", sub, "--out", str(out), "--model", "timm:resnet18", "--weights",
                  "random"]) == 2  # the subnetwork does not fit this model
     assert "does not fit" in capsys.readouterr().err and not out.exists()
+
+
+def test_specificity_scores_every_subnetwork_on_every_subtask(tmp_path, capsys):
+    import csv
+
+    import discover_entries
+
+    files, weights = discover_entries.random_subnetwork_files(tmp_path, ("first", "second"),
+                                                              0.5, seed=2)
+    common = ["--model", "entry:discover_entries:block_mlp", "--weights", str(weights)]
+    sets = ["--eval-data", "entry:discover_entries:gaussian_data",
+            "--eval-data", "entry:discover_entries:gaussian_train_only"]
+    assert main(["analyze", *files, "--out", str(tmp_path / "s"), *common, *sets,
+                 "--specificity"]) == 0
+    text = capsys.readouterr().out
+    assert "| (intact model) | – |" in text
+    assert text.count("| first | entry:discover_entries:gaussian_data | ") == 1
+    with open(tmp_path / "s" / "specificity.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    scores = {r["subnetwork"]: float(r["alone"]) for r in rows if r["subtask"] == "(score)"}
+    alone = {(r["subnetwork"], r["subtask"]): float(r["alone"]) for r in rows
+             if r["alone"] and r["subtask"] != "(score)"}
+    own = {"first": "entry:discover_entries:gaussian_data",
+           "second": "entry:discover_entries:gaussian_train_only"}
+    for label, task in own.items():
+        other = next(t for t in own.values() if t != task)
+        assert scores[label] == pytest.approx(alone[(label, task)] - alone[(label, other)],
+                                              abs=1e-6)
+    # The first subnetwork alone on the evaluation split, computed directly.
+    kept = sf.Subnetwork.load(files[0]).ablate(discover_entries.block_mlp(), "keep")
+    x, y = discover_entries.gaussian_data()["eval"].tensors
+    assert alone[("first", own["first"])] == pytest.approx(
+        float((kept(x).argmax(-1) == y).double().mean()), abs=1e-6)
+
+    assert main(["analyze", *files, "--out", str(tmp_path / "bad"), *common, sets[0], sets[1],
+                 "--specificity"]) == 2
+    assert "one --eval-data set per subnetwork" in capsys.readouterr().err

@@ -274,14 +274,8 @@ def test_analyze_scores_the_model_with_each_subnetwork_removed(tmp_path, capsys)
     import discover_entries
 
     model = discover_entries.block_mlp()
-    g = torch.Generator().manual_seed(1)
-    files = []
-    for label in ("first", "second"):
-        masks = {f"{n}.weight": torch.rand(m.weight.shape, generator=g) < 0.4
-                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        files.append(str(sf.Subnetwork.from_masks(masks).save(tmp_path / f"{label}.safetensors")))
-    weights = tmp_path / "w.pt"
-    torch.save(model.state_dict(), weights)
+    files, weights = discover_entries.random_subnetwork_files(tmp_path, ("first", "second"),
+                                                              0.4, seed=1)
     assert main(["analyze", *files, "--out", str(tmp_path / "a"), "--model",
                  "entry:discover_entries:block_mlp", "--weights", str(weights),
                  "--eval-data", "entry:discover_entries:gaussian_data"]) == 0

@@ -59,8 +59,50 @@ def test_reuse_of_a_subset_is_one_and_stability_of_copies_is_one():
     a, b = sf.Subnetwork.from_masks(big), sf.Subnetwork.from_masks(small)
     assert A.p_reuse(a, b) == 1.0 and A.p_specialize(a, b) == 0.0
     result = A.stability([a, a, b])
-    assert result["pairs"][(0, 1)] == 1.0 and result["min"] == pytest.approx(
-        _ref(big, small, list(SHAPES))["iou"])
+    assert result.labels == ("0", "1", "2") and result.pairs[("0", "1")].iou == 1.0
+    assert min(result.iou()) == pytest.approx(_ref(big, small, list(SHAPES))["iou"])
+    assert result.core == b and result.majority == a  # b ⊂ a: a is kept by 2 of 3
+
+
+def test_votes_count_the_seeds_that_keep_each_weight():
+    masks = [_random(seed, 0.5) for seed in range(5)]
+    subs = [sf.Subnetwork.from_masks(m) for m in masks]
+    for at_least in range(1, 6):
+        kept = A.votes(subs, at_least)
+        for name in SHAPES:
+            count = sum(m[name].int() for m in masks)
+            assert torch.equal(kept.mask(name), count >= at_least)
+    assert A.votes(subs, 5) == subs[0] & subs[1] & subs[2] & subs[3] & subs[4]
+    with pytest.raises(ValueError, match="at_least"):
+        A.votes(subs, 0)
+
+
+@pytest.mark.parametrize("pa, pb", [(0.3, 0.3), (0.05, 0.9), (0.6, 0.2)])
+def test_chance_overlap_is_what_random_masks_of_the_same_sizes_share(pa, pb):
+    a = sf.Subnetwork.from_masks(_random(0, pa))
+    b = sf.Subnetwork.from_masks(_random(1, pb))
+    chance = A.chance_overlap(a, b)
+    expected = sum(a.mask(n).sum().item() * b.mask(n).sum().item() / torch.Size(s).numel()
+                   for n, s in SHAPES.items())
+    assert chance.both == round(expected) and chance.a == A.overlap(a, b)[A.TOTAL].a
+    # Random masks of those sizes (random_like keeps each parameter's count) meet it on average.
+    draws = [A.overlap(a.random_like(seed), b.random_like(1000 + seed))[A.TOTAL].both
+             for seed in range(400)]
+    assert sum(draws) / len(draws) == pytest.approx(expected, rel=0.05, abs=0.5)
+
+
+def test_stability_reports_each_pair_against_chance_and_by_block():
+    subs = {f"seed{k}": sf.Subnetwork.from_masks(_random(k, 0.4)) for k in range(3)}
+    result = A.stability(subs)
+    assert set(result.pairs) == {("seed0", "seed1"), ("seed0", "seed2"), ("seed1", "seed2")}
+    for pair, row in result.pairs.items():
+        assert row == A.overlap(subs[pair[0]], subs[pair[1]])[A.TOTAL]
+        assert result.chance[pair] == A.chance_overlap(subs[pair[0]], subs[pair[1]])
+        assert result.by_block[pair] == A.overlap_by_group(subs[pair[0]], subs[pair[1]])
+    # Independent random masks sit at the chance level.
+    assert result.mean_iou == pytest.approx(result.mean_chance_iou, abs=0.05)
+    with pytest.raises(ValueError, match="at least two"):
+        A.stability({"only": subs["seed0"]})
 
 
 def test_inverse_mask_test_zeroes_the_subnetwork_and_its_controls():
@@ -138,3 +180,28 @@ def test_block_of_and_overlap_by_block():
     assert set(groups) == {"h.0", "h.1", "head"}
     for group, names in (("h.0", ["h.0.w"]), ("h.1", ["h.1.w"]), ("head", ["head.w"])):
         assert groups[group].iou == pytest.approx(_ref(ma, mb, names)["iou"])
+
+
+def test_specificity_scores_each_subnetwork_on_every_subtask():
+    # Two "subtasks" read disjoint weights: each subnetwork keeps one of them.
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    first = sf.Subnetwork.from_masks({"weight": torch.tensor([[True, True, False, False]])})
+    second = sf.Subnetwork.from_masks({"weight": torch.tensor([[False, False, True, True]])})
+    evaluators = {"t0": lambda m: float(m.weight.detach()[0, :2].sum()),
+                  "t1": lambda m: float(m.weight.detach()[0, 2:].sum())}
+    found = A.specificity(model, {"A": first, "B": second}, evaluators, {"A": "t0", "B": "t1"})
+    assert found.intact == {"t0": 2.0, "t1": 2.0}
+    assert found.alone == {"A": {"t0": 2.0, "t1": 0.0}, "B": {"t0": 0.0, "t1": 2.0}}
+    assert found.removed == {"A": {"t0": 0.0, "t1": 2.0}, "B": {"t0": 2.0, "t1": 0.0}}
+    assert found.score == {"A": 2.0, "B": 2.0} and found.removal_score == {"A": 2.0, "B": 2.0}
+    assert torch.equal(model.weight, torch.ones(1, 4))  # the model is left as it was
+    # A subnetwork holding everything is not specific.
+    both = first | second
+    found = A.specificity(model, {"A": both, "B": second}, evaluators, {"A": "t0", "B": "t1"})
+    assert found.score["A"] == 0.0 and found.removal_score["A"] == 0.0
+    with pytest.raises(ValueError, match="at least two"):
+        A.specificity(model, {"A": first}, {"t0": evaluators["t0"]}, {"A": "t0"})
+    with pytest.raises(ValueError, match="its own subtask"):
+        A.specificity(model, {"A": first, "B": second}, evaluators, {"A": "t0", "B": "t9"})
