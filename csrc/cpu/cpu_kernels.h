@@ -48,6 +48,9 @@ logit_t beta_value(const at::Tensor& beta) {
 
 template <typename logit_t>
 MaskParams<logit_t> params_of(const subind::MaskArgs& args) {
+  // The loops dispatch on the code without a way to report an error.
+  TORCH_CHECK(args.mode >= 0 && args.mode < subind::kModeCount,
+              "mask pass: unknown mode code ", args.mode);
   return {args.mode, beta_value<logit_t>(args.beta), key_hash(args.key)};
 }
 

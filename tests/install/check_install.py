@@ -47,9 +47,10 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(map(str, cmd)), check=True, **kwargs)
 
 
-def pinned_core_requirements() -> list[str]:
-    """The requirements at the versions this interpreter has (what the wheel
-    was built against; no resolver picks a newer torch)."""
+def pinned_requirements() -> list[str]:
+    """The kernel library's requirements and the tests' tools, at the versions
+    this interpreter has (what the wheel was built against; no resolver picks a
+    newer torch)."""
     import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"triton=={md.version('triton')}",
@@ -137,7 +138,7 @@ def main() -> None:
         shutil.rmtree(venv, ignore_errors=True)
         run([base_python, "-m", "venv", venv])
         pip = [venv / "bin" / "python", "-m", "pip"]
-        run([*pip, "install", "-q", *pinned_core_requirements()], env=clean_env)
+        run([*pip, "install", "-q", *pinned_requirements()], env=clean_env)
 
         step("route 1: pip install --no-build-isolation . (from the clone, not editable)")
         run([*pip, "install", "-q", "setuptools>=77", "wheel", "ninja"], env=clean_env)
