@@ -11,7 +11,8 @@ parameter), OUT/candidates.csv (every λ), OUT/discovery-lambda<λ>.csv (epoch
 logs) and OUT/summary.json.  A killed run started again with the same
 arguments resumes from its last epoch, on any number of ranks.  With
 --seeds 0,1,2,… each seed's discovery is such a directory, OUT/seed-<k>, and
-OUT/stability.json (+ .csv, .md, a heatmap) says how alike they are.
+OUT/stability.json (with pair and block CSVs, a heatmap, and the core and
+majority subnetworks) says how alike they are.
 """
 from __future__ import annotations
 
@@ -360,6 +361,8 @@ def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
     alone on the evaluation data."""
     started = time.time()
     check_out_outside_data(args.out, cfg.data, cfg.eval_data)
+    # Built and checked before the results directory is touched, as in _run.
+    model, _, eval_set, task = _inputs(cfg, ranks)
     identity = {**_identity(cfg, settings, args), "seed": None}
     with contextlib.ExitStack() as claimed:
         if ranks.is_main:
@@ -369,7 +372,6 @@ def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
         for seed in cfg.seeds:
             _run(replace(cfg, seeds=None), replace(settings, seed=seed),
                  replace(args, out=seed_directory(args.out, seed)), ranks)
-        model, _, eval_set, task = _inputs(cfg, ranks)
         eval_batches = eval_loader(_batches(eval_set, settings, 1), args.eval_batch_size, ranks,
                                    args.workers)
 

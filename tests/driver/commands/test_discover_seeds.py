@@ -87,6 +87,7 @@ def test_report_shows_stability_then_each_seed(three_seeds, capsys):
     (["--seeds", "1,1"], "--seeds lists a value twice"),
     (["--seeds", "0,1", "--seed", "4"], "leave out --seed"),
     (["--seeds", "0,-1"], "--seeds must be integers >= 0"),
+    (["--seeds", "0,1", "--weights", "/nonexistent.safetensors"], "/nonexistent.safetensors"),
 ])
 def test_bad_seed_lists_are_refused(extra, message, tmp_path, capsys):
     assert main(["discover", *ENTRY, *extra, "--out", str(tmp_path / "bad")]) == 2
