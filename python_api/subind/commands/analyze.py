@@ -7,8 +7,11 @@ and P_specialize for the first two, and seed stability (pairwise IoU) with
 per attention head (for models whose attention modules state their head
 count), with --eval-data the inverse-mask test, and with --specificity (one
 --eval-data set per subnetwork, its own subtask) every subnetwork scored on
-every subtask, alone and removed.  Writes overlap.csv, sharing.csv,
-heads.csv, specificity.csv, summary.md and PNG plots.
+every subtask, alone and removed, with their pairwise overlap against chance
+and a copy of each subnetwork carrying its specificity in its metadata
+(engine/analysis_results.py).  Writes overlap.csv, sharing.csv, heads.csv,
+specificity.csv/.json, summary.md and PNG plots; `subind report OUT` prints
+the summary again.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import tyro
 import subind_fast as sf
 from subind_fast import analysis as A
 
+from ..engine import analysis_results as results
 from ..engine import manifest
 from ..engine.controls import controls_table
 from ..engine import validation as check
@@ -80,6 +84,8 @@ def _load(args) -> dict[str, sf.Subnetwork]:
     if len(labels) != len(args.subnetworks) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels must give {len(args.subnetworks)} distinct labels, got "
                          f"{labels}")
+    if args.specificity:  # each is saved again, with its specificity, under its label
+        results.check_file_names(labels)
     return {label: sf.Subnetwork.load(path) for label, path in zip(labels, args.subnetworks)}
 
 
@@ -202,10 +208,14 @@ def _analyze(args) -> int:
         if args.eval_data:
             lines += ["", *_inverse_mask_tables(args, model, masks)]
         if args.specificity:
-            specific = found = A.specificity(model, masks, _evaluators(args, model), dict(zip(
-                labels, (_set_name(spec) for spec in args.eval_data))))
-            lines += ["", *_specificity_lines(found)]
-            outputs["specificity.csv"] = _specificity_csv(found)
+            subtasks = dict(zip(labels, (_set_name(spec) for spec in args.eval_data)))
+            specific = found = A.specificity(model, masks, _evaluators(args, model), subtasks)
+            overlaps = results.pairwise_overlaps(masks)
+            lines += ["", *results.specificity_lines(found), "", *results.overlap_lines(overlaps)]
+            outputs["specificity.csv"] = results.specificity_csv(found)
+            specificity_record = results.specificity_record(
+                found, overlaps, {subtasks[label]: spec
+                                  for label, spec in zip(labels, args.eval_data)}, args.model)
     if args.stability:
         result = A.stability(masks)
         lines += ["", f"stability over {len(masks)} seeds: mean pairwise IoU "
@@ -222,13 +232,16 @@ def _analyze(args) -> int:
                     model=local_directory(args.model),
                     **{f"subnetwork {label}": path for label, path
                        in zip(labels, args.subnetworks)})}
-    manifest.claim(args.out, "analyze", identity,
+    manifest.claim(args.out, results.EXPERIMENT, identity,
                    hint="an analysis folder holds one comparison: use another --out")
     for name, content in outputs.items():
         atomic_write_text(args.out / name, content)
-    atomic_write_text(args.out / "summary.md", text)
+    if specific:
+        results.write_specificity(args.out, specificity_record, masks)
     figures = (_plots(masks, args.out) + ([_head_plot(heads, pair, args.out)] if heads else [])
-               + ([_specificity_plot(specific, args.out)] if specific else []))
+               + ([results.specificity_plot(specific, args.out)] if specific else []))
+    # last: summary.md is what `subind report` reads, so it marks a finished analysis
+    atomic_write_text(args.out / results.SUMMARY, text)
     print(text)
     for path in figures:
         print(f"figure: {path}")
@@ -289,39 +302,6 @@ def _eval_sets(args, model) -> dict:
 def _evaluators(args, model) -> dict:
     return {name: (lambda m, t=task, d=data: t.evaluate(m, d).accuracy)
             for name, (task, data) in _eval_sets(args, model).items()}
-
-
-def _specificity_lines(found: A.Specificity) -> list[str]:
-    tasks = list(found.intact)
-    lines = ["specificity: accuracy on each subtask of the model with only the subnetwork's "
-             "weights (alone) and with them zeroed (removed); score = own subtask minus the "
-             "mean of the others (alone), removal score = the drop on its own subtask minus "
-             "the mean drop on the others", "",
-             "| subnetwork | own subtask | " + " | ".join(f"alone on {t}" for t in tasks)
-             + " | " + " | ".join(f"removed, on {t}" for t in tasks)
-             + " | score | removal score |",
-             "|" + "---|" * (4 + 2 * len(tasks)),
-             "| (intact model) | – | " + " | ".join(f"{found.intact[t]:.4f}" for t in tasks)
-             + " | " + " | ".join("–" for _ in tasks) + " | – | – |"]
-    for label, task in found.own.items():
-        lines.append(f"| {label} | {task} | "
-                     + " | ".join(f"{found.alone[label][t]:.4f}" for t in tasks) + " | "
-                     + " | ".join(f"{found.removed[label][t]:.4f}" for t in tasks)
-                     + f" | {found.score[label]:+.4f} | {found.removal_score[label]:+.4f} |")
-    return lines
-
-
-def _specificity_csv(found: A.Specificity) -> str:
-    """One row per subnetwork and subtask (the intact model's rows first), and
-    per subnetwork a "(score)" row holding its score and removal score."""
-    rows = [["(intact)", "", task, f"{acc:.6f}", "", ""] for task, acc in found.intact.items()]
-    for label, own in found.own.items():
-        rows += [[label, own, task, f"{found.intact[task]:.6f}",
-                  f"{found.alone[label][task]:.6f}", f"{found.removed[label][task]:.6f}"]
-                 for task in found.intact]
-        rows.append([label, own, "(score)", "", f"{found.score[label]:.6f}",
-                     f"{found.removal_score[label]:.6f}"])
-    return _csv(["subnetwork", "own_subtask", "subtask", "intact", "alone", "removed"], rows)
 
 
 def _inverse_mask_tables(args, model, masks: dict) -> list[str]:
@@ -403,39 +383,6 @@ def _head_plot(heads: dict, labels: list, out: Path) -> Path:
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03)
     path = out / "heads.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def _specificity_plot(found: A.Specificity, out: Path) -> Path:
-    """The matrix of accuracy alone: subnetworks (rows) × subtasks (columns),
-    each row's own subtask outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    labels, tasks = list(found.own), list(found.intact)
-    grid = [[found.alone[label][task] for task in tasks] for label in labels]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(tasks), 1.2 + 0.6 * len(labels)))
-    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
-    for i, label in enumerate(labels):
-        for j, task in enumerate(tasks):
-            ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if grid[i][j] < 0.6 else "black")
-        j = tasks.index(found.own[label])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
-    ax.set_xticks(range(len(tasks)), [f"{t}\n(intact {found.intact[t]:.2f})" for t in tasks],
-                  fontsize=7, rotation=30 if max(map(len, tasks)) > 8 else 0, ha="right"
-                  if max(map(len, tasks)) > 8 else "center")
-    ax.set_yticks(range(len(labels)), [f"{l} ({found.score[l]:+.2f})" for l in labels],
-                  fontsize=7)
-    ax.set_title("accuracy with only the subnetwork (score)", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = out / "specificity.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

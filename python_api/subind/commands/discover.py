@@ -380,9 +380,12 @@ def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
             scored.to(DTYPES[cfg.dtype]).to(ranks.device)
             return task.evaluate(scored, eval_batches).accuracy
 
-        found = seed_stability(args.out, cfg.seeds, accuracy_alone)
+        files = {seed: seed_directory(args.out, seed) / "subnetwork.safetensors"
+                 for seed in cfg.seeds}
+        found = seed_stability({seed: sf.Subnetwork.load(path) for seed, path in files.items()},
+                               accuracy_alone)
         if ranks.is_main:
-            write_seed_stability(args.out, found, started)
+            write_seed_stability(args.out, found, started, files)
         ranks.barrier()
     return 0
 

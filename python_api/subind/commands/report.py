@@ -39,7 +39,7 @@ def run(parsed, argv) -> int:
                          and p.name != manifest.MANIFEST)
         raise ValueError(f"{args.out} holds the results of `subind {name}`, which wrote its "
                          f"outputs itself ({', '.join(written[:8]) or 'none yet'}); `subind "
-                         "report` covers the experiments and `subind discover`")
+                         "report` covers the experiments, `subind discover` and `subind analyze`")
     text, figures = report(args.out)
     print(text)
     for path in figures:

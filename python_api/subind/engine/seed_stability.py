@@ -1,6 +1,7 @@
 """Would another seed find the same weights?  The seed-stability part of a
-discovery run with several seeds (`subind discover --seeds 0,1,2,…`), written
-and read in one place.
+discovery run with several seeds (`subind discover --seeds 0,1,2,…`, and an
+experiment's discovery stage with --discovery-seeds, engine/discovery_seeds.py),
+written and read in one place.
 
 Repeated discovery can return different but equally good subnetworks, so an
 overlap only means something against what chance gives: each pair of seeds'
@@ -16,7 +17,8 @@ the IoU − chance difference paired by seed with its interval and sign test
 (engine/statistics.py).  The per-seed values share pairs, so the intervals
 are a seed-level summary, not independent draws.
 
-OUT/seed-<k>/             each seed's discovery directory (discovery_results.py)
+OUT/seed-<k>/             each seed's discovery directory (discovery_results.py; an
+                          experiment's stage keeps OUT/seed-<k>.safetensors instead)
 OUT/core.safetensors      kept by every seed
 OUT/majority.safetensors  kept by more than half of the seeds
 OUT/stability.json        everything below; also in each subnetwork file's metadata
@@ -32,7 +34,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping
 
 import subind_fast as sf
 from subind_fast import analysis as A
@@ -59,20 +61,18 @@ def _label(seed: int) -> str:
     return f"seed {seed}"
 
 
-def seed_stability(out: Path, seeds: Sequence[int],
+def seed_stability(subnetworks: Mapping[int, sf.Subnetwork],
                    accuracy_alone: Callable[[sf.Subnetwork], float]) -> SeedStability:
-    """The stability of the subnetworks in OUT/seed-<k> (each a finished
-    discovery), with the core and majority scored by ``accuracy_alone``."""
-    subnetworks, per_seed = {}, {}
-    for seed in seeds:
-        folder = seed_directory(out, seed)
-        subnetworks[_label(seed)] = sf.Subnetwork.load(folder / "subnetwork.safetensors")
-        summary = json.loads((folder / "summary.json").read_text())
-        per_seed[seed] = {key: summary[key] for key in ("accuracy", "density", "l0_lambda")}
-    found = A.stability(subnetworks)
+    """The stability of ``subnetworks`` (seed -> the subnetwork its discovery
+    found, with the accuracy and λ that discovery recorded in its metadata),
+    with the core and majority scored by ``accuracy_alone``."""
+    per_seed = {seed: {"accuracy": sub.metadata["subtask_accuracy"], "density": sub.density(),
+                       "l0_lambda": sub.metadata.get("l0_lambda", 0.0)}
+                for seed, sub in subnetworks.items()}
+    found = A.stability({_label(seed): sub for seed, sub in subnetworks.items()})
     alone = {name: {"accuracy": accuracy_alone(sub), "density": sub.density()}
              for name, sub in (("core", found.core), ("majority", found.majority))}
-    return SeedStability(list(seeds), found, per_seed, alone)
+    return SeedStability(list(subnetworks), found, per_seed, alone)
 
 
 def _per_seed_means(found: SeedStability, chance: bool) -> dict[int, float]:
@@ -152,7 +152,10 @@ def _heatmap(found: SeedStability, path: Path) -> None:
     plt.close(fig)
 
 
-def write_seed_stability(out: Path, found: SeedStability, started: float) -> None:
+def write_seed_stability(out: Path, found: SeedStability, started: float,
+                         seed_files: Mapping[int, Path]) -> None:
+    """Write the files of the module docstring into ``out`` and the summary
+    into each seed's subnetwork file (``seed_files``: seed -> its path)."""
     out = Path(out)
     record = {**summary(found), "seconds": round(time.time() - started, 1)}
     brief = {key: record[key] for key in ("seeds", "mean_iou", "mean_chance_iou", "alone")}
@@ -160,7 +163,7 @@ def write_seed_stability(out: Path, found: SeedStability, started: float) -> Non
         sub.metadata["stability"] = brief
         sub.save(out / f"{name}.safetensors")
     for seed in found.seeds:
-        path = seed_directory(out, seed) / "subnetwork.safetensors"
+        path = seed_files[seed]
         sub = sf.Subnetwork.load(path)
         sub.metadata["stability"] = brief
         sub.save(path)

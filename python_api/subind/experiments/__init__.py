@@ -14,13 +14,16 @@ def load(name: str):
 
 def reporter(name: str):
     """``report(out) -> (markdown, figure paths)`` of the results directories
-    whose manifest names ``name``: an experiment's, or `subind discover`'s
-    (engine/discovery_results.py); None for a command that writes its
-    outputs itself."""
-    from ..engine import discovery_results
+    whose manifest names ``name``: an experiment's, `subind discover`'s
+    (engine/discovery_results.py) or `subind analyze`'s
+    (engine/analysis_results.py); None for a command that writes its outputs
+    itself."""
+    from ..engine import analysis_results, discovery_results
 
     if name == discovery_results.EXPERIMENT:
         return discovery_results.report
+    if name == analysis_results.EXPERIMENT:
+        return analysis_results.report
     return load(name).report if name in EXPERIMENTS else None
 
 

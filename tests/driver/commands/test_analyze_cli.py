@@ -1,10 +1,12 @@
 """`subind analyze`: tables, CSVs and plots from subnetwork files."""
 import csv
+import json
 
 import pytest
 import torch
 
 import subind_fast as sf
+from subind_fast import analysis as A
 from subind.commands import main
 
 
@@ -122,7 +124,6 @@ def test_heads_of_grouped_query_attention_in_llama_and_qwen2(tmp_path, capsys):
 def test_analyze_model_options_are_checked(tmp_path, capsys):
     """Defect 13: --model-kwargs reaches the model; a model that does not fit
     the subnetworks, and model options without --model, are refused."""
-    import json
 
     import timm
 
@@ -274,6 +275,32 @@ def test_specificity_scores_every_subnetwork_on_every_subtask(tmp_path, capsys):
     assert alone[("first", own["first"])] == pytest.approx(
         float((kept(x).argmax(-1) == y).double().mean()), abs=1e-6)
 
+    # every number again in specificity.json and, per subnetwork, in its copy's metadata
+    record = json.loads((tmp_path / "s" / "specificity.json").read_text())
+    for label, task in own.items():
+        mine = record["subnetworks"][label]
+        assert mine["own_subtask"] == task and mine["score"] == pytest.approx(scores[label],
+                                                                               abs=1e-6)
+        copy = sf.Subnetwork.load(tmp_path / "s" / "subnetworks" / f"{label}.safetensors")
+        assert copy == sf.Subnetwork.load(files[list(own).index(label)])
+        assert copy.metadata["specificity"]["score"] == mine["score"]
+        assert copy.metadata["specificity"]["alone"] == mine["alone"]
+        assert copy.metadata["specificity"]["intact"] == record["intact"]
+    assert record["eval_data"] == {task: task for task in own.values()}
+    # the overlap between the two, against chance
+    a, b = (sf.Subnetwork.load(f) for f in files)
+    pair = record["subnetworks"]["first"]["overlap_with"]["second"]
+    assert pair["iou"] == pytest.approx(A.overlap(a, b)[A.TOTAL].iou)
+    assert pair["chance_iou"] == pytest.approx(A.chance_overlap(a, b).iou)
+    assert f"| first | second | {pair['iou']:.4f} |" in text
+    assert "specificity" not in sf.Subnetwork.load(files[0]).metadata  # inputs untouched
+    # `subind report` prints the analysis again
+    assert main(["report", str(tmp_path / "s")]) == 0
+    assert "| (intact model) | – |" in capsys.readouterr().out
+
     assert main(["analyze", *files, "--out", str(tmp_path / "bad"), *common, sets[0], sets[1],
                  "--specificity"]) == 2
     assert "one --eval-data set per subnetwork" in capsys.readouterr().err
+    assert main(["analyze", *files, "--out", str(tmp_path / "bad"), *common, *sets,
+                 "--specificity", "--labels", "a*b,a/b"]) == 2
+    assert "would both be saved as subnetworks/a_b.safetensors" in capsys.readouterr().err

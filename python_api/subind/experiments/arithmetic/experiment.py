@@ -5,10 +5,13 @@ Under one results directory (its manifest.json records the configuration):
 
     base/L{n}/model.safetensors        the model trained on the base computation (+ .json)
     subnetworks/L{n}.safetensors       the subnetwork discovered for the subtask (+ .json)
+    subnetworks/L{n}/seed-{k}.safetensors  … with --discovery-seeds: one per discovery seed,
+                                       beside their stability (engine/discovery_seeds.py)
     runs/{condition}/L{n}-N{N}-s{seed}.json   one record per transfer run
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +28,7 @@ from ...engine import manifest
 from ...engine.options import config_from_preset, identity_of
 from ...engine import validation as check
 from ...engine.ablation import PairedTensorBatches
+from ...engine.discovery_seeds import DiscoverySeeds, SeededDiscovery, one_or_seeded
 from ...engine.models import load_model_file, save_model_file
 from ...engine.records import software_versions
 from ...engine.options import Ints, Strs
@@ -43,6 +47,7 @@ EXPERIMENT = "arithmetic"
 GRID_FIELDS = ("conditions", "layers", "n_disambiguation", "seeds")
 KEY_FIELDS = ("condition", "layers", "n_disambiguation", "seed")
 RECORD_FIELDS = KEY_FIELDS + ("test_accuracy", "eval_accuracy", "epoch", "config")
+DISCOVERY_EVAL_SAMPLES = 2000
 EVAL_BATCH = 4096
 
 
@@ -95,6 +100,9 @@ class ArithmeticConfig:
     discovery: Discovery = field(default_factory=lambda: Discovery(epochs=50))
     """how the subnetwork is discovered: every setting of `subind discover`, with the
     paper's 50 epochs; --include defaults to the GPT-2 blocks' attention and MLP layers"""
+    repeated_discovery: DiscoverySeeds = field(default_factory=DiscoverySeeds)
+    """the discovery over several seeds (--discovery-seeds) and the subnetwork each transfer
+    run receives (--transfer-subnetwork)"""
     transfer_epochs: int = 100
     """transfer training epochs"""
     transfer_lr: float = 2e-4
@@ -142,6 +150,10 @@ class ArithmeticConfig:
         check.in_range("base_fraction", self.base_fraction, 0, 1, low_open=True)
         check.in_range("base_target_accuracy", self.base_target_accuracy, 0, 1)
         self.discovery.validate(given)
+        self.repeated_discovery.validate(self.seeds, self.discovery.selects, given)
+        if self.repeated_discovery.repeated and not needs_subnetwork(self.conditions):
+            raise ValueError(f"--discovery-seeds repeats the discovery, but none of the "
+                             f"conditions {self.conditions} transfers a subnetwork")
         if self.reinit not in REINIT_POLICIES:
             raise ValueError(f"reinit must be 'all' or 'masked', got {self.reinit!r}")
         check.device(self.device)
@@ -235,7 +247,8 @@ class ArithmeticExperiment:
         keys = [(c, l, n, s) for c in cfg.conditions for l in cfg.layers
                 for n in cfg.n_disambiguation for s in cfg.seeds]
         self.sweep = Sweep(keys, KEY_FIELDS, RECORD_FIELDS, lambda key: self.run_path(*key))
-        self._prepared: dict[int, tuple] = {}
+        self._bases: dict[int, nn.Module] = {}
+        self._subnetworks: dict[tuple, tuple] = {}
 
     def _check_writable(self) -> None:
         try:
@@ -282,45 +295,68 @@ class ArithmeticExperiment:
         return cached_stage(self.out / "base" / f"L{n_layer}" / "model.safetensors", load, build)
 
 
-    def _discovery_batches(self, rows, batch_size: int, shuffle: bool, pair_seed: int):
-        """A corrupted ablation reads each batch with its partners' rows."""
+    def _discovery_batches(self, rows, batch_size: int, shuffle: bool, seed: int,
+                           pair_seed: int):
+        """In an order drawn from the discovery's ``seed``; a corrupted
+        ablation reads each batch with its partners' rows."""
         if self.cfg.discovery.ablation != "corrupted":
-            return self._batches(rows, batch_size, seed=0, shuffle=shuffle)
+            return self._batches(rows, batch_size, seed=seed, shuffle=shuffle)
         return PairedTensorBatches(rows.to(self.cfg.device), batch_size=batch_size,
-                                   shuffle=shuffle, seed=0, pair_seed=pair_seed)
+                                   shuffle=shuffle, seed=seed, pair_seed=pair_seed)
+
+    def _discovery_eval_rows(self):
+        return A.random_set(self.cfg.subtask, self.vocab, DISCOVERY_EVAL_SAMPLES, seed=3)
+
+    def _discovered(self, n_layer: int, base: nn.Module, settings: Discovery, path: Path,
+                    log_dir: Path) -> tuple[sf.Subnetwork, dict]:
+        """Discovered in the base model on the subtask as ``settings`` say and
+        saved at ``path``; the lottery ticket compares the base model with its
+        initialisation."""
+        cfg = self.cfg
+        sub_rows = A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples, seed=2)
+        start = time.time()
+        initial = (make_model(cfg, n_layer, seed=0) if settings.method == "lottery_ticket"
+                   else None)
+        result = discover(base, self.task,
+                          self._discovery_batches(sub_rows, cfg.batch_size, True, settings.seed,
+                                                  settings.seed),
+                          self._discovery_batches(self._discovery_eval_rows(), EVAL_BATCH,
+                                                  False, 0, settings.seed + 1),
+                          settings,
+                          DiscoveryHooks(log_dir=log_dir, progress=self.progress,
+                                         compile_model=apply_speed_options(
+                                             cfg.kernels, cfg.compile, cfg.device)),
+                          pretrained=initial)
+        result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer,
+                                          seed=settings.seed)
+        result.subnetwork.save(path)
+        return result.subnetwork, {
+            "layers": n_layer, "subtask": cfg.subtask, "base": cfg.base, "seed": settings.seed,
+            "subtask_accuracy": result.accuracy, "density": result.density,
+            "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
+            "candidates": result.candidates, "seconds": time.time() - start}
 
     def subnetwork(self, n_layer: int, base: nn.Module) -> sf.Subnetwork:
-        """Discovered in the base model on the subtask (cfg.discovery); the
-        lottery ticket compares the base model with its initialisation."""
-        cfg, settings = self.cfg, self.cfg.discovery_settings()
+        """The one discovery (cfg.discovery, its --seed)."""
+        return cached_stage(
+            self.out / "subnetworks" / f"L{n_layer}.safetensors", sf.Subnetwork.load,
+            lambda path: self._discovered(n_layer, base, self.cfg.discovery_settings(), path,
+                                          path.parent / f"L{n_layer}-logs"))
 
-        def build(path):
-            sub_rows = A.random_set(cfg.subtask, self.vocab, cfg.subtask_samples, seed=2)
-            eval_rows = A.random_set(cfg.subtask, self.vocab, 2000, seed=3)
-            start = time.time()
-            initial = (make_model(cfg, n_layer, seed=0) if settings.method == "lottery_ticket"
-                       else None)
-            result = discover(base, self.task,
-                              self._discovery_batches(sub_rows, cfg.batch_size, True,
-                                                      settings.seed),
-                              self._discovery_batches(eval_rows, EVAL_BATCH, False,
-                                                      settings.seed + 1),
-                              settings,
-                              DiscoveryHooks(log_dir=path.parent / f"L{n_layer}-logs",
-                                             progress=self.progress,
-                                             compile_model=apply_speed_options(
-                                                 cfg.kernels, cfg.compile, cfg.device)),
-                              pretrained=initial)
-            result.subnetwork.metadata.update(base=cfg.base, subtask=cfg.subtask, layers=n_layer)
-            result.subnetwork.save(path)
-            return result.subnetwork, {
-                "layers": n_layer, "subtask": cfg.subtask, "base": cfg.base,
-                "subtask_accuracy": result.accuracy, "density": result.density,
-                "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
-                "candidates": result.candidates, "seconds": time.time() - start}
+    def seeded_discovery(self, n_layer: int, base: nn.Module) -> SeededDiscovery:
+        """The discovery once per --discovery-seeds seed, and their stability."""
+        settings, eval_rows = self.cfg.discovery_settings(), self._discovery_eval_rows()
 
-        return cached_stage(self.out / "subnetworks" / f"L{n_layer}.safetensors",
-                            sf.Subnetwork.load, build)
+        def accuracy_alone(sub: sf.Subnetwork) -> float:
+            return self.task.evaluate(sub.ablate(copy.deepcopy(base), "keep"),
+                                      self._eval(eval_rows)).accuracy
+
+        return SeededDiscovery(
+            self.out / "subnetworks" / f"L{n_layer}", self.cfg.repeated_discovery.discovery_seeds,
+            lambda seed, path, log_dir: self._discovered(n_layer, base,
+                                                         replace(settings, seed=seed), path,
+                                                         log_dir),
+            accuracy_alone)
 
     def grid(self) -> list[tuple[str, int, int, int]]:
         return list(self.sweep.keys)
@@ -331,21 +367,29 @@ class ArithmeticExperiment:
     def finished(self, condition: str, n_layer: int, n: int, seed: int) -> bool:
         return self.sweep.finished((condition, n_layer, n, seed))
 
-    def _stages_for(self, condition: str, n_layer: int) -> tuple:
-        """(base model, subnetwork) as ``condition`` reads them (None where it
-        does not: scratch needs neither), each built or loaded once."""
+    def _stages_for(self, condition: str, n_layer: int, seed: int) -> tuple:
+        """(base model, subnetwork, its label) as ``condition`` reads them for
+        the run with ``seed`` (None where it does not: scratch needs none),
+        each built or loaded once."""
         if CONDITIONS[condition].choice == "none":
-            return None, None
-        if n_layer not in self._prepared:
-            self._prepared[n_layer] = (self.base_model(n_layer), None)
-        base, sub = self._prepared[n_layer]
-        if sub is None and needs_subnetwork([condition]):
-            sub = self.subnetwork(n_layer, base)
-            self._prepared[n_layer] = (base, sub)
-        return base, sub
+            return None, None, None
+        if n_layer not in self._bases:
+            self._bases[n_layer] = self.base_model(n_layer)
+        base = self._bases[n_layer]
+        if not needs_subnetwork([condition]):
+            return base, None, None
+        choice = self.cfg.repeated_discovery
+        key = (n_layer, choice.label_for(seed) if choice.repeated else None)
+        if key not in self._subnetworks:
+            self._subnetworks[key] = one_or_seeded(
+                choice, seed, lambda: self.subnetwork(n_layer, base),
+                lambda: self.seeded_discovery(n_layer, base))
+        return (base, *self._subnetworks[key])
 
     def transfer_run(self, condition: str, n_layer: int, n: int, seed: int, base: nn.Module,
-                     sub: Optional[sf.Subnetwork]) -> dict:
+                     sub: Optional[sf.Subnetwork], sub_label: Optional[str] = None) -> dict:
+        """One transfer run; ``sub_label`` names which of several discovery
+        seeds' subnetworks ``sub`` is (--discovery-seeds)."""
         cfg = self.cfg
         sets = A.transfer_sets(cfg.target, self.vocab, n, seed=seed)
         model = make_model(cfg, n_layer, seed=1000 + seed)
@@ -371,13 +415,14 @@ class ArithmeticExperiment:
               after_epoch=keep_best, log=log)
         log.close()
         return {"condition": condition, "layers": n_layer, "n_disambiguation": n, "seed": seed,
-                "frozen_fraction": frozen_fraction, **best, "seconds": time.time() - start,
+                "frozen_fraction": frozen_fraction, "subnetwork": sub_label, **best,
+                "seconds": time.time() - start,
                 "config": asdict(cfg), "versions": software_versions("transformers")}
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         """Run this shard's part of the grid (see engine.sweep)."""
         def execute(key):
-            base, sub = self._stages_for(key[0], key[1])
-            return self.transfer_run(*key, base, sub)
+            base, sub, label = self._stages_for(key[0], key[1], key[3])
+            return self.transfer_run(*key, base, sub, label)
 
         return self.sweep.run(execute, shard, progress=self.progress)

@@ -2,8 +2,9 @@
 of disambiguation samples and condition (mean ± std over seeds and layer
 counts) as markdown and as a PNG in the style of the paper's Figure 3, its
 statistics (95 % CIs, paired differences with sign tests, data efficiency;
-also statistics.json and statistics.csv), and a Table-2-style table of
-subnetwork densities."""
+also statistics.json and statistics.csv), a Table-2-style table of
+subnetwork densities, and with --discovery-seeds the discoveries' seed
+stability."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 from ...engine import records as run_records
 from ...engine import report as R
 from ...engine import statistics as S
+from ...engine.discovery_seeds import stability_sections, stage_records
 from ...engine.files import atomic_write_text
 from .experiment import RECORD_FIELDS
 
@@ -37,17 +39,22 @@ def markdown(records: list[dict], out: Path, stats: dict) -> str:
     table = R.markdown(["N disambiguation", *conditions],
                        [[n, *[R.cell(cells.get((n, c))) for c in conditions]] for n in ns])
     densities = []
-    for path in sorted((Path(out) / "subnetworks").glob("L*.json")):
-        d = json.loads(path.read_text())
-        densities.append([d["layers"], f"{100 * d['density']:.2f}%",
-                          f"{d['subtask_accuracy']:.3f}", R.found_by(path)])
-    table2 = (R.markdown(["layers", "parameters in subnetwork (masked layers)", "subtask accuracy",
-                          "chosen by"], densities) if densities else "(no subnetworks)")
+    for stage in stage_records(Path(out) / "subnetworks"):
+        d = json.loads(stage.path.read_text())
+        densities.append([d["layers"], "–" if stage.seed is None else stage.seed,
+                          f"{100 * d['density']:.2f}%", f"{d['subtask_accuracy']:.3f}",
+                          R.found_by(stage.path)])
+    table2 = (R.markdown(["layers", "discovery seed", "parameters in subnetwork (masked layers)",
+                          "subtask accuracy", "chosen by"], densities)
+              if densities else "(no subnetworks)")
     stat_lines = "\n".join(S.markdown_lines(stats["test_accuracy"], "test accuracy"))
+    stability, _ = stability_sections(Path(out) / "subnetworks")
     return (f"## Test accuracy (mean ± std over seeds and layer counts)\n\n{table}\n\n"
             f"## Statistics (each seed and layer count one unit; paired by them)\n\n"
             f"{stat_lines}\n\n"
             f"## Subnetwork density (paper Table 2)\n\n{table2}\n\n"
+            + (f"## Seed stability of the discovery (--discovery-seeds)\n\n"
+               + "\n".join(stability) + "\n" if stability else "")
             + "\n".join(claims(stats["test_accuracy"], out)) + "\n")
 
 
@@ -100,12 +107,20 @@ def claims(stats: dict, out: Path) -> list[str]:
             verdict = "not reproduced (CI reaches 1)"
         rows.append(["a random subnetwork needs ~6× the data to reach perfect accuracy (N at "
                      "0.99, random / subtask induction)", "≈ 6×", r.cell(), verdict])
-    stage = Path(out) / "subnetworks" / "L2.json"
-    if stage.exists():
+    two_layers = [stage for stage in stage_records(Path(out) / "subnetworks")
+                  if stage.name == "L2"]
+    if len(two_layers) == 1:
+        stage = two_layers[0].path
         d = json.loads(stage.read_text())
         rows.append(["Table 2: the 2-layer subnetwork keeps 7.68 % of the masked weights",
                      "7.68 %", f"{100 * d['density']:.2f} % (one discovery; {R.found_by(stage)}, "
                      f"subtask accuracy {d['subtask_accuracy']:.3f})",
+                     "different model width and number range: compared, not tested"])
+    elif two_layers:
+        density = S.mean_ci([100 * json.loads(stage.path.read_text())["density"]
+                             for stage in two_layers])
+        rows.append(["Table 2: the 2-layer subnetwork keeps 7.68 % of the masked weights",
+                     "7.68 %", f"{density.cell(2)} % over {len(two_layers)} discovery seeds",
                      "different model width and number range: compared, not tested"])
     if not rows:
         return []
@@ -150,5 +165,7 @@ def report(out: Path) -> tuple[str, list[Path]]:
     text = markdown(records, out, stats)
     S.write_tables(out, stats)
     png = figure(records, out / "accuracy.png")
-    atomic_write_text(out / "report.md", text + f"\n![test accuracy]({png.name})\n")
-    return text, [png]
+    _, heatmaps = stability_sections(out / "subnetworks")
+    atomic_write_text(out / "report.md", text + f"\n![test accuracy]({png.name})\n" + "".join(
+        f"![{path.parent.name} IoU]({path.relative_to(out)})\n" for path in heatmaps))
+    return text, [png, *heatmaps]

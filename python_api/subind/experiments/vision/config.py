@@ -10,6 +10,7 @@ from subind_fast.subnetworks.transfer import REINIT_POLICIES
 
 from ...engine import validation as check
 from ...engine.options import Floats, Ints, Strs, config_from_preset, identity_of
+from ...engine.discovery_seeds import DiscoverySeeds
 from ...engine.protocol import Discovery
 from ...engine.training import BN_STATS
 from ...engine.speed import COMPILE_CHOICES, KERNEL_CHOICES, check_speed_options
@@ -119,6 +120,9 @@ class VisionConfig:
         epochs=100, lambdas=[1e-6, 1e-7, 1e-8], optimizer="adamw"))
     """how the subnetwork is discovered: every setting of `subind discover`, with the
     paper's 100 epochs, λ grid and AdamW; the classifier is left out unless --mask-head"""
+    repeated_discovery: DiscoverySeeds = field(default_factory=DiscoverySeeds)
+    """the discovery over several seeds (--discovery-seeds) and the subnetwork each transfer
+    run receives (--transfer-subnetwork)"""
     discovery_batch_size: int = 32
     """discovery batch size"""
     mask_head: bool = False
@@ -197,6 +201,12 @@ class VisionConfig:
         check.in_range("contrast", self.contrast, 0, 0.5)
         check.in_range("base_untextured", self.base_untextured, 0, 1)
         self.discovery.validate(given)
+        self.repeated_discovery.validate(self.seeds, self.discovery.selects, given)
+        if self.repeated_discovery.repeated and not any(
+                CONDITIONS[c].engine in ("subtask_induction", "random", "complement")
+                for c in self.conditions):
+            raise ValueError(f"--discovery-seeds repeats the discovery, but none of the "
+                             f"conditions {self.conditions} transfers a subnetwork")
         if self.discovery.method == "lottery_ticket":
             # The lottery ticket compares the source with the weights it was trained from.
             if self.data != "synthetic":

@@ -89,9 +89,10 @@ class SyntheticData:
         s = self._set("aligned", self.cfg.eval_samples, 3)
         return self._batches(s.images, s.shapes)
 
-    def pooled(self, pair_seed=None):
+    def pooled(self, seed: int = 0, pair_seed=None):
+        """The discovery images, in an order drawn from ``seed`` (the discovery's)."""
         s = self._set("pooled", self.cfg.pooled_samples, 2)
-        return self._batches(s.images, s.shapes, shuffle=True,
+        return self._batches(s.images, s.shapes, shuffle=True, seed=seed,
                              batch_size=self.cfg.discovery_batch_size, pair_seed=pair_seed)
 
     def pooled_eval(self, pair_seed=None):
@@ -190,9 +191,10 @@ class FolderData:
     def original_test(self):
         return self._loader("val", False)
 
-    def pooled(self, pair_seed=None):
+    def pooled(self, seed: int = 0, pair_seed=None):
+        """The discovery images, in an order (and augmentation) drawn from ``seed``."""
         return self._loader("discovery-pooled", True, batch_size=self.cfg.discovery_batch_size,
-                            pair_seed=pair_seed)
+                            seed=seed, pair_seed=pair_seed)
 
     def pooled_eval(self, pair_seed=None):
         return self._loader("selection-pooled", False, pair_seed=pair_seed)

@@ -7,6 +7,9 @@ sweep over (architecture, condition, N, seed).
                                        with the features frozen ("pretrained")
     subnetworks/{arch}.safetensors     discovered on pooled images in the adapted model
     subnetworks/{arch}-random-init.safetensors   … in a randomly initialised one (App. C.2)
+    subnetworks/{arch}[-random-init]/seed-{k}.safetensors   … with --discovery-seeds: one per
+                                       discovery seed, beside their stability
+                                       (engine/discovery_seeds.py)
     runs/{condition}/{arch}-N{N}-s{seed}.json   one record per run (+ per-epoch .csv,
                                        from epochs_trained 0: before training)
     stimuli/cue-conflict/…             the cue-conflict images in Geirhos' layout
@@ -29,6 +32,7 @@ from ...engine.speed import apply_speed_options
 from ...engine import manifest
 from ...engine.models import load_model_file, load_weights, save_model_file
 from ...engine.records import software_versions
+from ...engine.discovery_seeds import SeededDiscovery, one_or_seeded
 from ...engine.protocol import DiscoveryHooks, check_fits, discover, transfer_condition
 from ...engine.sweep import Sweep, SweepResult, cached_stage
 from ...engine.training import (EpochLog, batchnorm_layers, reestimate_batchnorm,
@@ -194,43 +198,70 @@ class VisionExperiment:
     def random_init_model(self, arch: str) -> nn.Module:
         return self.model(arch, self.classes, seed=12345)
 
-    def subnetwork(self, arch: str, source_kind: str) -> sf.Subnetwork:
+    def _discovered(self, arch: str, source_kind: str, seed: Optional[int], path: Path,
+                    log_dir: Path) -> tuple[sf.Subnetwork, dict]:
         """Discovered on pooled images in the adapted (or a random-init) model
-        as cfg.discovery says; masks on every conv/linear weight, the
-        classifier's only with mask_head.  The lottery ticket compares the
-        adapted model with the base model's initialisation."""
+        as cfg.discovery says (with ``seed`` for its --seed when given) and
+        saved at ``path``; masks on every conv/linear weight, the classifier's
+        only with mask_head.  The lottery ticket compares the adapted model
+        with the base model's initialisation."""
         cfg = self.cfg
-        suffix = "" if source_kind == "adapted" else "-random-init"
+        source = self.source_model(arch, source_kind)
+        settings = self.discovery_settings(source)
+        if seed is not None:
+            settings = dataclasses.replace(settings, seed=seed)
+        paired = settings.ablation == "corrupted"
+        initial = None
+        if settings.method == "lottery_ticket":
+            initial = self.model(arch, 2 * self.classes, seed=0)
+            initial.reset_classifier(self.classes)
+        start = time.time()
+        result = discover(source, self.task_for(arch),
+                          self.data.pooled(seed=settings.seed,
+                                           pair_seed=settings.seed if paired else None),
+                          self.data.pooled_eval(pair_seed=settings.seed + 1 if paired else None),
+                          settings,
+                          DiscoveryHooks(log_dir=log_dir, progress=self.progress,
+                                         compile_model=apply_speed_options(
+                                             cfg.kernels, cfg.compile, cfg.device)),
+                          pretrained=initial)
+        result.subnetwork.metadata.update(arch=arch, source=source_kind, seed=settings.seed)
+        result.subnetwork.save(path)
+        return result.subnetwork, {
+            "arch": arch, "source": source_kind, "seed": settings.seed,
+            "pooled_accuracy": result.accuracy, "density": result.density,
+            "l0_lambda": result.l0_lambda, "layer_density": result.layer_density,
+            "candidates": result.candidates, "seconds": time.time() - start}
 
-        def build(path):
-            source = self.source_model(arch, source_kind)
-            settings = self.discovery_settings(source)
-            paired = settings.ablation == "corrupted"
-            initial = None
-            if settings.method == "lottery_ticket":
-                initial = self.model(arch, 2 * self.classes, seed=0)
-                initial.reset_classifier(self.classes)
-            start = time.time()
-            result = discover(source, self.task_for(arch),
-                              self.data.pooled(pair_seed=settings.seed if paired else None),
-                              self.data.pooled_eval(
-                                  pair_seed=settings.seed + 1 if paired else None),
-                              settings,
-                              DiscoveryHooks(log_dir=path.parent / f"{arch}{suffix}-logs",
-                                             progress=self.progress,
-                                             compile_model=apply_speed_options(
-                                                 cfg.kernels, cfg.compile, cfg.device)),
-                              pretrained=initial)
-            result.subnetwork.metadata.update(arch=arch, source=source_kind)
-            result.subnetwork.save(path)
-            return result.subnetwork, {
-                "arch": arch, "source": source_kind, "pooled_accuracy": result.accuracy,
-                "density": result.density, "l0_lambda": result.l0_lambda,
-                "layer_density": result.layer_density, "candidates": result.candidates,
-                "seconds": time.time() - start}
+    def _stage_name(self, arch: str, source_kind: str) -> str:
+        return arch if source_kind == "adapted" else f"{arch}-random-init"
 
-        return cached_stage(self.out / "subnetworks" / f"{arch}{suffix}.safetensors",
-                            sf.Subnetwork.load, build)
+    def subnetwork(self, arch: str, source_kind: str) -> sf.Subnetwork:
+        """The one discovery (cfg.discovery, its --seed)."""
+        name = self._stage_name(arch, source_kind)
+        return cached_stage(self.out / "subnetworks" / f"{name}.safetensors", sf.Subnetwork.load,
+                            lambda path: self._discovered(arch, source_kind, None, path,
+                                                          path.parent / f"{name}-logs"))
+
+    def seeded_discovery(self, arch: str, source_kind: str) -> SeededDiscovery:
+        """The discovery once per --discovery-seeds seed, and their stability."""
+        def accuracy_alone(sub: sf.Subnetwork) -> float:
+            model = sub.ablate(copy.deepcopy(self.source_model(arch, source_kind)), "keep")
+            return self.task_for(arch).evaluate(model, self.data.pooled_eval()).accuracy
+
+        return SeededDiscovery(
+            self.out / "subnetworks" / self._stage_name(arch, source_kind),
+            self.cfg.repeated_discovery.discovery_seeds,
+            lambda seed, path, log_dir: self._discovered(arch, source_kind, seed, path, log_dir),
+            accuracy_alone)
+
+    def subnetwork_for(self, arch: str, source_kind: str, seed: int
+                       ) -> tuple[sf.Subnetwork, Optional[str]]:
+        """(the subnetwork the run with ``seed`` transfers, its label: which
+        discovery seed's, or None for the one discovery)."""
+        return one_or_seeded(self.cfg.repeated_discovery, seed,
+                             lambda: self.subnetwork(arch, source_kind),
+                             lambda: self.seeded_discovery(arch, source_kind))
 
     def source_model(self, arch: str, kind: str) -> nn.Module:
         key = (arch, kind)
@@ -249,18 +280,20 @@ class VisionExperiment:
                               weight_decay=cfg.weight_decay)
 
     def prepared_model(self, arch: str, condition: str, seed: int):
-        """(model to train, frozen set, fraction frozen) for ``condition``."""
+        """(model to train, frozen set, fraction frozen, label of the
+        transferred subnetwork or None) for ``condition``."""
         spec = CONDITIONS[condition]
         if spec.engine is None:  # fine-tune (or just evaluate) the adapted model
-            return copy.deepcopy(self.source_model(arch, "adapted")), sf.FrozenMasks(), 0.0
+            return (copy.deepcopy(self.source_model(arch, "adapted")), sf.FrozenMasks(), 0.0,
+                    None)
         target = self.model(arch, self.classes, seed=1000 + seed)
         if spec.engine == "scratch":
-            return target, sf.FrozenMasks(), 0.0
+            return target, sf.FrozenMasks(), 0.0, None
         source = self.source_model(arch, spec.source)
-        sub = self.subnetwork(arch, spec.source)
+        sub, label = self.subnetwork_for(arch, spec.source, seed)
         frozen, fraction = transfer_condition(spec.engine, sub, source, target, seed,
                                               self.cfg.reinit)
-        return target, frozen, fraction
+        return target, frozen, fraction, label
 
     def cue_conflict(self, arch: str, model: nn.Module) -> dict:
         data, stimuli = self.data.conflict()
@@ -308,7 +341,7 @@ class VisionExperiment:
 
     def transfer_run(self, arch: str, condition: str, n: int, seed: int) -> dict:
         cfg, spec = self.cfg, CONDITIONS[condition]
-        model, frozen, fraction = self.prepared_model(arch, condition, seed)
+        model, frozen, fraction, sub_label = self.prepared_model(arch, condition, seed)
         at_transfer = self.pooled_at_transfer(arch, model, frozen)
         start = time.time()
         if spec.trains:
@@ -337,7 +370,7 @@ class VisionExperiment:
         return {
             "original_accuracy": task.evaluate(model, original_test).accuracy,
             "pooled_accuracy": task.evaluate(model, pooled_test).accuracy,
-            "cue_conflict": conflict, "frozen_fraction": fraction,
+            "cue_conflict": conflict, "frozen_fraction": fraction, "subnetwork": sub_label,
             **at_transfer,
             "train_set_size": (self.data.training_set_size(spec.data, n) if spec.trains
                                else 0),
@@ -354,7 +387,10 @@ class VisionExperiment:
                 if spec.engine is None:
                     self.source_model(arch, "adapted")
                 elif spec.engine != "scratch":
-                    self.subnetwork(arch, spec.source)
+                    if self.cfg.repeated_discovery.repeated:
+                        self.seeded_discovery(arch, spec.source).core()
+                    else:
+                        self.subnetwork(arch, spec.source)
 
     def run(self, shard: tuple[int, int] = (0, 1)) -> SweepResult:
         return self.sweep.run(lambda key: self.transfer_run(*key), shard, progress=self.progress)

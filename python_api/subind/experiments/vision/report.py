@@ -12,6 +12,7 @@ from pathlib import Path
 from ...engine import records as run_records
 from ...engine import report as R
 from ...engine import statistics as S
+from ...engine.discovery_seeds import stability_sections, stage_records
 from ...engine.files import atomic_write_text
 from .config import CONDITIONS, RECORD_FIELDS
 from ...shape_bias.evaluation import plot_per_category
@@ -57,11 +58,12 @@ def table(records: list[dict]) -> str:
 
 def densities(out: Path) -> tuple[str, dict]:
     rows, layers = [], {}
-    for path in sorted((Path(out) / "subnetworks").glob("*.json")):
-        d = json.loads(path.read_text())
-        label = d["arch"] + ("" if d["source"] == "adapted" else " (random init)")
+    for stage in stage_records(Path(out) / "subnetworks"):
+        d = json.loads(stage.path.read_text())
+        label = (d["arch"] + ("" if d["source"] == "adapted" else " (random init)")
+                 + ("" if stage.seed is None else f", discovery seed {stage.seed}"))
         rows.append([label, f"{100 * d['density']:.2f}%", f"{d['pooled_accuracy']:.3f}",
-                     R.found_by(path)])
+                     R.found_by(stage.path)])
         layers[label] = d["layer_density"]
     text = (R.markdown(["subnetwork of", "weights kept (masked layers)", "pooled accuracy",
                         "chosen by"], rows) if rows else "(no subnetworks)")
@@ -270,6 +272,7 @@ def claims(stats: dict) -> list[str]:
 
 def markdown(records: list[dict], out: Path, stats: dict) -> str:
     dens, _ = densities(out)
+    stability, _ = stability_sections(Path(out) / "subnetworks")
     through = pooled_through_transfer(epoch_series(out, records), records)
     stat_lines = [line for name, (what, _) in STATISTICS.items()
                   for line in [*S.markdown_lines(stats[name], what), ""]]
@@ -283,7 +286,9 @@ def markdown(records: list[dict], out: Path, stats: dict) -> str:
             f"## Pooled accuracy through transfer training (mean over seeds; epochs "
             f"trained)\n\n{through}\n\n"
             f"## Stages\n\n{stage_summary(out)}\n\n"
-            f"## Discovered subnetworks\n\n{dens}\n")
+            f"## Discovered subnetworks\n\n{dens}\n"
+            + ("\n## Seed stability of the discovery (--discovery-seeds)\n\n"
+               + "\n".join(stability) + "\n" if stability else ""))
 
 
 def report(out: Path) -> tuple[str, list[Path]]:
@@ -294,8 +299,9 @@ def report(out: Path) -> tuple[str, list[Path]]:
     S.write_tables(out, stats)
     figures = [curves(by_arch(epoch_series(out, records)), out / "curves.png"),
                shape_bias_figure(records, out / "shape-bias.png"),
-               density_figure(densities(out)[1], out / "densities.png")]
+               density_figure(densities(out)[1], out / "densities.png"),
+               *stability_sections(out / "subnetworks")[1]]
     figures = [f for f in figures if f is not None]
     atomic_write_text(out / "report.md", text + "\n" + "\n".join(
-        f"![{f.stem}]({f.name})" for f in figures) + "\n")
+        f"![{f.stem}]({f.relative_to(out)})" for f in figures) + "\n")
     return text, figures

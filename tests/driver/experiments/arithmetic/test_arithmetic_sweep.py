@@ -240,7 +240,7 @@ def test_discovery_settings_reach_the_discovered_subnetwork(tmp_path, args):
         assert sub.metadata["target_density"] == pytest.approx(0.3)
         assert sub.density() == pytest.approx(0.3, abs=1e-3)
         assert cli(["report", str(out)]) == 0  # the size's origin, not a λ of 0
-        assert "| 1 | 30.00% |" in (out / "report.md").read_text()
+        assert "| 1 | – | 30.00% |" in (out / "report.md").read_text()
         assert "target density 0.3 |" in (out / "report.md").read_text()
     elif "--ablation" in args:
         assert sub.metadata["ablation"] == "corrupted"

@@ -144,7 +144,7 @@ def _check_transfer_log_starts_before_training(out: Path) -> None:
             rows = list(csv.DictReader(f))
         assert [int(r["epochs_trained"]) for r in rows] == [0, 1, 2]
         assert rows[0]["train_loss"] == "" and rows[1]["train_loss"] != ""
-        model, frozen, _ = experiment.prepared_model(arch, "subtask_induction", 0)
+        model, frozen, _, _ = experiment.prepared_model(arch, "subtask_induction", 0)
         assert len(frozen) > 0
         task = experiment.task_for(arch)
         start = (task.evaluate(model, experiment.data.original_eval()).accuracy,
