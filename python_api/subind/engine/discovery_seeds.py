@@ -90,6 +90,12 @@ class DiscoverySeeds:
                                  "them, or choose first, core or majority")
         return self
 
+    def left_out_of_identity(self, field_name: str) -> tuple[str, ...]:
+        """The config field holding these options, as a manifest leaves it
+        out when nothing is repeated (then they change no result, and a
+        results directory from before they existed still resumes)."""
+        return () if self.repeated else (field_name,)
+
     def label_for(self, transfer_seed: int) -> str:
         """Which subnetwork the run with ``transfer_seed`` receives, as its
         record names it ("seed 3", "core", …)."""

@@ -167,8 +167,10 @@ class ArithmeticConfig:
 
     def identity(self) -> dict:
         """The fields that define the experiment (the results-directory
-        manifest): all but the grid axes and the device."""
-        return identity_of(self, GRID_FIELDS + ("device",))
+        manifest): all but the grid axes and the device (and the repeated
+        discovery's options when there is none)."""
+        return identity_of(self, GRID_FIELDS + ("device",)
+                           + self.repeated_discovery.left_out_of_identity("repeated_discovery"))
 
 
 PRESETS = {

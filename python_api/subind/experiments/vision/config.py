@@ -259,7 +259,8 @@ class VisionConfig:
         return self.base_samples, self.base_epochs
 
     def identity(self) -> dict:
-        return identity_of(self, GRID_FIELDS + ("device",))
+        return identity_of(self, GRID_FIELDS + ("device",)
+                           + self.repeated_discovery.left_out_of_identity("repeated_discovery"))
 
 
 PRESETS = {

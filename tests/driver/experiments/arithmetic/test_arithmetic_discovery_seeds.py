@@ -117,6 +117,18 @@ def test_a_finished_repeated_discovery_is_reused_and_another_refused(matched, ca
     assert _run(matched, "--discovery-seeds", "0,1", "--seeds", "0,1") == 2
     assert "repeated_discovery.discovery_seeds: directory [0, 1, 2], now [0, 1]" in \
         capsys.readouterr().err
+    assert _run(matched, "--seeds", "0,1") == 2  # nor the single discovery
+    assert "repeated_discovery.discovery_seeds: directory [0, 1, 2], now null" in \
+        capsys.readouterr().err
+
+
+def test_without_discovery_seeds_the_manifest_is_as_before():
+    """A results directory from before --discovery-seeds existed still resumes."""
+    identity = config_for("smoke").identity()
+    assert not any(key.startswith("repeated_discovery") for key in identity)
+    repeated = config_for("smoke", repeated_discovery=dict(discovery_seeds=[0, 1])).identity()
+    assert repeated["repeated_discovery.discovery_seeds"] == [0, 1]
+    assert repeated["repeated_discovery.transfer_subnetwork"] == "matched"
 
 
 @pytest.mark.parametrize("args, message", [
