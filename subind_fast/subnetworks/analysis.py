@@ -18,6 +18,9 @@ level — the overlap two random masks of the same per-parameter sizes have in
 expectation — and keeps the weights every seed (the core) and a majority of
 seeds found.
 
+Whether each of several subnetworks is its own subtask's is
+subnetworks/specificity.py (re-exported here).
+
 P_reuse of two masks of the same function (e.g. found in two contexts) is
 shared weights as IoM — 1 means the smaller mask is entirely reused; P_specialize
 of masks of two different functions is 1 − IoM — 1 means no weight is shared.
@@ -34,6 +37,7 @@ from ..bits import count_ones
 from ..naming import block_of
 from ..nn.heads import HeadSlicing, attention_heads  # noqa: F401 (attention_heads: re-exported)
 from ..subnetwork import Subnetwork
+from .specificity import Interval, Specificity, specificity  # noqa: F401 (re-exported)
 
 TOTAL = "total"
 
@@ -253,65 +257,6 @@ def _without(model, removed: Subnetwork, ablation: str, reference, forward):
         snn.set_ablation(ablated, "corrupted")
         snn.record_corrupted_before_each_forward(ablated)
     return ablated
-
-
-@dataclass(frozen=True)
-class Specificity:
-    """Is each subnetwork its own subtask's?  For subnetworks found for
-    different subtasks of one model, the accuracy on every subtask of the
-    model with only the subnetwork's weights (``alone``: every other weight
-    the subnetworks cover zeroed) and with the subnetwork's weights zeroed
-    (``removed``), beside the intact model's (``intact``).
-
-    ``score[label]``: own-subtask accuracy alone minus the mean accuracy alone
-    on the other subtasks — high when the subnetwork does its subtask and not
-    the others.  ``removal_score[label]``: the drop from intact its removal
-    causes on its own subtask minus the mean drop on the others — high when
-    the subtask needs these weights and the others do not."""
-    own: dict[str, str]                       # subnetwork label -> its subtask
-    intact: dict[str, float]                  # subtask -> accuracy of the whole model
-    alone: dict[str, dict[str, float]]        # label -> subtask -> accuracy
-    removed: dict[str, dict[str, float]]
-
-    def _contrast(self, table: dict[str, dict[str, float]], label: str) -> float:
-        mine = self.own[label]
-        others = [v for task, v in table[label].items() if task != mine]
-        return table[label][mine] - sum(others) / len(others)
-
-    @property
-    def score(self) -> dict[str, float]:
-        return {label: self._contrast(self.alone, label) for label in self.own}
-
-    @property
-    def removal_score(self) -> dict[str, float]:
-        drops = {label: {task: self.intact[task] - acc for task, acc in row.items()}
-                 for label, row in self.removed.items()}
-        return {label: self._contrast(drops, label) for label in self.own}
-
-
-def specificity(model, masks: Mapping[str, Subnetwork], evaluators: Mapping[str, object],
-                own: Mapping[str, str]) -> Specificity:
-    """:class:`Specificity` of ``masks`` (label -> subnetwork) on the subtasks
-    ``evaluators`` (subtask -> ``evaluate(model) -> accuracy``), each
-    subnetwork's own subtask named by ``own`` (label -> subtask).  Needs two
-    subtasks or more; ``model`` is not modified."""
-    import copy
-
-    if len(evaluators) < 2:
-        raise ValueError(f"specificity compares subtasks: it needs at least two, got "
-                         f"{list(evaluators)}")
-    missing = {label: task for label, task in own.items() if task not in evaluators}
-    if set(own) != set(masks) or missing:
-        raise ValueError(f"every subnetwork needs its own subtask among {list(evaluators)}; "
-                         f"got {dict(own)} for {list(masks)}")
-    intact = {task: evaluate(model) for task, evaluate in evaluators.items()}
-    alone, removed = {}, {}
-    for label, sub in masks.items():
-        kept = sub.ablate(copy.deepcopy(model), "keep")
-        without = sub.ablate(copy.deepcopy(model), "zero")
-        alone[label] = {task: evaluate(kept) for task, evaluate in evaluators.items()}
-        removed[label] = {task: evaluate(without) for task, evaluate in evaluators.items()}
-    return Specificity(dict(own), intact, alone, removed)
 
 
 def overlap_by_group(a: Subnetwork, b: Subnetwork, group=block_of) -> dict[str, Overlap]:

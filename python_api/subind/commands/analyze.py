@@ -69,7 +69,8 @@ class AnalyzeOptions:
     eval_data: Repeated = field(default_factory=list)
     """data to score on (repeatable), e.g. 'experiment:arithmetic/a*b'"""
     seed: int = 0
-    """seed of the inverse-mask test's control removals"""
+    """seed of the inverse-mask test's control removals and of the resampling behind the
+    specificity intervals"""
     ablation: Literal["zero", "mean", "corrupted"] = "zero"
     """what removed weights see in the inverse-mask test: zero, their mean input over the
     evaluation set, or the input of another example of the batch (resample)"""
@@ -102,7 +103,7 @@ def _check_options(args: AnalyzeOptions, given: set) -> None:
     if model_options and not args.model:
         raise ValueError(f"{', '.join(model_options)} need{'s' if len(model_options) == 1 else ''}"
                          " --model (the model the subnetworks were found in)")
-    for name, what in (("seed", "draws the inverse-mask test's controls"),
+    for name, what in (("seed", "draws the inverse-mask test's controls and intervals"),
                        ("ablation", "chooses the inverse-mask test's removal")):
         if name in given and not args.eval_data:
             raise ValueError(f"{flag(name)} {what}: it needs --eval-data")
@@ -210,11 +211,13 @@ def _analyze(args) -> int:
         if args.specificity:
             subtasks = dict(zip(labels, (_set_name(spec) for spec in args.eval_data)))
             specific = found = A.specificity(model, masks, _evaluators(args, model), subtasks)
-            overlaps = results.pairwise_overlaps(masks)
-            lines += ["", *results.specificity_lines(found), "", *results.overlap_lines(overlaps)]
+            overlaps, intervals = results.pairwise_overlaps(masks), found.intervals(
+                seed=args.seed)
+            lines += ["", *results.specificity_lines(found, intervals), "",
+                      *results.overlap_lines(overlaps)]
             outputs["specificity.csv"] = results.specificity_csv(found)
             specificity_record = results.specificity_record(
-                found, overlaps, {subtasks[label]: spec
+                found, intervals, overlaps, {subtasks[label]: spec
                                   for label, spec in zip(labels, args.eval_data)}, args.model)
     if args.stability:
         result = A.stability(masks)
@@ -300,7 +303,13 @@ def _eval_sets(args, model) -> dict:
 
 
 def _evaluators(args, model) -> dict:
-    return {name: (lambda m, t=task, d=data: t.evaluate(m, d).accuracy)
+    """{set name: evaluate(model)}: each example's correctness where the task
+    tells it (ScoresExamples: intervals over the examples), else the accuracy."""
+    from ..engine.training import ScoresExamples
+
+    return {name: ((lambda m, t=task, d=data: t.correct(m, d))
+                   if isinstance(task, ScoresExamples) else
+                   (lambda m, t=task, d=data: t.evaluate(m, d).accuracy))
             for name, (task, data) in _eval_sets(args, model).items()}
 
 

@@ -22,7 +22,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import subind_fast as sf
 from subind_fast import analysis as A
@@ -55,19 +55,33 @@ def overlap_lines(overlaps: Mapping[tuple[str, str], dict]) -> list[str]:
               for (a, b), row in overlaps.items())]
 
 
-def specificity_record(found: A.Specificity, overlaps: Mapping[tuple[str, str], dict],
-                       eval_data: Mapping[str, str], model: str) -> dict:
+def specificity_record(found: A.Specificity, intervals: Optional[dict],
+                       overlaps: Mapping[tuple[str, str], dict], eval_data: Mapping[str, str],
+                       model: str) -> dict:
     """What specificity.json holds: per subnetwork its own subtask, its
-    accuracy alone and removed on every subtask, its scores and its overlap
-    with each other subnetwork; the intact model's accuracy; where each
-    subtask's data came from."""
+    accuracy alone and removed on every subtask, its scores (with their 95 %
+    intervals over the evaluation examples, or null) and its overlap with
+    each other subnetwork; the intact model's accuracy; where each subtask's
+    data came from and how many examples it has."""
     def overlaps_of(label):
         return {(b if a == label else a): row for (a, b), row in overlaps.items()
                 if label in (a, b)}
 
-    return {"model": model, "eval_data": dict(eval_data), "intact": found.intact,
+    def interval(label, name):
+        if not intervals:
+            return None
+        found_interval = intervals[label][name]
+        return [found_interval.low, found_interval.high]
+
+    examples = (None if found.examples is None else
+                {t: found.examples[("intact", None, t)].numel() for t in found.intact})
+    return {"model": model, "eval_data": dict(eval_data), "examples": examples,
+            "intact": found.intact, "interval": "95 % percentile bootstrap over the evaluation "
+                                                "examples, 2000 draws" if intervals else None,
             "subnetworks": {label: {"own_subtask": own, "score": found.score[label],
+                                    "score_ci": interval(label, "score"),
                                     "removal_score": found.removal_score[label],
+                                    "removal_score_ci": interval(label, "removal_score"),
                                     "alone": found.alone[label],
                                     "removed": found.removed[label],
                                     "overlap_with": overlaps_of(label)}
@@ -103,13 +117,22 @@ def write_specificity(out: Path, record: dict, masks: Mapping[str, sf.Subnetwork
     atomic_write_json(out / SPECIFICITY, record)
 
 
-def specificity_lines(found: A.Specificity) -> list[str]:
-    """The specificity table of summary.md."""
+def _with_interval(value: float, interval: Optional[A.Interval]) -> str:
+    return f"{value:+.4f}" + ("" if interval is None else
+                              f" [{interval.low:+.3f}, {interval.high:+.3f}]")
+
+
+def specificity_lines(found: A.Specificity, intervals: Optional[dict]) -> list[str]:
+    """The specificity table of summary.md (``intervals``: found.intervals())."""
     tasks = list(found.intact)
+    sizes = ("" if found.examples is None else " (examples: " + ", ".join(
+        f"{t} {found.examples[('intact', None, t)].numel()}" for t in tasks) + ")")
     lines = ["specificity: accuracy on each subtask of the model with only the subnetwork's "
              "weights (alone) and with them zeroed (removed); score = own subtask minus the "
              "mean of the others (alone), removal score = the drop on its own subtask minus "
-             "the mean drop on the others", "",
+             "the mean drop on the others"
+             + (", with 95 % percentile bootstrap intervals over the evaluation examples"
+                + sizes if intervals else " (no intervals: the tasks gave accuracies only)"), "",
              "| subnetwork | own subtask | " + " | ".join(f"alone on {t}" for t in tasks)
              + " | " + " | ".join(f"removed, on {t}" for t in tasks)
              + " | score | removal score |",
@@ -117,10 +140,12 @@ def specificity_lines(found: A.Specificity) -> list[str]:
              "| (intact model) | – | " + " | ".join(f"{found.intact[t]:.4f}" for t in tasks)
              + " | " + " | ".join("–" for _ in tasks) + " | – | – |"]
     for label, task in found.own.items():
+        mine = (intervals or {}).get(label, {})
         lines.append(f"| {label} | {task} | "
                      + " | ".join(f"{found.alone[label][t]:.4f}" for t in tasks) + " | "
                      + " | ".join(f"{found.removed[label][t]:.4f}" for t in tasks)
-                     + f" | {found.score[label]:+.4f} | {found.removal_score[label]:+.4f} |")
+                     + f" | {_with_interval(found.score[label], mine.get('score'))} | "
+                     + f"{_with_interval(found.removal_score[label], mine.get('removal_score'))} |")
     return lines
 
 

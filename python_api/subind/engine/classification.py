@@ -93,6 +93,20 @@ class Classification:
         return torch.cat(predicted), torch.cat(labels)
 
     @torch.no_grad()
+    def correct(self, model: nn.Module, data: Iterable) -> Tensor:
+        """Whether each counted example (label ≠ IGNORE_LABEL) is classified
+        right, in eval mode, in the data's order; its mean is ``evaluate``'s
+        accuracy on one rank."""
+        right = []
+        with evaluating(model):
+            for batch in data:
+                logits = self.logits(model, batch[0])
+                labels = batch[1].to(logits.device)
+                counted = labels != IGNORE_LABEL
+                right.append((logits.argmax(-1) == labels)[counted].cpu())
+        return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Iterable) -> Metrics:
         loss_sum = correct = count = 0.0
         with evaluating(model):

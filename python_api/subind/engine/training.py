@@ -57,6 +57,15 @@ class ScoresBatches(Protocol):
 
 
 @runtime_checkable
+class ScoresExamples(Protocol):
+    """A task that tells which evaluation examples the model gets right, in
+    the data's order (one bool per example its accuracy counts): intervals
+    over the examples (`subind analyze --specificity`) resample them."""
+
+    def correct(self, model: nn.Module, data: Iterable) -> Tensor: ...
+
+
+@runtime_checkable
 class SumsOverRanks(Protocol):
     """A task whose metrics total over distributed ranks (each scores its own
     part of the data) through this function."""

@@ -287,6 +287,12 @@ def test_specificity_scores_every_subnetwork_on_every_subtask(tmp_path, capsys):
         assert copy.metadata["specificity"]["alone"] == mine["alone"]
         assert copy.metadata["specificity"]["intact"] == record["intact"]
     assert record["eval_data"] == {task: task for task in own.values()}
+    # the scores' intervals resample each subtask's examples (the tasks score each example)
+    for label in own:
+        low, high = record["subnetworks"][label]["score_ci"]
+        assert low <= record["subnetworks"][label]["score"] <= high and low < high
+    assert set(record["examples"]) == set(own.values())
+    assert "95 % percentile bootstrap intervals over the evaluation examples" in text
     # the overlap between the two, against chance
     a, b = (sf.Subnetwork.load(f) for f in files)
     pair = record["subnetworks"]["first"]["overlap_with"]["second"]

@@ -29,6 +29,10 @@ def test_loss_and_metrics_match_plain_pytorch():
     kept = labels != -100
     assert metrics.accuracy == float((logits.argmax(1)[kept] == labels[kept]).double().mean())
     assert model.training  # evaluate restores the mode
+    # each counted example's correctness, in order: what specificity intervals resample
+    right = task.correct(model, TensorBatches(images, labels, batch_size=4))
+    assert torch.equal(right, logits.argmax(1)[kept] == labels[kept])
+    assert float(right.double().mean()) == metrics.accuracy and model.training
 
 
 def test_inverse_frequency_weights_skip_the_ignore_label():

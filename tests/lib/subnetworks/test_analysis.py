@@ -205,3 +205,73 @@ def test_specificity_scores_each_subnetwork_on_every_subtask():
         A.specificity(model, {"A": first}, {"t0": evaluators["t0"]}, {"A": "t0"})
     with pytest.raises(ValueError, match="its own subtask"):
         A.specificity(model, {"A": first, "B": second}, evaluators, {"A": "t0", "B": "t9"})
+
+
+def _per_example(pattern: dict):
+    """Evaluators giving each example's correctness: example i of subtask t is
+    right when the weights ``pattern[t][i]`` names are all kept (nonzero)."""
+    def evaluator(task):
+        return lambda m: torch.tensor([bool((m.weight.detach()[0, list(cols)] != 0).all())
+                                       for cols in pattern[task]])
+    return {task: evaluator(task) for task in pattern}
+
+
+def test_specificity_intervals_resample_each_subtask_with_its_pairs_kept():
+    import numpy as np
+
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 0.0]]))  # weight 3 is dead
+    first = sf.Subnetwork.from_masks({"weight": torch.tensor([[True, True, False, False]])})
+    second = sf.Subnetwork.from_masks({"weight": torch.tensor([[False, False, True, True]])})
+    rng = np.random.default_rng(0)
+    # t0 (400 examples): 30 % need weight 0 (A's), 40 % weight 2 (B's), 30 % the dead one;
+    # t1 (500 examples): each needs weight 2 or 1, half and half
+    kinds = rng.choice(3, size=400, p=[0.3, 0.4, 0.3])
+    pattern = {"t0": [((0,), (2,), (3,))[k] for k in kinds],
+               "t1": [(2,) if rng.random() < 0.5 else (1,) for _ in range(500)]}
+    found = A.specificity(model, {"A": first, "B": second}, _per_example(pattern),
+                          {"A": "t0", "B": "t1"})
+    x, y = float((kinds == 0).mean()), float((kinds == 1).mean())
+    w = sum(c == (2,) for c in pattern["t1"]) / 500
+    assert found.intact == pytest.approx({"t0": x + y, "t1": 1.0}, abs=1e-12)
+    assert found.alone["A"] == pytest.approx({"t0": x, "t1": 1 - w}, abs=1e-12)
+    assert found.removed["A"] == pytest.approx({"t0": y, "t1": w}, abs=1e-12)
+    assert found.score["A"] == pytest.approx(x - (1 - w), abs=1e-12)
+    assert found.removal_score["A"] == pytest.approx(x - (1 - w), abs=1e-12)
+    intervals = found.intervals(draws=4000, seed=1)
+    # The score: a difference of proportions on two independent sets, so its bootstrap
+    # interval is about ±1.96 binomial standard errors.
+    se = np.sqrt(x * (1 - x) / 400 + w * (1 - w) / 500)
+    score = intervals["A"]["score"]
+    assert score.low == pytest.approx(found.score["A"] - 1.96 * se, abs=0.25 * 1.96 * se)
+    assert score.high == pytest.approx(found.score["A"] + 1.96 * se, abs=0.25 * 1.96 * se)
+    # The removal score: the intact model and A's removal are scored on the same examples,
+    # and per example of t0 the drop is 1 exactly for the 30 % A serves, so its spread is
+    # that proportion's; resampling the two accuracies apart would add both of theirs
+    # (sqrt(0.45/0.21) ≈ 1.5 times wider on t0).
+    removal = intervals["A"]["removal_score"]
+    assert removal.high - removal.low == pytest.approx(2 * 1.96 * se, rel=0.2)
+    assert found.intervals(draws=4000, seed=1) == intervals  # the seed fixes them
+    certain = A.specificity(model, {"A": first, "B": second},
+                            _per_example({"t0": [(0,)] * 50, "t1": [(2,)] * 50}),
+                            {"A": "t0", "B": "t1"}).intervals(draws=200)
+    assert certain["A"]["score"] == A.Interval(1.0, 1.0)
+    assert certain["A"]["removal_score"] == A.Interval(1.0, 1.0)
+
+
+def test_specificity_without_per_example_scores_has_no_intervals_and_bad_scores_are_named():
+    model = nn.Linear(4, 1, bias=False)
+    first = sf.Subnetwork.from_masks({"weight": torch.tensor([[True, True, False, False]])})
+    second = ~first
+    both = {"A": first, "B": second}
+    own = {"A": "t0", "B": "t1"}
+    accuracies = {"t0": lambda m: 0.5, "t1": lambda m: 0.25}
+    assert A.specificity(model, both, accuracies, own).intervals() is None
+    with pytest.raises(ValueError, match="subtask t0: an evaluator gives an accuracy or a "
+                                         "non-empty 1-D bool tensor"):
+        A.specificity(model, both, {"t0": lambda m: torch.ones(3), "t1": lambda m: 0.5}, own)
+    sizes = iter([3, 4, 4, 4, 4, 4])
+    with pytest.raises(ValueError, match="must score the same examples each time"):
+        A.specificity(model, both, {"t0": lambda m: torch.ones(next(sizes), dtype=torch.bool),
+                                    "t1": lambda m: torch.ones(2, dtype=torch.bool)}, own)

@@ -31,6 +31,17 @@ class LastTokenTask:
                                            rows[:, -1].to(model_device(model)))
 
     @torch.no_grad()
+    def correct(self, model: nn.Module, data: Iterable[Tensor]) -> Tensor:
+        """Whether each row's answer is predicted right, in the data's order
+        (its mean is ``evaluate``'s accuracy on one rank)."""
+        right = []
+        with evaluating(model):
+            for rows in data:
+                logits = self.logits(model, rows)
+                right.append((logits.argmax(-1) == rows[:, -1].to(logits.device)).cpu())
+        return torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Iterable[Tensor]) -> Metrics:
         total_loss, correct, n = 0.0, 0, 0
         with evaluating(model):

@@ -244,3 +244,23 @@ def test_bad_kernel_and_compile_choices_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "maybe" in err and "--compile" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_last_token_task_scores_each_row_as_its_accuracy_counts():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from subind.engine.training import TensorBatches
+    from subind.experiments.arithmetic.task import LastTokenTask
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=12, n_positions=4, n_embd=16, n_layer=1,
+                                       n_head=2, n_inner=32))
+    rows = torch.randint(0, 12, (37, 4))
+    task, data = LastTokenTask(), TensorBatches(rows, batch_size=8)
+    right = task.correct(model, data)
+    with torch.no_grad():
+        model.eval()
+        expected = model(input_ids=rows[:, :-1]).logits[:, -1].argmax(-1) == rows[:, -1]
+    assert torch.equal(right, expected)
+    assert float(right.double().mean()) == pytest.approx(task.evaluate(model, data).accuracy,
+                                                         abs=1e-15)
