@@ -36,7 +36,7 @@ import subind_fast as sf
 
 from . import validation as check
 from .options import Ints
-from .seed_stability import seed_stability, write_seed_stability
+from .seed_stability import STABILITY, report, seed_stability, write_seed_stability
 from .sweep import cached_stage
 
 TRANSFER_CHOICES = ("matched", "first", "core", "majority")
@@ -185,8 +185,6 @@ def stability_sections(subnetworks: Path) -> tuple[list[str], list[Path]]:
     """(markdown lines, heatmaps) of every repeated discovery stage under
     ``subnetworks`` whose stability is written: the section `subind report`
     shows for it (engine/seed_stability.py)."""
-    from .seed_stability import STABILITY, report
-
     root = Path(subnetworks)
     folders = sorted(p for p in root.iterdir() if (p / STABILITY).is_file()) \
         if root.is_dir() else []
