@@ -24,6 +24,12 @@ def block_mlp():
     return BlockMLP()
 
 
+def batchnorm_mlp():
+    """An MLP with BatchNorm: statistics a discovery with --bn-stats batch trains."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 4))
+
+
 def gaussian_data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=g)

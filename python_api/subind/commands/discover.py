@@ -45,7 +45,7 @@ from ..engine.discovery_results import EXPERIMENT, write_results
 from ..engine.seed_stability import seed_directory, seed_stability, write_seed_stability
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
 from ..engine.protocol import Discovery, DiscoveryHooks, check_fits, discover
-from ..engine.training import BN_STATS, SumsOverRanks, train_mode_for
+from ..engine.training import BN_STATS, SumsOverRanks, reestimate_batchnorm, train_mode_for
 
 HELP = "find a subnetwork in any model (torchrun-ready)"
 RESUMABLE = True
@@ -362,7 +362,7 @@ def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
     started = time.time()
     check_out_outside_data(args.out, cfg.data, cfg.eval_data)
     # Built and checked before the results directory is touched, as in _run.
-    model, _, eval_set, task = _inputs(cfg, ranks)
+    model, data, eval_set, task = _inputs(cfg, ranks)
     identity = {**_identity(cfg, settings, args), "seed": None}
     with contextlib.ExitStack() as claimed:
         if ranks.is_main:
@@ -376,8 +376,13 @@ def _run_seeds(cfg: DiscoverConfig, settings: Discovery, args: DiscoverRun,
                                    args.workers)
 
         def accuracy_alone(subnetwork: sf.Subnetwork) -> float:
+            """With --bn-stats batch the discovery trained the BatchNorm statistics
+            with the masks, so they are re-estimated on the training data first."""
             scored = subnetwork.ablate(copy.deepcopy(model), "keep")
             scored.to(DTYPES[cfg.dtype]).to(ranks.device)
+            if cfg.bn_stats == "batch":
+                reestimate_batchnorm(scored, task, eval_loader(
+                    data.train, args.eval_batch_size, ranks, args.workers))
             return task.evaluate(scored, eval_batches).accuracy
 
         files = {seed: seed_directory(args.out, seed) / "subnetwork.safetensors"

@@ -9,7 +9,10 @@ hard masks is compared by IoU and intersection over minimum, beside the IoU
 two random masks with the same number of weights in every parameter would
 have in expectation (subind_fast.analysis.chance_overlap).  The weights every
 seed kept (the core) and more than half kept (the majority) are scored alone
-— every other masked weight zeroed — on the discovery's evaluation data.
+— every other masked weight zeroed — on the discovery's evaluation data, and
+so is each seed's own subnetwork, so the three compare like with like (the
+accuracy a discovery reports may rest on state it trained besides the masks:
+BatchNorm statistics, which the caller's scoring re-estimates).
 
 Statistics: per seed, its mean IoU with the other seeds and its mean chance
 IoU; the table gives their means over seeds with 95 % bootstrap intervals and
@@ -53,7 +56,7 @@ def seed_directory(out: Path, seed: int) -> Path:
 class SeedStability:
     seeds: list[int]
     stability: A.Stability
-    per_seed: dict[int, dict]   # seed -> {accuracy, density, l0_lambda} of its discovery
+    per_seed: dict[int, dict]   # seed -> {accuracy, density, l0_lambda, alone_accuracy}
     alone: dict[str, dict]      # "core"/"majority" -> {accuracy, density}
 
 
@@ -65,9 +68,11 @@ def seed_stability(subnetworks: Mapping[int, sf.Subnetwork],
                    accuracy_alone: Callable[[sf.Subnetwork], float]) -> SeedStability:
     """The stability of ``subnetworks`` (seed -> the subnetwork its discovery
     found, with the accuracy and λ that discovery recorded in its metadata),
-    with the core and majority scored by ``accuracy_alone``."""
+    with every seed's subnetwork, the core and the majority scored by
+    ``accuracy_alone``."""
     per_seed = {seed: {"accuracy": sub.metadata["subtask_accuracy"], "density": sub.density(),
-                       "l0_lambda": sub.metadata.get("l0_lambda", 0.0)}
+                       "l0_lambda": sub.metadata.get("l0_lambda", 0.0),
+                       "alone_accuracy": accuracy_alone(sub)}
                 for seed, sub in subnetworks.items()}
     found = A.stability({_label(seed): sub for seed, sub in subnetworks.items()})
     alone = {name: {"accuracy": accuracy_alone(sub), "density": sub.density()}
@@ -190,10 +195,13 @@ def report_lines(record: dict) -> list[str]:
              f"| IoU − chance, paired by seed | {Estimate.of(diff).cell(3)}; "
              f"{diff['wins']} above, {diff['losses']} below, sign test p = "
              f"{diff['sign_test_p']:.3g} |",
-             "", "| seed | λ | accuracy | density | mean IoU with the others | chance |",
-             "|---|---|---|---|---|---|"]
+             "", "| seed | λ | accuracy (discovery) | alone | density | mean IoU with the "
+                 "others | chance |",
+             "|---|---|---|---|---|---|---|"]
     for seed, row in record["per_seed"].items():
+        alone = row.get("alone_accuracy")  # absent from a record written before it existed
         lines.append(f"| {seed} | {row['l0_lambda']:g} | {row['accuracy']:.4f} | "
+                     f"{'–' if alone is None else f'{alone:.4f}'} | "
                      f"{row['density']:.4f} | {row['mean_iou_with_others']:.4f} | "
                      f"{row['chance_iou_with_others']:.4f} |")
     lines += ["", "| subnetwork alone | accuracy | density |", "|---|---|---|"]

@@ -48,6 +48,7 @@ def test_the_record_matches_the_subnetworks(three_seeds):
     assert record["alone"]["core"]["density"] == pytest.approx(core.density())
     for row in record["per_seed"].values():
         assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["alone_accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)  # no BN
     # Every file carries the summary.
     for sub in (core, majority, *(sf.Subnetwork.load(three_seeds / f"seed-{k}" /
                                                      "subnetwork.safetensors")
@@ -72,6 +73,33 @@ def test_the_majority_scored_alone_is_the_model_with_only_its_weights(three_seed
                                           batch_size=128)
     assert task.evaluate(scored, batches).accuracy == pytest.approx(
         record["alone"]["majority"]["accuracy"], abs=1e-12)
+
+
+def test_with_trained_batchnorm_statistics_alone_re_estimates_them(tmp_path):
+    """--bn-stats batch trains the statistics with the masks, so each seed's
+    subnetwork, the core and the majority are scored alone with statistics
+    re-estimated on the training data (the module's BatchNorm layer)."""
+    import discover_entries
+    from subind.engine.classification import Classification
+    from subind.engine.training import reestimate_batchnorm
+
+    out = tmp_path / "bn"
+    entry = [word if word != "entry:discover_entries:block_mlp" else
+             "entry:discover_entries:batchnorm_mlp" for word in ENTRY]
+    assert main(["discover", *entry, "--bn-stats", "batch", "--seeds", "0,1",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "stability.json").read_text())
+    task = Classification(input_dtype=torch.float64)
+    data = discover_entries.gaussian_data()
+    for seed in (0, 1):
+        sub = sf.Subnetwork.load(out / f"seed-{seed}" / "subnetwork.safetensors")
+        model = sub.ablate(discover_entries.batchnorm_mlp().double(), "keep")
+        assert reestimate_batchnorm(model, task, torch.utils.data.DataLoader(data["train"],
+                                                                            batch_size=128))
+        expected = task.evaluate(model, torch.utils.data.DataLoader(data["eval"],
+                                                                    batch_size=128)).accuracy
+        assert record["per_seed"][str(seed)]["alone_accuracy"] == pytest.approx(expected,
+                                                                                abs=1e-12)
 
 
 def test_report_shows_stability_then_each_seed(three_seeds, capsys):

@@ -246,8 +246,13 @@ class VisionExperiment:
     def seeded_discovery(self, arch: str, source_kind: str) -> SeededDiscovery:
         """The discovery once per --discovery-seeds seed, and their stability."""
         def accuracy_alone(sub: sf.Subnetwork) -> float:
+            """With BatchNorm statistics re-estimated on the pooled discovery images:
+            the discovery trains them with the masks (batch statistics), so the
+            accuracy it reports rests on them too."""
+            task = self.task_for(arch)
             model = sub.ablate(copy.deepcopy(self.source_model(arch, source_kind)), "keep")
-            return self.task_for(arch).evaluate(model, self.data.pooled_eval()).accuracy
+            reestimate_batchnorm(model, task, self.data.pooled())
+            return task.evaluate(model, self.data.pooled_eval()).accuracy
 
         return SeededDiscovery(
             self.out / "subnetworks" / self._stage_name(arch, source_kind),

@@ -60,6 +60,8 @@ def test_stability_files_metadata_and_report(matched):
         row = record["per_seed"][str(seed)]
         assert row["accuracy"] == sub.metadata["subtask_accuracy"]
         assert row["density"] == pytest.approx(sub.density())
+        # no state besides the masks was trained: alone, it scores what its discovery did
+        assert row["alone_accuracy"] == pytest.approx(row["accuracy"], abs=1e-12)
     # the core alone, scored by hand: every other masked weight zeroed
     experiment = ArithmeticExperiment(config_for("smoke", n_disambiguation=[0],
                                                  seeds=[0, 1], repeated_discovery=dict(
