@@ -35,6 +35,7 @@ from ..engine.options import MISSING, JsonObject, Repeated, Strs, flag
 from ..engine.files import atomic_write, atomic_write_text
 from ..engine.data_sources import evaluation_split, local_directory
 from ..engine.models import HF_CLASSES, build_model, check_hf_class_applies
+from ..engine.training import ScoresExamples
 
 HELP = "compare subnetworks (overlap, sharing, reuse)"
 
@@ -305,8 +306,6 @@ def _eval_sets(args, model) -> dict:
 def _evaluators(args, model) -> dict:
     """{set name: evaluate(model)}: each example's correctness where the task
     tells it (ScoresExamples: intervals over the examples), else the accuracy."""
-    from ..engine.training import ScoresExamples
-
     return {name: ((lambda m, t=task, d=data: t.correct(m, d))
                    if isinstance(task, ScoresExamples) else
                    (lambda m, t=task, d=data: t.evaluate(m, d).accuracy))
