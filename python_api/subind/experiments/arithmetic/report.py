@@ -120,7 +120,8 @@ def claims(stats: dict, out: Path) -> list[str]:
         density = S.mean_ci([100 * json.loads(stage.path.read_text())["density"]
                              for stage in two_layers])
         rows.append(["Table 2: the 2-layer subnetwork keeps 7.68 % of the masked weights",
-                     "7.68 %", f"{density.cell(2)} % over {len(two_layers)} discovery seeds",
+                     "7.68 %", f"{density.mean:.2f} % [{density.low:.2f}, {density.high:.2f}] "
+                     f"over {len(two_layers)} discovery seeds",
                      "different model width and number range: compared, not tested"])
     if not rows:
         return []
