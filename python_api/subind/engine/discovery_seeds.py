@@ -197,6 +197,18 @@ def stability_sections(subnetworks: Path) -> tuple[list[str], list[Path]]:
     return lines, figures
 
 
+def received_line(records: Sequence[dict]) -> str:
+    """Which subnetworks the transfer runs received, from their records'
+    ``subnetwork`` labels ("" when no run names one: a single discovery)."""
+    from collections import Counter
+
+    counts = Counter(r["subnetwork"] for r in records if r.get("subnetwork"))
+    if not counts:
+        return ""
+    return ("transfer runs received: " + ", ".join(
+        f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in sorted(counts.items())))
+
+
 def one_or_seeded(choice: DiscoverySeeds, transfer_seed: int,
                   single: Callable[[], sf.Subnetwork],
                   seeded: Callable[[], SeededDiscovery]) -> tuple[sf.Subnetwork, Optional[str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ...engine import records as run_records
 from ...engine import report as R
 from ...engine import statistics as S
-from ...engine.discovery_seeds import stability_sections, stage_records
+from ...engine.discovery_seeds import received_line, stability_sections, stage_records
 from ...engine.files import atomic_write_text
 from .experiment import RECORD_FIELDS
 
@@ -49,6 +49,8 @@ def markdown(records: list[dict], out: Path, stats: dict) -> str:
               if densities else "(no subnetworks)")
     stat_lines = "\n".join(S.markdown_lines(stats["test_accuracy"], "test accuracy"))
     stability, _ = stability_sections(Path(out) / "subnetworks")
+    if stability:
+        stability += [received_line(records), ""]
     return (f"## Test accuracy (mean ± std over seeds and layer counts)\n\n{table}\n\n"
             f"## Statistics (each seed and layer count one unit; paired by them)\n\n"
             f"{stat_lines}\n\n"

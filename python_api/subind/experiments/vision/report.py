@@ -12,7 +12,7 @@ from pathlib import Path
 from ...engine import records as run_records
 from ...engine import report as R
 from ...engine import statistics as S
-from ...engine.discovery_seeds import stability_sections, stage_records
+from ...engine.discovery_seeds import received_line, stability_sections, stage_records
 from ...engine.files import atomic_write_text
 from .config import CONDITIONS, RECORD_FIELDS
 from ...shape_bias.evaluation import plot_per_category
@@ -273,6 +273,8 @@ def claims(stats: dict) -> list[str]:
 def markdown(records: list[dict], out: Path, stats: dict) -> str:
     dens, _ = densities(out)
     stability, _ = stability_sections(Path(out) / "subnetworks")
+    if stability:
+        stability += [received_line(records), ""]
     through = pooled_through_transfer(epoch_series(out, records), records)
     stat_lines = [line for name, (what, _) in STATISTICS.items()
                   for line in [*S.markdown_lines(stats[name], what), ""]]

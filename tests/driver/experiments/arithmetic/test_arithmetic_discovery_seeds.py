@@ -76,6 +76,7 @@ def test_stability_files_metadata_and_report(matched):
     assert "### L1: seed stability over 3 seeds (0, 1, 2)" in report
     assert "| 1 | 2 |" in report  # the density table's row of discovery seed 2
     assert "subnetworks/L1/stability-iou.png" in report
+    assert ("transfer runs received: seed 0 (2 runs), seed 1 (2 runs)") in report
 
 
 def test_matched_runs_transfer_their_own_seeds_subnetwork(matched):
